@@ -1,0 +1,43 @@
+//! `indexing-server <ip> <port>`: the peerdex index.
+
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use log::info;
+use peerdex::index::{self, Config, Index};
+
+/// The peerdex indexing server: keeps track of which peer shares which files and
+/// answers peers' lookups.
+///
+/// Prints `listening on <ip>:<port>` once bound; logs every connection, request and
+/// disconnect to stderr and to the log file.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Address to listen on, e.g. 127.0.0.1, 0.0.0.0 or ::1.
+    ip: IpAddr,
+    /// Port to listen on; 0 lets the system pick one (the line printed says which).
+    port: u16,
+    /// File the log is appended to.
+    #[arg(long, value_name = "PATH", default_value = "log.log")]
+    log_file: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    peerdex::cli::exit_code(run(args))
+}
+
+fn run(args: Args) -> anyhow::Result<bool> {
+    peerdex::cli::init_logging(log::LevelFilter::Info, Some(&args.log_file))?;
+    let wanted = SocketAddr::new(args.ip, args.port);
+    let listener = TcpListener::bind(wanted).with_context(|| format!("cannot listen on {wanted}"))?;
+    let local = listener.local_addr()?;
+    peerdex::outln!("listening on {local}");
+    info!("listening on {local}");
+    index::serve(listener, Index::default(), Config::default())?;
+    Ok(true)
+}

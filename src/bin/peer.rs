@@ -1,0 +1,55 @@
+//! `peer <server-ip> <server-port> <my-port> <folder>`: a peerdex peer.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use peerdex::peer::{self, PeerConfig};
+
+/// A peerdex peer: shares a folder's files with other peers and downloads theirs.
+///
+/// Prints `serving <folder> on <ip>:<port>` once its file server is bound, then reads
+/// commands from stdin, one a line (type `help`). Results go to stdout, errors to
+/// stderr as `error: ...`. At the end of input it waits for downloads in flight and
+/// exits with status 0 if every command succeeded, 1 otherwise.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// The index server's address.
+    server_ip: IpAddr,
+    /// The index server's port.
+    server_port: u16,
+    /// Port for this peer's file server; 0 lets the system pick one.
+    my_port: u16,
+    /// The folder to share and to download into. It must exist.
+    folder: PathBuf,
+    /// Address for the file server. Default: the loopback address if the index server
+    /// is on loopback, otherwise all addresses (0.0.0.0 or ::).
+    #[arg(long, value_name = "IP")]
+    bind: Option<IpAddr>,
+    /// Log more about what the peer does (repeat for more): -v for uploads, -vv for
+    /// debugging.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    peerdex::cli::exit_code(run(args))
+}
+
+fn run(args: Args) -> anyhow::Result<bool> {
+    let level = match args.verbose {
+        0 => log::LevelFilter::Warn,
+        1 => log::LevelFilter::Info,
+        _ => log::LevelFilter::Debug,
+    };
+    peerdex::cli::init_logging(level, None)?;
+    peer::run(PeerConfig {
+        server: SocketAddr::new(args.server_ip, args.server_port),
+        port: args.my_port,
+        folder: args.folder,
+        bind: args.bind,
+    })
+}

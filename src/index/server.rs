@@ -1,0 +1,205 @@
+//! The index server's accept loop and per-connection conversation.
+//!
+//! One `std::thread` per connection reads requests until the peer disconnects; when
+//! the conversation ends, for whatever reason, the peer's registration goes with it.
+
+use std::io::{self, BufReader, BufWriter};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::thread;
+use std::time::Duration;
+
+use log::{info, warn};
+
+use super::Index;
+use crate::wire::{self, MAX_FRAME_LEN, Message, Reply, Request, Service};
+
+/// How long a new connection has to send its [`wire::Hello`]: libtorrent's handshake_timeout.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a connection may stay silent before it is dropped (and its registration
+/// with it). Peers send a ping every [`crate::peer::client::KEEPALIVE_INTERVAL`], well
+/// inside this.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// How long a reply may take to be written before the client is deemed gone: a client
+/// that stops reading cannot hold a thread forever.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Stack size of a connection thread. A connection needs a few KiB of stack; the
+/// default 2 MiB of address space per thread would be wasted at thousands of peers.
+pub const CONNECTION_STACK_SIZE: usize = 256 * 1024;
+
+/// Names examined per listing page. The registry lock is held for one page at a time,
+/// so a listing of millions of files never blocks other connections for long.
+const LIST_PAGE_NAMES: usize = 1024;
+
+/// Limits and timeouts of a server; `Config::default()` has the documented defaults.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Largest request frame accepted.
+    pub max_frame_len: usize,
+    /// See [`HANDSHAKE_TIMEOUT`].
+    pub handshake_timeout: Duration,
+    /// See [`IDLE_TIMEOUT`].
+    pub idle_timeout: Duration,
+    /// See [`WRITE_TIMEOUT`].
+    pub write_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            max_frame_len: MAX_FRAME_LEN,
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            idle_timeout: IDLE_TIMEOUT,
+            write_timeout: WRITE_TIMEOUT,
+        }
+    }
+}
+
+/// Serves the index on an already-bound listener, forever.
+pub fn serve(listener: TcpListener, index: Index, config: Config) -> io::Result<()> {
+    loop {
+        let (stream, conn) = match listener.accept() {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors or memory: not this listener's fault, and
+                // accepting again at once would only spin. Back off and go on.
+                warn!("accept failed: {e}");
+                thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        let (index, config) = (index.clone(), config.clone());
+        let spawned = thread::Builder::new()
+            .name(format!("conn {conn}"))
+            .stack_size(CONNECTION_STACK_SIZE)
+            .spawn(move || handle(index, stream, conn, &config));
+        if let Err(e) = spawned {
+            warn!("{conn}: cannot start a thread for it: {e}; connection dropped");
+        }
+    }
+}
+
+/// Runs one connection to its end and removes its registration.
+fn handle(index: Index, stream: TcpStream, conn: SocketAddr, config: &Config) {
+    info!("{conn} connected");
+    let why = match converse(&index, stream, conn, config) {
+        Ok(()) => "closed by the peer".to_owned(),
+        Err(e) if is_timeout(&e) => "timed out".to_owned(),
+        Err(e) => e.to_string(),
+    };
+    let dropped = if index.remove(conn) { "; its registration is removed" } else { "" };
+    info!("{conn} disconnected ({why}){dropped}");
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+}
+
+fn converse(index: &Index, stream: TcpStream, conn: SocketAddr, config: &Config) -> io::Result<()> {
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(config.handshake_timeout))?;
+    stream.set_write_timeout(Some(config.write_timeout))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = BufWriter::new(stream);
+
+    if let Err(e) = wire::server_handshake(&mut reader, &mut writer, Service::Index, config.max_frame_len) {
+        warn!("{conn} handshake failed: {e}");
+        return Err(e);
+    }
+    reader.get_ref().set_read_timeout(Some(config.idle_timeout))?;
+
+    while let Some(frame) = wire::recv_all(&mut reader, config.max_frame_len)? {
+        match Request::decode(&frame) {
+            Ok(request) => respond(index, conn, request, &mut writer)?,
+            Err(e) => {
+                warn!("{conn} malformed request: {e}");
+                wire::send_msg(&mut writer, &Reply::Error(format!("malformed request: {e}")))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Carries out one request and writes its reply; logs the request and its outcome.
+fn respond(
+    index: &Index,
+    conn: SocketAddr,
+    request: Request,
+    w: &mut BufWriter<TcpStream>,
+) -> io::Result<()> {
+    let done = |r: Result<usize, super::RegistryError>| match r {
+        Ok(n) => Reply::Done { files: n as u32 },
+        Err(e) => Reply::Error(e.to_string()),
+    };
+    let (what, reply) = match request {
+        Request::Register { port, files } => {
+            let what = format!("register port {port}, {} files", files.len());
+            (what, done(index.lock().register(conn, port, files)))
+        }
+        Request::Unregister => ("unregister".to_owned(), done(index.lock().unregister(conn).map(|()| 0))),
+        Request::Update { files } => {
+            let what = format!("update, {} files", files.len());
+            (what, done(index.lock().update(conn, files)))
+        }
+        Request::Delete { names } => {
+            let what = format!("delete {} names", names.len());
+            (what, done(index.lock().delete(conn, &names)))
+        }
+        Request::Lookup { name } => {
+            let hits = index.lock().lookup(&name);
+            let what = format!("lookup {:?}", name.as_str());
+            (what, if hits.is_empty() { Reply::NoPeers } else { Reply::Peers(hits) })
+        }
+        Request::List { pattern, limit } => {
+            let sent = send_listing(index, conn, &pattern, limit, w)?;
+            info!("{conn} list {pattern:?} (limit {limit:?}) -> {sent} entries");
+            return Ok(());
+        }
+        Request::Ping => return wire::send_msg(w, &Reply::Pong),
+    };
+    match &reply {
+        Reply::Error(e) => info!("{conn} {what} -> error: {e}"),
+        Reply::Done { files } => info!("{conn} {what} -> ok, {files} files registered"),
+        Reply::Peers(hits) => info!("{conn} {what} -> {} peers", hits.len()),
+        Reply::NoPeers => info!("{conn} {what} -> no registered peer shares it"),
+        _ => info!("{conn} {what}"),
+    }
+    wire::send_msg(w, &reply)
+}
+
+/// Streams a listing a page at a time, taking the lock once per page and never across
+/// a write. Returns the number of entries sent.
+fn send_listing(
+    index: &Index,
+    conn: SocketAddr,
+    pattern: &str,
+    limit: Option<u32>,
+    w: &mut BufWriter<TcpStream>,
+) -> io::Result<usize> {
+    let mut left = limit.map_or(usize::MAX, |n| n as usize);
+    let mut sent = 0;
+    let mut after = None;
+    let mut truncated = false;
+    loop {
+        let mut page = index.lock().list_page(conn, pattern, after.as_ref(), LIST_PAGE_NAMES);
+        if page.entries.len() > left {
+            page.entries.truncate(left);
+            truncated = true;
+        } else if left == 0 && !page.entries.is_empty() {
+            truncated = true;
+        }
+        if !page.entries.is_empty() {
+            left -= page.entries.len();
+            sent += page.entries.len();
+            wire::send_msg(w, &Reply::ListChunk(page.entries))?;
+        }
+        match page.next {
+            Some(next) if !truncated => after = Some(next),
+            _ => break,
+        }
+    }
+    wire::send_msg(w, &Reply::ListEnd { truncated })?;
+    Ok(sent)
+}

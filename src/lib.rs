@@ -1,0 +1,27 @@
+//! peerdex: a Napster-style peer-to-peer file-sharing system.
+//!
+//! A central **indexing server** knows which peer shares which files; each **peer**
+//! registers its shared folder with it, asks it who has a file, and downloads the file
+//! straight from one of those peers, checking its SHA-256 before keeping it.
+//!
+//! A tour of the modules:
+//!
+//! - [`name`]: [`name::ShareName`], a shared file's name, checked once so that it can
+//!   never be a path;
+//! - [`wire`]: the protocol: length-prefixed frames ([`wire::send_all`],
+//!   [`wire::recv_all`]) and every message, encoded and decoded without sockets;
+//! - [`index`]: the indexing server: the [`index::Registry`] (pure data, with an
+//!   inverted name index) and the thread-per-connection server loop;
+//! - [`peer`]: the peer: its shared folder, file server, index client, downloader and
+//!   command shell.
+//!
+//! The binaries `indexing-server` and `peer` (in `src/bin/`) parse arguments, set up
+//! logging and call [`index::serve`] and [`peer::run`].
+
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod index;
+pub mod name;
+pub mod peer;
+pub mod wire;

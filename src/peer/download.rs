@@ -1,0 +1,140 @@
+//! The downloader: ask the index who shares a name, then fetch it from one of them,
+//! verified, into the shared folder.
+//!
+//! Bytes go to a [`TempFile`] in the folder while being hashed; only when the size and
+//! SHA-256 match what the index advertised is the file given its name, and never over
+//! an existing file. On any failure the temporary is removed and the next peer that
+//! shares the name is tried, in random order.
+
+use std::io::{self, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use anyhow::{Context, anyhow, bail};
+use rand::seq::SliceRandom;
+use sha2::{Digest, Sha256};
+
+use super::client::{IndexClient, unexpected};
+use super::folder::{SharedFolder, TempFile};
+use crate::name::ShareName;
+use crate::wire::{self, FileReply, FileRequest, PeerHit, Reply, Request, Service};
+
+/// How long to wait for a sending peer to accept the connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a sending peer may go without sending a byte before we give up on it and
+/// try the next one.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Receive buffer: large reads keep system calls off the profile at loopback speed.
+const RECV_BUF_LEN: usize = 1 << 20;
+
+/// A completed download.
+#[derive(Debug)]
+pub struct Downloaded {
+    /// Bytes received and verified.
+    pub size: u64,
+    /// The peer it came from.
+    pub from: SocketAddr,
+}
+
+/// Downloads `name` into `folder`. `on_peer_failure` hears about each peer that
+/// failed before the next one is tried. Fails if the name exists in the folder
+/// (checked before anything is fetched), if no peer shares it, or if every one fails.
+pub fn download(
+    index: &IndexClient,
+    folder: &SharedFolder,
+    name: &ShareName,
+    mut on_peer_failure: impl FnMut(SocketAddr, &anyhow::Error),
+) -> anyhow::Result<Downloaded> {
+    if folder.contains(name) {
+        bail!("a file of that name is already in the shared folder (delete it first)");
+    }
+    let mut hits = match index.call(&Request::Lookup { name: name.clone() })? {
+        Reply::Peers(hits) => hits,
+        Reply::NoPeers => bail!("no registered peer shares it"),
+        Reply::Error(e) => bail!("the index server refused the lookup: {e}"),
+        other => return Err(unexpected(&other).into()),
+    };
+    hits.shuffle(&mut rand::rng());
+    let tried = hits.len();
+    for hit in hits {
+        match fetch(&hit, folder, name) {
+            Ok(temp) => {
+                temp.commit(folder, name, hit.sha256).map_err(|e| match e.kind() {
+                    io::ErrorKind::AlreadyExists => {
+                        anyhow!("a file of that name appeared in the folder meanwhile; it was kept")
+                    }
+                    _ => anyhow!(e).context("cannot give the download its name"),
+                })?;
+                return Ok(Downloaded { size: hit.size, from: hit.addr });
+            }
+            Err(e) => on_peer_failure(hit.addr, &e),
+        }
+    }
+    bail!("all {tried} peers that share it failed")
+}
+
+/// Fetches `name` from one peer into a temporary file and verifies it against what the
+/// index advertised for that peer.
+fn fetch(hit: &PeerHit, folder: &SharedFolder, name: &ShareName) -> anyhow::Result<TempFile> {
+    let stream = TcpStream::connect_timeout(&hit.addr, CONNECT_TIMEOUT).context("cannot connect")?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(READ_TIMEOUT))?;
+    stream.set_write_timeout(Some(READ_TIMEOUT))?;
+    let mut reader = BufReader::with_capacity(RECV_BUF_LEN, stream.try_clone()?);
+    let mut writer = &stream;
+    wire::client_handshake(&mut reader, &mut writer, Service::Files).context("handshake failed")?;
+    wire::send_msg(&mut writer, &FileRequest::Get { name: name.to_string() })?;
+    let (size, sha256) = match wire::recv_msg(&mut reader)? {
+        FileReply::Header { size, sha256 } => (size, sha256),
+        FileReply::Error(e) => bail!("the peer refused: {e}"),
+    };
+    if (size, sha256) != (hit.size, hit.sha256) {
+        bail!(
+            "the peer now offers {size} bytes with SHA-256 {}, not the {} bytes with SHA-256 {} it registered",
+            hex::encode(sha256),
+            hit.size,
+            hex::encode(hit.sha256)
+        );
+    }
+
+    let mut temp = folder.create_temp().context("cannot create a temporary file in the shared folder")?;
+    let (got, actual) = receive(&mut reader, temp.file(), size)?;
+    if got < size {
+        bail!("the peer sent only {got} of {size} bytes");
+    }
+    let mut extra = [0u8; 1];
+    if reader.read(&mut extra).unwrap_or(0) > 0 {
+        bail!("the peer sent more than the {size} bytes it announced");
+    }
+    if actual != sha256 {
+        bail!("SHA-256 mismatch: expected {}, received {}", hex::encode(sha256), hex::encode(actual));
+    }
+    Ok(temp)
+}
+
+/// Copies at most `size` bytes from `r` to `out`, hashing them on the way (one pass
+/// over the data, while it is still in cache). Returns the count and the hash. A write
+/// error (disk full, ...) is an error; an early end of stream is a short count.
+fn receive(r: &mut impl Read, out: &mut impl Write, size: u64) -> anyhow::Result<(u64, wire::Sha256)> {
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; RECV_BUF_LEN];
+    let mut got = 0u64;
+    while got < size {
+        let want = (size - got).min(buf.len() as u64) as usize;
+        let n = match r.read(&mut buf[..want]) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                bail!("the peer sent nothing for {} s after {got} of {size} bytes", READ_TIMEOUT.as_secs())
+            }
+            Err(e) => return Err(anyhow!(e).context(format!("receiving failed after {got} of {size} bytes"))),
+        };
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n]).context("cannot write to the shared folder")?;
+        got += n as u64;
+    }
+    Ok((got, hasher.finalize().into()))
+}

@@ -1,0 +1,78 @@
+//! The peer: a file server and a client of the index, side by side in one process.
+//!
+//! - [`folder`]: the shared folder, its file names and cached hashes, and the checks
+//!   that keep every read and write inside it;
+//! - [`fileserver`]: serves the folder's files to other peers;
+//! - [`client`]: the persistent connection to the index server;
+//! - [`download`]: lookup, fetch, verify, rename;
+//! - [`shell`]: the command loop on stdin.
+
+pub mod client;
+pub mod download;
+pub mod fileserver;
+pub mod folder;
+pub mod shell;
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::thread;
+
+use anyhow::Context;
+use log::error;
+
+use client::IndexClient;
+use folder::SharedFolder;
+use shell::Shell;
+
+/// Everything a peer needs to start.
+#[derive(Clone, Debug)]
+pub struct PeerConfig {
+    /// The index server.
+    pub server: SocketAddr,
+    /// Port of our file server; 0 lets the OS pick.
+    pub port: u16,
+    /// The shared folder.
+    pub folder: PathBuf,
+    /// Address for the file server; `None` for [`default_bind_ip`].
+    pub bind: Option<IpAddr>,
+}
+
+/// Where the file server listens unless told otherwise: the loopback address when the
+/// index is on loopback (a local setup; nothing is exposed to the network), every
+/// address of the index's family otherwise, since other machines must reach it.
+pub fn default_bind_ip(server: IpAddr) -> IpAddr {
+    match server {
+        ip if ip.is_loopback() => ip,
+        IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+    }
+}
+
+/// Runs a peer until its input ends: binds the file server and prints
+/// `serving <folder> on <address>`, connects to the index, then runs the shell on
+/// stdin. Returns whether every command succeeded.
+pub fn run(config: PeerConfig) -> anyhow::Result<bool> {
+    let shown = config.folder.display();
+    let folder = SharedFolder::new(&config.folder).with_context(|| format!("cannot share folder {shown}"))?;
+    let bind = config.bind.unwrap_or_else(|| default_bind_ip(config.server.ip()));
+    let listener = TcpListener::bind((bind, config.port))
+        .with_context(|| format!("cannot listen on {}", SocketAddr::new(bind, config.port)))?;
+    let local = listener.local_addr()?;
+    crate::outln!("serving {shown} on {local}");
+
+    let folder = Arc::new(folder);
+    let serving = Arc::clone(&folder);
+    thread::Builder::new().name("file server".into()).spawn(move || {
+        if let Err(e) = fileserver::serve(listener, serving) {
+            error!("the file server stopped: {e}");
+        }
+    })?;
+
+    let index = IndexClient::connect(config.server)
+        .with_context(|| format!("cannot connect to the index server {}", config.server))?;
+    let index = Arc::new(index);
+    index.start_keepalive();
+    Ok(Shell::new(index, folder, local.port()).run(io::stdin().lock()))
+}

@@ -1,0 +1,404 @@
+//! The peer's command loop: one command a line on stdin, results on stdout, errors on
+//! stderr starting with `error:`.
+//!
+//! Downloads run in background threads so the shell stays usable; at the end of input
+//! (or `quit`) the shell waits for them. The exit status says whether every command,
+//! downloads included, succeeded, so a script can pipe commands in and trust it.
+
+use std::collections::HashSet;
+use std::fmt::Display;
+use std::io::{self, BufRead, IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::{self, JoinHandle};
+
+use anyhow::{Context, anyhow, bail};
+
+use super::client::{IndexClient, unexpected};
+use super::download::download;
+use super::folder::SharedFolder;
+use crate::name::ShareName;
+use crate::wire::{MAX_FILES_PER_PEER, Reply, Request};
+
+/// Longest command line accepted, in bytes: a command and a 255-byte name need far
+/// less; the cap keeps a runaway input from being buffered whole.
+pub const MAX_LINE_LEN: usize = 4096;
+
+/// The help text printed by `help`.
+pub const HELP: &str = "\
+commands:
+  register                          share this folder's files with the index
+  unregister                        stop sharing
+  get_files_list [--limit N] [TEXT] list files at other peers (names containing TEXT)
+  download NAME                     fetch NAME from a peer into this folder
+  delete NAME                       delete NAME from this folder (and from the index)
+  update                            rescan this folder and send the new list
+  help                              this text
+  quit                              wait for downloads, then exit";
+
+/// One parsed command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Register this peer and its files.
+    Register,
+    /// Remove this peer's registration.
+    Unregister,
+    /// List files at other peers.
+    List {
+        /// Only names containing this text (ASCII case ignored); empty for all.
+        pattern: String,
+        /// At most this many lines.
+        limit: Option<u32>,
+    },
+    /// Download a file.
+    Download(ShareName),
+    /// Delete a file from the folder.
+    Delete(ShareName),
+    /// Rescan the folder and send the list.
+    Update,
+    /// Print the help text.
+    Help,
+    /// Stop reading commands.
+    Quit,
+}
+
+impl Command {
+    /// Parses one line. `Ok(None)` for a blank line. The rest of the line after
+    /// `download` or `delete` is the name, so names may contain spaces (leading and
+    /// trailing blanks are not part of it).
+    pub fn parse(line: &str) -> Result<Option<Command>, String> {
+        let line = line.trim();
+        if line.is_empty() {
+            return Ok(None);
+        }
+        let (word, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+        let rest = rest.trim_start();
+        let no_args = |c: Command| {
+            if rest.is_empty() { Ok(Some(c)) } else { Err(format!("{word} takes no arguments")) }
+        };
+        let name = |make: fn(ShareName) -> Command| {
+            if rest.is_empty() {
+                return Err(format!("{word} needs a file name, as in: {word} notes.txt"));
+            }
+            ShareName::parse(rest)
+                .map(|n| Some(make(n)))
+                .map_err(|why| format!("invalid file name {rest:?}: {why}"))
+        };
+        match word {
+            "register" => no_args(Command::Register),
+            "unregister" => no_args(Command::Unregister),
+            "update" => no_args(Command::Update),
+            "help" => no_args(Command::Help),
+            "quit" | "exit" => no_args(Command::Quit),
+            "download" => name(Command::Download),
+            "delete" => name(Command::Delete),
+            "get_files_list" => {
+                let (limit, pattern) = match rest.strip_prefix("--limit") {
+                    Some(after) if after.is_empty() || after.starts_with(char::is_whitespace) => {
+                        let after = after.trim_start();
+                        let (n, pattern) = after.split_once(char::is_whitespace).unwrap_or((after, ""));
+                        let n = n.parse::<u32>().map_err(|_| format!("--limit needs a number, not {n:?}"))?;
+                        (Some(n), pattern.trim_start())
+                    }
+                    _ => (None, rest),
+                };
+                Ok(Some(Command::List { pattern: pattern.to_owned(), limit }))
+            }
+            _ => Err(format!("unknown command {word:?} (type help for the list)")),
+        }
+    }
+}
+
+/// What one line of input turned out to be.
+enum Line {
+    Text(String),
+    Bad(String),
+    End,
+}
+
+/// Reads one line of at most [`MAX_LINE_LEN`] bytes. A longer line is read to its end
+/// and reported; a line that is not UTF-8 is reported; neither stops the loop.
+fn read_line(input: &mut impl BufRead) -> io::Result<Line> {
+    let mut buf = Vec::new();
+    let n = io::Read::take(&mut *input, MAX_LINE_LEN as u64 + 1).read_until(b'\n', &mut buf)?;
+    if n == 0 {
+        return Ok(Line::End);
+    }
+    if buf.len() > MAX_LINE_LEN && buf.last() != Some(&b'\n') {
+        // Skip the rest of the line without keeping it.
+        loop {
+            let chunk = input.fill_buf()?;
+            if chunk.is_empty() {
+                break;
+            }
+            match chunk.iter().position(|&b| b == b'\n') {
+                Some(i) => {
+                    input.consume(i + 1);
+                    break;
+                }
+                None => {
+                    let len = chunk.len();
+                    input.consume(len);
+                }
+            }
+        }
+        return Ok(Line::Bad(format!("line longer than {MAX_LINE_LEN} bytes ignored")));
+    }
+    match String::from_utf8(buf) {
+        Ok(text) => Ok(Line::Text(text)),
+        Err(_) => Ok(Line::Bad("line is not valid UTF-8; ignored".into())),
+    }
+}
+
+/// The peer's state as the shell sees it.
+pub struct Shell {
+    index: Arc<IndexClient>,
+    folder: Arc<SharedFolder>,
+    /// The file server's port, sent with `register`.
+    port: u16,
+    registered: Arc<AtomicBool>,
+    /// Set once any command has failed; decides the exit status.
+    failed: Arc<AtomicBool>,
+    /// Names being downloaded now, so one name is not fetched twice at once.
+    in_flight: Arc<Mutex<HashSet<ShareName>>>,
+    /// Serialises folder scans with the index updates they feed, so that two
+    /// concurrent updates cannot arrive in the wrong order.
+    sync: Arc<Mutex<()>>,
+    downloads: Vec<JoinHandle<()>>,
+}
+
+impl Shell {
+    /// A shell for a peer whose file server listens on `port`.
+    pub fn new(index: Arc<IndexClient>, folder: Arc<SharedFolder>, port: u16) -> Shell {
+        Shell {
+            index,
+            folder,
+            port,
+            registered: Arc::default(),
+            failed: Arc::default(),
+            in_flight: Arc::default(),
+            sync: Arc::default(),
+            downloads: Vec::new(),
+        }
+    }
+
+    /// Runs commands from `input` until it ends or `quit`, then waits for downloads.
+    /// Returns true if every command succeeded.
+    pub fn run(mut self, mut input: impl BufRead) -> bool {
+        let interactive = io::stdin().is_terminal();
+        loop {
+            if interactive {
+                print!("peerdex> ");
+                let _ = io::stdout().flush();
+            }
+            let line = match read_line(&mut input) {
+                Ok(Line::End) => break,
+                Ok(Line::Text(line)) => line,
+                Ok(Line::Bad(why)) => {
+                    self.fail(why);
+                    continue;
+                }
+                Err(e) => {
+                    self.fail(format!("cannot read input: {e}"));
+                    break;
+                }
+            };
+            match Command::parse(&line) {
+                Ok(None) => {}
+                Ok(Some(Command::Quit)) => break,
+                Ok(Some(command)) => {
+                    if let Err(e) = self.execute(command) {
+                        self.fail(format!("{e:#}"));
+                    }
+                }
+                Err(why) => self.fail(why),
+            }
+        }
+        for handle in self.downloads.drain(..) {
+            if handle.join().is_err() {
+                self.failed.store(true, Ordering::SeqCst);
+            }
+        }
+        !self.failed.load(Ordering::SeqCst)
+    }
+
+    fn fail(&self, why: impl Display) {
+        report_failure(&self.failed, why);
+    }
+
+    fn execute(&mut self, command: Command) -> anyhow::Result<()> {
+        match command {
+            Command::Register => {
+                let files = scan(&self.folder)?;
+                let count = files.len();
+                done(self.index.call(&Request::Register { port: self.port, files })?)
+                    .context("register failed")?;
+                self.registered.store(true, Ordering::SeqCst);
+                crate::outln!("registered {count} files with the index server {}", self.index.server());
+            }
+            Command::Unregister => {
+                done(self.index.call(&Request::Unregister)?).context("unregister failed")?;
+                self.registered.store(false, Ordering::SeqCst);
+                crate::outln!("unregistered");
+            }
+            Command::Update => {
+                let count = sync_index(&self.index, &self.folder, &self.sync).context("update failed")?;
+                crate::outln!("updated: {count} files registered");
+            }
+            Command::List { pattern, limit } => {
+                let mut shown = 0u64;
+                let mut out = io::stdout().lock();
+                let listed = self.index.list(&pattern, limit, |e| {
+                    shown += 1;
+                    let _ =
+                        writeln!(out, "{}\t{} bytes\t{} peer{}", e.name, e.size, e.peers, plural(e.peers));
+                });
+                let truncated = listed?.map_err(|e| anyhow!("get_files_list failed: {e}"))?;
+                let more = if truncated { " (more not shown)" } else { "" };
+                let _ = writeln!(out, "{shown} files at other peers{more}");
+            }
+            Command::Delete(name) => {
+                self.folder.delete(&name).map_err(|e| anyhow!("cannot delete {:?}: {e}", name.as_str()))?;
+                crate::outln!("deleted {name}");
+                if self.registered.load(Ordering::SeqCst) {
+                    done(self.index.call(&Request::Delete { names: vec![name] })?)
+                        .context("the file is deleted, but the index was not told")?;
+                }
+            }
+            Command::Download(name) => self.start_download(name)?,
+            Command::Help => crate::outln!("{HELP}"),
+            Command::Quit => unreachable!("handled by the loop"),
+        }
+        Ok(())
+    }
+
+    fn start_download(&mut self, name: ShareName) -> anyhow::Result<()> {
+        let shown = format!("{:?}", name.as_str());
+        if !self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).insert(name.clone()) {
+            bail!("cannot download {shown}: already downloading it");
+        }
+        let (index, folder, registered, failed, in_flight, sync) = (
+            Arc::clone(&self.index),
+            Arc::clone(&self.folder),
+            Arc::clone(&self.registered),
+            Arc::clone(&self.failed),
+            Arc::clone(&self.in_flight),
+            Arc::clone(&self.sync),
+        );
+        let thread_name = format!("download {shown}");
+        let task = move || {
+            let result = download(&index, &folder, &name, |peer, e| {
+                crate::errln!("error: cannot download {shown} from {peer}: {e:#}; trying the next peer");
+            });
+            match result {
+                Ok(got) => {
+                    crate::outln!("downloaded {name} ({} bytes) from {}", got.size, got.from);
+                    if registered.load(Ordering::SeqCst)
+                        && let Err(e) = sync_index(&index, &folder, &sync)
+                    {
+                        report_failure(
+                            &failed,
+                            format!("downloaded {shown}, but the index was not updated: {e:#}"),
+                        );
+                    }
+                }
+                Err(e) => report_failure(&failed, format!("cannot download {shown}: {e:#}")),
+            }
+            in_flight.lock().unwrap_or_else(PoisonError::into_inner).remove(&name);
+        };
+        let handle = thread::Builder::new().name(thread_name).spawn(task)?;
+        self.downloads.push(handle);
+        Ok(())
+    }
+}
+
+fn report_failure(failed: &AtomicBool, why: impl Display) {
+    failed.store(true, Ordering::SeqCst);
+    crate::errln!("error: {why}");
+}
+
+fn plural(n: u32) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// Scans the folder for registration, refusing a folder with more files than the
+/// index accepts rather than letting the index refuse it.
+fn scan(folder: &SharedFolder) -> anyhow::Result<Vec<crate::wire::FileInfo>> {
+    let files = folder
+        .scan()
+        .with_context(|| format!("cannot read the shared folder {}", folder.root().display()))?;
+    if files.len() > MAX_FILES_PER_PEER {
+        bail!("the folder has {} files; at most {MAX_FILES_PER_PEER} can be shared", files.len());
+    }
+    Ok(files)
+}
+
+/// Rescans the folder and sends the full list as an `Update`. Returns the number of
+/// files the index now has for us.
+fn sync_index(index: &IndexClient, folder: &SharedFolder, sync: &Mutex<()>) -> anyhow::Result<u32> {
+    let _one_at_a_time = sync.lock().unwrap_or_else(PoisonError::into_inner);
+    let files = scan(folder)?;
+    done(index.call(&Request::Update { files })?)
+}
+
+/// The file count of a `Done` reply, or the error it carries.
+fn done(reply: Reply) -> anyhow::Result<u32> {
+    match reply {
+        Reply::Done { files } => Ok(files),
+        Reply::Error(e) => Err(anyhow!("the index server says: {e}")),
+        other => Err(unexpected(&other).into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Option<Command>, String> {
+        Command::parse(s)
+    }
+
+    #[test]
+    fn parses_commands_and_names_with_spaces() {
+        assert_eq!(parse("register\n"), Ok(Some(Command::Register)));
+        assert_eq!(parse("   "), Ok(None));
+        assert_eq!(
+            parse("download  a b.txt \r\n"),
+            Ok(Some(Command::Download(ShareName::parse("a b.txt").unwrap())))
+        );
+        assert_eq!(parse("get_files_list"), Ok(Some(Command::List { pattern: "".into(), limit: None })));
+        assert_eq!(
+            parse("get_files_list --limit 5 mp3 song"),
+            Ok(Some(Command::List { pattern: "mp3 song".into(), limit: Some(5) }))
+        );
+        assert_eq!(
+            parse("get_files_list --limitless"),
+            Ok(Some(Command::List { pattern: "--limitless".into(), limit: None }))
+        );
+    }
+
+    #[test]
+    fn bad_lines_are_named_errors() {
+        assert_eq!(
+            parse("frobnicate"),
+            Err("unknown command \"frobnicate\" (type help for the list)".into())
+        );
+        assert_eq!(parse("register now"), Err("register takes no arguments".into()));
+        assert!(parse("download").unwrap_err().contains("needs a file name"));
+        assert!(parse("download ../../etc/passwd").unwrap_err().contains("path separator"));
+        assert!(parse("delete ..").unwrap_err().contains("invalid file name"));
+        assert!(parse("get_files_list --limit x").unwrap_err().contains("--limit needs a number"));
+    }
+
+    #[test]
+    fn long_and_non_utf8_lines_are_skipped_not_fatal() {
+        let mut input = Vec::new();
+        input.extend(vec![b'x'; MAX_LINE_LEN * 3]);
+        input.extend(b"\n\xff\xfe\nhelp\n");
+        let mut r = io::BufReader::with_capacity(64, &input[..]);
+        assert!(matches!(read_line(&mut r).unwrap(), Line::Bad(w) if w.contains("longer")));
+        assert!(matches!(read_line(&mut r).unwrap(), Line::Bad(w) if w.contains("UTF-8")));
+        assert!(matches!(read_line(&mut r).unwrap(), Line::Text(t) if t == "help\n"));
+        assert!(matches!(read_line(&mut r).unwrap(), Line::End));
+    }
+}
