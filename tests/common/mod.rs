@@ -1,0 +1,260 @@
+//! Test support: starting the real binaries and talking to them.
+//!
+//! [`Proc`] owns a child process: its stdout and stderr lines arrive on a channel (read
+//! by threads, so a chatty child never blocks), its stdin is written by another thread
+//! (so a full pipe never blocks a test), and `Drop` kills and reaps it.
+
+#![allow(dead_code)]
+
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use peerdex::wire::{self, Reply, Request, Service};
+
+/// Generous: these waits end as soon as the awaited line arrives, and a loaded 2-core
+/// CI machine must not turn a slow start into a failure.
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Out,
+    Err,
+}
+
+pub struct Proc {
+    name: String,
+    child: Child,
+    stdin: Option<Sender<Vec<u8>>>,
+    lines: Receiver<(Stream, String)>,
+    /// Every line seen so far, in arrival order.
+    seen: Vec<(Stream, String)>,
+    /// Per stream, how far `expect` has read in `seen`.
+    pos: [usize; 2],
+}
+
+fn pump(stream: impl Read + Send + 'static, tag: Stream, tx: Sender<(Stream, String)>) {
+    thread::spawn(move || {
+        for line in BufReader::new(stream).split(b'\n') {
+            let Ok(line) = line else { break };
+            if tx.send((tag, String::from_utf8_lossy(&line).into_owned())).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+fn feed(mut stdin: ChildStdin) -> Sender<Vec<u8>> {
+    let (tx, rx) = mpsc::channel::<Vec<u8>>();
+    thread::spawn(move || {
+        for chunk in rx {
+            if stdin.write_all(&chunk).and_then(|()| stdin.flush()).is_err() {
+                break;
+            }
+        }
+        // Dropping stdin here closes the child's input.
+    });
+    tx
+}
+
+impl Proc {
+    pub fn start<S: AsRef<OsStr>>(bin: &str, args: &[S], dir: &Path) -> Proc {
+        let mut child = Command::new(bin)
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+        let (tx, lines) = mpsc::channel();
+        pump(child.stdout.take().unwrap(), Stream::Out, tx.clone());
+        pump(child.stderr.take().unwrap(), Stream::Err, tx);
+        let stdin = Some(feed(child.stdin.take().unwrap()));
+        let name = Path::new(bin).file_name().unwrap().to_string_lossy().into_owned();
+        Proc { name, child, stdin, lines, seen: Vec::new(), pos: [0, 0] }
+    }
+
+    /// Starts `indexing-server 127.0.0.1 0` in `dir` and returns it with its address.
+    pub fn index_server(dir: &Path) -> (Proc, SocketAddr) {
+        let log = dir.join("log.log");
+        let args = ["127.0.0.1".as_ref(), "0".as_ref(), "--log-file".as_ref(), log.as_os_str()];
+        let mut p = Proc::start(env!("CARGO_BIN_EXE_indexing-server"), &args, dir);
+        let line = p.expect(Stream::Out, "listening on ");
+        let addr = line.trim_start_matches("listening on ").parse().expect("an address");
+        (p, addr)
+    }
+
+    /// Starts `peer <index> 0 <folder>` and returns it with its file server's address.
+    pub fn peer(index: SocketAddr, folder: &Path) -> (Proc, SocketAddr) {
+        let (ip, port) = (index.ip().to_string(), index.port().to_string());
+        let args = [ip.as_ref(), port.as_ref(), "0".as_ref(), folder.as_os_str()];
+        let mut p = Proc::start(env!("CARGO_BIN_EXE_peer"), &args, folder.parent().unwrap());
+        let line = p.expect(Stream::Out, "serving ");
+        let addr = line.rsplit(" on ").next().unwrap().parse().expect("an address");
+        (p, addr)
+    }
+
+    /// Writes one line to the child's stdin.
+    pub fn send(&self, line: &str) {
+        let tx = self.stdin.as_ref().expect("stdin is open");
+        tx.send(format!("{line}\n").into_bytes()).expect("stdin writer alive");
+    }
+
+    /// Writes raw bytes to the child's stdin.
+    pub fn send_bytes(&self, bytes: &[u8]) {
+        self.stdin.as_ref().expect("stdin is open").send(bytes.to_vec()).expect("stdin writer alive");
+    }
+
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    fn idx(stream: Stream) -> usize {
+        match stream {
+            Stream::Out => 0,
+            Stream::Err => 1,
+        }
+    }
+
+    /// Reads lines of `stream` until one contains `pattern`; returns every line of that
+    /// stream read on the way, the match last. Panics after [`TIMEOUT`] with all output.
+    pub fn read_until(&mut self, stream: Stream, pattern: &str) -> Vec<String> {
+        let deadline = Instant::now() + TIMEOUT;
+        let mut got = Vec::new();
+        loop {
+            while self.pos[Self::idx(stream)] < self.seen.len() {
+                let i = self.pos[Self::idx(stream)];
+                self.pos[Self::idx(stream)] += 1;
+                let (s, line) = &self.seen[i];
+                if *s == stream {
+                    got.push(line.clone());
+                    if line.contains(pattern) {
+                        return got;
+                    }
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!(
+                        "{}: no {stream:?} line containing {pattern:?} within {TIMEOUT:?}\n{}",
+                        self.name,
+                        self.dump()
+                    )
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!(
+                        "{}: exited without a {stream:?} line containing {pattern:?}\n{}",
+                        self.name,
+                        self.dump()
+                    )
+                }
+            }
+        }
+    }
+
+    /// The first line of `stream` containing `pattern`, after the last one read.
+    pub fn expect(&mut self, stream: Stream, pattern: &str) -> String {
+        self.read_until(stream, pattern).pop().unwrap()
+    }
+
+    /// Everything seen so far, for failure messages.
+    pub fn dump(&self) -> String {
+        self.seen.iter().map(|(s, l)| format!("  [{s:?}] {l}\n")).collect()
+    }
+
+    /// Every line of `stream` seen so far.
+    pub fn lines(&self, stream: Stream) -> Vec<String> {
+        self.seen.iter().filter(|(s, _)| *s == stream).map(|(_, l)| l.clone()).collect()
+    }
+
+    /// Closes stdin and waits for the child to exit; collects all its output.
+    pub fn finish(&mut self) -> ExitStatus {
+        self.close_stdin();
+        let deadline = Instant::now() + TIMEOUT;
+        // Drain output until both pipes close, then reap.
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("{}: did not exit within {TIMEOUT:?}\n{}", self.name, self.dump())
+                }
+            }
+        }
+        self.child.wait().expect("wait")
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// `get_files_list` (with `args`), returning the listing's lines without the summary.
+    pub fn list(&mut self, args: &str) -> Vec<String> {
+        self.send(&format!("get_files_list {args}"));
+        let mut lines = self.read_until(Stream::Out, "files at other peers");
+        lines.pop();
+        lines
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `condition` until it holds, or panics after [`TIMEOUT`]. Each poll is a real
+/// round trip, so no sleep is needed between them beyond a short pause to not spin.
+pub fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A raw protocol client of the index server, for tests that play a peer by hand.
+pub struct RawIndexClient {
+    pub stream: TcpStream,
+}
+
+impl RawIndexClient {
+    pub fn connect(index: SocketAddr) -> RawIndexClient {
+        let stream = TcpStream::connect(index).unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut reader = stream.try_clone().unwrap();
+        let mut writer = stream.try_clone().unwrap();
+        wire::client_handshake(&mut reader, &mut writer, Service::Index).unwrap();
+        RawIndexClient { stream }
+    }
+
+    pub fn call(&mut self, request: &Request) -> Reply {
+        wire::send_msg(&mut self.stream, request).unwrap();
+        wire::recv_msg(&mut self.stream).unwrap()
+    }
+}
+
+/// A fresh temporary directory with a `shared` folder (and room for others) in it.
+pub fn workspace() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}
+
+/// Names of the entries in `dir`, sorted.
+pub fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
