@@ -840,6 +840,49 @@ mod tests {
         round_trip(FileReply::Error("gone".into()));
     }
 
+    /// The worked example in docs/PROTOCOL.md, byte for byte.
+    #[test]
+    fn the_documented_example_is_what_we_send() {
+        let register =
+            Request::Register { port: 40000, files: vec![FileInfo { sha256: [0xab; 32], ..file("a b", 3) }] };
+        let mut wire = Vec::new();
+        send_msg(&mut wire, &register).unwrap();
+        let mut want =
+            vec![0, 0, 0, 0x34, 0x01, 0x9c, 0x40, 0, 0, 0, 1, 0, 3, b'a', b' ', b'b', 0, 0, 0, 0, 0, 0, 0, 3];
+        want.extend([0xab; 32]);
+        assert_eq!(wire, want);
+        let mut done = Vec::new();
+        send_msg(&mut done, &Reply::Done { files: 1 }).unwrap();
+        assert_eq!(done, [0, 0, 0, 5, 0x81, 0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn handshakes_accept_and_refuse_with_reasons() {
+        let hello = Hello { version: PROTOCOL_VERSION, service: Service::Index }.encode();
+        assert_eq!(Hello::check(&hello, Service::Index), Ok(()));
+        assert_eq!(
+            Hello::check(&hello, Service::Files),
+            Err("this is a peer's file server, not an index server".into())
+        );
+        let future = Hello { version: 2, service: Service::Index }.encode();
+        assert!(Hello::check(&future, Service::Index).unwrap_err().contains("version 2 is not supported"));
+
+        // Server side over in-memory streams: the refusal is written before the error.
+        let mut input = Vec::new();
+        send_all(&mut input, b"not a hello").unwrap();
+        let mut output = Vec::new();
+        let err = server_handshake(&mut &input[..], &mut output, Service::Index, MAX_FRAME_LEN).unwrap_err();
+        assert!(err.to_string().contains("not a peerdex client"));
+        let welcome: Welcome = recv_msg(&mut &output[..]).unwrap();
+        assert_eq!(welcome.refusal.as_deref(), Some("not a peerdex client (bad handshake)"));
+
+        // Client side: a refusal becomes an error carrying the reason.
+        let mut reply = Vec::new();
+        send_msg(&mut reply, &Welcome { version: 1, refusal: Some("go away".into()) }).unwrap();
+        let err = client_handshake(&mut &reply[..], &mut Vec::new(), Service::Files).unwrap_err();
+        assert_eq!(err.to_string(), "refused: go away");
+    }
+
     #[test]
     fn bad_payloads_are_named_errors() {
         assert_eq!(Request::decode(&[]), Err(DecodeError::Truncated));

@@ -154,7 +154,8 @@ fn respond(
         }
         Request::List { pattern, limit } => {
             let sent = send_listing(index, conn, &pattern, limit, w)?;
-            info!("{conn} list {pattern:?} (limit {limit:?}) -> {sent} entries");
+            let limit = limit.map_or("none".to_owned(), |n| n.to_string());
+            info!("{conn} list matching {pattern:?}, limit {limit} -> {sent} entries");
             return Ok(());
         }
         Request::Ping => return wire::send_msg(w, &Reply::Pong),
@@ -162,7 +163,7 @@ fn respond(
     match &reply {
         Reply::Error(e) => info!("{conn} {what} -> error: {e}"),
         Reply::Done { files } => info!("{conn} {what} -> ok, {files} files registered"),
-        Reply::Peers(hits) => info!("{conn} {what} -> {} peers", hits.len()),
+        Reply::Peers(hits) => info!("{conn} {what} -> {} peer(s)", hits.len()),
         Reply::NoPeers => info!("{conn} {what} -> no registered peer shares it"),
         _ => info!("{conn} {what}"),
     }
