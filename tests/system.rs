@@ -6,7 +6,7 @@ mod common;
 use std::fs;
 use std::path::PathBuf;
 
-use common::{Proc, RawIndexClient, Stream, entries, wait_for, workspace};
+use common::{Misbehaviour, Proc, RawIndexClient, Stream, entries, fake_sender, wait_for, workspace};
 use peerdex::wire::{FileInfo, Reply, Request};
 use rand::RngExt;
 
@@ -303,4 +303,91 @@ fn the_server_logs_requests_to_its_log_file() {
     ] {
         assert!(log.contains(want), "{want:?} not in the log:\n{log}");
     }
+}
+
+#[test]
+fn everything_works_over_ipv6_loopback() {
+    let ws = workspace();
+    let a = folder(ws.path(), "a", &[("six.txt", b"over IPv6")]);
+    let b = folder(ws.path(), "b", &[]);
+    let (_index, index_addr) = Proc::index_server_on(ws.path(), "::1");
+    assert_eq!(index_addr.ip().to_string(), "::1");
+    let (mut pa, files_addr) = Proc::peer(index_addr, &a);
+    assert_eq!(files_addr.ip().to_string(), "::1", "a loopback index means a loopback file server");
+    pa.send("register");
+    pa.expect(Stream::Out, "registered 1 files");
+    let (mut pb, _) = Proc::peer(index_addr, &b);
+    pb.send("download six.txt");
+    let line = pb.expect(Stream::Out, "downloaded six.txt");
+    assert_eq!(line, format!("downloaded six.txt (9 bytes) from {files_addr}"));
+    assert!(pb.finish().success());
+    assert_eq!(fs::read(b.join("six.txt")).unwrap(), b"over IPv6");
+}
+
+#[test]
+fn an_unreachable_index_is_a_clear_error() {
+    let ws = workspace();
+    let a = folder(ws.path(), "a", &[]);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let port = closed.port().to_string();
+    let mut p = Proc::start(
+        env!("CARGO_BIN_EXE_peer"),
+        &["127.0.0.1", port.as_str(), "0", a.to_str().unwrap()],
+        ws.path(),
+    );
+    assert_eq!(p.finish().code(), Some(1));
+    let errors = p.lines(Stream::Err);
+    assert!(
+        errors[0].starts_with(&format!("error: cannot connect to the index server {closed}: ")),
+        "{errors:?}"
+    );
+    assert!(p.lines(Stream::Out).is_empty(), "nothing is served without an index");
+}
+
+#[test]
+fn corrupt_short_and_long_transfers_are_rejected_and_the_next_peer_tried() {
+    let ws = workspace();
+    let content = random_bytes(64 * 1024);
+    let b = folder(ws.path(), "b", &[("unrelated", b"keep me")]);
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    let info = FileInfo {
+        name: peerdex::name::ShareName::parse("f.bin").unwrap(),
+        size: content.len() as u64,
+        sha256: peerdex::peer::folder::hash(&mut &content[..]).unwrap(),
+    };
+    let mut fakes = Vec::new();
+    for how in [Misbehaviour::Corrupt, Misbehaviour::Short, Misbehaviour::Long] {
+        let addr = fake_sender(content.clone(), how);
+        let mut registration = RawIndexClient::connect(index_addr);
+        let reply = registration.call(&Request::Register { port: addr.port(), files: vec![info.clone()] });
+        assert_eq!(reply, Reply::Done { files: 1 });
+        fakes.push((addr, registration));
+    }
+
+    let (mut pb, _) = Proc::peer(index_addr, &b);
+    pb.send("download f.bin");
+    let errors = pb.read_until(Stream::Err, "peers that share it failed");
+    assert_eq!(errors.len(), 4, "one error per peer, then the verdict: {errors:#?}");
+    let want = [
+        (fakes[0].0, "SHA-256 mismatch"),
+        (fakes[1].0, &format!("the peer sent only {} of {} bytes", content.len() - 1, content.len())),
+        (fakes[2].0, &format!("the peer sent more than the {} bytes it announced", content.len())),
+    ];
+    assert_eq!(errors.last().unwrap(), "error: cannot download \"f.bin\": all 3 peers that share it failed");
+    for (addr, why) in want {
+        let prefix = format!("error: cannot download \"f.bin\" from {addr}: {why}");
+        assert!(errors.iter().any(|e| e.starts_with(&prefix)), "no {prefix:?} in {errors:#?}");
+    }
+    assert_eq!(entries(&b), ["unrelated"], "no partial file, nothing else touched");
+
+    // With one honest peer among the liars, the download succeeds.
+    let a = folder(ws.path(), "a", &[("f.bin", &content)]);
+    let (mut pa, _) = Proc::peer(index_addr, &a);
+    pa.send("register");
+    pa.expect(Stream::Out, "registered 1 files");
+    pb.send("download f.bin");
+    pb.expect(Stream::Out, "downloaded f.bin");
+    assert_eq!(pb.finish().code(), Some(1), "the first download's failure still counts");
+    assert_eq!(fs::read(b.join("f.bin")).unwrap(), content);
+    assert_eq!(entries(&b), ["f.bin", "unrelated"]);
 }

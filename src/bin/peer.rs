@@ -1,6 +1,8 @@
 //! `peer <server-ip> <server-port> <my-port> <folder>`: a peerdex peer.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, ToSocketAddrs};
+
+use anyhow::Context;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -16,16 +18,16 @@ use peerdex::peer::{self, PeerConfig};
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// The index server's address.
-    server_ip: IpAddr,
+    /// The index server's address: an IP address, or a host name such as localhost.
+    server_ip: String,
     /// The index server's port.
     server_port: u16,
     /// Port for this peer's file server; 0 lets the system pick one.
     my_port: u16,
     /// The folder to share and to download into. It must exist.
     folder: PathBuf,
-    /// Address for the file server. Default: the loopback address if the index server
-    /// is on loopback, otherwise all addresses (0.0.0.0 or ::).
+    /// Address for the file server. Default: if this peer reaches the index server over
+    /// loopback, the loopback address it uses; otherwise all addresses (0.0.0.0 or ::).
     #[arg(long, value_name = "IP")]
     bind: Option<IpAddr>,
     /// Log more about what the peer does (repeat for more): -v for uploads, -vv for
@@ -46,10 +48,9 @@ fn run(args: Args) -> anyhow::Result<bool> {
         _ => log::LevelFilter::Debug,
     };
     peerdex::cli::init_logging(level, None)?;
-    peer::run(PeerConfig {
-        server: SocketAddr::new(args.server_ip, args.server_port),
-        port: args.my_port,
-        folder: args.folder,
-        bind: args.bind,
-    })
+    let index_addrs: Vec<_> = (args.server_ip.as_str(), args.server_port)
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve the index server's address {:?}", args.server_ip))?
+        .collect();
+    peer::run(PeerConfig { index_addrs, port: args.my_port, folder: args.folder, bind: args.bind })
 }

@@ -5,7 +5,7 @@
 //! the wrong asker.
 
 use std::io::{self, BufReader};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::Duration;
@@ -35,24 +35,48 @@ struct Conn {
 /// A connection to the index server. See the module docs.
 pub struct IndexClient {
     server: SocketAddr,
+    local_ip: IpAddr,
     conn: Mutex<Conn>,
 }
 
 impl IndexClient {
-    /// Connects to the index server at `server` and shakes hands.
-    pub fn connect(server: SocketAddr) -> io::Result<IndexClient> {
+    /// Connects to the index server at the first of `addrs` that answers (a host name
+    /// can resolve to several, IPv6 and IPv4) and shakes hands.
+    pub fn connect(addrs: &[SocketAddr]) -> anyhow::Result<IndexClient> {
+        let mut last = None;
+        for &server in addrs {
+            match IndexClient::connect_one(server) {
+                Ok(client) => return Ok(client),
+                Err(e) => {
+                    last = Some(
+                        anyhow::Error::from(e)
+                            .context(format!("cannot connect to the index server {server}")),
+                    )
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no address to connect to the index server")))
+    }
+
+    fn connect_one(server: SocketAddr) -> io::Result<IndexClient> {
         let stream = TcpStream::connect_timeout(&server, CONNECT_TIMEOUT)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
         stream.set_write_timeout(Some(REPLY_TIMEOUT))?;
         let mut conn = Conn { reader: BufReader::new(stream.try_clone()?), writer: stream, broken: None };
         wire::client_handshake(&mut conn.reader, &mut conn.writer, Service::Index)?;
-        Ok(IndexClient { server, conn: Mutex::new(conn) })
+        let local_ip = conn.writer.local_addr()?.ip();
+        Ok(IndexClient { server, local_ip, conn: Mutex::new(conn) })
     }
 
     /// The index server's address.
     pub fn server(&self) -> SocketAddr {
         self.server
+    }
+
+    /// Our side's IP on the connection: the address the index sees for this peer.
+    pub fn local_ip(&self) -> IpAddr {
+        self.local_ip
     }
 
     /// Runs one exchange on the connection, under its lock. After an I/O error the
@@ -65,7 +89,10 @@ impl IndexClient {
                 format!("the connection to the index server {} was lost: {why}", self.server),
             ));
         }
-        f(&mut conn).inspect_err(|e| conn.broken = Some(e.to_string()))
+        f(&mut conn).map_err(|e| {
+            conn.broken = Some(e.to_string());
+            io::Error::new(e.kind(), format!("index server {}: {e}", self.server))
+        })
     }
 
     /// Sends one request and reads its one reply. Not for `List`, see [`Self::list`].
@@ -74,6 +101,17 @@ impl IndexClient {
             wire::send_msg(&mut conn.writer, request)?;
             wire::recv_msg(&mut conn.reader)
         })
+    }
+
+    /// Sends a request that is answered by `Done` (register, unregister, update,
+    /// delete) and returns the number of files the index now has for this peer. An
+    /// `Error` reply becomes an error carrying the server's reason.
+    pub fn change(&self, request: &Request) -> anyhow::Result<u32> {
+        match self.call(request)? {
+            Reply::Done { files } => Ok(files),
+            Reply::Error(e) => Err(anyhow::anyhow!("the index server says: {e}")),
+            other => Err(unexpected(&other).into()),
+        }
     }
 
     /// Asks for a listing and hands each entry to `each` as it arrives. Returns whether

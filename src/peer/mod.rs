@@ -29,34 +29,38 @@ use shell::Shell;
 /// Everything a peer needs to start.
 #[derive(Clone, Debug)]
 pub struct PeerConfig {
-    /// The index server.
-    pub server: SocketAddr,
+    /// The index server's addresses (a host name may resolve to several); the first
+    /// that answers is used.
+    pub index_addrs: Vec<SocketAddr>,
     /// Port of our file server; 0 lets the OS pick.
     pub port: u16,
     /// The shared folder.
     pub folder: PathBuf,
-    /// Address for the file server; `None` for [`default_bind_ip`].
+    /// Address for the file server; `None` for [`default_bind_ip`] of the index
+    /// connection's local address.
     pub bind: Option<IpAddr>,
 }
 
-/// Where the file server listens unless told otherwise: the loopback address when the
-/// index is on loopback (a local setup; nothing is exposed to the network), every
-/// address of the index's family otherwise, since other machines must reach it.
-pub fn default_bind_ip(server: IpAddr) -> IpAddr {
-    match server {
+/// Where the file server listens unless told otherwise, given `seen`, the local address
+/// of our connection to the index (which is the IP the index will give other peers):
+/// that very address when it is a loopback one (a local setup; nothing is exposed to
+/// the network), otherwise every address of its family, since other machines must
+/// reach us.
+pub fn default_bind_ip(seen: IpAddr) -> IpAddr {
+    match seen {
         ip if ip.is_loopback() => ip,
         IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
     }
 }
 
-/// Runs a peer until its input ends: binds the file server and prints
-/// `serving <folder> on <address>`, connects to the index, then runs the shell on
-/// stdin. Returns whether every command succeeded.
+/// Runs a peer until its input ends: connects to the index, binds the file server and
+/// prints `serving <folder> on <address>`, then runs the shell on stdin. Returns whether every command succeeded.
 pub fn run(config: PeerConfig) -> anyhow::Result<bool> {
     let shown = config.folder.display();
     let folder = SharedFolder::new(&config.folder).with_context(|| format!("cannot share folder {shown}"))?;
-    let bind = config.bind.unwrap_or_else(|| default_bind_ip(config.server.ip()));
+    let index = Arc::new(IndexClient::connect(&config.index_addrs)?);
+    let bind = config.bind.unwrap_or_else(|| default_bind_ip(index.local_ip()));
     let listener = TcpListener::bind((bind, config.port))
         .with_context(|| format!("cannot listen on {}", SocketAddr::new(bind, config.port)))?;
     let local = listener.local_addr()?;
@@ -69,10 +73,6 @@ pub fn run(config: PeerConfig) -> anyhow::Result<bool> {
             error!("the file server stopped: {e}");
         }
     })?;
-
-    let index = IndexClient::connect(config.server)
-        .with_context(|| format!("cannot connect to the index server {}", config.server))?;
-    let index = Arc::new(index);
     index.start_keepalive();
     Ok(Shell::new(index, folder, local.port()).run(io::stdin().lock()))
 }

@@ -14,11 +14,11 @@ use std::thread::{self, JoinHandle};
 
 use anyhow::{Context, anyhow, bail};
 
-use super::client::{IndexClient, unexpected};
+use super::client::IndexClient;
 use super::download::download;
 use super::folder::SharedFolder;
 use crate::name::ShareName;
-use crate::wire::{MAX_FILES_PER_PEER, Reply, Request};
+use crate::wire::{MAX_FILES_PER_PEER, Request};
 
 /// Longest command line accepted, in bytes: a command and a 255-byte name need far
 /// less; the cap keeps a runaway input from being buffered whole.
@@ -231,13 +231,14 @@ impl Shell {
             Command::Register => {
                 let files = scan(&self.folder)?;
                 let count = files.len();
-                done(self.index.call(&Request::Register { port: self.port, files })?)
+                self.index
+                    .change(&Request::Register { port: self.port, files })
                     .context("register failed")?;
                 self.registered.store(true, Ordering::SeqCst);
                 crate::outln!("registered {count} files with the index server {}", self.index.server());
             }
             Command::Unregister => {
-                done(self.index.call(&Request::Unregister)?).context("unregister failed")?;
+                self.index.change(&Request::Unregister).context("unregister failed")?;
                 self.registered.store(false, Ordering::SeqCst);
                 crate::outln!("unregistered");
             }
@@ -261,7 +262,8 @@ impl Shell {
                 self.folder.delete(&name).map_err(|e| anyhow!("cannot delete {:?}: {e}", name.as_str()))?;
                 crate::outln!("deleted {name}");
                 if self.registered.load(Ordering::SeqCst) {
-                    done(self.index.call(&Request::Delete { names: vec![name] })?)
+                    self.index
+                        .change(&Request::Delete { names: vec![name] })
                         .context("the file is deleted, but the index was not told")?;
                 }
             }
@@ -338,16 +340,7 @@ fn scan(folder: &SharedFolder) -> anyhow::Result<Vec<crate::wire::FileInfo>> {
 fn sync_index(index: &IndexClient, folder: &SharedFolder, sync: &Mutex<()>) -> anyhow::Result<u32> {
     let _one_at_a_time = sync.lock().unwrap_or_else(PoisonError::into_inner);
     let files = scan(folder)?;
-    done(index.call(&Request::Update { files })?)
-}
-
-/// The file count of a `Done` reply, or the error it carries.
-fn done(reply: Reply) -> anyhow::Result<u32> {
-    match reply {
-        Reply::Done { files } => Ok(files),
-        Reply::Error(e) => Err(anyhow!("the index server says: {e}")),
-        other => Err(unexpected(&other).into()),
-    }
+    index.change(&Request::Update { files })
 }
 
 #[cfg(test)]

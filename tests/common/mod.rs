@@ -82,8 +82,13 @@ impl Proc {
 
     /// Starts `indexing-server 127.0.0.1 0` in `dir` and returns it with its address.
     pub fn index_server(dir: &Path) -> (Proc, SocketAddr) {
+        Proc::index_server_on(dir, "127.0.0.1")
+    }
+
+    /// Starts `indexing-server <ip> 0` in `dir` and returns it with its address.
+    pub fn index_server_on(dir: &Path, ip: &str) -> (Proc, SocketAddr) {
         let log = dir.join("log.log");
-        let args = ["127.0.0.1".as_ref(), "0".as_ref(), "--log-file".as_ref(), log.as_os_str()];
+        let args = [ip.as_ref(), "0".as_ref(), "--log-file".as_ref(), log.as_os_str()];
         let mut p = Proc::start(env!("CARGO_BIN_EXE_indexing-server"), &args, dir);
         let line = p.expect(Stream::Out, "listening on ");
         let addr = line.trim_start_matches("listening on ").parse().expect("an address");
@@ -257,4 +262,46 @@ pub fn entries(dir: &Path) -> Vec<String> {
         .collect();
     names.sort();
     names
+}
+
+/// How a [`fake_sender`] misbehaves after announcing the right size and hash.
+#[derive(Clone, Copy, Debug)]
+pub enum Misbehaviour {
+    /// Sends the right number of bytes, one of them changed.
+    Corrupt,
+    /// Sends one byte too few, then closes.
+    Short,
+    /// Sends ten bytes too many.
+    Long,
+}
+
+/// A file server that announces `content`'s size and SHA-256 for any name, then
+/// misbehaves; serves connections until the test ends. Returns its address.
+pub fn fake_sender(content: Vec<u8>, how: Misbehaviour) -> SocketAddr {
+    use peerdex::wire::{FileReply, FileRequest};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let sha256 = peerdex::peer::folder::hash(&mut &content[..]).unwrap();
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let mut r = s.try_clone().unwrap();
+            if wire::server_handshake(&mut r, &mut s, Service::Files, 4096).is_err() {
+                continue;
+            }
+            let _: FileRequest = wire::recv_msg(&mut r).unwrap();
+            let size = content.len() as u64;
+            wire::send_msg(&mut s, &FileReply::Header { size, sha256 }).unwrap();
+            let mut body = content.clone();
+            match how {
+                Misbehaviour::Corrupt => body[0] ^= 1,
+                Misbehaviour::Short => {
+                    body.pop();
+                }
+                Misbehaviour::Long => body.extend_from_slice(&[0; 10]),
+            }
+            let _ = s.write_all(&body);
+        }
+    });
+    addr
 }
