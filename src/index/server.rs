@@ -3,7 +3,7 @@
 //! One `std::thread` per connection reads requests until the peer disconnects; when
 //! the conversation ends, for whatever reason, the peer's registration goes with it.
 
-use std::io::{self, BufReader, BufWriter};
+use std::io::{self, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::thread;
 use std::time::Duration;
@@ -101,8 +101,10 @@ fn converse(index: &Index, stream: TcpStream, conn: SocketAddr, config: &Config)
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(config.handshake_timeout))?;
     stream.set_write_timeout(Some(config.write_timeout))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut writer = BufWriter::new(stream);
+    // One descriptor per connection (no `try_clone`): at 10,000 peers, descriptors are
+    // the resource that runs out first.
+    let mut reader = BufReader::new(&stream);
+    let mut writer = &stream;
 
     if let Err(e) = wire::server_handshake(&mut reader, &mut writer, Service::Index, config.max_frame_len) {
         warn!("{conn} handshake failed: {e}");
@@ -112,7 +114,7 @@ fn converse(index: &Index, stream: TcpStream, conn: SocketAddr, config: &Config)
 
     while let Some(frame) = wire::recv_all(&mut reader, config.max_frame_len)? {
         match Request::decode(&frame) {
-            Ok(request) => respond(index, conn, request, &mut writer)?,
+            Ok(request) => respond(index, conn, request, writer)?,
             Err(e) => {
                 warn!("{conn} malformed request: {e}");
                 wire::send_msg(&mut writer, &Reply::Error(format!("malformed request: {e}")))?;
@@ -127,7 +129,7 @@ fn respond(
     index: &Index,
     conn: SocketAddr,
     request: Request,
-    w: &mut BufWriter<TcpStream>,
+    mut w: &TcpStream,
 ) -> io::Result<()> {
     let done = |r: Result<usize, super::RegistryError>| match r {
         Ok(n) => Reply::Done { files: n as u32 },
@@ -158,7 +160,7 @@ fn respond(
             info!("{conn} list matching {pattern:?}, limit {limit} -> {sent} entries");
             return Ok(());
         }
-        Request::Ping => return wire::send_msg(w, &Reply::Pong),
+        Request::Ping => return wire::send_msg(&mut w, &Reply::Pong),
     };
     match &reply {
         Reply::Error(e) => info!("{conn} {what} -> error: {e}"),
@@ -167,7 +169,7 @@ fn respond(
         Reply::NoPeers => info!("{conn} {what} -> no registered peer shares it"),
         _ => info!("{conn} {what}"),
     }
-    wire::send_msg(w, &reply)
+    wire::send_msg(&mut w, &reply)
 }
 
 /// Streams a listing a page at a time, taking the lock once per page and never across
@@ -177,7 +179,7 @@ fn send_listing(
     conn: SocketAddr,
     pattern: &str,
     limit: Option<u32>,
-    w: &mut BufWriter<TcpStream>,
+    mut w: &TcpStream,
 ) -> io::Result<usize> {
     let mut left = limit.map_or(usize::MAX, |n| n as usize);
     let mut sent = 0;
@@ -194,13 +196,13 @@ fn send_listing(
         if !page.entries.is_empty() {
             left -= page.entries.len();
             sent += page.entries.len();
-            wire::send_msg(w, &Reply::ListChunk(page.entries))?;
+            wire::send_msg(&mut w, &Reply::ListChunk(page.entries))?;
         }
         match page.next {
             Some(next) if !truncated => after = Some(next),
             _ => break,
         }
     }
-    wire::send_msg(w, &Reply::ListEnd { truncated })?;
+    wire::send_msg(&mut w, &Reply::ListEnd { truncated })?;
     Ok(sent)
 }

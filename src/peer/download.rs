@@ -82,7 +82,7 @@ fn fetch(hit: &PeerHit, folder: &SharedFolder, name: &ShareName) -> anyhow::Resu
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(READ_TIMEOUT))?;
     stream.set_write_timeout(Some(READ_TIMEOUT))?;
-    let mut reader = BufReader::with_capacity(RECV_BUF_LEN, stream.try_clone()?);
+    let mut reader = BufReader::with_capacity(RECV_BUF_LEN, &stream);
     let mut writer = &stream;
     wire::client_handshake(&mut reader, &mut writer, Service::Files).context("handshake failed")?;
     wire::send_msg(&mut writer, &FileRequest::Get { name: name.to_string() })?;

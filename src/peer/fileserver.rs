@@ -56,7 +56,7 @@ fn handle(folder: &SharedFolder, stream: TcpStream, from: SocketAddr) -> io::Res
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
     stream.set_write_timeout(Some(WRITE_TIMEOUT))?;
-    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut reader = BufReader::new(&stream);
     let mut writer = &stream;
     wire::server_handshake(&mut reader, &mut writer, Service::Files, MAX_REQUEST_LEN)?;
 
