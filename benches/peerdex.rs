@@ -16,8 +16,8 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::Arc;
 use std::sync::mpsc;
-use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -96,7 +96,12 @@ impl Drop for Proc {
 
 fn index_server(dir: &Path) -> (Proc, SocketAddr) {
     let log = dir.join("log.log");
-    let p = Proc::start(INDEX_BIN, &["127.0.0.1", "0", "--log-file", log.to_str().unwrap()], dir);
+    let level = std::env::var("PEERDEX_BENCH_LOG_LEVEL").unwrap_or_else(|_| "info".into());
+    let p = Proc::start(
+        INDEX_BIN,
+        &["127.0.0.1", "0", "--log-file", log.to_str().unwrap(), "--log-level", &level],
+        dir,
+    );
     let addr = p.expect("listening on ").trim_start_matches("listening on ").parse().unwrap();
     (p, addr)
 }
@@ -118,6 +123,22 @@ fn cpu_seconds(pid: &str) -> f64 {
     let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
         + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
     ticks / 100.0 // USER_HZ is 100 on Linux
+}
+
+/// Context switches (voluntary + involuntary) of a process so far, all threads.
+fn context_switches(pid: &str) -> u64 {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
+    tasks
+        .flatten()
+        .filter_map(|t| fs::read_to_string(t.path().join("status")).ok())
+        .flat_map(|status| {
+            status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .sum()
 }
 
 /// (resident set size in bytes, thread count) of a process.
@@ -186,12 +207,6 @@ impl Client {
         wire::send_msg(&mut self.stream(), request).unwrap();
         wire::recv_msg(&mut self.reader).unwrap()
     }
-
-    /// Sends an already-encoded frame and reads one raw reply frame.
-    fn round_trip(&mut self, frame: &[u8]) -> Vec<u8> {
-        self.stream().write_all(frame).unwrap();
-        wire::recv_all(&mut self.reader, wire::MAX_FRAME_LEN).unwrap().expect("a reply")
-    }
 }
 
 fn name(s: &str) -> ShareName {
@@ -254,8 +269,13 @@ fn us(d: Duration) -> String {
     format!("{:.0} µs", d.as_secs_f64() * 1e6)
 }
 
-/// `clients` connections send lookups of names drawn from `names` for `window`;
+/// `clients` connections send lookups of names drawn from `names` for `window`, one
+/// request outstanding per connection (as `redis-benchmark -c N` without pipelining);
 /// returns (lookups per second, p50, p99, cpu report).
+///
+/// One thread drives every connection with non-blocking sockets and epoll (mio), the
+/// way redis-benchmark does, so the generator spends little CPU per request and does
+/// not take the server's cores.
 fn lookup_load(
     index: SocketAddr,
     server_pid: u32,
@@ -263,46 +283,84 @@ fn lookup_load(
     clients: usize,
     window: Duration,
 ) -> (f64, Duration, Duration, String) {
+    use mio::{Events, Interest, Poll, Token};
+
     // Encoded requests are prepared up front so the generator spends its CPU on I/O.
-    let frames: Arc<Vec<Vec<u8>>> = Arc::new(
-        names
-            .iter()
-            .take(200_000)
-            .map(|n| {
-                let payload = Request::Lookup { name: name(n) }.encode();
-                let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
-                frame.extend_from_slice(&payload);
-                frame
-            })
-            .collect(),
-    );
-    let barrier = Arc::new(Barrier::new(clients + 1));
-    let handles: Vec<_> = (0..clients)
-        .map(|_| {
-            let (frames, barrier) = (Arc::clone(&frames), Arc::clone(&barrier));
-            thread::spawn(move || {
-                let mut c = Client::connect(index);
-                let mut rng = rand::rngs::SmallRng::from_rng(&mut rand::rng());
-                let mut lat = Vec::with_capacity(1 << 20);
-                barrier.wait();
-                let end = Instant::now() + window;
-                while Instant::now() < end {
-                    let frame = &frames[rng.random_range(0..frames.len())];
-                    let t = Instant::now();
-                    let reply = c.round_trip(frame);
-                    lat.push(t.elapsed());
-                    debug_assert!(matches!(reply[0], 0x85 | 0x86));
-                }
-                lat
-            })
+    let frames: Vec<Vec<u8>> = names
+        .iter()
+        .take(200_000)
+        .map(|n| {
+            let payload = Request::Lookup { name: name(n) }.encode();
+            let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+            frame.extend_from_slice(&payload);
+            frame
         })
         .collect();
-    barrier.wait();
+    struct Conn {
+        stream: mio::net::TcpStream,
+        inbox: Vec<u8>,
+        sent_at: Instant,
+    }
+    let mut poll = Poll::new().unwrap();
+    let mut conns: Vec<Conn> = (0..clients)
+        .map(|i| {
+            let c = Client::connect(index);
+            let stream = c.reader.into_inner();
+            stream.set_nonblocking(true).unwrap();
+            let mut stream = mio::net::TcpStream::from_std(stream);
+            poll.registry().register(&mut stream, Token(i), Interest::READABLE).unwrap();
+            Conn { stream, inbox: Vec::with_capacity(64 * 1024), sent_at: Instant::now() }
+        })
+        .collect();
+    let mut rng = rand::rngs::SmallRng::from_rng(&mut rand::rng());
+    let send = |c: &mut Conn, rng: &mut rand::rngs::SmallRng| {
+        let frame = &frames[rng.random_range(0..frames.len())];
+        c.sent_at = Instant::now();
+        // A request is ~40 bytes into an idle socket: it always fits the send buffer.
+        c.stream.write_all(frame).expect("a request fits the socket buffer");
+    };
+    let switches = context_switches(&server_pid.to_string());
     let meter = CpuMeter::start(server_pid);
     let start = Instant::now();
-    let mut all = Latencies(handles.into_iter().flat_map(|h| h.join().unwrap()).collect());
+    let end = start + window;
+    for c in conns.iter_mut() {
+        send(c, &mut rng);
+    }
+    let mut lat = Vec::with_capacity(1 << 22);
+    let mut events = Events::with_capacity(1024);
+    let mut buf = vec![0u8; 64 * 1024];
+    while Instant::now() < end {
+        poll.poll(&mut events, Some(end.saturating_duration_since(Instant::now()))).unwrap();
+        for event in events.iter() {
+            let c = &mut conns[event.token().0];
+            loop {
+                match c.stream.read(&mut buf) {
+                    Ok(0) => panic!("the server closed a connection"),
+                    Ok(n) => c.inbox.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            while c.inbox.len() >= 4 {
+                let len = u32::from_be_bytes(c.inbox[..4].try_into().unwrap()) as usize;
+                if c.inbox.len() < 4 + len {
+                    break;
+                }
+                debug_assert!(matches!(c.inbox[4], 0x85 | 0x86));
+                lat.push(c.sent_at.elapsed());
+                c.inbox.drain(..4 + len);
+                send(c, &mut rng);
+            }
+        }
+    }
     let elapsed = start.elapsed().as_secs_f64();
-    let cpu = meter.report();
+    let switches = context_switches(&server_pid.to_string()) - switches;
+    let cpu = format!(
+        "{}; server context switches per lookup {:.2}",
+        meter.report(),
+        switches as f64 / lat.len() as f64
+    );
+    let mut all = Latencies(lat);
     let rate = all.0.len() as f64 / elapsed;
     (rate, all.percentile(0.50), all.percentile(0.99), cpu)
 }

@@ -5,8 +5,9 @@ use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
 use std::path::Path;
 use std::process::ExitCode;
-use std::sync::mpsc::{self, SyncSender};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
+use std::time::Duration;
 
 use anyhow::Context;
 use simplelog::{ConfigBuilder, LevelFilter, WriteLogger};
@@ -37,8 +38,8 @@ macro_rules! errln {
 /// message), which on a plain `File` or stderr is several system calls per record:
 /// at tens of thousands of requests a second, most of the server's time. So records
 /// are formatted into memory by a [`LineSink`] and written by one background thread,
-/// which writes whatever has queued up in one go and flushes whenever it catches up.
-/// A record reaches the terminal and the file as soon as that thread runs.
+/// which writes whatever has accumulated in one go. A record reaches the terminal and
+/// the file within a few milliseconds ([`LOG_LINGER`]).
 pub fn init_logging(level: LevelFilter, file: Option<&Path>) -> anyhow::Result<()> {
     let config = ConfigBuilder::new()
         .set_time_format_rfc3339()
@@ -58,47 +59,64 @@ pub fn init_logging(level: LevelFilter, file: Option<&Path>) -> anyhow::Result<(
     WriteLogger::init(level, config, sink).context("cannot set up logging")
 }
 
-/// Most log records queued for the writer thread; past this, logging callers wait for
-/// it (the disk sets the pace) rather than the queue growing without bound.
-const LOG_QUEUE_LEN: usize = 64 * 1024;
+/// How long the writer thread lets records accumulate after the first one arrives
+/// before it writes them: under load one write carries hundreds of records, and no
+/// record waits longer than this (plus the write) to reach the terminal and the file.
+const LOG_LINGER: Duration = Duration::from_millis(5);
 
-/// A `Write` that collects one record and hands each complete line (a record ends
-/// with a newline) to the writer thread. See [`init_logging`].
+/// Log records waiting for the writer thread, and the signal that there are some.
+#[derive(Default)]
+struct Pending {
+    bytes: Mutex<Vec<u8>>,
+    ready: Condvar,
+}
+
+/// A `Write` that appends formatted records to a shared buffer that one background
+/// thread drains. See [`init_logging`]. Each record is appended whole, a `memcpy`
+/// under a lock shared only with the writer thread; the writer is woken only when the
+/// buffer goes from empty to not empty.
 pub struct LineSink {
+    /// The record being formatted; simplelog writes it in pieces.
     line: Vec<u8>,
-    queue: SyncSender<Vec<u8>>,
+    pending: Arc<Pending>,
 }
 
 impl LineSink {
     fn start(mut outputs: Vec<Box<dyn Write + Send>>) -> io::Result<LineSink> {
-        let (queue, lines) = mpsc::sync_channel::<Vec<u8>>(LOG_QUEUE_LEN);
+        let pending = Arc::new(Pending::default());
+        let shared = Arc::clone(&pending);
         thread::Builder::new().name("log writer".into()).spawn(move || {
-            while let Ok(line) = lines.recv() {
-                let mut write = |line: &[u8]| {
-                    for out in outputs.iter_mut() {
-                        let _ = out.write_all(line);
+            let mut batch = Vec::new();
+            loop {
+                {
+                    let mut bytes = shared.bytes.lock().unwrap_or_else(PoisonError::into_inner);
+                    while bytes.is_empty() {
+                        bytes = shared.ready.wait(bytes).unwrap_or_else(PoisonError::into_inner);
                     }
-                };
-                write(&line);
-                while let Ok(more) = lines.try_recv() {
-                    write(&more);
                 }
+                thread::sleep(LOG_LINGER);
+                std::mem::swap(&mut batch, &mut *shared.bytes.lock().unwrap_or_else(PoisonError::into_inner));
                 for out in outputs.iter_mut() {
-                    let _ = out.flush();
+                    let _ = out.write_all(&batch).and_then(|()| out.flush());
                 }
+                batch.clear();
             }
         })?;
-        Ok(LineSink { line: Vec::with_capacity(256), queue })
+        Ok(LineSink { line: Vec::with_capacity(256), pending })
     }
 }
 
 impl Write for LineSink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         self.line.extend_from_slice(buf);
+        // A record ends with its newline: hand it over whole.
         if self.line.ends_with(b"\n") {
-            let line = std::mem::replace(&mut self.line, Vec::with_capacity(256));
-            // The writer thread only stops with the process.
-            let _ = self.queue.send(line);
+            let mut bytes = self.pending.bytes.lock().unwrap_or_else(PoisonError::into_inner);
+            if bytes.is_empty() {
+                self.pending.ready.notify_one();
+            }
+            bytes.extend_from_slice(&self.line);
+            self.line.clear();
         }
         Ok(buf.len())
     }

@@ -7,6 +7,7 @@
 //! character, so joining it to the folder can never leave the folder.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// Longest name accepted, in bytes. This is `NAME_MAX` on Linux, ext4, XFS, btrfs and
 /// APFS, so every file a peer can have is nameable; anything longer is not a file name.
@@ -18,8 +19,11 @@ pub const MAX_NAME_LEN: usize = 255;
 pub const TEMP_PREFIX: &str = ".peerdex-part-";
 
 /// A validated shared-file name. See the module docs for what it cannot hold.
+///
+/// The text is behind an `Arc`, so a clone is a reference-count increment: the index
+/// server keeps each name once however many peers and maps refer to it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ShareName(String);
+pub struct ShareName(Arc<str>);
 
 /// Why a string is not a [`ShareName`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,7 +80,7 @@ impl ShareName {
         } else if name.starts_with(TEMP_PREFIX) {
             Err(NameError::Reserved)
         } else {
-            Ok(ShareName(name.to_owned()))
+            Ok(ShareName(Arc::from(name)))
         }
     }
 
@@ -94,7 +98,7 @@ impl fmt::Display for ShareName {
 
 impl AsRef<std::path::Path> for ShareName {
     fn as_ref(&self) -> &std::path::Path {
-        self.0.as_ref()
+        std::path::Path::new(&*self.0)
     }
 }
 

@@ -24,6 +24,10 @@ struct Args {
     /// File the log is appended to.
     #[arg(long, value_name = "PATH", default_value = "log.log")]
     log_file: PathBuf,
+    /// Least severe log records kept: info logs every connection and request; warn
+    /// only problems (malformed input, refused handshakes); off nothing.
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    log_level: log::LevelFilter,
 }
 
 fn main() -> ExitCode {
@@ -32,7 +36,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<bool> {
-    peerdex::cli::init_logging(log::LevelFilter::Info, Some(&args.log_file))?;
+    peerdex::cli::init_logging(args.log_level, Some(&args.log_file))?;
     let wanted = SocketAddr::new(args.ip, args.port);
     let listener = TcpListener::bind(wanted).with_context(|| format!("cannot listen on {wanted}"))?;
     let local = listener.local_addr()?;

@@ -1,12 +1,20 @@
 //! The registry: which peer shares which files. A plain data structure, no locks, no
 //! I/O; the server wraps it in a mutex (see [`super::Index`]).
 //!
-//! Two maps are kept in step:
-//! - `peers`: connection address -> (file-server port, files sorted by name), the shape
-//!   the design asked for;
-//! - `by_name`: name -> the connections that share it, an inverted index so that a
-//!   lookup touches only the peers that have the name. It is a `BTreeMap` so a listing
-//!   comes out in name order and can be read a page at a time from any name on.
+//! - `peers`: connection address -> (file-server port, files), the shape the design
+//!   asked for. Each peer's files stay in the order it sent them.
+//! - `by_name`: name -> the peers that share it, an inverted index so that a lookup
+//!   touches only those peers. Each [`Holder`] names the peer by a small id and gives
+//!   the position of the file in that peer's list, so a lookup reads a peer's size and
+//!   hash without searching its list. It is a `BTreeMap` so a listing comes out in name
+//!   order and can be read a page at a time from any name on.
+//!
+//! Names are [`ShareName`]s, whose text is reference-counted: a name is stored once,
+//! shared by the peer's list and the index (and by every peer that shares it).
+//!
+//! Memory per entry (a file at a peer) is about 160 bytes: 56 for the file in its
+//! peer's list, 48 for the name's allocation and 50 for the B-tree slot. Measured
+//! figures are in `docs/PERFORMANCE.md`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -58,11 +66,77 @@ pub struct ListPage {
     pub next: Option<ShareName>,
 }
 
+/// A small handle on a registered peer, so the index stores 4 bytes per holder rather
+/// than a 32-byte `SocketAddr`.
+type PeerId = u32;
+
+/// One peer that shares a name: which peer, and where the file is in its list.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Holder {
+    peer: PeerId,
+    idx: u32,
+}
+
+/// The holders of one name. Most names are shared by one peer; they need no vector.
+///
+/// `Many` boxes its vector so that `Holders` is 16 bytes rather than 32: it sits in
+/// every B-tree slot, millions of them, and the extra allocation is paid only by the
+/// few names that several peers share.
+#[derive(Debug)]
+#[allow(clippy::box_collection)]
+enum Holders {
+    One(Holder),
+    Many(Box<Vec<Holder>>),
+}
+
+impl Holders {
+    fn as_slice(&self) -> &[Holder] {
+        match self {
+            Holders::One(h) => std::slice::from_ref(h),
+            Holders::Many(v) => v,
+        }
+    }
+
+    fn find_mut(&mut self, peer: PeerId) -> Option<&mut Holder> {
+        match self {
+            Holders::One(h) => (h.peer == peer).then_some(h),
+            Holders::Many(v) => v.iter_mut().find(|h| h.peer == peer),
+        }
+    }
+
+    fn push(&mut self, h: Holder) {
+        match self {
+            Holders::One(first) => *self = Holders::Many(Box::new(vec![*first, h])),
+            Holders::Many(v) => v.push(h),
+        }
+    }
+
+    /// Removes `peer`; returns true if nobody is left.
+    fn remove(&mut self, peer: PeerId) -> bool {
+        match self {
+            Holders::One(h) => h.peer == peer,
+            Holders::Many(v) => {
+                v.retain(|h| h.peer != peer);
+                if let [only] = v[..] {
+                    *self = Holders::One(only);
+                }
+                false
+            }
+        }
+    }
+}
+
 /// The registry. See the module docs.
 #[derive(Debug)]
 pub struct Registry {
+    /// Connection -> (file-server port, files).
     peers: HashMap<SocketAddr, (u16, Vec<FileInfo>)>,
-    by_name: BTreeMap<ShareName, Vec<SocketAddr>>,
+    /// Connection -> its id in `by_name`; ids are reused after a peer leaves.
+    ids: HashMap<SocketAddr, PeerId>,
+    /// Id -> connection (`None` for a free id).
+    conns: Vec<Option<SocketAddr>>,
+    free_ids: Vec<PeerId>,
+    by_name: BTreeMap<ShareName, Holders>,
     max_files: usize,
 }
 
@@ -75,7 +149,14 @@ impl Default for Registry {
 impl Registry {
     /// An empty registry that accepts at most `max_files` files per peer.
     pub fn new(max_files: usize) -> Registry {
-        Registry { peers: HashMap::new(), by_name: BTreeMap::new(), max_files }
+        Registry {
+            peers: HashMap::new(),
+            ids: HashMap::new(),
+            conns: Vec::new(),
+            free_ids: Vec::new(),
+            by_name: BTreeMap::new(),
+            max_files,
+        }
     }
 
     /// Registers the peer on connection `conn`, or replaces its registration. Returns
@@ -84,17 +165,29 @@ impl Registry {
         &mut self,
         conn: SocketAddr,
         port: u16,
-        files: Vec<FileInfo>,
+        mut files: Vec<FileInfo>,
     ) -> Result<usize, RegistryError> {
         if port == 0 {
             return Err(RegistryError::PortZero);
         }
-        let files = self.checked(files)?;
+        self.check(&files)?;
         self.remove(conn);
-        for f in &files {
-            self.by_name.entry(f.name.clone()).or_default().push(conn);
+        let id = self.new_id(conn);
+        for (idx, f) in files.iter_mut().enumerate() {
+            let holder = Holder { peer: id, idx: idx as u32 };
+            match self.by_name.entry(f.name.clone()) {
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    e.insert(Holders::One(holder));
+                }
+                std::collections::btree_map::Entry::Occupied(mut e) => {
+                    // Keep one copy of the name's text for everyone who shares it.
+                    f.name = e.key().clone();
+                    e.get_mut().push(holder);
+                }
+            }
         }
         let count = files.len();
+        files.shrink_to_fit();
         self.peers.insert(conn, (port, files));
         Ok(count)
     }
@@ -108,11 +201,19 @@ impl Registry {
     /// Removes `names` from a registered peer's list; names it does not share are
     /// ignored, so a delete can be repeated. Returns how many files it now shares.
     pub fn delete(&mut self, conn: SocketAddr, names: &[ShareName]) -> Result<usize, RegistryError> {
-        let (_, files) = self.peers.get_mut(&conn).ok_or(RegistryError::NotRegistered)?;
+        let id = *self.ids.get(&conn).ok_or(RegistryError::NotRegistered)?;
+        let (_, files) = self.peers.get_mut(&conn).expect("ids and peers agree");
         for name in names {
-            if let Ok(i) = files.binary_search_by(|f| f.name.cmp(name)) {
-                files.remove(i);
-                unindex(&mut self.by_name, name, conn);
+            let Some(holders) = self.by_name.get_mut(name) else { continue };
+            let Some(&mut Holder { idx, .. }) = holders.find_mut(id) else { continue };
+            if holders.remove(id) {
+                self.by_name.remove(name);
+            }
+            // The last file moves into the hole; its holder must follow it.
+            files.swap_remove(idx as usize);
+            if let Some(moved) = files.get(idx as usize) {
+                let holder = self.by_name.get_mut(&moved.name).and_then(|h| h.find_mut(id));
+                holder.expect("every file is indexed").idx = idx;
             }
         }
         Ok(files.len())
@@ -126,9 +227,16 @@ impl Registry {
     /// Removes a registration if there is one (a disconnect). Returns whether there was.
     pub fn remove(&mut self, conn: SocketAddr) -> bool {
         let Some((_, files)) = self.peers.remove(&conn) else { return false };
+        let id = self.ids.remove(&conn).expect("ids and peers agree");
         for f in &files {
-            unindex(&mut self.by_name, &f.name, conn);
+            if let Some(holders) = self.by_name.get_mut(&f.name)
+                && holders.remove(id)
+            {
+                self.by_name.remove(&f.name);
+            }
         }
+        self.conns[id as usize] = None;
+        self.free_ids.push(id);
         true
     }
 
@@ -145,18 +253,18 @@ impl Registry {
     /// Every registered peer that shares `name`: the IP of its connection, its
     /// file-server port, and its copy's size and hash.
     pub fn lookup(&self, name: &ShareName) -> Vec<PeerHit> {
-        let Some(conns) = self.by_name.get(name) else { return Vec::new() };
-        conns
-            .iter()
-            .filter_map(|conn| {
-                let f = self.file(*conn, name)?;
-                let (port, _) = self.peers[conn];
-                // `to_canonical`: an IPv4 peer seen through a dual-stack socket is reported
-                // as plain IPv4, which every client can connect to.
-                let addr = SocketAddr::new(conn.ip().to_canonical(), port);
-                Some(PeerHit { addr, size: f.size, sha256: f.sha256 })
-            })
-            .collect()
+        let Some(holders) = self.by_name.get(name) else { return Vec::new() };
+        holders.as_slice().iter().map(|h| self.hit(*h)).collect()
+    }
+
+    /// The peer address and file a holder points at.
+    fn hit(&self, h: Holder) -> PeerHit {
+        let conn = self.conns[h.peer as usize].expect("holders point at live peers");
+        let (port, files) = &self.peers[&conn];
+        let f = &files[h.idx as usize];
+        // `to_canonical`: an IPv4 peer seen through a dual-stack socket is reported as
+        // plain IPv4, which every client can connect to.
+        PeerHit { addr: SocketAddr::new(conn.ip().to_canonical(), *port), size: f.size, sha256: f.sha256 }
     }
 
     /// One page of the listing seen by the peer on `asker`: files shared by every other
@@ -165,9 +273,8 @@ impl Registry {
     /// the number of peers that share it.
     ///
     /// At most `max_names` names are examined and at most about `max_names` entries
-    /// returned, so a caller holding a lock holds it for
-    /// a bounded time whatever the registry's size; a page can be empty and still have
-    /// a `next`.
+    /// returned, so a caller holding a lock holds it for a bounded time whatever the
+    /// registry's size; a page can be empty and still have a `next`.
     pub fn list_page(
         &self,
         asker: SocketAddr,
@@ -175,22 +282,23 @@ impl Registry {
         after: Option<&ShareName>,
         max_names: usize,
     ) -> ListPage {
+        let asker = self.ids.get(&asker).copied();
         let pattern = pattern.to_ascii_lowercase();
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         let mut page = ListPage::default();
         let mut last: Option<&ShareName> = None;
-        for (seen, (name, conns)) in self.by_name.range((start, Bound::Unbounded)).enumerate() {
+        for (seen, (name, holders)) in self.by_name.range((start, Bound::Unbounded)).enumerate() {
             if seen == max_names.max(1) || page.entries.len() >= max_names.max(1) {
                 page.next = last.cloned();
                 return page;
             }
             last = Some(name);
-            if !pattern.is_empty() && !name.as_str().to_ascii_lowercase().contains(&pattern) {
+            if !pattern.is_empty() && !contains_ignoring_ascii_case(name.as_str(), &pattern) {
                 continue;
             }
             let first = page.entries.len();
-            for conn in conns.iter().filter(|c| **c != asker) {
-                let Some(f) = self.file(*conn, name) else { continue };
+            for h in holders.as_slice().iter().filter(|h| Some(h.peer) != asker) {
+                let f = self.hit(*h);
                 match page.entries[first..].iter_mut().find(|e| e.size == f.size && e.sha256 == f.sha256) {
                     Some(e) => e.peers += 1,
                     None => page.entries.push(ListEntry {
@@ -206,31 +314,58 @@ impl Registry {
         page
     }
 
-    fn file(&self, conn: SocketAddr, name: &ShareName) -> Option<&FileInfo> {
-        let (_, files) = self.peers.get(&conn)?;
-        files.binary_search_by(|f| f.name.cmp(name)).ok().map(|i| &files[i])
+    fn new_id(&mut self, conn: SocketAddr) -> PeerId {
+        let id = match self.free_ids.pop() {
+            Some(id) => {
+                self.conns[id as usize] = Some(conn);
+                id
+            }
+            None => {
+                self.conns.push(Some(conn));
+                PeerId::try_from(self.conns.len() - 1).expect("fewer than 4 billion peers")
+            }
+        };
+        self.ids.insert(conn, id);
+        id
     }
 
-    /// Sorts a file list by name and checks its size and that names are unique.
-    fn checked(&self, mut files: Vec<FileInfo>) -> Result<Vec<FileInfo>, RegistryError> {
+    /// Checks a file list's size and that its names are unique.
+    fn check(&self, files: &[FileInfo]) -> Result<(), RegistryError> {
         if files.len() > self.max_files {
             return Err(RegistryError::TooManyFiles { count: files.len(), max: self.max_files });
         }
-        files.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        if let Some(w) = files.windows(2).find(|w| w[0].name == w[1].name) {
-            return Err(RegistryError::DuplicateName(w[0].name.clone()));
+        let mut names: Vec<&ShareName> = files.iter().map(|f| &f.name).collect();
+        names.sort_unstable();
+        match names.windows(2).find(|w| w[0] == w[1]) {
+            Some(w) => Err(RegistryError::DuplicateName(w[0].clone())),
+            None => Ok(()),
         }
-        Ok(files)
+    }
+
+    /// Checks that the two maps agree; for tests.
+    #[cfg(test)]
+    fn assert_consistent(&self) {
+        let mut entries = 0;
+        for (conn, (_, files)) in &self.peers {
+            let id = self.ids[conn];
+            assert_eq!(self.conns[id as usize], Some(*conn));
+            for (idx, f) in files.iter().enumerate() {
+                let h = self.by_name[&f.name].as_slice().iter().find(|h| h.peer == id).copied();
+                assert_eq!(h, Some(Holder { peer: id, idx: idx as u32 }), "{f:?}");
+            }
+            entries += files.len();
+        }
+        let indexed: usize = self.by_name.values().map(|h| h.as_slice().len()).sum();
+        assert_eq!(indexed, entries, "no index entry without a file");
+        assert_eq!(self.ids.len(), self.peers.len());
     }
 }
 
-fn unindex(by_name: &mut BTreeMap<ShareName, Vec<SocketAddr>>, name: &ShareName, conn: SocketAddr) {
-    if let Some(conns) = by_name.get_mut(name) {
-        conns.retain(|c| *c != conn);
-        if conns.is_empty() {
-            by_name.remove(name);
-        }
-    }
+/// Does `text` contain `lower` (already lowercase ASCII), ignoring ASCII case? Without
+/// allocating: this runs for every name of a filtered listing.
+fn contains_ignoring_ascii_case(text: &str, lower: &str) -> bool {
+    let (text, lower) = (text.as_bytes(), lower.as_bytes());
+    lower.is_empty() || text.windows(lower.len()).any(|w| w.eq_ignore_ascii_case(lower))
 }
 
 #[cfg(test)]
@@ -253,6 +388,14 @@ mod tests {
         let page = r.list_page(asker, "", None, usize::MAX);
         assert!(page.next.is_none());
         page.entries.into_iter().map(|e| (e.name.to_string(), e.size, e.peers)).collect()
+    }
+
+    #[test]
+    fn index_slots_stay_small() {
+        // The per-entry memory budget in the module docs depends on these.
+        assert_eq!(std::mem::size_of::<Holders>(), 16);
+        assert_eq!(std::mem::size_of::<FileInfo>(), 56);
+        assert_eq!(std::mem::size_of::<ShareName>(), 16);
     }
 
     #[test]
@@ -307,6 +450,7 @@ mod tests {
         assert!(r.lookup(&name("c")).is_empty());
         assert!(!r.is_registered(addr(1)));
         assert!(r.by_name.is_empty(), "no index entry outlives its peer");
+        r.assert_consistent();
 
         r.register(addr(2), 7002, vec![file("d", 1)]).unwrap();
         assert!(r.remove(addr(2)));
@@ -360,5 +504,74 @@ mod tests {
         let page = r.list_page(addr(2), "mp3", None, 10);
         assert_eq!(page.entries.len(), 1);
         assert_eq!(page.entries[0].name.as_str(), "Song.MP3");
+    }
+
+    /// Random register/update/delete/remove sequences against a plain model: after
+    /// every step, every name looks up to exactly what the model says.
+    #[test]
+    fn random_operations_match_a_model() {
+        use rand::{RngExt, SeedableRng};
+        type Model = HashMap<SocketAddr, (u16, BTreeMap<String, u64>)>;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mut r = Registry::default();
+        let mut model: Model = HashMap::new();
+        let names: Vec<String> = (0..12).map(|i| format!("n{i}")).collect();
+        for step in 0..3000 {
+            let conn = addr(rng.random_range(0..5));
+            let pick = |rng: &mut rand::rngs::StdRng| -> BTreeMap<String, u64> {
+                let mut files = BTreeMap::new();
+                for n in &names {
+                    if rng.random_bool(0.4) {
+                        files.insert(n.clone(), rng.random_range(0..3));
+                    }
+                }
+                files
+            };
+            match rng.random_range(0..4) {
+                0 => {
+                    let files = pick(&mut rng);
+                    let port = rng.random_range(1..100);
+                    let list = files.iter().map(|(n, s)| file(n, *s)).collect();
+                    r.register(conn, port, list).unwrap();
+                    model.insert(conn, (port, files));
+                }
+                1 => {
+                    let files = pick(&mut rng);
+                    let list = files.iter().map(|(n, s)| file(n, *s)).collect();
+                    let got = r.update(conn, list);
+                    match model.get_mut(&conn) {
+                        Some(m) => {
+                            assert!(got.is_ok());
+                            m.1 = files;
+                        }
+                        None => assert_eq!(got, Err(RegistryError::NotRegistered)),
+                    }
+                }
+                2 => {
+                    let gone: Vec<String> = names.iter().filter(|_| rng.random_bool(0.3)).cloned().collect();
+                    let got = r.delete(conn, &gone.iter().map(|n| name(n)).collect::<Vec<_>>());
+                    match model.get_mut(&conn) {
+                        Some(m) => {
+                            for n in &gone {
+                                m.1.remove(n);
+                            }
+                            assert_eq!(got, Ok(m.1.len()));
+                        }
+                        None => assert_eq!(got, Err(RegistryError::NotRegistered)),
+                    }
+                }
+                _ => assert_eq!(r.remove(conn), model.remove(&conn).is_some()),
+            }
+            r.assert_consistent();
+            for n in &names {
+                let mut got: Vec<(u16, u64)> =
+                    r.lookup(&name(n)).iter().map(|h| (h.addr.port(), h.size)).collect();
+                let mut want: Vec<(u16, u64)> =
+                    model.values().filter_map(|(port, files)| Some((*port, *files.get(n)?))).collect();
+                got.sort();
+                want.sort();
+                assert_eq!(got, want, "step {step}, name {n}");
+            }
+        }
     }
 }

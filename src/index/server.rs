@@ -3,6 +3,7 @@
 //! One `std::thread` per connection reads requests until the peer disconnects; when
 //! the conversation ends, for whatever reason, the peer's registration goes with it.
 
+use std::fmt;
 use std::io::{self, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::thread;
@@ -11,6 +12,7 @@ use std::time::Duration;
 use log::{info, warn};
 
 use super::Index;
+use crate::name::ShareName;
 use crate::wire::{self, MAX_FRAME_LEN, Message, Reply, Request, Service};
 
 /// How long a new connection has to send its [`wire::Hello`]: libtorrent's handshake_timeout.
@@ -124,35 +126,48 @@ fn converse(index: &Index, stream: TcpStream, conn: SocketAddr, config: &Config)
     Ok(())
 }
 
-/// Carries out one request and writes its reply; logs the request and its outcome.
-fn respond(
-    index: &Index,
-    conn: SocketAddr,
-    request: Request,
-    mut w: &TcpStream,
-) -> io::Result<()> {
+/// What a request was, for the log; built without allocating.
+enum Summary {
+    Register { port: u16, files: usize },
+    Unregister,
+    Update { files: usize },
+    Delete { names: usize },
+    Lookup(ShareName),
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Summary::Register { port, files } => write!(f, "register port {port}, {files} files"),
+            Summary::Unregister => f.write_str("unregister"),
+            Summary::Update { files } => write!(f, "update, {files} files"),
+            Summary::Delete { names } => write!(f, "delete {names} names"),
+            Summary::Lookup(name) => write!(f, "lookup {:?}", name.as_str()),
+        }
+    }
+}
+
+/// Carries out one request, writes its reply, then logs the request and its outcome
+/// (after the reply, so the log costs the client no latency).
+fn respond(index: &Index, conn: SocketAddr, request: Request, mut w: &TcpStream) -> io::Result<()> {
     let done = |r: Result<usize, super::RegistryError>| match r {
         Ok(n) => Reply::Done { files: n as u32 },
         Err(e) => Reply::Error(e.to_string()),
     };
     let (what, reply) = match request {
         Request::Register { port, files } => {
-            let what = format!("register port {port}, {} files", files.len());
-            (what, done(index.lock().register(conn, port, files)))
+            (Summary::Register { port, files: files.len() }, done(index.lock().register(conn, port, files)))
         }
-        Request::Unregister => ("unregister".to_owned(), done(index.lock().unregister(conn).map(|()| 0))),
+        Request::Unregister => (Summary::Unregister, done(index.lock().unregister(conn).map(|()| 0))),
         Request::Update { files } => {
-            let what = format!("update, {} files", files.len());
-            (what, done(index.lock().update(conn, files)))
+            (Summary::Update { files: files.len() }, done(index.lock().update(conn, files)))
         }
         Request::Delete { names } => {
-            let what = format!("delete {} names", names.len());
-            (what, done(index.lock().delete(conn, &names)))
+            (Summary::Delete { names: names.len() }, done(index.lock().delete(conn, &names)))
         }
         Request::Lookup { name } => {
             let hits = index.lock().lookup(&name);
-            let what = format!("lookup {:?}", name.as_str());
-            (what, if hits.is_empty() { Reply::NoPeers } else { Reply::Peers(hits) })
+            (Summary::Lookup(name), if hits.is_empty() { Reply::NoPeers } else { Reply::Peers(hits) })
         }
         Request::List { pattern, limit } => {
             let sent = send_listing(index, conn, &pattern, limit, w)?;
@@ -162,6 +177,7 @@ fn respond(
         }
         Request::Ping => return wire::send_msg(&mut w, &Reply::Pong),
     };
+    wire::send_msg(&mut w, &reply)?;
     match &reply {
         Reply::Error(e) => info!("{conn} {what} -> error: {e}"),
         Reply::Done { files } => info!("{conn} {what} -> ok, {files} files registered"),
@@ -169,7 +185,7 @@ fn respond(
         Reply::NoPeers => info!("{conn} {what} -> no registered peer shares it"),
         _ => info!("{conn} {what}"),
     }
-    wire::send_msg(&mut w, &reply)
+    Ok(())
 }
 
 /// Streams a listing a page at a time, taking the lock once per page and never across
