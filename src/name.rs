@@ -13,9 +13,12 @@ use std::sync::Arc;
 /// APFS, so every file a peer can have is nameable; anything longer is not a file name.
 pub const MAX_NAME_LEN: usize = 255;
 
-/// Prefix of the temporary files a download writes into the shared folder. Names with
-/// this prefix are never listed, served or accepted, so a half-written file can never
-/// be advertised or fetched.
+/// Prefix of the files peerdex itself keeps in a shared folder (download temporaries,
+/// the hash cache). Names with this prefix are never listed, served or accepted, so a
+/// half-written file or our own bookkeeping can never be advertised or fetched.
+pub const RESERVED_PREFIX: &str = ".peerdex-";
+
+/// Prefix of the temporary files a download writes into the shared folder.
 pub const TEMP_PREFIX: &str = ".peerdex-part-";
 
 /// A validated shared-file name. See the module docs for what it cannot hold.
@@ -38,7 +41,7 @@ pub enum NameError {
     Separator,
     /// Contains NUL or another control character (newline, tab, escape, ...).
     Control,
-    /// Starts with [`TEMP_PREFIX`], reserved for downloads in progress.
+    /// Starts with [`RESERVED_PREFIX`], reserved for peerdex's own files.
     Reserved,
 }
 
@@ -50,7 +53,7 @@ impl fmt::Display for NameError {
             NameError::Dots => "\".\" and \"..\" are not file names",
             NameError::Separator => "the name contains a path separator ('/' or '\\')",
             NameError::Control => "the name contains NUL or another control character",
-            NameError::Reserved => "names starting with \".peerdex-part-\" are reserved",
+            NameError::Reserved => "names starting with \".peerdex-\" are reserved",
         })
     }
 }
@@ -77,7 +80,7 @@ impl ShareName {
             Err(NameError::Separator)
         } else if name.chars().any(char::is_control) {
             Err(NameError::Control)
-        } else if name.starts_with(TEMP_PREFIX) {
+        } else if name.starts_with(RESERVED_PREFIX) {
             Err(NameError::Reserved)
         } else {
             Ok(ShareName(Arc::from(name)))
@@ -127,6 +130,7 @@ mod tests {
             ("a\nb", NameError::Control),
             ("\u{1b}[31m", NameError::Control),
             (".peerdex-part-1234", NameError::Reserved),
+            (".peerdex-hashes", NameError::Reserved),
         ];
         for (name, want) in cases {
             assert_eq!(ShareName::parse(name), Err(want), "{name:?}");

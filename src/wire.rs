@@ -307,6 +307,12 @@ pub enum Request {
     },
     /// Keeps an idle connection from timing out. Answered by `Pong`.
     Ping,
+    /// Add files to a registered peer's list, or replace the size and hash of names it
+    /// already shares (a finished download). Answered by `Done` or `Error`.
+    Add {
+        /// The files added or changed.
+        files: Vec<FileInfo>,
+    },
 }
 
 /// The index server's answer to a [`Request`].
@@ -617,6 +623,14 @@ impl Message for Request {
                 e
             }
             Request::Ping => Enc::new(0x07),
+            Request::Add { files } => {
+                let mut e = Enc::new(0x08);
+                e.count(files.len());
+                for f in files {
+                    e.file(f);
+                }
+                e
+            }
         };
         e.0
     }
@@ -637,6 +651,7 @@ impl Message for Request {
             }
             0x06 => Request::Lookup { name: d.name()? },
             0x07 => Request::Ping,
+            0x08 => Request::Add { files: d.list(MIN_FILE_LEN, Dec::file)? },
             t => return Err(DecodeError::UnknownTag(t)),
         };
         d.finish(msg)
@@ -825,6 +840,7 @@ mod tests {
         round_trip(Request::List { pattern: String::new(), limit: None });
         round_trip(Request::Lookup { name: name("ünï") });
         round_trip(Request::Ping);
+        round_trip(Request::Add { files: vec![file("new", 7)] });
         round_trip(Reply::Done { files: 3 });
         round_trip(Reply::Error("nope".into()));
         round_trip(Reply::ListChunk(vec![ListEntry { name: name("a"), size: 1, sha256: [9; 32], peers: 2 }]));

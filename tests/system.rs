@@ -65,8 +65,16 @@ fn two_peers_register_list_and_download_byte_identical() {
     {
         assert!(line.starts_with(&format!("downloaded {name} ({size} bytes) from 127.0.0.1:")), "{line}");
     }
-    // Once downloaded, B shares them too: A now sees two of its own names at B.
-    wait_for("B's downloads to reach the index", || pa.list("").len() == 4);
+    // Once downloaded, B shares them too, at once: A sees them at B.
+    assert_eq!(
+        pa.list(""),
+        [
+            format!("big.bin\t{} bytes\t1 peer", big.len()),
+            "empty\t0 bytes\t1 peer".to_string(),
+            "hello world.txt\t13 bytes\t1 peer".to_string(),
+            "mine.txt\t12 bytes\t1 peer".to_string(),
+        ]
+    );
 
     let status = pb.finish();
     assert!(status.success(), "exit status {status:?}\n{}", pb.dump());

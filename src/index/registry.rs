@@ -16,6 +16,7 @@
 //! peer's list, 48 for the name's allocation and 50 for the B-tree slot. Measured
 //! figures are in `docs/PERFORMANCE.md`.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
@@ -97,6 +98,10 @@ impl Holders {
         }
     }
 
+    fn find(&self, peer: PeerId) -> Option<&Holder> {
+        self.as_slice().iter().find(|h| h.peer == peer)
+    }
+
     fn find_mut(&mut self, peer: PeerId) -> Option<&mut Holder> {
         match self {
             Holders::One(h) => (h.peer == peer).then_some(h),
@@ -176,10 +181,10 @@ impl Registry {
         for (idx, f) in files.iter_mut().enumerate() {
             let holder = Holder { peer: id, idx: idx as u32 };
             match self.by_name.entry(f.name.clone()) {
-                std::collections::btree_map::Entry::Vacant(e) => {
+                Entry::Vacant(e) => {
                     e.insert(Holders::One(holder));
                 }
-                std::collections::btree_map::Entry::Occupied(mut e) => {
+                Entry::Occupied(mut e) => {
                     // Keep one copy of the name's text for everyone who shares it.
                     f.name = e.key().clone();
                     e.get_mut().push(holder);
@@ -196,6 +201,38 @@ impl Registry {
     pub fn update(&mut self, conn: SocketAddr, files: Vec<FileInfo>) -> Result<usize, RegistryError> {
         let port = self.peers.get(&conn).ok_or(RegistryError::NotRegistered)?.0;
         self.register(conn, port, files)
+    }
+
+    /// Adds `new` files to a registered peer's list; a name it already shares gets the
+    /// new size and hash. Returns how many files it now shares.
+    pub fn add(&mut self, conn: SocketAddr, new: Vec<FileInfo>) -> Result<usize, RegistryError> {
+        let id = *self.ids.get(&conn).ok_or(RegistryError::NotRegistered)?;
+        self.check(&new)?;
+        let (_, files) = self.peers.get_mut(&conn).expect("ids and peers agree");
+        let fresh =
+            new.iter().filter(|f| !self.by_name.get(&f.name).is_some_and(|h| h.find(id).is_some())).count();
+        if files.len() + fresh > self.max_files {
+            return Err(RegistryError::TooManyFiles { count: files.len() + fresh, max: self.max_files });
+        }
+        for mut f in new {
+            match self.by_name.entry(f.name.clone()) {
+                Entry::Vacant(e) => {
+                    e.insert(Holders::One(Holder { peer: id, idx: files.len() as u32 }));
+                    files.push(f);
+                }
+                Entry::Occupied(mut e) => {
+                    f.name = e.key().clone();
+                    match e.get_mut().find_mut(id) {
+                        Some(h) => files[h.idx as usize] = f,
+                        None => {
+                            e.get_mut().push(Holder { peer: id, idx: files.len() as u32 });
+                            files.push(f);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(files.len())
     }
 
     /// Removes `names` from a registered peer's list; names it does not share are
@@ -527,7 +564,19 @@ mod tests {
                 }
                 files
             };
-            match rng.random_range(0..4) {
+            match rng.random_range(0..5) {
+                4 => {
+                    let files = pick(&mut rng);
+                    let list = files.iter().map(|(n, s)| file(n, *s)).collect();
+                    let got = r.add(conn, list);
+                    match model.get_mut(&conn) {
+                        Some(m) => {
+                            m.1.extend(files);
+                            assert_eq!(got, Ok(m.1.len()));
+                        }
+                        None => assert_eq!(got, Err(RegistryError::NotRegistered)),
+                    }
+                }
                 0 => {
                     let files = pick(&mut rng);
                     let port = rng.random_range(1..100);

@@ -132,6 +132,7 @@ enum Summary {
     Unregister,
     Update { files: usize },
     Delete { names: usize },
+    Add { files: usize },
     Lookup(ShareName),
 }
 
@@ -142,6 +143,7 @@ impl fmt::Display for Summary {
             Summary::Unregister => f.write_str("unregister"),
             Summary::Update { files } => write!(f, "update, {files} files"),
             Summary::Delete { names } => write!(f, "delete {names} names"),
+            Summary::Add { files } => write!(f, "add {files} files"),
             Summary::Lookup(name) => write!(f, "lookup {:?}", name.as_str()),
         }
     }
@@ -165,6 +167,7 @@ fn respond(index: &Index, conn: SocketAddr, request: Request, mut w: &TcpStream)
         Request::Delete { names } => {
             (Summary::Delete { names: names.len() }, done(index.lock().delete(conn, &names)))
         }
+        Request::Add { files } => (Summary::Add { files: files.len() }, done(index.lock().add(conn, files))),
         Request::Lookup { name } => {
             let hits = index.lock().lookup(&name);
             (Summary::Lookup(name), if hits.is_empty() { Reply::NoPeers } else { Reply::Peers(hits) })

@@ -5,7 +5,7 @@
 //! (or `quit`) the shell waits for them. The exit status says whether every command,
 //! downloads included, succeeded, so a script can pipe commands in and trust it.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::fmt::Display;
 use std::io::{self, BufRead, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -150,36 +150,57 @@ fn read_line(input: &mut impl BufRead) -> io::Result<Line> {
     }
 }
 
-/// The peer's state as the shell sees it.
-pub struct Shell {
+/// Downloads that run at once; more wait their turn in a queue. Browsers allow 6
+/// connections per host for the same reason: beyond a few, parallel transfers only
+/// contend (for the network, for the folder's directory lock) without finishing
+/// sooner, and each costs a thread.
+pub const MAX_PARALLEL_DOWNLOADS: usize = 4;
+
+/// What the shell and its download workers share.
+struct Peer {
     index: Arc<IndexClient>,
     folder: Arc<SharedFolder>,
     /// The file server's port, sent with `register`.
     port: u16,
-    registered: Arc<AtomicBool>,
+    registered: AtomicBool,
     /// Set once any command has failed; decides the exit status.
-    failed: Arc<AtomicBool>,
-    /// Names being downloaded now, so one name is not fetched twice at once.
-    in_flight: Arc<Mutex<HashSet<ShareName>>>,
-    /// Serialises folder scans with the index updates they feed, so that two
-    /// concurrent updates cannot arrive in the wrong order.
-    sync: Arc<Mutex<()>>,
-    downloads: Vec<JoinHandle<()>>,
+    failed: AtomicBool,
+    /// Names queued or being downloaded, so one name is not fetched twice at once.
+    in_flight: Mutex<HashSet<ShareName>>,
+    /// Downloads waiting for a worker, and how many workers run.
+    queue: Mutex<Queue>,
+    /// Taken around each change sent to the index: a rescan and the `Update` it feeds
+    /// are one step, so a download's `Add` cannot fall between them and be undone.
+    updates: Mutex<()>,
+}
+
+#[derive(Default)]
+struct Queue {
+    waiting: VecDeque<ShareName>,
+    workers: usize,
+}
+
+/// The command loop. See the module docs.
+pub struct Shell {
+    peer: Arc<Peer>,
+    /// Download workers started so far; each exits when the queue is empty.
+    workers: Vec<JoinHandle<()>>,
 }
 
 impl Shell {
     /// A shell for a peer whose file server listens on `port`.
     pub fn new(index: Arc<IndexClient>, folder: Arc<SharedFolder>, port: u16) -> Shell {
-        Shell {
+        let peer = Peer {
             index,
             folder,
             port,
-            registered: Arc::default(),
-            failed: Arc::default(),
-            in_flight: Arc::default(),
-            sync: Arc::default(),
-            downloads: Vec::new(),
-        }
+            registered: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+            in_flight: Mutex::default(),
+            queue: Mutex::default(),
+            updates: Mutex::default(),
+        };
+        Shell { peer: Arc::new(peer), workers: Vec::new() }
     }
 
     /// Runs commands from `input` until it ends or `quit`, then waits for downloads.
@@ -195,11 +216,11 @@ impl Shell {
                 Ok(Line::End) => break,
                 Ok(Line::Text(line)) => line,
                 Ok(Line::Bad(why)) => {
-                    self.fail(why);
+                    self.peer.fail(why);
                     continue;
                 }
                 Err(e) => {
-                    self.fail(format!("cannot read input: {e}"));
+                    self.peer.fail(format!("cannot read input: {e}"));
                     break;
                 }
             };
@@ -208,48 +229,48 @@ impl Shell {
                 Ok(Some(Command::Quit)) => break,
                 Ok(Some(command)) => {
                     if let Err(e) = self.execute(command) {
-                        self.fail(format!("{e:#}"));
+                        self.peer.fail(format!("{e:#}"));
                     }
                 }
-                Err(why) => self.fail(why),
+                Err(why) => self.peer.fail(why),
             }
         }
-        for handle in self.downloads.drain(..) {
+        // No more downloads can be queued: every worker ends once the queue is empty.
+        for handle in self.workers.drain(..) {
             if handle.join().is_err() {
-                self.failed.store(true, Ordering::SeqCst);
+                self.peer.failed.store(true, Ordering::SeqCst);
             }
         }
-        !self.failed.load(Ordering::SeqCst)
-    }
-
-    fn fail(&self, why: impl Display) {
-        report_failure(&self.failed, why);
+        !self.peer.failed.load(Ordering::SeqCst)
     }
 
     fn execute(&mut self, command: Command) -> anyhow::Result<()> {
+        let peer = &self.peer;
         match command {
             Command::Register => {
-                let files = scan(&self.folder)?;
+                let files = scan(&peer.folder)?;
                 let count = files.len();
-                self.index
-                    .change(&Request::Register { port: self.port, files })
+                peer.index
+                    .change(&Request::Register { port: peer.port, files })
                     .context("register failed")?;
-                self.registered.store(true, Ordering::SeqCst);
-                crate::outln!("registered {count} files with the index server {}", self.index.server());
+                peer.registered.store(true, Ordering::SeqCst);
+                crate::outln!("registered {count} files with the index server {}", peer.index.server());
             }
             Command::Unregister => {
-                self.index.change(&Request::Unregister).context("unregister failed")?;
-                self.registered.store(false, Ordering::SeqCst);
+                peer.index.change(&Request::Unregister).context("unregister failed")?;
+                peer.registered.store(false, Ordering::SeqCst);
                 crate::outln!("unregistered");
             }
             Command::Update => {
-                let count = sync_index(&self.index, &self.folder, &self.sync).context("update failed")?;
+                let _in_order = peer.updates.lock().unwrap_or_else(PoisonError::into_inner);
+                let files = scan(&peer.folder)?;
+                let count = peer.index.change(&Request::Update { files }).context("update failed")?;
                 crate::outln!("updated: {count} files registered");
             }
             Command::List { pattern, limit } => {
                 let mut shown = 0u64;
                 let mut out = io::stdout().lock();
-                let listed = self.index.list(&pattern, limit, |e| {
+                let listed = peer.index.list(&pattern, limit, |e| {
                     shown += 1;
                     let _ =
                         writeln!(out, "{}\t{} bytes\t{} peer{}", e.name, e.size, e.peers, plural(e.peers));
@@ -259,58 +280,84 @@ impl Shell {
                 let _ = writeln!(out, "{shown} files at other peers{more}");
             }
             Command::Delete(name) => {
-                self.folder.delete(&name).map_err(|e| anyhow!("cannot delete {:?}: {e}", name.as_str()))?;
-                crate::outln!("deleted {name}");
-                if self.registered.load(Ordering::SeqCst) {
-                    self.index
-                        .change(&Request::Delete { names: vec![name] })
+                peer.folder.delete(&name).map_err(|e| anyhow!("cannot delete {:?}: {e}", name.as_str()))?;
+                if peer.registered.load(Ordering::SeqCst) {
+                    peer.index
+                        .change(&Request::Delete { names: vec![name.clone()] })
                         .context("the file is deleted, but the index was not told")?;
                 }
+                // Only now: once this line is out, no other peer is offered the file.
+                crate::outln!("deleted {name}");
             }
-            Command::Download(name) => self.start_download(name)?,
+            Command::Download(name) => self.queue_download(name)?,
             Command::Help => crate::outln!("{HELP}"),
             Command::Quit => unreachable!("handled by the loop"),
         }
         Ok(())
     }
 
-    fn start_download(&mut self, name: ShareName) -> anyhow::Result<()> {
-        let shown = format!("{:?}", name.as_str());
-        if !self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).insert(name.clone()) {
-            bail!("cannot download {shown}: already downloading it");
+    /// Queues a download and starts a worker for it if fewer than
+    /// [`MAX_PARALLEL_DOWNLOADS`] run.
+    fn queue_download(&mut self, name: ShareName) -> anyhow::Result<()> {
+        if !self.peer.in_flight.lock().unwrap_or_else(PoisonError::into_inner).insert(name.clone()) {
+            bail!("cannot download {:?}: already downloading it", name.as_str());
         }
-        let (index, folder, registered, failed, in_flight, sync) = (
-            Arc::clone(&self.index),
-            Arc::clone(&self.folder),
-            Arc::clone(&self.registered),
-            Arc::clone(&self.failed),
-            Arc::clone(&self.in_flight),
-            Arc::clone(&self.sync),
-        );
-        let thread_name = format!("download {shown}");
-        let task = move || {
-            let result = download(&index, &folder, &name, |peer, e| {
-                crate::errln!("error: cannot download {shown} from {peer}: {e:#}; trying the next peer");
-            });
-            match result {
-                Ok(got) => {
-                    crate::outln!("downloaded {name} ({} bytes) from {}", got.size, got.from);
-                    if registered.load(Ordering::SeqCst)
-                        && let Err(e) = sync_index(&index, &folder, &sync)
-                    {
-                        report_failure(
-                            &failed,
-                            format!("downloaded {shown}, but the index was not updated: {e:#}"),
-                        );
-                    }
-                }
-                Err(e) => report_failure(&failed, format!("cannot download {shown}: {e:#}")),
-            }
-            in_flight.lock().unwrap_or_else(PoisonError::into_inner).remove(&name);
-        };
-        let handle = thread::Builder::new().name(thread_name).spawn(task)?;
-        self.downloads.push(handle);
+        let mut queue = self.peer.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        queue.waiting.push_back(name);
+        if queue.workers < MAX_PARALLEL_DOWNLOADS {
+            let peer = Arc::clone(&self.peer);
+            let worker = thread::Builder::new().name("download".into()).spawn(move || peer.work())?;
+            queue.workers += 1;
+            self.workers.push(worker);
+        }
         Ok(())
+    }
+}
+
+impl Peer {
+    fn fail(&self, why: impl Display) {
+        report_failure(&self.failed, why);
+    }
+
+    /// A download worker: takes queued names until there are none left.
+    fn work(&self) {
+        loop {
+            let next = {
+                let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+                let next = queue.waiting.pop_front();
+                if next.is_none() {
+                    queue.workers -= 1;
+                }
+                next
+            };
+            let Some(name) = next else { return };
+            self.fetch(&name);
+            self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).remove(&name);
+        }
+    }
+
+    /// One download, reported on stdout or stderr, then announced to the index.
+    fn fetch(&self, name: &ShareName) {
+        let shown = format!("{:?}", name.as_str());
+        let result = download(&self.index, &self.folder, name, |from, e| {
+            crate::errln!("error: cannot download {shown} from {from}: {e:#}; trying the next peer");
+        });
+        let got = match result {
+            Ok(got) => got,
+            Err(e) => return self.fail(format!("cannot download {shown}: {e:#}")),
+        };
+        // The index hears of the new file first, so that once the line below is out,
+        // other peers can already find the file here.
+        let announced = if self.registered.load(Ordering::SeqCst) {
+            let _in_order = self.updates.lock().unwrap_or_else(PoisonError::into_inner);
+            self.index.change(&Request::Add { files: vec![got.info.clone()] }).map(drop)
+        } else {
+            Ok(())
+        };
+        crate::outln!("downloaded {name} ({} bytes) from {}", got.info.size, got.from);
+        if let Err(e) = announced {
+            self.fail(format!("downloaded {shown}, but the index was not updated: {e:#}"));
+        }
     }
 }
 
@@ -333,14 +380,6 @@ fn scan(folder: &SharedFolder) -> anyhow::Result<Vec<crate::wire::FileInfo>> {
         bail!("the folder has {} files; at most {MAX_FILES_PER_PEER} can be shared", files.len());
     }
     Ok(files)
-}
-
-/// Rescans the folder and sends the full list as an `Update`. Returns the number of
-/// files the index now has for us.
-fn sync_index(index: &IndexClient, folder: &SharedFolder, sync: &Mutex<()>) -> anyhow::Result<u32> {
-    let _one_at_a_time = sync.lock().unwrap_or_else(PoisonError::into_inner);
-    let files = scan(folder)?;
-    index.change(&Request::Update { files })
 }
 
 #[cfg(test)]

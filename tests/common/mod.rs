@@ -254,11 +254,14 @@ pub fn workspace() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
 }
 
-/// Names of the entries in `dir`, sorted.
+/// Names of the entries in `dir`, sorted, without the peer's hash cache (which a
+/// registered peer keeps there). Download temporaries are included, so a test can
+/// check that none is left.
 pub fn entries(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != peerdex::peer::folder::CACHE_FILE)
         .collect();
     names.sort();
     names
