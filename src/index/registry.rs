@@ -210,7 +210,7 @@ impl Registry {
         self.check(&new)?;
         let (_, files) = self.peers.get_mut(&conn).expect("ids and peers agree");
         let fresh =
-            new.iter().filter(|f| !self.by_name.get(&f.name).is_some_and(|h| h.find(id).is_some())).count();
+            new.iter().filter(|f| self.by_name.get(&f.name).is_none_or(|h| h.find(id).is_none())).count();
         if files.len() + fresh > self.max_files {
             return Err(RegistryError::TooManyFiles { count: files.len() + fresh, max: self.max_files });
         }
