@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use log::info;
+use log::{info, warn};
 use peerdex::index::{self, Config, Index};
 
 /// The peerdex indexing server: keeps track of which peer shares which files and
@@ -37,6 +37,12 @@ fn main() -> ExitCode {
 
 fn run(args: Args) -> anyhow::Result<bool> {
     peerdex::cli::init_logging(args.log_level, Some(&args.log_file))?;
+    // One descriptor per peer: the usual soft limit of 1,024 would cap the index at
+    // about a thousand peers, so take whatever the hard limit allows.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => info!("open file limit: {limit} (so at most about {limit} peers)"),
+        Err(e) => warn!("cannot raise the open file limit: {e}"),
+    }
     let wanted = SocketAddr::new(args.ip, args.port);
     let listener = TcpListener::bind(wanted).with_context(|| format!("cannot listen on {wanted}"))?;
     let local = listener.local_addr()?;

@@ -48,6 +48,10 @@ fn run(args: Args) -> anyhow::Result<bool> {
         _ => log::LevelFilter::Debug,
     };
     peerdex::cli::init_logging(level, None)?;
+    // Every upload and download holds a descriptor; the soft limit is often 1,024.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        log::warn!("cannot raise the open file limit: {e}");
+    }
     let index_addrs: Vec<_> = (args.server_ip.as_str(), args.server_port)
         .to_socket_addrs()
         .with_context(|| format!("cannot resolve the index server's address {:?}", args.server_ip))?
