@@ -12,6 +12,8 @@
 //!   [`wire::recv_all`]) and every message, encoded and decoded without sockets;
 //! - [`index`]: the indexing server: the [`index::Registry`] (pure data, with an
 //!   inverted name index) and the thread-per-connection server loop;
+//! - [`net`]: socket helpers both servers share: frame deadlines that a slow client
+//!   cannot stretch, a cap on connections, a close that lets a last reply arrive;
 //! - [`peer`]: the peer: its shared folder, file server, index client, downloader and
 //!   command shell.
 //!
@@ -23,5 +25,6 @@
 pub mod cli;
 pub mod index;
 pub mod name;
+pub mod net;
 pub mod peer;
 pub mod wire;

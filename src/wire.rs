@@ -182,9 +182,22 @@ pub fn server_handshake(
     service: Service,
     max_len: usize,
 ) -> io::Result<()> {
-    let frame = recv_all(r, max_len)?.ok_or_else(|| {
-        io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before the handshake")
-    })?;
+    let frame = match recv_all(r, max_len) {
+        Ok(Some(frame)) => frame,
+        Ok(None) => {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed before the handshake",
+            ));
+        }
+        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+            // Too long to be a handshake: most likely not a peerdex client at all.
+            let why = format!("not a peerdex client (bad handshake: {e})");
+            let _ = send_msg(w, &Welcome { version: PROTOCOL_VERSION, refusal: Some(why) });
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
     match Hello::check(&frame, service) {
         Ok(()) => send_msg(w, &Welcome { version: PROTOCOL_VERSION, refusal: None }),
         Err(why) => {

@@ -124,16 +124,30 @@ fn the_index_survives_garbage_and_oversized_frames() {
     let ws = workspace();
     let (_index, index_addr) = Proc::index_server(ws.path());
 
-    // Not a frame at all: "GET " is read as a 1.2 GB length and refused unread.
+    // Not a frame at all: "GET " is read as a 1.2 GB length and refused unread, with
+    // the reason, then the connection is closed.
     let mut s = connect(index_addr);
     s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let welcome: Welcome = wire::recv_msg(&mut s).unwrap();
+    let why = welcome.refusal.unwrap();
+    assert!(why.contains("not a peerdex client") && why.contains("exceeds the maximum"), "{why}");
     assert!(read_to_close(&mut s).is_empty());
 
-    // Lengths of 4 GiB and one byte over the maximum: closed, nothing allocated.
+    // Lengths of 4 GiB and one byte over the maximum, before and after a handshake:
+    // refused with the reason, closed, nothing allocated.
     for len in [u32::MAX, MAX_FRAME_LEN as u32 + 1] {
         let mut s = connect(index_addr);
         s.write_all(&len.to_be_bytes()).unwrap();
+        let welcome: Welcome = wire::recv_msg(&mut s).unwrap();
+        assert!(welcome.refusal.unwrap().contains(&format!("frame of {len} bytes exceeds the maximum")));
         assert!(read_to_close(&mut s).is_empty(), "length {len}");
+
+        let mut c = RawIndexClient::connect(index_addr);
+        c.stream.write_all(&len.to_be_bytes()).unwrap();
+        let reply: Reply = wire::recv_msg(&mut c.stream).unwrap();
+        let want = format!("request refused: frame of {len} bytes exceeds the maximum of {MAX_FRAME_LEN}");
+        assert_eq!(reply, Reply::Error(want));
+        assert!(read_to_close(&mut c.stream).is_empty());
     }
 
     // A well-formed frame that is not a handshake: refused with a reason, then closed.

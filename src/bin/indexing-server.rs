@@ -3,11 +3,13 @@
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use log::{info, warn};
-use peerdex::index::{self, Config, Index};
+use peerdex::index::{self, Config, Index, Registry};
+use peerdex::{cli, name, wire};
 
 /// The peerdex indexing server: keeps track of which peer shares which files and
 /// answers peers' lookups.
@@ -28,6 +30,33 @@ struct Args {
     /// only problems (malformed input, refused handshakes); off nothing.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: log::LevelFilter,
+    /// Most peers connected at once; more are refused with a reason (Redis's
+    /// maxclients).
+    #[arg(long, value_name = "N", default_value_t = index::server::MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Largest request accepted, as in 4096, 64KiB, 16MiB; a longer one is refused
+    /// and its connection closed.
+    #[arg(long, value_name = "BYTES", default_value = "16MiB", value_parser = cli::parse_bytes)]
+    max_frame: usize,
+    /// Most files one peer may register.
+    #[arg(long, value_name = "N", default_value_t = wire::MAX_FILES_PER_PEER)]
+    max_files_per_peer: usize,
+    /// Longest file name accepted, in bytes (at most 255).
+    #[arg(long, value_name = "BYTES", default_value_t = name::MAX_NAME_LEN as u16,
+          value_parser = clap::value_parser!(u16).range(1..=name::MAX_NAME_LEN as i64))]
+    max_name_len: u16,
+    /// Seconds a new connection has to complete its handshake.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = cli::parse_secs)]
+    handshake_timeout: Duration,
+    /// Seconds a connection may stay silent between requests (peers ping every 60).
+    #[arg(long, value_name = "SECS", default_value = "180", value_parser = cli::parse_secs)]
+    idle_timeout: Duration,
+    /// Seconds a request may take to arrive once it has started.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = cli::parse_secs)]
+    read_timeout: Duration,
+    /// Seconds a reply may take to be written before the client is dropped.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = cli::parse_secs)]
+    write_timeout: Duration,
 }
 
 fn main() -> ExitCode {
@@ -48,6 +77,15 @@ fn run(args: Args) -> anyhow::Result<bool> {
     let local = listener.local_addr()?;
     peerdex::outln!("listening on {local}");
     info!("listening on {local}");
-    index::serve(listener, Index::default(), Config::default())?;
+    let config = Config {
+        max_frame_len: args.max_frame,
+        max_connections: args.max_connections,
+        handshake_timeout: args.handshake_timeout,
+        idle_timeout: args.idle_timeout,
+        read_timeout: args.read_timeout,
+        write_timeout: args.write_timeout,
+    };
+    let registry = Registry::new(args.max_files_per_peer, usize::from(args.max_name_len));
+    index::serve(listener, Index::new(registry), config)?;
     Ok(true)
 }

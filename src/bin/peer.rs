@@ -5,8 +5,12 @@ use std::net::{IpAddr, ToSocketAddrs};
 use anyhow::Context;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
+use peerdex::cli;
+use peerdex::peer::download::{self, DownloadConfig};
+use peerdex::peer::fileserver::{self, FileServerConfig};
 use peerdex::peer::{self, PeerConfig};
 
 /// A peerdex peer: shares a folder's files with other peers and downloads theirs.
@@ -30,6 +34,27 @@ struct Args {
     /// loopback, the loopback address it uses; otherwise all addresses (0.0.0.0 or ::).
     #[arg(long, value_name = "IP")]
     bind: Option<IpAddr>,
+    /// Seconds to wait for another peer to accept a download connection.
+    #[arg(long, value_name = "SECS", default_value = "5", value_parser = cli::parse_secs)]
+    connect_timeout: Duration,
+    /// Seconds a sending peer may stay silent before the next peer is tried.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = cli::parse_secs)]
+    read_timeout: Duration,
+    /// Downloads run at once; more are queued.
+    #[arg(long, value_name = "N", default_value_t = download::MAX_PARALLEL_DOWNLOADS)]
+    max_downloads: usize,
+    /// Uploads served at once; more downloaders are refused with a reason.
+    #[arg(long, value_name = "N", default_value_t = fileserver::MAX_UPLOADS)]
+    max_uploads: usize,
+    /// Seconds a downloader has to send its request once connected.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = cli::parse_secs)]
+    request_timeout: Duration,
+    /// Seconds one write of an upload may block before the downloader is dropped.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = cli::parse_secs)]
+    write_timeout: Duration,
+    /// Seconds between pings to the index when idle (it drops silent peers after 180).
+    #[arg(long, value_name = "SECS", default_value = "60", value_parser = cli::parse_secs)]
+    keepalive: Duration,
     /// Log more about what the peer does (repeat for more): -v for uploads, -vv for
     /// debugging.
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -56,5 +81,21 @@ fn run(args: Args) -> anyhow::Result<bool> {
         .to_socket_addrs()
         .with_context(|| format!("cannot resolve the index server's address {:?}", args.server_ip))?
         .collect();
-    peer::run(PeerConfig { index_addrs, port: args.my_port, folder: args.folder, bind: args.bind })
+    peer::run(PeerConfig {
+        index_addrs,
+        port: args.my_port,
+        folder: args.folder,
+        bind: args.bind,
+        files: FileServerConfig {
+            max_uploads: args.max_uploads,
+            request_timeout: args.request_timeout,
+            write_timeout: args.write_timeout,
+        },
+        downloads: DownloadConfig {
+            connect_timeout: args.connect_timeout,
+            read_timeout: args.read_timeout,
+            max_parallel: args.max_downloads,
+        },
+        keepalive: args.keepalive,
+    })
 }

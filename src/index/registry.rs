@@ -22,7 +22,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Bound;
 
-use crate::name::ShareName;
+use crate::name::{MAX_NAME_LEN, ShareName};
 use crate::wire::{FileInfo, ListEntry, MAX_FILES_PER_PEER, PeerHit};
 
 /// Why the registry refused a change. Nothing is changed when it does.
@@ -34,6 +34,13 @@ pub enum RegistryError {
     PortZero,
     /// The same name appears twice in one list.
     DuplicateName(ShareName),
+    /// A name longer than this server accepts.
+    NameTooLong {
+        /// The name.
+        name: ShareName,
+        /// The limit, in bytes.
+        max: usize,
+    },
     /// More files than one peer may register.
     TooManyFiles {
         /// Files in the request.
@@ -49,6 +56,9 @@ impl fmt::Display for RegistryError {
             RegistryError::NotRegistered => f.write_str("not registered (send register first)"),
             RegistryError::PortZero => f.write_str("port 0 is not a valid file-server port"),
             RegistryError::DuplicateName(n) => write!(f, "file name {:?} is listed twice", n.as_str()),
+            RegistryError::NameTooLong { name, max } => {
+                write!(f, "file name {:?} is longer than the limit of {max} bytes", name.as_str())
+            }
             RegistryError::TooManyFiles { count, max } => {
                 write!(f, "{count} files is more than the limit of {max} per peer")
             }
@@ -143,17 +153,19 @@ pub struct Registry {
     free_ids: Vec<PeerId>,
     by_name: BTreeMap<ShareName, Holders>,
     max_files: usize,
+    max_name_len: usize,
 }
 
 impl Default for Registry {
     fn default() -> Self {
-        Registry::new(MAX_FILES_PER_PEER)
+        Registry::new(MAX_FILES_PER_PEER, MAX_NAME_LEN)
     }
 }
 
 impl Registry {
-    /// An empty registry that accepts at most `max_files` files per peer.
-    pub fn new(max_files: usize) -> Registry {
+    /// An empty registry that accepts at most `max_files` files per peer, with names
+    /// of at most `max_name_len` bytes.
+    pub fn new(max_files: usize, max_name_len: usize) -> Registry {
         Registry {
             peers: HashMap::new(),
             ids: HashMap::new(),
@@ -161,6 +173,7 @@ impl Registry {
             free_ids: Vec::new(),
             by_name: BTreeMap::new(),
             max_files,
+            max_name_len,
         }
     }
 
@@ -371,6 +384,9 @@ impl Registry {
         if files.len() > self.max_files {
             return Err(RegistryError::TooManyFiles { count: files.len(), max: self.max_files });
         }
+        if let Some(f) = files.iter().find(|f| f.name.as_str().len() > self.max_name_len) {
+            return Err(RegistryError::NameTooLong { name: f.name.clone(), max: self.max_name_len });
+        }
         let mut names: Vec<&ShareName> = files.iter().map(|f| &f.name).collect();
         names.sort_unstable();
         match names.windows(2).find(|w| w[0] == w[1]) {
@@ -497,7 +513,7 @@ mod tests {
 
     #[test]
     fn refusals_change_nothing() {
-        let mut r = Registry::new(2);
+        let mut r = Registry::new(2, 8);
         r.register(addr(1), 7001, vec![file("keep", 1)]).unwrap();
         assert_eq!(r.register(addr(1), 0, vec![]), Err(RegistryError::PortZero));
         assert_eq!(
@@ -507,6 +523,10 @@ mod tests {
         assert_eq!(
             r.update(addr(1), vec![file("a", 1), file("a", 2)]),
             Err(RegistryError::DuplicateName(name("a")))
+        );
+        assert_eq!(
+            r.register(addr(1), 7001, vec![file("ninebytes", 1)]),
+            Err(RegistryError::NameTooLong { name: name("ninebytes"), max: 8 })
         );
         assert_eq!(r.lookup(&name("keep")).len(), 1);
         assert!(r.lookup(&name("a")).is_empty());

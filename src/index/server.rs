@@ -5,31 +5,45 @@
 
 use std::fmt;
 use std::io::{self, BufReader};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
 use super::Index;
 use crate::name::ShareName;
-use crate::wire::{self, MAX_FRAME_LEN, Message, Reply, Request, Service};
+use crate::net::{Slot, Slots, Timed, close_gently};
+use crate::wire::{self, MAX_FRAME_LEN, Message, PROTOCOL_VERSION, Reply, Request, Service, Welcome};
 
-/// How long a new connection has to send its [`wire::Hello`]: libtorrent's handshake_timeout.
+/// How long a new connection has to complete its [`wire::Hello`], however it trickles
+/// in: libtorrent's `handshake_timeout`.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a connection may stay silent before it is dropped (and its registration
-/// with it). Peers send a ping every [`crate::peer::client::KEEPALIVE_INTERVAL`], well
-/// inside this.
+/// How long a connection may stay silent between requests before it is dropped (and
+/// its registration with it). Peers ping every
+/// [`crate::peer::client::KEEPALIVE_INTERVAL`], well inside this.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// How long a request may take to arrive once its first byte has: nginx's
+/// `client_header_timeout` is 60 s for a whole request header; our largest frame is
+/// 16 MiB, which loopback or a LAN carries in well under a second.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a reply may take to be written before the client is deemed gone: a client
 /// that stops reading cannot hold a thread forever.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Most connections served at once: Redis's `maxclients` default. Each costs a thread
+/// and a descriptor; further connections are refused with a reason.
+pub const MAX_CONNECTIONS: usize = 10_000;
+
 /// Stack size of a connection thread. A connection needs a few KiB of stack; the
 /// default 2 MiB of address space per thread would be wasted at thousands of peers.
 pub const CONNECTION_STACK_SIZE: usize = 256 * 1024;
+
+/// How long a refused or failed connection is given to read our last words.
+const CLOSE_PATIENCE: Duration = Duration::from_secs(1);
 
 /// Names examined per listing page. The registry lock is held for one page at a time,
 /// so a listing of millions of files never blocks other connections for long.
@@ -38,12 +52,16 @@ const LIST_PAGE_NAMES: usize = 1024;
 /// Limits and timeouts of a server; `Config::default()` has the documented defaults.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Largest request frame accepted.
+    /// Largest request frame accepted: [`MAX_FRAME_LEN`].
     pub max_frame_len: usize,
+    /// See [`MAX_CONNECTIONS`].
+    pub max_connections: usize,
     /// See [`HANDSHAKE_TIMEOUT`].
     pub handshake_timeout: Duration,
     /// See [`IDLE_TIMEOUT`].
     pub idle_timeout: Duration,
+    /// See [`READ_TIMEOUT`].
+    pub read_timeout: Duration,
     /// See [`WRITE_TIMEOUT`].
     pub write_timeout: Duration,
 }
@@ -52,8 +70,10 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             max_frame_len: MAX_FRAME_LEN,
+            max_connections: MAX_CONNECTIONS,
             handshake_timeout: HANDSHAKE_TIMEOUT,
             idle_timeout: IDLE_TIMEOUT,
+            read_timeout: READ_TIMEOUT,
             write_timeout: WRITE_TIMEOUT,
         }
     }
@@ -61,6 +81,7 @@ impl Default for Config {
 
 /// Serves the index on an already-bound listener, forever.
 pub fn serve(listener: TcpListener, index: Index, config: Config) -> io::Result<()> {
+    let slots = Slots::new(config.max_connections);
     loop {
         let (stream, conn) = match listener.accept() {
             Ok(accepted) => accepted,
@@ -72,24 +93,47 @@ pub fn serve(listener: TcpListener, index: Index, config: Config) -> io::Result<
                 continue;
             }
         };
+        let Some(slot) = slots.take() else {
+            warn!("{conn} refused: {} connections open, the maximum", config.max_connections);
+            refuse(
+                &stream,
+                &format!("the server is full ({} connections); try again later", config.max_connections),
+            );
+            continue;
+        };
         let (index, config) = (index.clone(), config.clone());
         let spawned = thread::Builder::new()
             .name(format!("conn {conn}"))
             .stack_size(CONNECTION_STACK_SIZE)
-            .spawn(move || handle(index, stream, conn, &config));
+            .spawn(move || handle(index, stream, conn, &config, slot));
         if let Err(e) = spawned {
             warn!("{conn}: cannot start a thread for it: {e}; connection dropped");
         }
     }
 }
 
+/// Turns a connection away from the accept loop itself, without a thread: the reason
+/// goes out as a refused handshake, and the socket is closed at once (unread input
+/// may make that a reset; a client that reads before it writes still sees why).
+fn refuse(stream: &TcpStream, why: &str) {
+    let refusal = Welcome { version: PROTOCOL_VERSION, refusal: Some(why.to_owned()) };
+    let _ = stream.set_nonblocking(true);
+    let _ = wire::send_msg(&mut &*stream, &refusal);
+    let _ = stream.shutdown(Shutdown::Write);
+}
+
 /// Runs one connection to its end and removes its registration.
-fn handle(index: Index, stream: TcpStream, conn: SocketAddr, config: &Config) {
+fn handle(index: Index, stream: TcpStream, conn: SocketAddr, config: &Config, _slot: Slot) {
     info!("{conn} connected");
-    let why = match converse(&index, stream, conn, config) {
+    let why = match converse(&index, &stream, conn, config) {
         Ok(()) => "closed by the peer".to_owned(),
         Err(e) if is_timeout(&e) => "timed out".to_owned(),
-        Err(e) => e.to_string(),
+        Err(e) => {
+            // The last words (a refused handshake, a frame that is too big) are
+            // already written; let them arrive before the close.
+            close_gently(&stream, CLOSE_PATIENCE);
+            e.to_string()
+        }
     };
     let dropped = if index.remove(conn) { "; its registration is removed" } else { "" };
     info!("{conn} disconnected ({why}){dropped}");
@@ -99,22 +143,32 @@ fn is_timeout(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
 }
 
-fn converse(index: &Index, stream: TcpStream, conn: SocketAddr, config: &Config) -> io::Result<()> {
+fn converse(index: &Index, stream: &TcpStream, conn: SocketAddr, config: &Config) -> io::Result<()> {
     stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(config.handshake_timeout))?;
     stream.set_write_timeout(Some(config.write_timeout))?;
     // One descriptor per connection (no `try_clone`): at 10,000 peers, descriptors are
     // the resource that runs out first.
-    let mut reader = BufReader::new(&stream);
-    let mut writer = &stream;
+    let mut reader = BufReader::new(Timed::deadline(stream, Instant::now() + config.handshake_timeout));
+    let mut writer = stream;
 
     if let Err(e) = wire::server_handshake(&mut reader, &mut writer, Service::Index, config.max_frame_len) {
         warn!("{conn} handshake failed: {e}");
         return Err(e);
     }
-    reader.get_ref().set_read_timeout(Some(config.idle_timeout))?;
-
-    while let Some(frame) = wire::recv_all(&mut reader, config.max_frame_len)? {
+    loop {
+        reader.get_mut().await_frame(config.idle_timeout, config.read_timeout);
+        let frame = match wire::recv_all(&mut reader, config.max_frame_len) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                // A length over the maximum: say so, then close (the stream cannot be
+                // resynchronised after a bad length).
+                warn!("{conn} {e}");
+                let _ = wire::send_msg(&mut writer, &Reply::Error(format!("request refused: {e}")));
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         match Request::decode(&frame) {
             Ok(request) => respond(index, conn, request, writer)?,
             Err(e) => {
@@ -123,7 +177,6 @@ fn converse(index: &Index, stream: TcpStream, conn: SocketAddr, config: &Config)
             }
         }
     }
-    Ok(())
 }
 
 /// What a request was, for the log; built without allocating.

@@ -1,16 +1,21 @@
 //! The peer's one persistent connection to the index server.
 //!
-//! The shell and the download threads share it: each request takes the connection's
+//! The shell and the download workers share it: each request takes the connection's
 //! lock, writes the request and reads the whole reply, so replies can never be read by
 //! the wrong asker.
+//!
+//! The connection can be lost (the index restarts, the network fails). Requests then
+//! fail at once with a clear error, and [`IndexClient::watch`], run by the peer's
+//! supervisor thread, notices the loss (the socket reports the other end hung up, or a
+//! keepalive ping fails) so that the supervisor can [`IndexClient::reconnect`] with
+//! backoff and register again.
 
 use std::io::{self, BufReader};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use log::debug;
+use anyhow::anyhow;
 
 use crate::wire::{self, ListEntry, Reply, Request, Service};
 
@@ -27,72 +32,101 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
 struct Conn {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
-    /// Set after the first I/O error: a request may then have been half written or its
-    /// reply half read, so nothing more can be said on this connection.
-    broken: Option<String>,
+}
+
+/// What [`IndexClient::watch`] saw.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Watch {
+    /// The connection is up and was quiet for the whole wait.
+    Quiet,
+    /// The connection is gone (now or before the call); the text says how.
+    Lost(String),
 }
 
 /// A connection to the index server. See the module docs.
 pub struct IndexClient {
-    server: SocketAddr,
-    local_ip: IpAddr,
-    conn: Mutex<Conn>,
+    addrs: Vec<SocketAddr>,
+    /// The connection, or why there is none. After any I/O error a request may have
+    /// been half written or its reply half read, so the connection is dropped.
+    conn: Mutex<Result<Conn, String>>,
+    /// A second handle on the current socket, for [`IndexClient::watch`] to wait on
+    /// without holding the connection's lock.
+    watched: Mutex<Option<TcpStream>>,
+    /// The server's address and our side's IP on the current connection.
+    ends: Mutex<(SocketAddr, IpAddr)>,
 }
 
 impl IndexClient {
     /// Connects to the index server at the first of `addrs` that answers (a host name
     /// can resolve to several, IPv6 and IPv4) and shakes hands.
     pub fn connect(addrs: &[SocketAddr]) -> anyhow::Result<IndexClient> {
-        let mut last = None;
-        for &server in addrs {
-            match IndexClient::connect_one(server) {
-                Ok(client) => return Ok(client),
-                Err(e) => {
-                    last = Some(
-                        anyhow::Error::from(e)
-                            .context(format!("cannot connect to the index server {server}")),
-                    )
-                }
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("no address to connect to the index server")))
+        let (conn, ends) = connect_any(addrs)?;
+        let watched = conn.writer.try_clone()?;
+        Ok(IndexClient {
+            addrs: addrs.to_vec(),
+            conn: Mutex::new(Ok(conn)),
+            watched: Mutex::new(Some(watched)),
+            ends: Mutex::new(ends),
+        })
     }
 
-    fn connect_one(server: SocketAddr) -> io::Result<IndexClient> {
-        let stream = TcpStream::connect_timeout(&server, CONNECT_TIMEOUT)?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
-        stream.set_write_timeout(Some(REPLY_TIMEOUT))?;
-        let mut conn = Conn { reader: BufReader::new(stream.try_clone()?), writer: stream, broken: None };
-        wire::client_handshake(&mut conn.reader, &mut conn.writer, Service::Index)?;
-        let local_ip = conn.writer.local_addr()?.ip();
-        Ok(IndexClient { server, local_ip, conn: Mutex::new(conn) })
+    /// Makes a new connection, replacing the current one (if any).
+    pub fn reconnect(&self) -> anyhow::Result<()> {
+        let (conn, ends) = connect_any(&self.addrs)?;
+        let watched = conn.writer.try_clone()?;
+        *lock(&self.ends) = ends;
+        *lock(&self.watched) = Some(watched);
+        *lock(&self.conn) = Ok(conn);
+        Ok(())
     }
 
     /// The index server's address.
     pub fn server(&self) -> SocketAddr {
-        self.server
+        lock(&self.ends).0
     }
 
     /// Our side's IP on the connection: the address the index sees for this peer.
     pub fn local_ip(&self) -> IpAddr {
-        self.local_ip
+        lock(&self.ends).1
     }
 
-    /// Runs one exchange on the connection, under its lock. After an I/O error the
-    /// connection is marked broken and every later exchange fails at once.
+    /// Runs one exchange on the connection, under its lock. An I/O error drops the
+    /// connection; until a reconnect, every exchange then fails at once.
     fn exchange<T>(&self, f: impl FnOnce(&mut Conn) -> io::Result<T>) -> io::Result<T> {
-        let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(why) = &conn.broken {
-            return Err(io::Error::new(
-                io::ErrorKind::NotConnected,
-                format!("the connection to the index server {} was lost: {why}", self.server),
-            ));
-        }
-        f(&mut conn).map_err(|e| {
-            conn.broken = Some(e.to_string());
-            io::Error::new(e.kind(), format!("index server {}: {e}", self.server))
+        let mut guard = lock(&self.conn);
+        let server = self.server();
+        let conn = match &mut *guard {
+            Ok(conn) => conn,
+            Err(why) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::NotConnected,
+                    format!("no connection to the index server {server} ({why}); reconnecting"),
+                ));
+            }
+        };
+        f(conn).map_err(|e| {
+            *guard = Err(format!("lost: {e}"));
+            *lock(&self.watched) = None;
+            io::Error::new(e.kind(), format!("index server {server}: {e}"))
         })
+    }
+
+    /// Waits up to `timeout` for the connection to be lost. Returns at once if it
+    /// already is.
+    pub fn watch(&self, timeout: Duration) -> Watch {
+        let watched = match &*lock(&self.watched) {
+            Some(s) => s.try_clone(),
+            None => Err(io::ErrorKind::NotConnected.into()),
+        };
+        let Ok(watched) = watched else {
+            return Watch::Lost(lock(&self.conn).as_ref().err().cloned().unwrap_or_else(|| "lost".into()));
+        };
+        if hung_up(&watched, timeout) {
+            *lock(&self.conn) = Err("the index server closed the connection".into());
+            *lock(&self.watched) = None;
+            return Watch::Lost("the index server closed the connection".into());
+        }
+        Watch::Quiet
     }
 
     /// Sends one request and reads its one reply. Not for `List`, see [`Self::list`].
@@ -104,12 +138,12 @@ impl IndexClient {
     }
 
     /// Sends a request that is answered by `Done` (register, unregister, update,
-    /// delete) and returns the number of files the index now has for this peer. An
-    /// `Error` reply becomes an error carrying the server's reason.
+    /// delete, add) and returns the number of files the index now has for this peer.
+    /// An `Error` reply becomes an error carrying the server's reason.
     pub fn change(&self, request: &Request) -> anyhow::Result<u32> {
         match self.call(request)? {
             Reply::Done { files } => Ok(files),
-            Reply::Error(e) => Err(anyhow::anyhow!("the index server says: {e}")),
+            Reply::Error(e) => Err(anyhow!("the index server says: {e}")),
             other => Err(unexpected(&other).into()),
         }
     }
@@ -135,22 +169,50 @@ impl IndexClient {
             }
         })
     }
+}
 
-    /// Starts a thread that pings the index every [`KEEPALIVE_INTERVAL`], for as long
-    /// as the process lives. A failed ping is left for the next real request to report.
-    pub fn start_keepalive(self: &Arc<Self>) {
-        let client = Arc::clone(self);
-        let spawned = thread::Builder::new().name("keepalive".into()).spawn(move || {
-            loop {
-                thread::sleep(KEEPALIVE_INTERVAL);
-                if let Err(e) = client.call(&Request::Ping) {
-                    debug!("keepalive ping to {} failed: {e}", client.server);
-                }
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Connects to the first of `addrs` that answers and shakes hands.
+fn connect_any(addrs: &[SocketAddr]) -> anyhow::Result<(Conn, (SocketAddr, IpAddr))> {
+    let mut last = None;
+    for &server in addrs {
+        match connect_one(server) {
+            Ok(conn) => {
+                let local = conn.writer.local_addr()?.ip();
+                return Ok((conn, (server, local)));
             }
-        });
-        if let Err(e) = spawned {
-            debug!("no keepalive thread: {e}");
+            Err(e) => last = Some(anyhow!(e).context(format!("cannot connect to the index server {server}"))),
         }
+    }
+    Err(last.unwrap_or_else(|| anyhow!("no address to connect to the index server")))
+}
+
+fn connect_one(server: SocketAddr) -> io::Result<Conn> {
+    let stream = TcpStream::connect_timeout(&server, CONNECT_TIMEOUT)?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
+    stream.set_write_timeout(Some(REPLY_TIMEOUT))?;
+    let mut conn = Conn { reader: BufReader::new(stream.try_clone()?), writer: stream };
+    wire::client_handshake(&mut conn.reader, &mut conn.writer, Service::Index)?;
+    Ok(conn)
+}
+
+/// Waits up to `timeout` for the other end to hang up (or the socket to fail). Only
+/// the hang-up is waited for, never incoming data, so replies are left to their reader.
+fn hung_up(stream: &TcpStream, timeout: Duration) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let mut fds = [PollFd::new(stream, PollFlags::RDHUP)];
+    let timeout = Timespec::try_from(timeout).ok();
+    match poll(&mut fds, timeout.as_ref()) {
+        Ok(0) => false,
+        Ok(_) => {
+            let seen = fds[0].revents();
+            seen.intersects(PollFlags::RDHUP | PollFlags::HUP | PollFlags::ERR | PollFlags::NVAL)
+        }
+        Err(_) => false, // interrupted: the next watch looks again
     }
 }
 

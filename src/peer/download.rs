@@ -28,6 +28,33 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// try the next one.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Downloads that run at once; more wait their turn in a queue. Browsers allow 6
+/// connections per host for the same reason: beyond a few, parallel transfers only
+/// contend (for the network, for the folder's directory lock) without finishing
+/// sooner, and each costs a thread.
+pub const MAX_PARALLEL_DOWNLOADS: usize = 4;
+
+/// The downloader's limits; `Default` has the documented defaults.
+#[derive(Clone, Debug)]
+pub struct DownloadConfig {
+    /// See [`CONNECT_TIMEOUT`].
+    pub connect_timeout: Duration,
+    /// See [`READ_TIMEOUT`].
+    pub read_timeout: Duration,
+    /// See [`MAX_PARALLEL_DOWNLOADS`].
+    pub max_parallel: usize,
+}
+
+impl Default for DownloadConfig {
+    fn default() -> Self {
+        DownloadConfig {
+            connect_timeout: CONNECT_TIMEOUT,
+            read_timeout: READ_TIMEOUT,
+            max_parallel: MAX_PARALLEL_DOWNLOADS,
+        }
+    }
+}
+
 /// Receive buffer: large reads keep system calls off the profile at loopback speed.
 const RECV_BUF_LEN: usize = 256 << 10;
 
@@ -50,6 +77,7 @@ pub fn download(
     index: &IndexClient,
     folder: &SharedFolder,
     name: &ShareName,
+    config: &DownloadConfig,
     mut on_peer_failure: impl FnMut(SocketAddr, &anyhow::Error),
 ) -> anyhow::Result<Downloaded> {
     if folder.contains(name) {
@@ -64,7 +92,7 @@ pub fn download(
     hits.shuffle(&mut rand::rng());
     let tried = hits.len();
     for hit in hits {
-        match fetch(&hit, folder, name) {
+        match fetch(&hit, folder, name, config) {
             Ok(temp) => {
                 temp.commit(folder, name, hit.sha256).map_err(|e| match e.kind() {
                     io::ErrorKind::AlreadyExists => {
@@ -83,11 +111,16 @@ pub fn download(
 
 /// Fetches `name` from one peer into a temporary file and verifies it against what the
 /// index advertised for that peer.
-fn fetch(hit: &PeerHit, folder: &SharedFolder, name: &ShareName) -> anyhow::Result<TempFile> {
-    let stream = TcpStream::connect_timeout(&hit.addr, CONNECT_TIMEOUT).context("cannot connect")?;
+fn fetch(
+    hit: &PeerHit,
+    folder: &SharedFolder,
+    name: &ShareName,
+    config: &DownloadConfig,
+) -> anyhow::Result<TempFile> {
+    let stream = TcpStream::connect_timeout(&hit.addr, config.connect_timeout).context("cannot connect")?;
     stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(READ_TIMEOUT))?;
-    stream.set_write_timeout(Some(READ_TIMEOUT))?;
+    stream.set_read_timeout(Some(config.read_timeout))?;
+    stream.set_write_timeout(Some(config.read_timeout))?;
     let mut reader = BufReader::new(&stream);
     let mut writer = &stream;
     wire::client_handshake(&mut reader, &mut writer, Service::Files).context("handshake failed")?;
@@ -109,7 +142,7 @@ fn fetch(hit: &PeerHit, folder: &SharedFolder, name: &ShareName) -> anyhow::Resu
     // The body is read straight from the socket into the pipeline's buffers; only what
     // the header's read already buffered is taken from the BufReader.
     let mut body = io::Cursor::new(reader.buffer().to_vec()).chain(&stream);
-    let (got, actual) = receive(&mut body, temp.file(), size)?;
+    let (got, actual) = receive(&mut body, temp.file(), size, config.read_timeout)?;
     if got < size {
         bail!("the peer sent only {got} of {size} bytes");
     }
@@ -132,11 +165,16 @@ fn fetch(hit: &PeerHit, folder: &SharedFolder, name: &ShareName) -> anyhow::Resu
 /// running it beside the network copy instead of after it nearly doubles throughput.
 /// Buffers go round a small pool, so memory stays at [`PIPELINE_BUFFERS`] x
 /// [`RECV_BUF_LEN`].
-fn receive(r: &mut impl Read, out: &mut impl Write, size: u64) -> anyhow::Result<(u64, wire::Sha256)> {
+fn receive(
+    r: &mut impl Read,
+    out: &mut impl Write,
+    size: u64,
+    timeout: Duration,
+) -> anyhow::Result<(u64, wire::Sha256)> {
     if size <= RECV_BUF_LEN as u64 {
         // One buffer's worth: a second thread would cost more than it saves.
         let mut buf = vec![0u8; size as usize];
-        let n = fill(r, &mut buf, 0, size)?;
+        let n = fill(r, &mut buf, 0, size, timeout)?;
         out.write_all(&buf[..n]).context("cannot write to the shared folder")?;
         return Ok((n as u64, Sha256::digest(&buf[..n]).into()));
     }
@@ -165,7 +203,7 @@ fn receive(r: &mut impl Read, out: &mut impl Write, size: u64) -> anyhow::Result
                 };
                 let want = (size - got).min(RECV_BUF_LEN as u64) as usize;
                 buf.resize(want, 0);
-                let n = fill(r, &mut buf, got, size)?;
+                let n = fill(r, &mut buf, got, size, timeout)?;
                 buf.truncate(n);
                 out.write_all(&buf).context("cannot write to the shared folder")?;
                 got += n as u64;
@@ -183,7 +221,13 @@ fn receive(r: &mut impl Read, out: &mut impl Write, size: u64) -> anyhow::Result
 }
 
 /// Reads into `buf` until it is full or the stream ends; returns the bytes read.
-fn fill(r: &mut impl Read, buf: &mut [u8], before: u64, size: u64) -> anyhow::Result<usize> {
+fn fill(
+    r: &mut impl Read,
+    buf: &mut [u8],
+    before: u64,
+    size: u64,
+    timeout: Duration,
+) -> anyhow::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match r.read(&mut buf[n..]) {
@@ -192,7 +236,7 @@ fn fill(r: &mut impl Read, buf: &mut [u8], before: u64, size: u64) -> anyhow::Re
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
                 let got = before + n as u64;
-                bail!("the peer sent nothing for {} s after {got} of {size} bytes", READ_TIMEOUT.as_secs())
+                bail!("the peer sent nothing for {:.1} s after {got} of {size} bytes", timeout.as_secs_f64())
             }
             Err(e) => {
                 let got = before + n as u64;

@@ -18,11 +18,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
 use anyhow::Context;
 use log::error;
 
 use client::IndexClient;
+use download::DownloadConfig;
+use fileserver::FileServerConfig;
 use folder::SharedFolder;
 use shell::Shell;
 
@@ -39,6 +42,12 @@ pub struct PeerConfig {
     /// Address for the file server; `None` for [`default_bind_ip`] of the index
     /// connection's local address.
     pub bind: Option<IpAddr>,
+    /// The file server's limits.
+    pub files: FileServerConfig,
+    /// The downloader's limits.
+    pub downloads: DownloadConfig,
+    /// How often to ping the index when idle ([`client::KEEPALIVE_INTERVAL`]).
+    pub keepalive: Duration,
 }
 
 /// Where the file server listens unless told otherwise, given `seen`, the local address
@@ -55,7 +64,8 @@ pub fn default_bind_ip(seen: IpAddr) -> IpAddr {
 }
 
 /// Runs a peer until its input ends: connects to the index, binds the file server and
-/// prints `serving <folder> on <address>`, then runs the shell on stdin. Returns whether every command succeeded.
+/// prints `serving <folder> on <address>`, then runs the shell on stdin. Returns
+/// whether every command succeeded.
 pub fn run(config: PeerConfig) -> anyhow::Result<bool> {
     let shown = config.folder.display();
     let folder = SharedFolder::new(&config.folder).with_context(|| format!("cannot share folder {shown}"))?;
@@ -69,10 +79,10 @@ pub fn run(config: PeerConfig) -> anyhow::Result<bool> {
     let folder = Arc::new(folder);
     let serving = Arc::clone(&folder);
     thread::Builder::new().name("file server".into()).spawn(move || {
-        if let Err(e) = fileserver::serve(listener, serving) {
+        if let Err(e) = fileserver::serve(listener, serving, config.files) {
             error!("the file server stopped: {e}");
         }
     })?;
-    index.start_keepalive();
-    Ok(Shell::new(index, folder, local.port()).run(io::stdin().lock()))
+    let shell = Shell::new(index, folder, local.port(), config.downloads);
+    Ok(shell.run(io::stdin().lock(), config.keepalive))
 }

@@ -11,11 +11,14 @@ use std::io::{self, BufRead, IsTerminal, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
+use log::debug;
+use rand::RngExt;
 
-use super::client::IndexClient;
-use super::download::download;
+use super::client::{IndexClient, Watch};
+use super::download::{DownloadConfig, download};
 use super::folder::SharedFolder;
 use crate::name::ShareName;
 use crate::wire::{MAX_FILES_PER_PEER, Request};
@@ -150,11 +153,11 @@ fn read_line(input: &mut impl BufRead) -> io::Result<Line> {
     }
 }
 
-/// Downloads that run at once; more wait their turn in a queue. Browsers allow 6
-/// connections per host for the same reason: beyond a few, parallel transfers only
-/// contend (for the network, for the folder's directory lock) without finishing
-/// sooner, and each costs a thread.
-pub const MAX_PARALLEL_DOWNLOADS: usize = 4;
+/// First wait before reconnecting to a lost index; doubled after each failure.
+pub const RECONNECT_FIRST: Duration = Duration::from_millis(100);
+
+/// Longest wait between reconnection attempts.
+pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
 /// What the shell and its download workers share.
 struct Peer {
@@ -162,6 +165,7 @@ struct Peer {
     folder: Arc<SharedFolder>,
     /// The file server's port, sent with `register`.
     port: u16,
+    downloads: DownloadConfig,
     registered: AtomicBool,
     /// Set once any command has failed; decides the exit status.
     failed: AtomicBool,
@@ -189,11 +193,17 @@ pub struct Shell {
 
 impl Shell {
     /// A shell for a peer whose file server listens on `port`.
-    pub fn new(index: Arc<IndexClient>, folder: Arc<SharedFolder>, port: u16) -> Shell {
+    pub fn new(
+        index: Arc<IndexClient>,
+        folder: Arc<SharedFolder>,
+        port: u16,
+        downloads: DownloadConfig,
+    ) -> Shell {
         let peer = Peer {
             index,
             folder,
             port,
+            downloads,
             registered: AtomicBool::new(false),
             failed: AtomicBool::new(false),
             in_flight: Mutex::default(),
@@ -204,8 +214,16 @@ impl Shell {
     }
 
     /// Runs commands from `input` until it ends or `quit`, then waits for downloads.
-    /// Returns true if every command succeeded.
-    pub fn run(mut self, mut input: impl BufRead) -> bool {
+    /// Meanwhile a supervisor thread pings the index every `keepalive` and, if the
+    /// connection is lost, reconnects and registers again. Returns true if every
+    /// command succeeded.
+    pub fn run(mut self, mut input: impl BufRead, keepalive: Duration) -> bool {
+        let supervisor = Arc::clone(&self.peer);
+        let spawned =
+            thread::Builder::new().name("supervisor".into()).spawn(move || supervisor.supervise(keepalive));
+        if let Err(e) = spawned {
+            self.peer.fail(format!("cannot start the supervisor thread: {e}"));
+        }
         let interactive = io::stdin().is_terminal();
         loop {
             if interactive {
@@ -297,14 +315,14 @@ impl Shell {
     }
 
     /// Queues a download and starts a worker for it if fewer than
-    /// [`MAX_PARALLEL_DOWNLOADS`] run.
+    /// [`DownloadConfig::max_parallel`] run.
     fn queue_download(&mut self, name: ShareName) -> anyhow::Result<()> {
         if !self.peer.in_flight.lock().unwrap_or_else(PoisonError::into_inner).insert(name.clone()) {
             bail!("cannot download {:?}: already downloading it", name.as_str());
         }
         let mut queue = self.peer.queue.lock().unwrap_or_else(PoisonError::into_inner);
         queue.waiting.push_back(name);
-        if queue.workers < MAX_PARALLEL_DOWNLOADS {
+        if queue.workers < self.peer.downloads.max_parallel.max(1) {
             let peer = Arc::clone(&self.peer);
             let worker = thread::Builder::new().name("download".into()).spawn(move || peer.work())?;
             queue.workers += 1;
@@ -317,6 +335,60 @@ impl Shell {
 impl Peer {
     fn fail(&self, why: impl Display) {
         report_failure(&self.failed, why);
+    }
+
+    /// Scans the folder and registers it. Returns the number of files registered.
+    fn register(&self) -> anyhow::Result<usize> {
+        let _in_order = self.updates.lock().unwrap_or_else(PoisonError::into_inner);
+        let files = scan(&self.folder)?;
+        let count = files.len();
+        self.index.change(&Request::Register { port: self.port, files })?;
+        self.registered.store(true, Ordering::SeqCst);
+        Ok(count)
+    }
+
+    /// Keeps the connection to the index alive: pings it every `keepalive`; when the
+    /// connection is lost, reconnects with exponential backoff (with jitter, so that
+    /// many peers do not all knock at once when an index comes back) and, if this peer
+    /// was registered, registers again. Runs for as long as the process does.
+    fn supervise(&self, keepalive: Duration) {
+        loop {
+            match self.index.watch(keepalive) {
+                Watch::Quiet => {
+                    // A failed ping drops the connection; the next watch sees that.
+                    let _ = self.index.call(&Request::Ping);
+                }
+                Watch::Lost(why) => {
+                    let server = self.index.server();
+                    crate::errln!(
+                        "note: lost the connection to the index server {server} ({why}); reconnecting"
+                    );
+                    let mut wait = RECONNECT_FIRST;
+                    loop {
+                        let jitter = rand::rng().random_range(0.5..1.5);
+                        thread::sleep(wait.mul_f64(jitter));
+                        match self.index.reconnect() {
+                            Ok(()) => break,
+                            Err(e) => debug!("reconnecting to the index server failed: {e:#}"),
+                        }
+                        wait = (wait * 2).min(RECONNECT_MAX);
+                    }
+                    let server = self.index.server();
+                    if !self.registered.load(Ordering::SeqCst) {
+                        crate::errln!("note: reconnected to the index server {server}");
+                        continue;
+                    }
+                    match self.register() {
+                        Ok(n) => crate::errln!(
+                            "note: reconnected to the index server {server}; registered {n} files again"
+                        ),
+                        Err(e) => crate::errln!(
+                            "error: reconnected to the index server {server}, but registering again failed: {e:#}"
+                        ),
+                    }
+                }
+            }
+        }
     }
 
     /// A download worker: takes queued names until there are none left.
@@ -339,7 +411,7 @@ impl Peer {
     /// One download, reported on stdout or stderr, then announced to the index.
     fn fetch(&self, name: &ShareName) {
         let shown = format!("{:?}", name.as_str());
-        let result = download(&self.index, &self.folder, name, |from, e| {
+        let result = download(&self.index, &self.folder, name, &self.downloads, |from, e| {
             crate::errln!("error: cannot download {shown} from {from}: {e:#}; trying the next peer");
         });
         let got = match result {
