@@ -87,8 +87,15 @@ impl Proc {
 
     /// Starts `indexing-server <ip> 0` in `dir` and returns it with its address.
     pub fn index_server_on(dir: &Path, ip: &str) -> (Proc, SocketAddr) {
+        Proc::index_server_with(dir, &[ip, "0"])
+    }
+
+    /// Starts `indexing-server` with `args` (address, port, options) in `dir`, logging
+    /// to `dir/log.log`; returns it with its address.
+    pub fn index_server_with(dir: &Path, args: &[&str]) -> (Proc, SocketAddr) {
         let log = dir.join("log.log");
-        let args = [ip.as_ref(), "0".as_ref(), "--log-file".as_ref(), log.as_os_str()];
+        let mut args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        args.extend([OsStr::new("--log-file"), log.as_os_str()]);
         let mut p = Proc::start(env!("CARGO_BIN_EXE_indexing-server"), &args, dir);
         let line = p.expect(Stream::Out, "listening on ");
         let addr = line.trim_start_matches("listening on ").parse().expect("an address");
@@ -196,6 +203,24 @@ impl Proc {
             }
         }
         self.child.wait().expect("wait")
+    }
+
+    /// The child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// (resident set size in bytes, thread count) of the child, from /proc.
+    pub fn rss_and_threads(&self) -> (u64, u64) {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        let field = |name: &str| -> u64 {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        (field("VmRSS:") * 1024, field("Threads:"))
     }
 
     pub fn kill(&mut self) {
