@@ -123,9 +123,15 @@ fn fetch(
     stream.set_write_timeout(Some(config.read_timeout))?;
     let mut reader = BufReader::new(&stream);
     let mut writer = &stream;
-    wire::client_handshake(&mut reader, &mut writer, Service::Files).context("handshake failed")?;
+    let silent = |e: io::Error| match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            anyhow!("the peer sent nothing for {:.1} s", config.read_timeout.as_secs_f64())
+        }
+        _ => anyhow!(e),
+    };
+    wire::client_handshake(&mut reader, &mut writer, Service::Files).map_err(silent)?;
     wire::send_msg(&mut writer, &FileRequest::Get { name: name.to_string() })?;
-    let (size, sha256) = match wire::recv_msg(&mut reader)? {
+    let (size, sha256) = match wire::recv_msg(&mut reader).map_err(silent)? {
         FileReply::Header { size, sha256 } => (size, sha256),
         FileReply::Error(e) => bail!("the peer refused: {e}"),
     };
@@ -136,6 +142,10 @@ fn fetch(
             hit.size,
             hex::encode(hit.sha256)
         );
+    }
+    let free = folder.free_space().unwrap_or(u64::MAX);
+    if size > free {
+        bail!("the file is {size} bytes, more than the {free} bytes free in the shared folder");
     }
 
     let mut temp = folder.create_temp().context("cannot create a temporary file in the shared folder")?;

@@ -291,6 +291,13 @@ impl SharedFolder {
         cache.dirty = true;
     }
 
+    /// Bytes that can still be written in the folder's filesystem (by us, not only by
+    /// root), so that a download that cannot fit is refused before it starts.
+    pub fn free_space(&self) -> io::Result<u64> {
+        let stat = rustix::fs::statvfs(&self.root)?;
+        Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
+    }
+
     /// Is there anything (file, directory, dangling symlink) called `name` in the folder?
     pub fn contains(&self, name: &ShareName) -> bool {
         fs::symlink_metadata(self.root.join(name)).is_ok()

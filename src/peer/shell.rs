@@ -293,7 +293,9 @@ impl Shell {
                     let _ =
                         writeln!(out, "{}\t{} bytes\t{} peer{}", e.name, e.size, e.peers, plural(e.peers));
                 });
-                let truncated = listed?.map_err(|e| anyhow!("get_files_list failed: {e}"))?;
+                let truncated = listed
+                    .context("get_files_list failed")?
+                    .map_err(|e| anyhow!("get_files_list failed: the index server says: {e}"))?;
                 let more = if truncated { " (more not shown)" } else { "" };
                 let _ = writeln!(out, "{shown} files at other peers{more}");
             }

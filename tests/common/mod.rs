@@ -64,8 +64,19 @@ fn feed(mut stdin: ChildStdin) -> Sender<Vec<u8>> {
 
 impl Proc {
     pub fn start<S: AsRef<OsStr>>(bin: &str, args: &[S], dir: &Path) -> Proc {
+        Proc::start_with_env(bin, args, dir, &[])
+    }
+
+    /// Like [`Proc::start`], with extra environment variables.
+    pub fn start_with_env<S: AsRef<OsStr>>(
+        bin: &str,
+        args: &[S],
+        dir: &Path,
+        env: &[(&str, &OsStr)],
+    ) -> Proc {
         let mut child = Command::new(bin)
             .args(args)
+            .envs(env.iter().copied())
             .current_dir(dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -301,10 +312,15 @@ pub enum Misbehaviour {
     Short,
     /// Sends ten bytes too many.
     Long,
+    /// Announces the file, then sends nothing and keeps the connection open.
+    Silent,
+    /// Announces 2^63 bytes (with the content's hash) and sends the content.
+    Huge,
 }
 
 /// A file server that announces `content`'s size and SHA-256 for any name, then
-/// misbehaves; serves connections until the test ends. Returns its address.
+/// misbehaves; serves connections one at a time until the test ends. Returns its
+/// address.
 pub fn fake_sender(content: Vec<u8>, how: Misbehaviour) -> SocketAddr {
     use peerdex::wire::{FileReply, FileRequest};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -318,8 +334,16 @@ pub fn fake_sender(content: Vec<u8>, how: Misbehaviour) -> SocketAddr {
                 continue;
             }
             let _: FileRequest = wire::recv_msg(&mut r).unwrap();
-            let size = content.len() as u64;
+            let size = match how {
+                Misbehaviour::Huge => 1 << 63,
+                _ => content.len() as u64,
+            };
             wire::send_msg(&mut s, &FileReply::Header { size, sha256 }).unwrap();
+            if let Misbehaviour::Silent = how {
+                // Hold the connection open, silent, until the downloader gives up.
+                let _ = s.read(&mut [0u8; 1]);
+                continue;
+            }
             let mut body = content.clone();
             match how {
                 Misbehaviour::Corrupt => body[0] ^= 1,
@@ -327,6 +351,7 @@ pub fn fake_sender(content: Vec<u8>, how: Misbehaviour) -> SocketAddr {
                     body.pop();
                 }
                 Misbehaviour::Long => body.extend_from_slice(&[0; 10]),
+                Misbehaviour::Silent | Misbehaviour::Huge => {}
             }
             let _ = s.write_all(&body);
         }

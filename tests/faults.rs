@@ -1,0 +1,405 @@
+//! Faults around the peers, with the real binaries: senders that die, stall or lie,
+//! downloaders that die, a folder that is full or read-only, an index server that
+//! restarts, many downloads at once, bad input lines.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::thread;
+
+use common::{
+    Misbehaviour, Proc, RawIndexClient, Stream, TIMEOUT, entries, fake_sender, wait_for, workspace,
+};
+use peerdex::name::ShareName;
+use peerdex::peer::folder::hash;
+use peerdex::wire::{self, FileInfo, FileReply, FileRequest, Reply, Request, Service};
+use rand::RngExt;
+
+fn folder(root: &Path, name: &str, files: &[(&str, &[u8])]) -> PathBuf {
+    let dir = root.join(name);
+    fs::create_dir_all(&dir).unwrap();
+    for (file, content) in files {
+        fs::write(dir.join(file), content).unwrap();
+    }
+    dir
+}
+
+fn random_bytes(len: usize) -> Vec<u8> {
+    let mut bytes = vec![0u8; len];
+    rand::rng().fill(&mut bytes[..]);
+    bytes
+}
+
+fn info(name: &str, content: &[u8]) -> FileInfo {
+    FileInfo {
+        name: ShareName::parse(name).unwrap(),
+        size: content.len() as u64,
+        sha256: hash(&mut &content[..]).unwrap(),
+    }
+}
+
+/// Registers a fake peer (a raw connection) that claims `file` on `port`; the
+/// registration lasts as long as the returned connection.
+fn register_fake(index: SocketAddr, port: u16, file: FileInfo) -> RawIndexClient {
+    let mut c = RawIndexClient::connect(index);
+    assert_eq!(c.call(&Request::Register { port, files: vec![file] }), Reply::Done { files: 1 });
+    c
+}
+
+/// `peer` with extra options.
+fn peer_with(index: SocketAddr, dir: &Path, opts: &[&str]) -> (Proc, SocketAddr) {
+    let port = index.port().to_string();
+    let mut args = vec!["127.0.0.1", port.as_str(), "0", dir.to_str().unwrap()];
+    args.extend(opts);
+    let mut p = Proc::start(env!("CARGO_BIN_EXE_peer"), &args, dir.parent().unwrap());
+    let line = p.expect(Stream::Out, "serving ");
+    (p, line.rsplit(" on ").next().unwrap().parse().unwrap())
+}
+
+#[test]
+fn a_silent_sender_times_out_and_the_next_peer_is_tried() {
+    let ws = workspace();
+    let content = random_bytes(50_000);
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    let silent = fake_sender(content.clone(), Misbehaviour::Silent);
+    let _fake = register_fake(index_addr, silent.port(), info("f.bin", &content));
+
+    let b = folder(ws.path(), "b", &[]);
+    let (mut pb, _) = peer_with(index_addr, &b, &["--read-timeout", "1"]);
+    pb.send("download f.bin");
+    let err = pb.expect(Stream::Err, "error: cannot download \"f.bin\"");
+    assert_eq!(
+        err,
+        format!(
+            "error: cannot download \"f.bin\" from {silent}: the peer sent nothing for 1.0 s after 0 of 50000 bytes; trying the next peer"
+        )
+    );
+    pb.expect(Stream::Err, "error: cannot download \"f.bin\": all 1 peers that share it failed");
+    assert!(entries(&b).is_empty(), "no partial file: {:?}", entries(&b));
+
+    // With an honest peer as well, the download completes whichever is tried first.
+    let a = folder(ws.path(), "a", &[("f.bin", &content)]);
+    let (mut pa, _) = Proc::peer(index_addr, &a);
+    pa.send("register");
+    pa.expect(Stream::Out, "registered 1 files");
+    pb.send("download f.bin");
+    pb.expect(Stream::Out, "downloaded f.bin");
+    assert_eq!(fs::read(b.join("f.bin")).unwrap(), content);
+}
+
+#[test]
+fn a_sender_that_never_answers_the_handshake_times_out() {
+    let ws = workspace();
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    // Accepts connections (the kernel does, from the backlog) and never says a word.
+    let mute = TcpListener::bind("127.0.0.1:0").unwrap();
+    let content = b"whatever";
+    let _fake = register_fake(index_addr, mute.local_addr().unwrap().port(), info("m.txt", content));
+    let b = folder(ws.path(), "b", &[]);
+    let (mut pb, _) = peer_with(index_addr, &b, &["--read-timeout", "1"]);
+    pb.send("download m.txt");
+    let err = pb.expect(Stream::Err, "error: cannot download \"m.txt\" from");
+    assert!(err.ends_with("the peer sent nothing for 1.0 s; trying the next peer"), "{err}");
+    drop(mute);
+}
+
+#[test]
+fn a_size_of_2_pow_63_is_refused_before_a_byte_is_written() {
+    let ws = workspace();
+    let content = random_bytes(1000);
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    let huge = fake_sender(content.clone(), Misbehaviour::Huge);
+    let claim = FileInfo { size: 1 << 63, ..info("huge.bin", &content) };
+    let _fake = register_fake(index_addr, huge.port(), claim);
+    let b = folder(ws.path(), "b", &[("keep.txt", b"untouched")]);
+    let (mut pb, _) = Proc::peer(index_addr, &b);
+    pb.send("download huge.bin");
+    let err = pb.expect(Stream::Err, "error: cannot download \"huge.bin\" from");
+    assert!(err.contains("the file is 9223372036854775808 bytes, more than the"), "{err}");
+    assert!(err.contains(&huge.to_string()), "the bad peer is named: {err}");
+    assert_eq!(pb.finish().code(), Some(1));
+    assert_eq!(entries(&b), ["keep.txt"]);
+    assert_eq!(fs::read(b.join("keep.txt")).unwrap(), b"untouched");
+}
+
+/// Not a test: the body of a separate sender process for
+/// [`a_sender_killed_mid_transfer_leaves_no_partial_file`], which starts this test
+/// binary again with `--ignored --exact` and kills it with SIGKILL. It serves the file
+/// named by `PEERDEX_HELPER_FILE` to one downloader: all the header and half the
+/// bytes, then waits to be killed.
+#[test]
+#[ignore = "a helper process, started by another test"]
+fn helper_sender_sends_half_then_waits() {
+    let Some(path) = std::env::var_os("PEERDEX_HELPER_FILE") else { return };
+    let content = fs::read(path).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    println!("helper listening on {}", listener.local_addr().unwrap());
+    let (mut s, _) = listener.accept().unwrap();
+    let mut r = s.try_clone().unwrap();
+    wire::server_handshake(&mut r, &mut s, Service::Files, 4096).unwrap();
+    let _: FileRequest = wire::recv_msg(&mut r).unwrap();
+    let header = FileReply::Header { size: content.len() as u64, sha256: hash(&mut &content[..]).unwrap() };
+    wire::send_msg(&mut s, &header).unwrap();
+    s.write_all(&content[..content.len() / 2]).unwrap();
+    println!("helper sent half");
+    loop {
+        thread::park(); // until SIGKILL
+    }
+}
+
+#[test]
+fn a_sender_killed_mid_transfer_leaves_no_partial_file() {
+    let ws = workspace();
+    let content = random_bytes(4 << 20);
+    let a = folder(ws.path(), "a", &[("f.bin", &content)]);
+    let (_index, index_addr) = Proc::index_server(ws.path());
+
+    let me = std::env::current_exe().unwrap();
+    let args = ["--ignored", "--exact", "helper_sender_sends_half_then_waits", "--nocapture"];
+    let env = [("PEERDEX_HELPER_FILE", a.join("f.bin").into_os_string())];
+    let env: Vec<(&str, &OsStr)> = env.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
+    let mut helper = Proc::start_with_env(me.to_str().unwrap(), &args, ws.path(), &env);
+    let line = helper.expect(Stream::Out, "helper listening on ");
+    let helper_addr: SocketAddr = line.trim_start_matches("helper listening on ").parse().unwrap();
+    let _fake = register_fake(index_addr, helper_addr.port(), info("f.bin", &content));
+
+    let b = folder(ws.path(), "b", &[]);
+    let (mut pb, _) = Proc::peer(index_addr, &b);
+    pb.send("download f.bin");
+    helper.expect(Stream::Out, "helper sent half");
+    helper.kill(); // SIGKILL
+    let err = pb.expect(Stream::Err, "error: cannot download \"f.bin\" from");
+    let half = content.len() / 2;
+    assert!(err.contains(&format!("the peer sent only {half} of {} bytes", content.len())), "{err}");
+    pb.expect(Stream::Err, "all 1 peers that share it failed");
+    assert!(entries(&b).is_empty(), "no partial file: {:?}", entries(&b));
+
+    // A retry from another peer succeeds.
+    drop(_fake);
+    let (mut pa, _) = Proc::peer(index_addr, &a);
+    pa.send("register");
+    pa.expect(Stream::Out, "registered 1 files");
+    pb.send("download f.bin");
+    pb.expect(Stream::Out, "downloaded f.bin");
+    assert_eq!(fs::read(b.join("f.bin")).unwrap(), content);
+}
+
+#[test]
+fn a_downloader_that_dies_mid_transfer_does_not_stop_the_sender() {
+    let ws = workspace();
+    let content = random_bytes(8 << 20);
+    let a = folder(ws.path(), "a", &[("big.bin", &content)]);
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    let (mut pa, files_addr) = Proc::peer(index_addr, &a);
+    pa.send("register");
+    pa.expect(Stream::Out, "registered 1 files");
+
+    // Downloaders that read a little and vanish, as a killed process would: the kernel
+    // closes their sockets with data unread, which resets the connection.
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(files_addr).unwrap();
+        let mut r = s.try_clone().unwrap();
+        wire::client_handshake(&mut r, &mut s, Service::Files).unwrap();
+        wire::send_msg(&mut s, &FileRequest::Get { name: "big.bin".into() }).unwrap();
+        let mut some = [0u8; 1000];
+        r.read_exact(&mut some).unwrap();
+    }
+    let b = folder(ws.path(), "b", &[]);
+    let (mut pb, _) = Proc::peer(index_addr, &b);
+    pb.send("download big.bin");
+    pb.expect(Stream::Out, "downloaded big.bin");
+    assert_eq!(fs::read(b.join("big.bin")).unwrap(), content);
+    assert!(pa.lines(Stream::Err).is_empty(), "the sender reported nothing: {:?}", pa.lines(Stream::Err));
+}
+
+#[test]
+fn a_hundred_concurrent_downloads_of_one_file_are_all_identical() {
+    let ws = workspace();
+    let content = random_bytes(1 << 20);
+    let sha = hash(&mut &content[..]).unwrap();
+    let a = folder(ws.path(), "a", &[("one.bin", &content)]);
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    let (_pa, files_addr) = Proc::peer(index_addr, &a);
+    let downloads: Vec<_> = (0..100)
+        .map(|_| {
+            thread::spawn(move || {
+                let mut s = TcpStream::connect(files_addr).unwrap();
+                s.set_read_timeout(Some(TIMEOUT)).unwrap();
+                let mut r = s.try_clone().unwrap();
+                wire::client_handshake(&mut r, &mut s, Service::Files).unwrap();
+                wire::send_msg(&mut s, &FileRequest::Get { name: "one.bin".into() }).unwrap();
+                let header: FileReply = wire::recv_msg(&mut r).unwrap();
+                let mut body = Vec::new();
+                r.read_to_end(&mut body).unwrap();
+                (header, body)
+            })
+        })
+        .collect();
+    for d in downloads {
+        let (header, body) = d.join().unwrap();
+        assert_eq!(header, FileReply::Header { size: content.len() as u64, sha256: sha });
+        assert!(body == content, "a download differs");
+    }
+}
+
+#[test]
+fn symlinks_out_of_the_folder_are_never_listed() {
+    let ws = workspace();
+    let outside = folder(ws.path(), "outside", &[("secret.txt", b"secret")]);
+    let a = folder(ws.path(), "a", &[("shared.txt", b"shared")]);
+    std::os::unix::fs::symlink(outside.join("secret.txt"), a.join("to-file")).unwrap();
+    std::os::unix::fs::symlink(&outside, a.join("to-dir")).unwrap();
+    std::os::unix::fs::symlink(a.join("shared.txt"), a.join("inside-link")).unwrap();
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    let (mut pa, _) = Proc::peer(index_addr, &a);
+    pa.send("register");
+    pa.expect(Stream::Out, "registered 2 files");
+    let b = folder(ws.path(), "b", &[]);
+    let (mut pb, _) = Proc::peer(index_addr, &b);
+    assert_eq!(pb.list(""), ["inside-link\t6 bytes\t1 peer", "shared.txt\t6 bytes\t1 peer"]);
+}
+
+/// A tmpfs of `size` mounted on a new folder, unmounted when dropped.
+struct Mount(PathBuf);
+
+impl Mount {
+    fn tmpfs(dir: PathBuf, size: &str) -> Mount {
+        fs::create_dir_all(&dir).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&dir)
+            .status();
+        assert!(status.is_ok_and(|s| s.success()), "mounting a tmpfs needs root");
+        Mount(dir)
+    }
+
+    fn read_only(&self) {
+        let status = Command::new("mount").args(["-o", "remount,ro"]).arg(&self.0).status().unwrap();
+        assert!(status.success());
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_or_read_only_folder_is_a_clear_error_and_nothing_is_lost() {
+    let ws = workspace();
+    let big = random_bytes(3 << 20);
+    let small = b"small enough".to_vec();
+    let a = folder(ws.path(), "a", &[("big.bin", &big), ("small.txt", &small), ("tiny.txt", b"t")]);
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    let (mut pa, _) = Proc::peer(index_addr, &a);
+    pa.send("register");
+    pa.expect(Stream::Out, "registered 3 files");
+
+    // A 2 MiB folder holding a file of its own: the 3 MiB download cannot fit.
+    let mount = Mount::tmpfs(ws.path().join("b"), "2m");
+    fs::write(mount.0.join("mine.txt"), b"precious").unwrap();
+    let (mut pb, _) = Proc::peer(index_addr, &mount.0);
+    pb.send("download big.bin");
+    let err = pb.expect(Stream::Err, "error: cannot download \"big.bin\" from");
+    assert!(err.contains("more than the") && err.contains("bytes free in the shared folder"), "{err}");
+    // Two downloads that each fit but not together: the second runs out of room
+    // (while writing, or already at the free-space check, depending on timing).
+    let halves = [random_bytes(1_200_000), random_bytes(1_200_000)];
+    fs::write(a.join("half1.bin"), &halves[0]).unwrap();
+    fs::write(a.join("half2.bin"), &halves[1]).unwrap();
+    pa.send("update");
+    pa.expect(Stream::Out, "updated: 5 files registered");
+    pb.send("download half1.bin");
+    pb.send("download half2.bin");
+    pb.send("download small.txt");
+    let status = pb.finish();
+    assert_eq!(status.code(), Some(1));
+    let errors = pb.lines(Stream::Err).join("\n");
+    assert!(
+        errors.contains("No space left on device")
+            || errors.matches("bytes free in the shared folder").count() >= 2,
+        "{errors}"
+    );
+    let left = entries(&mount.0);
+    assert!(left.iter().all(|n| !n.starts_with(".peerdex-part")), "no temporary left: {left:?}");
+    assert!(left.contains(&"small.txt".to_string()), "the small download still worked: {left:?}");
+    assert_eq!(fs::read(mount.0.join("mine.txt")).unwrap(), b"precious");
+    for (i, half) in halves.iter().enumerate() {
+        let path = mount.0.join(format!("half{}.bin", i + 1));
+        if path.exists() {
+            assert!(fs::read(&path).unwrap() == *half, "a completed file is whole");
+        }
+    }
+
+    // Read-only: refused at once, nothing changes.
+    mount.read_only();
+    let (mut pc, _) = Proc::peer(index_addr, &mount.0);
+    pc.send("delete mine.txt");
+    pc.send("download tiny.txt");
+    assert_eq!(pc.finish().code(), Some(1));
+    let errors = pc.lines(Stream::Err).join("\n");
+    assert!(errors.contains("cannot delete \"mine.txt\": Read-only file system"), "{errors}");
+    assert!(errors.contains("cannot create a temporary file in the shared folder"), "{errors}");
+    assert_eq!(fs::read(mount.0.join("mine.txt")).unwrap(), b"precious");
+}
+
+#[test]
+fn peers_reconnect_and_register_again_when_the_index_restarts() {
+    let ws = workspace();
+    let a = folder(ws.path(), "a", &[("x.txt", b"from a")]);
+    let b = folder(ws.path(), "b", &[]);
+    let (mut index, index_addr) = Proc::index_server(ws.path());
+    let (mut pa, _) = Proc::peer(index_addr, &a);
+    pa.send("register");
+    pa.expect(Stream::Out, "registered 1 files");
+    let (mut pb, _) = Proc::peer(index_addr, &b);
+    assert_eq!(pb.list(""), ["x.txt\t6 bytes\t1 peer"]);
+
+    index.kill();
+    pa.expect(Stream::Err, "note: lost the connection to the index server");
+    pb.send("get_files_list");
+    pb.expect(Stream::Err, "error: get_files_list failed");
+
+    // The same address again, as after a restart.
+    let port = index_addr.port().to_string();
+    let (_index, again) = Proc::index_server_with(ws.path(), &["127.0.0.1", &port]);
+    assert_eq!(again, index_addr);
+    pa.expect(Stream::Err, "note: reconnected to the index server 127.0.0.1");
+    // Nobody typed anything: A's files are back in B's listing.
+    wait_for("A's files to be listed again", || pb.list("") == ["x.txt\t6 bytes\t1 peer"]);
+    pb.send("download x.txt");
+    pb.expect(Stream::Out, "downloaded x.txt");
+}
+
+#[test]
+fn bad_input_lines_are_reported_and_the_loop_goes_on() {
+    let ws = workspace();
+    let a = folder(ws.path(), "a", &[]);
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    let (mut p, _) = Proc::peer(index_addr, &a);
+    let mut huge = vec![b'x'; 1 << 20];
+    huge.push(b'\n');
+    p.send_bytes(&huge);
+    p.send_bytes(b"download \xc3\x28\n");
+    p.send("frobnicate now");
+    p.send("unregister please");
+    p.send("help");
+    let status = p.finish();
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(
+        p.lines(Stream::Err),
+        [
+            "error: line longer than 4096 bytes ignored",
+            "error: line is not valid UTF-8; ignored",
+            "error: unknown command \"frobnicate\" (type help for the list)",
+            "error: unregister takes no arguments",
+        ]
+    );
+    assert!(p.lines(Stream::Out).iter().any(|l| l.starts_with("commands:")), "help still ran");
+}
