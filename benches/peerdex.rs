@@ -11,10 +11,11 @@
 //! CPU used by this load generator and by the server during the measurement, so that
 //! a saturated generator cannot pass for a slow server.
 
+use std::collections::HashMap;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -41,26 +42,50 @@ struct Proc {
 
 impl Proc {
     fn start(bin: &str, args: &[&str], dir: &Path) -> Proc {
+        Proc::start_capturing(bin, args, dir, false)
+    }
+
+    /// Starts `bin`; its stdout lines (and, with `stderr`, its stderr lines too) arrive
+    /// on one channel.
+    fn start_capturing(bin: &str, args: &[&str], dir: &Path, stderr: bool) -> Proc {
         let mut child = Command::new(bin)
             .args(args)
             .current_dir(dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(if stderr { Stdio::piped() } else { Stdio::null() })
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
-        let stdout = child.stdout.take().unwrap();
         let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
+        let pump = |out: Box<dyn Read + Send>, tx: mpsc::Sender<String>| {
+            thread::spawn(move || {
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    if tx.send(line).is_err() {
+                        break;
+                    }
                 }
-            }
-        });
+            });
+        };
+        pump(Box::new(child.stdout.take().unwrap()), tx.clone());
+        if let Some(err) = child.stderr.take() {
+            pump(Box::new(err), tx);
+        }
         let stdin = child.stdin.take();
         Proc { child, stdin, lines }
+    }
+
+    /// Waits up to `timeout` for a line containing any of `patterns`.
+    fn expect_any(&self, patterns: &[&str], timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if patterns.iter().any(|p| line.contains(p)) => return Some(line),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
     }
 
     fn pid(&self) -> u32 {
@@ -376,6 +401,7 @@ fn lookup_load(
 
 struct Opts {
     seconds: u64,
+    minutes: f64,
 }
 
 fn row(scenario: &str, result: String) {
@@ -649,6 +675,155 @@ fn startup(_opts: &Opts) {
     }
 }
 
+/// Content of file `k` of soak peer `p`: 64 KiB from a seed, so any copy can be
+/// checked against its hash.
+fn soak_content(p: usize, k: usize) -> Vec<u8> {
+    let mut rng = rand::rngs::SmallRng::seed_from_u64((p * 100 + k) as u64);
+    let mut bytes = vec![0u8; 64 * 1024];
+    rng.fill_bytes(&mut bytes);
+    bytes
+}
+
+/// 50 peers churn for `--minutes`: each downloads random files of the others,
+/// verifies and deletes them, and now and then quits or is killed and comes back.
+fn soak(opts: &Opts) {
+    const PEERS: usize = 50;
+    const FILES: usize = 4;
+    let dir = tempfile::tempdir().unwrap();
+    let (server, index) = index_server(dir.path());
+    let expected: Arc<HashMap<String, [u8; 32]>> = Arc::new(
+        (0..PEERS)
+            .flat_map(|p| (0..FILES).map(move |k| (p, k)))
+            .map(|(p, k)| {
+                let sha = peerdex::peer::folder::hash(&mut &soak_content(p, k)[..]).unwrap();
+                (format!("p{p:02}-{k}.bin"), sha)
+            })
+            .collect(),
+    );
+    let folders: Vec<PathBuf> = (0..PEERS)
+        .map(|p| {
+            let f = dir.path().join(format!("peer{p:02}"));
+            fs::create_dir(&f).unwrap();
+            for k in 0..FILES {
+                fs::write(f.join(format!("p{p:02}-{k}.bin")), soak_content(p, k)).unwrap();
+            }
+            f
+        })
+        .collect();
+    let start_peer = |folder: &Path| -> Proc {
+        let port = index.port().to_string();
+        let p = Proc::start_capturing(
+            PEER_BIN,
+            &["127.0.0.1", &port, "0", folder.to_str().unwrap()],
+            dir.path(),
+            true,
+        );
+        p.expect("serving ");
+        p
+    };
+    let mut peers: Vec<Proc> = folders.iter().map(|f| start_peer(f)).collect();
+    for p in peers.iter_mut() {
+        p.send("register");
+        p.expect("registered");
+    }
+    let (rss0, threads0) = rss_and_threads(server.pid());
+    let deadline = Instant::now() + Duration::from_secs_f64(opts.minutes * 60.0);
+    #[derive(Default)]
+    struct Tally {
+        verified: u64,
+        corrupt: u64,
+        unavailable: u64,
+        lost: u64,
+        restarts: u64,
+    }
+    let workers: Vec<_> = peers
+        .drain(..)
+        .enumerate()
+        .map(|(me, mut proc)| {
+            let (folder, expected) = (folders[me].clone(), Arc::clone(&expected));
+            let port = index.port().to_string();
+            let root = dir.path().to_path_buf();
+            thread::spawn(move || {
+                let mut rng = rand::rngs::SmallRng::from_rng(&mut rand::rng());
+                let mut t = Tally::default();
+                while Instant::now() < deadline {
+                    let roll = rng.random_range(0..100);
+                    if roll < 3 {
+                        // Leave and come back: a clean quit, or a SIGKILL.
+                        if roll == 0 {
+                            let _ = proc.child.kill();
+                        } else {
+                            proc.stdin = None;
+                        }
+                        let _ = proc.child.wait();
+                        let args = ["127.0.0.1", port.as_str(), "0", folder.to_str().unwrap()];
+                        proc = Proc::start_capturing(PEER_BIN, &args, &root, true);
+                        proc.expect("serving ");
+                        proc.send("register");
+                        proc.expect("registered");
+                        t.restarts += 1;
+                        continue;
+                    }
+                    let other = (me + rng.random_range(1..PEERS)) % PEERS;
+                    let name = format!("p{other:02}-{}.bin", rng.random_range(0..FILES));
+                    proc.send(&format!("download {name}"));
+                    let done = format!("downloaded {name} ");
+                    let failed = format!("cannot download \"{name}\": ");
+                    match proc.expect_any(&[&done, &failed], Duration::from_secs(60)) {
+                        None => t.lost += 1,
+                        Some(line) if line.contains(&failed) => t.unavailable += 1,
+                        Some(_) => {
+                            let got =
+                                peerdex::peer::folder::hash(&mut fs::File::open(folder.join(&name)).unwrap());
+                            if got.ok() == expected.get(&name).copied() {
+                                t.verified += 1;
+                            } else {
+                                t.corrupt += 1;
+                            }
+                            proc.send(&format!("delete {name}"));
+                            if proc
+                                .expect_any(&[&format!("deleted {name}")], Duration::from_secs(60))
+                                .is_none()
+                            {
+                                t.lost += 1;
+                            }
+                        }
+                    }
+                }
+                (t, proc)
+            })
+        })
+        .collect();
+    let mut total = Tally::default();
+    let mut peers = Vec::new();
+    for w in workers {
+        let (t, proc) = w.join().unwrap();
+        total.verified += t.verified;
+        total.corrupt += t.corrupt;
+        total.unavailable += t.unavailable;
+        total.lost += t.lost;
+        total.restarts += t.restarts;
+        peers.push(proc);
+    }
+    let (rss1, threads1) = rss_and_threads(server.pid());
+    row(
+        "soak",
+        format!(
+            "{PEERS} peers for {:.1} min: {} downloads verified, {} corrupt, {} lost, {} refused while the source was away; {} restarts",
+            opts.minutes, total.verified, total.corrupt, total.lost, total.unavailable, total.restarts
+        ),
+    );
+    row(
+        "soak",
+        format!(
+            "server threads {threads0} -> {threads1}, RSS {:.1} -> {:.1} MiB",
+            rss0 as f64 / 1048576.0,
+            rss1 as f64 / 1048576.0
+        ),
+    );
+    drop(peers);
+}
+
 fn machine() -> String {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
@@ -662,18 +837,20 @@ fn machine() -> String {
 fn main() {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let mut wanted = Vec::new();
-    let mut opts = Opts { seconds: 10 };
+    let mut opts = Opts { seconds: 10, minutes: 1.0 };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--bench" => {} // cargo bench passes this
             "--seconds" => opts.seconds = args.next().and_then(|s| s.parse().ok()).expect("--seconds N"),
+            "--minutes" => opts.minutes = args.next().and_then(|s| s.parse().ok()).expect("--minutes N"),
             s if s.starts_with('-') => {}
             s => wanted.push(s.to_owned()),
         }
     }
-    let all = ["lookup", "register", "list", "transfer", "small", "startup"];
-    let run = |s: &str| wanted.is_empty() || wanted.iter().any(|w| w == s);
+    let all = ["lookup", "register", "list", "transfer", "small", "startup", "soak"];
+    // The soak runs for minutes: only when asked for by name.
+    let run = |s: &str| (wanted.is_empty() && s != "soak") || wanted.iter().any(|w| w == s);
     println!("peerdex benchmark on {}", machine());
     println!("{:<9} | result", "scenario");
     for scenario in all {
@@ -688,6 +865,7 @@ fn main() {
             "transfer" => transfer(&opts),
             "small" => small(&opts),
             "startup" => startup(&opts),
+            "soak" => soak(&opts),
             _ => unreachable!(),
         }
     }
