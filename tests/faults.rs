@@ -370,9 +370,11 @@ fn peers_reconnect_and_register_again_when_the_index_restarts() {
     let port = index_addr.port().to_string();
     let (_index, again) = Proc::index_server_with(ws.path(), &["127.0.0.1", &port]);
     assert_eq!(again, index_addr);
-    pa.expect(Stream::Err, "note: reconnected to the index server 127.0.0.1");
+    let note = pa.expect(Stream::Err, "note: reconnected to the index server");
+    assert_eq!(note, format!("note: reconnected to the index server {index_addr}; registered 1 files again"));
+    pb.expect(Stream::Err, "note: reconnected to the index server 127.0.0.1");
     // Nobody typed anything: A's files are back in B's listing.
-    wait_for("A's files to be listed again", || pb.list("") == ["x.txt\t6 bytes\t1 peer"]);
+    assert_eq!(pb.list(""), ["x.txt\t6 bytes\t1 peer"]);
     pb.send("download x.txt");
     pb.expect(Stream::Out, "downloaded x.txt");
 }
