@@ -55,6 +55,9 @@ struct Args {
     /// Seconds between pings to the index when idle (it drops silent peers after 180).
     #[arg(long, value_name = "SECS", default_value = "60", value_parser = cli::parse_secs)]
     keepalive: Duration,
+    /// Do not watch the folder: changes reach the index only by `update`.
+    #[arg(long)]
+    no_watch: bool,
     /// Log more about what the peer does (repeat for more): -v for uploads, -vv for
     /// debugging.
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -97,5 +100,6 @@ fn run(args: Args) -> anyhow::Result<bool> {
             max_parallel: args.max_downloads,
         },
         keepalive: args.keepalive,
+        watch: !args.no_watch,
     })
 }

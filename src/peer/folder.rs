@@ -37,6 +37,8 @@ pub enum OpenError {
     NotRegular,
     /// A symlink whose target is outside the shared folder.
     Outside,
+    /// Modified a moment ago: probably still being written.
+    Unsettled,
     /// Any other I/O error (permissions, ...).
     Io(io::Error),
 }
@@ -47,6 +49,7 @@ impl fmt::Display for OpenError {
             OpenError::NotFound => f.write_str("no such file in the shared folder"),
             OpenError::NotRegular => f.write_str("not a regular file"),
             OpenError::Outside => f.write_str("it resolves outside the shared folder"),
+            OpenError::Unsettled => f.write_str("it is still being written"),
             OpenError::Io(e) => write!(f, "{e}"),
         }
     }
@@ -184,6 +187,14 @@ impl SharedFolder {
     /// Files are opened and, when not cached, hashed by one thread per core. If any
     /// hash was computed or any file is gone, the cache file is rewritten.
     pub fn scan(&self) -> io::Result<Vec<FileInfo>> {
+        Ok(self.scan_settled(None)?.0)
+    }
+
+    /// Like [`SharedFolder::scan`], but with `settle`, leaves out (without hashing)
+    /// the files modified less than `settle` ago: most likely still being written, by
+    /// a copy or an editor. Returns the files and how many were left out.
+    pub fn scan_settled(&self, settle: Option<Duration>) -> io::Result<(Vec<FileInfo>, usize)> {
+        let unsettled = AtomicUsize::new(0);
         let mut names = Vec::new();
         for entry in fs::read_dir(&self.root)? {
             let entry = entry?;
@@ -200,8 +211,9 @@ impl SharedFolder {
                     scope.spawn(|| {
                         let mut found = Vec::new();
                         while let Some(name) = names.get(next.fetch_add(1, Ordering::Relaxed)) {
-                            match self.open(name) {
+                            match self.open_settled(name, settle) {
                                 Ok(open) => found.push(open.info),
+                                Err(OpenError::Unsettled) => drop(unsettled.fetch_add(1, Ordering::Relaxed)),
                                 Err(e) => debug!("not sharing {name:?}: {e}"),
                             }
                         }
@@ -222,13 +234,19 @@ impl SharedFolder {
                 debug!("cannot save the hash cache in {}: {e}", self.root.display());
             }
         }
-        Ok(files)
+        Ok((files, unsettled.into_inner()))
     }
 
     /// Opens a shared file for reading, with its size and SHA-256 (from the cache when
     /// the file is unchanged). Refuses anything that is not a regular file whose real
     /// location is directly in the folder.
     pub fn open(&self, name: &ShareName) -> Result<OpenFile, OpenError> {
+        self.open_settled(name, None)
+    }
+
+    /// [`SharedFolder::open`], refusing with [`OpenError::Unsettled`] a file modified
+    /// less than `settle` ago (checked before hashing it).
+    fn open_settled(&self, name: &ShareName, settle: Option<Duration>) -> Result<OpenFile, OpenError> {
         let path = self.root.join(name);
         let mut options = OpenOptions::new();
         options.read(true);
@@ -250,6 +268,13 @@ impl SharedFolder {
         }
         let stamp = Stamp::of(&meta);
         let cached = self.cached(name, stamp);
+        // A file whose hash we already hold for this very stamp is complete (a verified
+        // download, say), however recent.
+        if let (None, Some(settle), Some(modified)) = (cached, settle, stamp.modified)
+            && modified.elapsed().is_ok_and(|age| age < settle)
+        {
+            return Err(OpenError::Unsettled);
+        }
         let sha256 = match cached {
             Some(sha256) => sha256,
             None => {

@@ -5,13 +5,15 @@
 //! - [`fileserver`]: serves the folder's files to other peers;
 //! - [`client`]: the persistent connection to the index server;
 //! - [`download`]: lookup, fetch, verify, rename;
-//! - [`shell`]: the command loop on stdin.
+//! - [`shell`]: the command loop on stdin;
+//! - [`watch`]: folder watching, so that changes reach the index by themselves.
 
 pub mod client;
 pub mod download;
 pub mod fileserver;
 pub mod folder;
 pub mod shell;
+pub mod watch;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
@@ -48,6 +50,8 @@ pub struct PeerConfig {
     pub downloads: DownloadConfig,
     /// How often to ping the index when idle ([`client::KEEPALIVE_INTERVAL`]).
     pub keepalive: Duration,
+    /// Whether to watch the folder and send changes by themselves ([`watch`]).
+    pub watch: bool,
 }
 
 /// Where the file server listens unless told otherwise, given `seen`, the local address
@@ -84,5 +88,8 @@ pub fn run(config: PeerConfig) -> anyhow::Result<bool> {
         }
     })?;
     let shell = Shell::new(index, folder, local.port(), config.downloads);
+    if config.watch {
+        shell.start_watching()?;
+    }
     Ok(shell.run(io::stdin().lock(), config.keepalive))
 }

@@ -213,6 +213,17 @@ impl Shell {
         Shell { peer: Arc::new(peer), workers: Vec::new() }
     }
 
+    /// Starts the thread that watches the folder and, while the peer is registered,
+    /// sends the index each change (see [`super::watch`]).
+    pub fn start_watching(&self) -> io::Result<()> {
+        let peer = Arc::clone(&self.peer);
+        thread::Builder::new().name("watch".into()).spawn(move || {
+            let root = peer.folder.root().to_path_buf();
+            super::watch::watch(&root, || peer.sync_watched())
+        })?;
+        Ok(())
+    }
+
     /// Runs commands from `input` until it ends or `quit`, then waits for downloads.
     /// Meanwhile a supervisor thread pings the index every `keepalive` and, if the
     /// connection is lost, reconnects and registers again. Returns true if every
@@ -347,6 +358,26 @@ impl Peer {
         self.index.change(&Request::Register { port: self.port, files })?;
         self.registered.store(true, Ordering::SeqCst);
         Ok(count)
+    }
+
+    /// After a change in the folder: if registered, rescans it, leaving out files still
+    /// being written, and sends the list. Returns whether some file was left out.
+    fn sync_watched(&self) -> bool {
+        if !self.registered.load(Ordering::SeqCst) {
+            return false;
+        }
+        let _in_order = self.updates.lock().unwrap_or_else(PoisonError::into_inner);
+        let (files, unsettled) = match self.folder.scan_settled(Some(super::watch::SETTLE)) {
+            Ok(scanned) => scanned,
+            Err(e) => {
+                crate::errln!("error: cannot rescan the shared folder {}: {e}", self.folder.root().display());
+                return false;
+            }
+        };
+        if let Err(e) = self.index.change(&Request::Update { files }) {
+            log::warn!("sending the folder's changes to the index failed: {e:#}");
+        }
+        unsettled > 0
     }
 
     /// Keeps the connection to the index alive: pings it every `keepalive`; when the
