@@ -25,7 +25,8 @@
 //!   [`Reply`] (a listing is several `ListChunk`s closed by a `ListEnd`);
 //! - peer to peer: the downloader sends one [`FileRequest`]; the file server answers
 //!   with a [`FileReply`], and after a `FileReply::Header` the file's bytes follow raw,
-//!   exactly `size` of them, outside any frame (so the kernel can copy them).
+//!   from the requested offset to the end, outside any frame (so the kernel can copy
+//!   them).
 
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -356,12 +357,18 @@ pub enum Reply {
 /// A downloader's request to a peer's file server.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FileRequest {
-    /// Send the file of this name. Answered by `Header` and the bytes, or `Error`.
+    /// Send the file of this name from byte `offset` on. Answered by `Header` and the
+    /// bytes from `offset` to the end, or `Error`.
     Get {
         /// The name, as raw text: the server checks it and says what is wrong, so a bad
         /// name gets an error reply that names it.
         name: String,
+        /// Where to start: 0 for the whole file, more to resume a download.
+        offset: u64,
     },
+    /// How busy are you? Answered by `Status`; lets a downloader choose the peer that
+    /// will serve it fastest.
+    Status,
 }
 
 /// A file server's answer to a [`FileRequest`].
@@ -376,6 +383,13 @@ pub enum FileReply {
     },
     /// No file is sent; the text says why.
     Error(String),
+    /// The answer to `Status`.
+    Status {
+        /// Uploads running now (not counting this question).
+        uploads: u32,
+        /// Bytes per second sent over the last few seconds.
+        bytes_per_sec: u64,
+    },
 }
 
 // ---------------------------------------------------------------------------------
@@ -733,15 +747,21 @@ impl Message for Reply {
 
 impl Message for FileRequest {
     fn encode(&self) -> Vec<u8> {
-        let FileRequest::Get { name } = self;
-        let mut e = Enc::new(0x01);
-        e.str(name);
+        let e = match self {
+            FileRequest::Get { name, offset } => {
+                let mut e = Enc::new(0x01);
+                e.str(name).u64(*offset);
+                e
+            }
+            FileRequest::Status => Enc::new(0x02),
+        };
         e.0
     }
     fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
         let mut d = Dec(payload);
         let msg = match d.u8()? {
-            0x01 => FileRequest::Get { name: d.str()? },
+            0x01 => FileRequest::Get { name: d.str()?, offset: d.u64()? },
+            0x02 => FileRequest::Status,
             t => return Err(DecodeError::UnknownTag(t)),
         };
         d.finish(msg)
@@ -761,6 +781,11 @@ impl Message for FileReply {
                 e.str(why);
                 e
             }
+            FileReply::Status { uploads, bytes_per_sec } => {
+                let mut e = Enc::new(0x83);
+                e.u32(*uploads).u64(*bytes_per_sec);
+                e
+            }
         };
         e.0
     }
@@ -769,6 +794,7 @@ impl Message for FileReply {
         let msg = match d.u8()? {
             0x81 => FileReply::Header { size: d.u64()?, sha256: d.array()? },
             0x82 => FileReply::Error(d.str()?),
+            0x83 => FileReply::Status { uploads: d.u32()?, bytes_per_sec: d.u64()? },
             t => return Err(DecodeError::UnknownTag(t)),
         };
         d.finish(msg)
@@ -864,7 +890,9 @@ mod tests {
         ]));
         round_trip(Reply::NoPeers);
         round_trip(Reply::Pong);
-        round_trip(FileRequest::Get { name: "../x".into() });
+        round_trip(FileRequest::Get { name: "../x".into(), offset: 7 });
+        round_trip(FileRequest::Status);
+        round_trip(FileReply::Status { uploads: 3, bytes_per_sec: 1 << 30 });
         round_trip(FileReply::Header { size: 1 << 40, sha256: [3; 32] });
         round_trip(FileReply::Error("gone".into()));
     }

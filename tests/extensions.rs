@@ -41,7 +41,9 @@ fn a_watched_folder_reaches_the_index_by_itself() {
 
     // Renamed: the old name goes, the new one comes.
     fs::rename(a.join("copied.txt"), a.join("renamed.txt")).unwrap();
-    wait_for("the rename to be listed", || pb.list("") == ["first.txt\t1 bytes\t1 peer", "renamed.txt\t6 bytes\t1 peer"]);
+    wait_for("the rename to be listed", || {
+        pb.list("") == ["first.txt\t1 bytes\t1 peer", "renamed.txt\t6 bytes\t1 peer"]
+    });
 
     // Removed: gone from the listing.
     let t = Instant::now();

@@ -101,7 +101,7 @@ fn a_sender_that_never_answers_the_handshake_times_out() {
     let content = b"whatever";
     let _fake = register_fake(index_addr, mute.local_addr().unwrap().port(), info("m.txt", content));
     let b = folder(ws.path(), "b", &[]);
-    let (mut pb, _) = peer_with(index_addr, &b, &["--read-timeout", "1"]);
+    let (mut pb, _) = peer_with(index_addr, &b, &["--read-timeout", "1", "--peer-choice", "random"]);
     pb.send("download m.txt");
     let err = pb.expect(Stream::Err, "error: cannot download \"m.txt\" from");
     assert!(err.ends_with("the peer sent nothing for 1.0 s; trying the next peer"), "{err}");
@@ -139,10 +139,21 @@ fn helper_sender_sends_half_then_waits() {
     let content = fs::read(path).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     println!("helper listening on {}", listener.local_addr().unwrap());
-    let (mut s, _) = listener.accept().unwrap();
-    let mut r = s.try_clone().unwrap();
-    wire::server_handshake(&mut r, &mut s, Service::Files, 4096).unwrap();
-    let _: FileRequest = wire::recv_msg(&mut r).unwrap();
+    let (mut s, mut r) = loop {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut r = s.try_clone().unwrap();
+        wire::server_handshake(&mut r, &mut s, Service::Files, 4096).unwrap();
+        match wire::recv_msg(&mut r).unwrap() {
+            FileRequest::Status => {
+                wire::send_msg(&mut s, &FileReply::Status { uploads: 0, bytes_per_sec: 0 }).unwrap()
+            }
+            FileRequest::Get { offset, .. } => {
+                assert_eq!(offset, 0);
+                break (s, r);
+            }
+        }
+    };
+    let _ = &mut r;
     let header = FileReply::Header { size: content.len() as u64, sha256: hash(&mut &content[..]).unwrap() };
     wire::send_msg(&mut s, &header).unwrap();
     s.write_all(&content[..content.len() / 2]).unwrap();
@@ -152,10 +163,15 @@ fn helper_sender_sends_half_then_waits() {
     }
 }
 
+/// Issue 4: a sender killed mid-transfer gives an error at once and leaves nothing
+/// under the final name; a retry from another peer succeeds. Issue 5: the bytes
+/// received are kept in the partial file (named after the content's SHA-256), and the
+/// retry asks the other peer only for the rest.
 #[test]
-fn a_sender_killed_mid_transfer_leaves_no_partial_file() {
+fn a_sender_killed_mid_transfer_is_resumed_from_another_peer() {
     let ws = workspace();
     let content = random_bytes(4 << 20);
+    let sha = hash(&mut &content[..]).unwrap();
     let a = folder(ws.path(), "a", &[("f.bin", &content)]);
     let (_index, index_addr) = Proc::index_server(ws.path());
 
@@ -166,27 +182,40 @@ fn a_sender_killed_mid_transfer_leaves_no_partial_file() {
     let mut helper = Proc::start_with_env(me.to_str().unwrap(), &args, ws.path(), &env);
     let line = helper.expect(Stream::Out, "helper listening on ");
     let helper_addr: SocketAddr = line.trim_start_matches("helper listening on ").parse().unwrap();
-    let _fake = register_fake(index_addr, helper_addr.port(), info("f.bin", &content));
+    let fake = register_fake(index_addr, helper_addr.port(), info("f.bin", &content));
 
     let b = folder(ws.path(), "b", &[]);
     let (mut pb, _) = Proc::peer(index_addr, &b);
     pb.send("download f.bin");
     helper.expect(Stream::Out, "helper sent half");
     helper.kill(); // SIGKILL
-    let err = pb.expect(Stream::Err, "error: cannot download \"f.bin\" from");
     let half = content.len() / 2;
-    assert!(err.contains(&format!("the peer sent only {half} of {} bytes", content.len())), "{err}");
+    let err = pb.expect(Stream::Err, "error: cannot download \"f.bin\" from");
+    assert_eq!(
+        err,
+        format!(
+            "error: cannot download \"f.bin\" from {helper_addr}: the peer sent only {half} of {} bytes (kept, to resume from byte {half}); trying the next peer",
+            content.len()
+        )
+    );
     pb.expect(Stream::Err, "all 1 peers that share it failed");
-    assert!(entries(&b).is_empty(), "no partial file: {:?}", entries(&b));
+    let partial = format!(".peerdex-part-{}", hex::encode(sha));
+    assert_eq!(entries(&b), [partial.clone()], "nothing under the final name, the half kept");
+    assert_eq!(fs::metadata(b.join(&partial)).unwrap().len(), half as u64);
 
-    // A retry from another peer succeeds.
-    drop(_fake);
-    let (mut pa, _) = Proc::peer(index_addr, &a);
+    // The retry goes to another peer and moves only the other half.
+    drop(fake);
+    let (mut pa, a_addr) = Proc::peer(index_addr, &a);
     pa.send("register");
     pa.expect(Stream::Out, "registered 1 files");
     pb.send("download f.bin");
-    pb.expect(Stream::Out, "downloaded f.bin");
-    assert_eq!(fs::read(b.join("f.bin")).unwrap(), content);
+    let done = pb.expect(Stream::Out, "downloaded f.bin");
+    assert_eq!(
+        done,
+        format!("downloaded f.bin ({} bytes) from {a_addr}, resumed at byte {half}", content.len())
+    );
+    assert!(fs::read(b.join("f.bin")).unwrap() == content, "the resumed file differs");
+    assert_eq!(entries(&b), ["f.bin"], "the partial file is gone");
 }
 
 #[test]
@@ -205,7 +234,7 @@ fn a_downloader_that_dies_mid_transfer_does_not_stop_the_sender() {
         let mut s = TcpStream::connect(files_addr).unwrap();
         let mut r = s.try_clone().unwrap();
         wire::client_handshake(&mut r, &mut s, Service::Files).unwrap();
-        wire::send_msg(&mut s, &FileRequest::Get { name: "big.bin".into() }).unwrap();
+        wire::send_msg(&mut s, &FileRequest::Get { name: "big.bin".into(), offset: 0 }).unwrap();
         let mut some = [0u8; 1000];
         r.read_exact(&mut some).unwrap();
     }
@@ -232,7 +261,7 @@ fn a_hundred_concurrent_downloads_of_one_file_are_all_identical() {
                 s.set_read_timeout(Some(TIMEOUT)).unwrap();
                 let mut r = s.try_clone().unwrap();
                 wire::client_handshake(&mut r, &mut s, Service::Files).unwrap();
-                wire::send_msg(&mut s, &FileRequest::Get { name: "one.bin".into() }).unwrap();
+                wire::send_msg(&mut s, &FileRequest::Get { name: "one.bin".into(), offset: 0 }).unwrap();
                 let header: FileReply = wire::recv_msg(&mut r).unwrap();
                 let mut body = Vec::new();
                 r.read_to_end(&mut body).unwrap();

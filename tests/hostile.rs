@@ -39,7 +39,7 @@ fn raw_get(addr: SocketAddr, name: &str) -> (FileReply, Vec<u8>) {
     let mut s = connect(addr);
     let mut r = s.try_clone().unwrap();
     wire::client_handshake(&mut r, &mut s, Service::Files).unwrap();
-    wire::send_msg(&mut s, &FileRequest::Get { name: name.into() }).unwrap();
+    wire::send_msg(&mut s, &FileRequest::Get { name: name.into(), offset: 0 }).unwrap();
     let reply = wire::recv_msg(&mut s).unwrap();
     (reply, read_to_close(&mut s))
 }

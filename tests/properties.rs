@@ -160,7 +160,9 @@ proptest! {
         let service = if files { Service::Files } else { Service::Index };
         round_trips(&Hello { version, service })?;
         round_trips(&Welcome { version, refusal })?;
-        round_trips(&FileRequest::Get { name })?;
+        round_trips(&FileRequest::Get { name, offset: size })?;
+        round_trips(&FileRequest::Status)?;
+        round_trips(&FileReply::Status { uploads: version.into(), bytes_per_sec: size })?;
         round_trips(&FileReply::Header { size, sha256 })?;
         round_trips(&FileReply::Error(why))?;
     }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use peerdex::cli;
-use peerdex::peer::download::{self, DownloadConfig};
+use peerdex::peer::download::{self, DownloadConfig, PeerChoice};
 use peerdex::peer::fileserver::{self, FileServerConfig};
 use peerdex::peer::{self, PeerConfig};
 
@@ -55,6 +55,10 @@ struct Args {
     /// Seconds between pings to the index when idle (it drops silent peers after 180).
     #[arg(long, value_name = "SECS", default_value = "60", value_parser = cli::parse_secs)]
     keepalive: Duration,
+    /// How to choose among the peers that share a file: least-loaded asks each how
+    /// busy it is and takes the least busy; random is the original design.
+    #[arg(long, value_name = "HOW", default_value = "least-loaded")]
+    peer_choice: PeerChoice,
     /// Do not watch the folder: changes reach the index only by `update`.
     #[arg(long)]
     no_watch: bool,
@@ -98,6 +102,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
             connect_timeout: args.connect_timeout,
             read_timeout: args.read_timeout,
             max_parallel: args.max_downloads,
+            choice: args.peer_choice,
         },
         keepalive: args.keepalive,
         watch: !args.no_watch,

@@ -1,12 +1,18 @@
 //! The downloader: ask the index who shares a name, then fetch it from one of them,
 //! verified, into the shared folder.
 //!
-//! Bytes go to a [`TempFile`] in the folder while being hashed; only when the size and
-//! SHA-256 match what the index advertised is the file given its name, and never over
-//! an existing file. On any failure the temporary is removed and the next peer that
-//! shares the name is tried, in random order.
+//! The candidates are tried best first: by default the least loaded, found by asking
+//! every candidate's file server how busy it is (in parallel, with a short timeout;
+//! one that does not answer is skipped at once), or in random order.
+//!
+//! Bytes go to a partial file in the folder, named after the content's SHA-256, while
+//! being hashed; only when the size and SHA-256 of the whole file match what the index
+//! advertised is the file given its name, and never over an existing file. If a
+//! transfer is interrupted (the sender dies, stalls, or stops short), the partial file
+//! stays, and the next attempt, from that peer or another, asks only for the rest. If
+//! the bytes are wrong (bad hash, too many), the partial file is removed.
 
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Read, Seek, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc;
 use std::thread;
@@ -34,6 +40,19 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// sooner, and each costs a thread.
 pub const MAX_PARALLEL_DOWNLOADS: usize = 4;
 
+/// How long a candidate has to answer "how busy are you?" before it is skipped.
+pub const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How the downloader orders the peers that share a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PeerChoice {
+    /// In random order (the original design).
+    Random,
+    /// Least busy first: fewest uploads running, then most recent throughput, ties
+    /// at random; peers that do not answer are skipped.
+    LeastLoaded,
+}
+
 /// The downloader's limits; `Default` has the documented defaults.
 #[derive(Clone, Debug)]
 pub struct DownloadConfig {
@@ -43,6 +62,8 @@ pub struct DownloadConfig {
     pub read_timeout: Duration,
     /// See [`MAX_PARALLEL_DOWNLOADS`].
     pub max_parallel: usize,
+    /// See [`PeerChoice`].
+    pub choice: PeerChoice,
 }
 
 impl Default for DownloadConfig {
@@ -51,6 +72,7 @@ impl Default for DownloadConfig {
             connect_timeout: CONNECT_TIMEOUT,
             read_timeout: READ_TIMEOUT,
             max_parallel: MAX_PARALLEL_DOWNLOADS,
+            choice: PeerChoice::LeastLoaded,
         }
     }
 }
@@ -68,6 +90,8 @@ pub struct Downloaded {
     pub info: FileInfo,
     /// The peer it came from.
     pub from: SocketAddr,
+    /// Bytes that were already here from an interrupted attempt (0 if none).
+    pub resumed_at: u64,
 }
 
 /// Downloads `name` into `folder`. `on_peer_failure` hears about each peer that
@@ -89,11 +113,21 @@ pub fn download(
         Reply::Error(e) => bail!("the index server refused the lookup: {e}"),
         other => return Err(unexpected(&other).into()),
     };
-    hits.shuffle(&mut rand::rng());
     let tried = hits.len();
+    hits.shuffle(&mut rand::rng());
+    if config.choice == PeerChoice::LeastLoaded {
+        let (ranked, dead) = rank(hits, config);
+        for (hit, e) in dead {
+            on_peer_failure(hit.addr, &e);
+        }
+        if let Some(best) = ranked.first() {
+            log::debug!("downloading {name:?} from {}, the least loaded of {tried}", best.0.addr);
+        }
+        hits = ranked.into_iter().map(|(hit, _)| hit).collect();
+    }
     for hit in hits {
         match fetch(&hit, folder, name, config) {
-            Ok(temp) => {
+            Ok((temp, resumed_at)) => {
                 temp.commit(folder, name, hit.sha256).map_err(|e| match e.kind() {
                     io::ErrorKind::AlreadyExists => {
                         anyhow!("a file of that name appeared in the folder meanwhile; it was kept")
@@ -101,7 +135,7 @@ pub fn download(
                     _ => anyhow!(e).context("cannot give the download its name"),
                 })?;
                 let info = FileInfo { name: name.clone(), size: hit.size, sha256: hit.sha256 };
-                return Ok(Downloaded { info, from: hit.addr });
+                return Ok(Downloaded { info, from: hit.addr, resumed_at });
             }
             Err(e) => on_peer_failure(hit.addr, &e),
         }
@@ -109,15 +143,112 @@ pub fn download(
     bail!("all {tried} peers that share it failed")
 }
 
-/// Fetches `name` from one peer into a temporary file and verifies it against what the
-/// index advertised for that peer.
+/// Asks every candidate how busy it is, in parallel. Returns those that answered,
+/// least loaded first (the order of `hits`, already random, breaks ties), each with
+/// its answer, and those that did not, with why.
+#[allow(clippy::type_complexity)]
+fn rank(
+    hits: Vec<PeerHit>,
+    config: &DownloadConfig,
+) -> (Vec<(PeerHit, (u32, u64))>, Vec<(PeerHit, anyhow::Error)>) {
+    let answers: Vec<anyhow::Result<(u32, u64)>> = thread::scope(|scope| {
+        let asks: Vec<_> = hits.iter().map(|hit| scope.spawn(|| status(hit.addr, config))).collect();
+        asks.into_iter().map(|a| a.join().expect("asking does not panic")).collect()
+    });
+    let (mut ranked, mut dead) = (Vec::new(), Vec::new());
+    for (hit, answer) in hits.into_iter().zip(answers) {
+        match answer {
+            Ok(load) => ranked.push((hit, load)),
+            Err(e) => dead.push((hit, anyhow!("{e:#} (when asked how busy it is)"))),
+        }
+    }
+    // Fewest uploads first; among equals, the one that has been sending fastest.
+    ranked.sort_by_key(|(_, (uploads, rate))| (*uploads, std::cmp::Reverse(*rate)));
+    (ranked, dead)
+}
+
+/// One peer's answer to "how busy are you?": (uploads running, recent bytes per second).
+fn status(addr: SocketAddr, config: &DownloadConfig) -> anyhow::Result<(u32, u64)> {
+    let timeout = STATUS_TIMEOUT.min(config.connect_timeout);
+    let stream = TcpStream::connect_timeout(&addr, timeout).context("cannot connect")?;
+    stream.set_nodelay(true)?;
+    stream.set_read_timeout(Some(STATUS_TIMEOUT))?;
+    stream.set_write_timeout(Some(STATUS_TIMEOUT))?;
+    let (mut r, mut w) = (&stream, &stream);
+    let answer = wire::client_handshake(&mut r, &mut w, Service::Files)
+        .and_then(|()| wire::send_msg(&mut w, &FileRequest::Status))
+        .and_then(|()| wire::recv_msg(&mut r));
+    let answer = answer.map_err(|e| match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+            anyhow!("the peer sent nothing for {:.1} s", STATUS_TIMEOUT.as_secs_f64())
+        }
+        _ => anyhow!(e),
+    })?;
+    match answer {
+        FileReply::Status { uploads, bytes_per_sec } => Ok((uploads, bytes_per_sec)),
+        FileReply::Error(e) => bail!("the peer refused: {e}"),
+        FileReply::Header { .. } => bail!("the peer answered with a file"),
+    }
+}
+
+/// A transfer that stopped part-way through a body that was correct so far (the
+/// sender died, stalled or closed early): what was received is worth keeping.
+#[derive(Debug)]
+struct Interrupted(String);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// Fetches `name` from one peer into its partial file, resuming from what is already
+/// there, and verifies the whole file against what the index advertised for that
+/// peer. Returns the file and where this attempt started.
 fn fetch(
     hit: &PeerHit,
     folder: &SharedFolder,
     name: &ShareName,
     config: &DownloadConfig,
-) -> anyhow::Result<TempFile> {
-    let stream = TcpStream::connect_timeout(&hit.addr, config.connect_timeout).context("cannot connect")?;
+) -> anyhow::Result<(TempFile, u64)> {
+    let (size, sha256) = (hit.size, hit.sha256);
+    let free = folder.free_space().unwrap_or(u64::MAX);
+    let partial = folder.partial(&sha256).context("cannot create a temporary file in the shared folder")?;
+    let (mut temp, mut have) = match partial {
+        Some(partial) => partial,
+        // The same content is being fetched under another name right now: start afresh.
+        None => (folder.create_temp().context("cannot create a temporary file in the shared folder")?, 0),
+    };
+    if have > size {
+        temp.truncate()?;
+        have = 0;
+    }
+    if size - have > free {
+        bail!("the file is {size} bytes, more than the {free} bytes free in the shared folder");
+    }
+    // The whole file is verified, so the bytes already here are hashed first.
+    let mut hasher = Sha256::new();
+    if have > 0 {
+        let prefix = hash_prefix(temp.file(), have, &mut hasher);
+        if let Err(e) = prefix {
+            temp.truncate()?;
+            return Err(anyhow!(e).context("cannot read the partial download"));
+        }
+    }
+
+    let stream = TcpStream::connect_timeout(&hit.addr, config.connect_timeout).context("cannot connect");
+    let keep = |temp: TempFile, e: anyhow::Error| {
+        if have > 0 {
+            temp.keep();
+        }
+        e
+    };
+    let stream = match stream {
+        Ok(s) => s,
+        Err(e) => return Err(keep(temp, e)),
+    };
     stream.set_nodelay(true)?;
     stream.set_read_timeout(Some(config.read_timeout))?;
     stream.set_write_timeout(Some(config.read_timeout))?;
@@ -129,32 +260,49 @@ fn fetch(
         }
         _ => anyhow!(e),
     };
-    wire::client_handshake(&mut reader, &mut writer, Service::Files).map_err(silent)?;
-    wire::send_msg(&mut writer, &FileRequest::Get { name: name.to_string() })?;
-    let (size, sha256) = match wire::recv_msg(&mut reader).map_err(silent)? {
-        FileReply::Header { size, sha256 } => (size, sha256),
-        FileReply::Error(e) => bail!("the peer refused: {e}"),
+    let header = wire::client_handshake(&mut reader, &mut writer, Service::Files)
+        .and_then(|()| {
+            wire::send_msg(&mut writer, &FileRequest::Get { name: name.to_string(), offset: have })
+        })
+        .and_then(|()| wire::recv_msg(&mut reader));
+    let header = match header {
+        Ok(FileReply::Header { size, sha256 }) => (size, sha256),
+        Ok(FileReply::Error(e)) => return Err(keep(temp, anyhow!("the peer refused: {e}"))),
+        Ok(FileReply::Status { .. }) => return Err(keep(temp, anyhow!("the peer answered a status"))),
+        Err(e) => return Err(keep(temp, silent(e))),
     };
-    if (size, sha256) != (hit.size, hit.sha256) {
-        bail!(
-            "the peer now offers {size} bytes with SHA-256 {}, not the {} bytes with SHA-256 {} it registered",
-            hex::encode(sha256),
-            hit.size,
-            hex::encode(hit.sha256)
+    if header != (size, sha256) {
+        let e = anyhow!(
+            "the peer now offers {} bytes with SHA-256 {}, not the {size} bytes with SHA-256 {} it registered",
+            header.0,
+            hex::encode(header.1),
+            hex::encode(sha256)
         );
-    }
-    let free = folder.free_space().unwrap_or(u64::MAX);
-    if size > free {
-        bail!("the file is {size} bytes, more than the {free} bytes free in the shared folder");
+        return Err(keep(temp, e));
     }
 
-    let mut temp = folder.create_temp().context("cannot create a temporary file in the shared folder")?;
     // The body is read straight from the socket into the pipeline's buffers; only what
     // the header's read already buffered is taken from the BufReader.
     let mut body = io::Cursor::new(reader.buffer().to_vec()).chain(&stream);
-    let (got, actual) = receive(&mut body, temp.file(), size, config.read_timeout)?;
-    if got < size {
-        bail!("the peer sent only {got} of {size} bytes");
+    let (got, actual) = match receive(&mut body, temp.file(), size - have, config.read_timeout, hasher) {
+        Ok(received) => received,
+        Err(e) if e.is::<Interrupted>() => {
+            let at = temp.file().stream_position().unwrap_or(0);
+            temp.keep();
+            if at == 0 {
+                return Err(e);
+            }
+            bail!("{e} (the first {at} bytes are kept, to resume from there)");
+        }
+        Err(e) => return Err(e),
+    };
+    if have + got < size {
+        temp.keep();
+        let kept = match have + got {
+            0 => String::new(),
+            n => format!(" (kept, to resume from byte {n})"),
+        };
+        bail!("the peer sent only {} of {size} bytes{kept}", have + got);
     }
     let mut extra = [0u8; 1];
     if body.read(&mut extra).unwrap_or(0) > 0 {
@@ -163,7 +311,24 @@ fn fetch(
     if actual != sha256 {
         bail!("SHA-256 mismatch: expected {}, received {}", hex::encode(sha256), hex::encode(actual));
     }
-    Ok(temp)
+    Ok((temp, have))
+}
+
+/// Feeds the first `len` bytes of `file` to `hasher`, then leaves the file at `len`.
+fn hash_prefix(file: &mut std::fs::File, len: u64, hasher: &mut Sha256) -> io::Result<()> {
+    file.rewind()?;
+    let mut buf = vec![0u8; RECV_BUF_LEN];
+    let mut left = len;
+    while left > 0 {
+        let n = file.read(&mut buf[..(left.min(RECV_BUF_LEN as u64) as usize)])?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        hasher.update(&buf[..n]);
+        left -= n as u64;
+    }
+    file.seek(io::SeekFrom::Start(len))?;
+    Ok(())
 }
 
 /// Copies at most `size` bytes from `r` to `out` and hashes them, in one pass over the
@@ -180,19 +345,20 @@ fn receive(
     out: &mut impl Write,
     size: u64,
     timeout: Duration,
+    mut hasher: Sha256,
 ) -> anyhow::Result<(u64, wire::Sha256)> {
     if size <= RECV_BUF_LEN as u64 {
         // One buffer's worth: a second thread would cost more than it saves.
         let mut buf = vec![0u8; size as usize];
         let n = fill(r, &mut buf, 0, size, timeout)?;
         out.write_all(&buf[..n]).context("cannot write to the shared folder")?;
-        return Ok((n as u64, Sha256::digest(&buf[..n]).into()));
+        hasher.update(&buf[..n]);
+        return Ok((n as u64, hasher.finalize().into()));
     }
     let (to_hasher, filled) = mpsc::sync_channel::<Vec<u8>>(PIPELINE_BUFFERS);
     let (to_pool, emptied) = mpsc::channel::<Vec<u8>>();
     thread::scope(|scope| {
         let hasher = scope.spawn(move || {
-            let mut hasher = Sha256::new();
             for buf in filled {
                 hasher.update(&buf);
                 let _ = to_pool.send(buf);
@@ -246,11 +412,15 @@ fn fill(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
                 let got = before + n as u64;
-                bail!("the peer sent nothing for {:.1} s after {got} of {size} bytes", timeout.as_secs_f64())
+                let why = format!(
+                    "the peer sent nothing for {:.1} s after {got} of {size} bytes",
+                    timeout.as_secs_f64()
+                );
+                return Err(Interrupted(why).into());
             }
             Err(e) => {
                 let got = before + n as u64;
-                return Err(anyhow!(e).context(format!("receiving failed after {got} of {size} bytes")));
+                return Err(Interrupted(format!("receiving failed after {got} of {size} bytes: {e}")).into());
             }
         }
     }

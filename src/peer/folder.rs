@@ -7,13 +7,13 @@
 //! is not listed. The check is made on the opened file itself, not only on the path,
 //! so swapping a file for a symlink between a check and the open cannot escape.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::{self, File, Metadata, OpenOptions};
-use std::io::{self, Read, Seek, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -93,6 +93,8 @@ pub struct SharedFolder {
     /// is hashed once, not on every scan or request (nor on every start: the cache is
     /// kept in [`CACHE_FILE`]).
     hashes: Mutex<HashCache>,
+    /// Partial downloads being written now, by content hash.
+    partials: Arc<Mutex<HashSet<wire::Sha256>>>,
 }
 
 /// The hash cache and whether it changed since it was last saved.
@@ -172,7 +174,7 @@ impl SharedFolder {
             return Err(io::Error::new(io::ErrorKind::NotADirectory, "not a directory"));
         }
         let hashes = Mutex::new(HashCache::load(&root));
-        Ok(SharedFolder { root, hashes })
+        Ok(SharedFolder { root, hashes, partials: Arc::default() })
     }
 
     /// The folder's canonical path.
@@ -349,7 +351,48 @@ impl SharedFolder {
         let suffix: u64 = rand::rng().random();
         let path = self.root.join(format!("{TEMP_PREFIX}{suffix:016x}"));
         let file = OpenOptions::new().write(true).create_new(true).open(&path)?;
-        Ok(TempFile { path, file: Some(file) })
+        Ok(TempFile { path, file: Some(file), _claim: None })
+    }
+
+    /// The partial download of the content with hash `sha256`, kept in the folder as
+    /// `.peerdex-part-<sha256 in hex>` so that an interrupted download can be resumed,
+    /// and only with the same content. Created empty if there is none. Returns it,
+    /// positioned at its end, with the number of bytes it already holds; or `None` if
+    /// another download in this process is writing it now.
+    pub fn partial(&self, sha256: &wire::Sha256) -> io::Result<Option<(TempFile, u64)>> {
+        if !self.partials.lock().unwrap_or_else(PoisonError::into_inner).insert(*sha256) {
+            return Ok(None);
+        }
+        let claim = Claim { partials: Arc::clone(&self.partials), sha256: *sha256 };
+        let path = self.root.join(format!("{TEMP_PREFIX}{}", hex::encode(sha256)));
+        let mut options = OpenOptions::new();
+        options.read(true).write(true).create(true);
+        #[cfg(unix)]
+        {
+            // Never follow a symlink planted under this name: we would write through it.
+            use std::os::unix::fs::OpenOptionsExt;
+            options.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
+        }
+        let mut file = options.open(&path)?;
+        if !file.metadata()?.is_file() {
+            return Err(io::Error::other(format!("{} is not a regular file", path.display())));
+        }
+        let have = file.seek(SeekFrom::End(0))?;
+        Ok(Some((TempFile { path, file: Some(file), _claim: Some(claim) }, have)))
+    }
+}
+
+/// A partial download being written, so that no other download in this process writes
+/// the same one; released when its [`TempFile`] goes.
+#[derive(Debug)]
+struct Claim {
+    partials: Arc<Mutex<HashSet<wire::Sha256>>>,
+    sha256: wire::Sha256,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.partials.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.sha256);
     }
 }
 
@@ -359,12 +402,32 @@ impl SharedFolder {
 pub struct TempFile {
     path: PathBuf,
     file: Option<File>,
+    /// For a partial download: its place in the folder's set of partials in use,
+    /// given back when the temporary goes.
+    _claim: Option<Claim>,
 }
 
 impl TempFile {
     /// The open file, for writing.
     pub fn file(&mut self) -> &mut File {
         self.file.as_mut().expect("the file is only taken by commit")
+    }
+
+    /// Leaves the file in the folder (a partial download, to be resumed later), unless
+    /// it is empty: then there is nothing worth keeping.
+    pub fn keep(mut self) {
+        let len = self.file.as_ref().and_then(|f| f.metadata().ok()).map_or(0, |m| m.len());
+        if len > 0 {
+            self.path = PathBuf::new();
+        }
+    }
+
+    /// Empties the file (a partial download that cannot be continued).
+    pub fn truncate(&mut self) -> io::Result<()> {
+        let file = self.file();
+        file.set_len(0)?;
+        file.rewind()?;
+        Ok(())
     }
 
     /// Closes the file and returns its stamp, for the hash cache.

@@ -459,7 +459,11 @@ impl Peer {
         } else {
             Ok(())
         };
-        crate::outln!("downloaded {name} ({} bytes) from {}", got.info.size, got.from);
+        let resumed = match got.resumed_at {
+            0 => String::new(),
+            at => format!(", resumed at byte {at}"),
+        };
+        crate::outln!("downloaded {name} ({} bytes) from {}{resumed}", got.info.size, got.from);
         if let Err(e) = announced {
             self.fail(format!("downloaded {shown}, but the index was not updated: {e:#}"));
         }

@@ -333,7 +333,15 @@ pub fn fake_sender(content: Vec<u8>, how: Misbehaviour) -> SocketAddr {
             if wire::server_handshake(&mut r, &mut s, Service::Files, 4096).is_err() {
                 continue;
             }
-            let _: FileRequest = wire::recv_msg(&mut r).unwrap();
+            let offset = match wire::recv_msg(&mut r) {
+                Ok(FileRequest::Get { offset, .. }) => offset as usize,
+                Ok(FileRequest::Status) => {
+                    // Idle and eager: a least-loaded downloader picks it.
+                    let _ = wire::send_msg(&mut s, &FileReply::Status { uploads: 0, bytes_per_sec: 0 });
+                    continue;
+                }
+                Err(_) => continue,
+            };
             let size = match how {
                 Misbehaviour::Huge => 1 << 63,
                 _ => content.len() as u64,
@@ -344,9 +352,13 @@ pub fn fake_sender(content: Vec<u8>, how: Misbehaviour) -> SocketAddr {
                 let _ = s.read(&mut [0u8; 1]);
                 continue;
             }
-            let mut body = content.clone();
+            let mut body = content[offset.min(content.len())..].to_vec();
             match how {
-                Misbehaviour::Corrupt => body[0] ^= 1,
+                Misbehaviour::Corrupt => {
+                    if let Some(b) = body.first_mut() {
+                        *b ^= 1;
+                    }
+                }
                 Misbehaviour::Short => {
                     body.pop();
                 }
