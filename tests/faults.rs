@@ -12,9 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
 
-use common::{
-    Misbehaviour, Proc, RawIndexClient, Stream, TIMEOUT, entries, fake_sender, wait_for, workspace,
-};
+use common::{Misbehaviour, Proc, RawIndexClient, Stream, TIMEOUT, entries, fake_sender, workspace};
 use peerdex::name::ShareName;
 use peerdex::peer::folder::hash;
 use peerdex::wire::{self, FileInfo, FileReply, FileRequest, Reply, Request, Service};
@@ -200,7 +198,7 @@ fn a_sender_killed_mid_transfer_is_resumed_from_another_peer() {
     );
     pb.expect(Stream::Err, "all 1 peers that share it failed");
     let partial = format!(".peerdex-part-{}", hex::encode(sha));
-    assert_eq!(entries(&b), [partial.clone()], "nothing under the final name, the half kept");
+    assert_eq!(entries(&b), std::slice::from_ref(&partial), "nothing under the final name, the half kept");
     assert_eq!(fs::metadata(b.join(&partial)).unwrap().len(), half as u64);
 
     // The retry goes to another peer and moves only the other half.
