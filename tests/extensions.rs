@@ -77,3 +77,61 @@ fn a_file_still_being_written_is_never_advertised() {
     // Downloads' temporary files never appear in any listing either.
     assert!(pb.list("peerdex").is_empty());
 }
+
+/// Asks a file server how busy it is, as a downloader does.
+fn status(addr: std::net::SocketAddr) -> (u32, u64) {
+    use peerdex::wire::{self, FileReply, FileRequest, Service};
+    let s = std::net::TcpStream::connect(addr).unwrap();
+    let (mut r, mut w) = (&s, &s);
+    wire::client_handshake(&mut r, &mut w, Service::Files).unwrap();
+    wire::send_msg(&mut w, &FileRequest::Status).unwrap();
+    match wire::recv_msg(&mut r).unwrap() {
+        FileReply::Status { uploads, bytes_per_sec } => (uploads, bytes_per_sec),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn downloads_go_to_an_idle_peer_rather_than_a_busy_one() {
+    use peerdex::wire::{self, FileRequest, Service};
+    let ws = workspace();
+    let mut content = vec![0u8; 16 << 20];
+    rand::RngExt::fill(&mut rand::rng(), &mut content[..]);
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    let mut sharers = Vec::new();
+    for i in 0..4 {
+        let dir = folder(ws.path(), &format!("s{i}"), &[("f.bin", &content)]);
+        let (mut p, addr) = Proc::peer(index_addr, &dir);
+        p.send("register");
+        p.expect(Stream::Out, "registered 1 files");
+        sharers.push((p, addr));
+    }
+    // Make the first one busy: three downloaders that ask for the file and never read,
+    // so its uploads sit blocked on full socket buffers.
+    let busy = sharers[0].1;
+    let stuck: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| {
+            let s = std::net::TcpStream::connect(busy).unwrap();
+            let (mut r, mut w) = (&s, &s);
+            wire::client_handshake(&mut r, &mut w, Service::Files).unwrap();
+            wire::send_msg(&mut w, &FileRequest::Get { name: "f.bin".into(), offset: 0 }).unwrap();
+            s
+        })
+        .collect();
+    wait_for("the busy peer to report its uploads", || status(busy).0 == 3);
+    assert_eq!(status(sharers[1].1).0, 0);
+
+    // Five downloads in a row: with a random choice, each would have one chance in four
+    // of landing on the busy peer.
+    let d = folder(ws.path(), "d", &[]);
+    let (mut pd, _) = Proc::peer(index_addr, &d);
+    for _ in 0..5 {
+        pd.send("download f.bin");
+        let line = pd.expect(Stream::Out, "downloaded f.bin");
+        assert!(!line.ends_with(&busy.to_string()), "the busy peer was chosen: {line}");
+        assert!(fs::read(d.join("f.bin")).unwrap() == content);
+        pd.send("delete f.bin");
+        pd.expect(Stream::Out, "deleted f.bin");
+    }
+    drop(stuck);
+}
