@@ -6,6 +6,7 @@
 //!
 //! A tour of the modules:
 //!
+//! - [`auth`]: accounts (the users file) and the challenge-response login;
 //! - [`name`]: [`name::ShareName`], a shared file's name, checked once so that it can
 //!   never be a path;
 //! - [`wire`]: the protocol: length-prefixed frames ([`wire::send_all`],
@@ -22,6 +23,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod cli;
 pub mod index;
 pub mod name;

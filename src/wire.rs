@@ -327,6 +327,16 @@ pub enum Request {
         /// The files added or changed.
         files: Vec<FileInfo>,
     },
+    /// Start logging in as `user` (see [`crate::auth`]). Answered by `Challenge`.
+    Login {
+        /// The user name.
+        user: String,
+    },
+    /// Answer the last `Challenge`. Answered by `LoggedIn` or `Error`.
+    Proof {
+        /// HMAC-SHA256 of the challenge, keyed by the password-derived key.
+        proof: Sha256,
+    },
 }
 
 /// The index server's answer to a [`Request`].
@@ -352,6 +362,17 @@ pub enum Reply {
     NoPeers,
     /// Answer to `Ping`.
     Pong,
+    /// Answer to `Login`: derive the key with these and prove it over the nonce.
+    Challenge {
+        /// The user's salt.
+        salt: Vec<u8>,
+        /// PBKDF2 rounds.
+        rounds: u32,
+        /// Fresh random bytes for this attempt.
+        nonce: [u8; 32],
+    },
+    /// The proof was right: this connection is logged in.
+    LoggedIn,
 }
 
 /// A downloader's request to a peer's file server.
@@ -658,6 +679,16 @@ impl Message for Request {
                 }
                 e
             }
+            Request::Login { user } => {
+                let mut e = Enc::new(0x09);
+                e.str(user);
+                e
+            }
+            Request::Proof { proof } => {
+                let mut e = Enc::new(0x0a);
+                e.bytes(proof);
+                e
+            }
         };
         e.0
     }
@@ -679,6 +710,8 @@ impl Message for Request {
             0x06 => Request::Lookup { name: d.name()? },
             0x07 => Request::Ping,
             0x08 => Request::Add { files: d.list(MIN_FILE_LEN, Dec::file)? },
+            0x09 => Request::Login { user: d.str()? },
+            0x0a => Request::Proof { proof: d.array()? },
             t => return Err(DecodeError::UnknownTag(t)),
         };
         d.finish(msg)
@@ -721,6 +754,15 @@ impl Message for Reply {
             }
             Reply::NoPeers => Enc::new(0x86),
             Reply::Pong => Enc::new(0x87),
+            Reply::Challenge { salt, rounds, nonce } => {
+                let mut e = Enc::new(0x88);
+                e.u16(u16::try_from(salt.len()).expect("salts are short"))
+                    .bytes(salt)
+                    .u32(*rounds)
+                    .bytes(nonce);
+                e
+            }
+            Reply::LoggedIn => Enc::new(0x89),
         };
         e.0
     }
@@ -739,6 +781,12 @@ impl Message for Reply {
             })?),
             0x86 => Reply::NoPeers,
             0x87 => Reply::Pong,
+            0x88 => {
+                let len = d.u16()? as usize;
+                let salt = d.take(len)?.to_vec();
+                Reply::Challenge { salt, rounds: d.u32()?, nonce: d.array()? }
+            }
+            0x89 => Reply::LoggedIn,
             t => return Err(DecodeError::UnknownTag(t)),
         };
         d.finish(msg)
@@ -880,6 +928,10 @@ mod tests {
         round_trip(Request::Lookup { name: name("ünï") });
         round_trip(Request::Ping);
         round_trip(Request::Add { files: vec![file("new", 7)] });
+        round_trip(Request::Login { user: "ann".into() });
+        round_trip(Request::Proof { proof: [5; 32] });
+        round_trip(Reply::Challenge { salt: vec![1, 2, 3], rounds: 600_000, nonce: [9; 32] });
+        round_trip(Reply::LoggedIn);
         round_trip(Reply::Done { files: 3 });
         round_trip(Reply::Error("nope".into()));
         round_trip(Reply::ListChunk(vec![ListEntry { name: name("a"), size: 1, sha256: [9; 32], peers: 2 }]));

@@ -135,3 +135,123 @@ fn downloads_go_to_an_idle_peer_rather_than_a_busy_one() {
     }
     drop(stuck);
 }
+
+/// `peer` with environment variables and options.
+fn peer_env(index: std::net::SocketAddr, dir: &Path, env: &[(&str, &str)], opts: &[&str]) -> Proc {
+    let port = index.port().to_string();
+    let mut args = vec!["127.0.0.1", port.as_str(), "0", dir.to_str().unwrap()];
+    args.extend(opts);
+    let env: Vec<(&str, &std::ffi::OsStr)> =
+        env.iter().map(|(k, v)| (*k, std::ffi::OsStr::new(*v))).collect();
+    let mut p = Proc::start_with_env(env!("CARGO_BIN_EXE_peer"), &args, dir.parent().unwrap(), &env);
+    p.expect(Stream::Out, "serving ");
+    p
+}
+
+/// `indexing-server adduser FILE NAME`, with the password on stdin.
+fn adduser(dir: &Path, file: &Path, name: &str, password: &str) -> Proc {
+    let args = ["adduser".as_ref(), file.as_os_str(), name.as_ref()];
+    let mut p = Proc::start(env!("CARGO_BIN_EXE_indexing-server"), &args, dir);
+    p.send(password);
+    assert!(p.finish().success(), "{}", p.dump());
+    p
+}
+
+#[test]
+fn accounts_are_stored_as_salted_hashes_never_as_passwords() {
+    let ws = workspace();
+    let users = ws.path().join("users");
+    let p = adduser(ws.path(), &users, "ann", "correct horse");
+    assert_eq!(p.lines(Stream::Out), [format!("added user ann in {}", users.display())]);
+    let first = fs::read_to_string(&users).unwrap();
+    assert!(!first.contains("correct horse"), "the password is in the file: {first}");
+    let p = adduser(ws.path(), &users, "ann", "correct horse");
+    assert_eq!(p.lines(Stream::Out), [format!("changed the password of user ann in {}", users.display())]);
+    let second = fs::read_to_string(&users).unwrap();
+    assert_ne!(first, second, "a new salt each time");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(fs::metadata(&users).unwrap().permissions().mode() & 0o777, 0o600);
+
+    let mut bad =
+        Proc::start(env!("CARGO_BIN_EXE_indexing-server"), &["adduser", "users", "not a name"], ws.path());
+    bad.close_stdin();
+    assert_eq!(bad.finish().code(), Some(1));
+    assert!(bad.lines(Stream::Err)[0].contains("invalid user name"), "{}", bad.dump());
+}
+
+#[test]
+fn with_accounts_everything_needs_a_login() {
+    let ws = workspace();
+    let users = ws.path().join("users");
+    adduser(ws.path(), &users, "ann", "s3cret");
+    let (_index, index_addr) =
+        Proc::index_server_with(ws.path(), &["127.0.0.1", "0", "--users", users.to_str().unwrap()]);
+
+    // Logged in at start: everything works.
+    let a = folder(ws.path(), "a", &[("x.txt", b"x")]);
+    let mut pa = peer_env(index_addr, &a, &[("PEERDEX_PASSWORD", "s3cret")], &["--user", "ann"]);
+    pa.expect(Stream::Out, "logged in as ann");
+    pa.send("register");
+    pa.expect(Stream::Out, "registered 1 files");
+
+    // Not logged in: refused, clearly; then `login` works.
+    let b = folder(ws.path(), "b", &[]);
+    let mut pb = peer_env(index_addr, &b, &[("PEERDEX_PASSWORD", "s3cret")], &[]);
+    pb.send("get_files_list");
+    pb.expect(Stream::Err, "error: get_files_list failed: the index server says: login required");
+    pb.send("download x.txt");
+    pb.expect(
+        Stream::Err,
+        "error: cannot download \"x.txt\": the index server refused the lookup: login required",
+    );
+    pb.send("register");
+    pb.expect(Stream::Err, "error: register failed: the index server says: login required");
+    pb.send("login ann");
+    pb.expect(Stream::Out, "logged in as ann");
+    assert_eq!(pb.list(""), ["x.txt\t1 bytes\t1 peer"]);
+    pb.send("download x.txt");
+    pb.expect(Stream::Out, "downloaded x.txt");
+
+    // A script without the password in its environment is told how to give it.
+    let c = folder(ws.path(), "c", &[]);
+    let mut pc = peer_env(index_addr, &c, &[], &[]);
+    pc.send("login ann");
+    pc.expect(Stream::Err, "error: login failed: set PEERDEX_PASSWORD");
+}
+
+#[test]
+fn wrong_passwords_are_refused_ever_more_slowly() {
+    let ws = workspace();
+    let users = ws.path().join("users");
+    adduser(ws.path(), &users, "ann", "s3cret");
+    let (_index, index_addr) =
+        Proc::index_server_with(ws.path(), &["127.0.0.1", "0", "--users", users.to_str().unwrap()]);
+    let b = folder(ws.path(), "b", &[]);
+    let mut pb = peer_env(index_addr, &b, &[("PEERDEX_PASSWORD", "wrong")], &[]);
+    let mut took = Vec::new();
+    for user in ["ann", "nobody"] {
+        let t = Instant::now();
+        pb.send(&format!("login {user}"));
+        // The same answer whether or not the user exists.
+        pb.expect(Stream::Err, "error: login failed: the index server says: wrong user name or password");
+        took.push(t.elapsed());
+    }
+    // Lower bounds only: a slow machine can only make these longer.
+    assert!(took[0] >= Duration::from_secs(1), "the first failure was answered after {:?}", took[0]);
+    assert!(took[1] >= Duration::from_secs(2), "the second failure was answered after {:?}", took[1]);
+    pb.send("register");
+    pb.expect(Stream::Err, "login required");
+    assert_eq!(pb.finish().code(), Some(1));
+}
+
+#[test]
+fn without_accounts_login_is_not_needed() {
+    let ws = workspace();
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    let a = folder(ws.path(), "a", &[]);
+    let mut pa = peer_env(index_addr, &a, &[("PEERDEX_PASSWORD", "x")], &[]);
+    pa.send("login ann");
+    pa.expect(Stream::Err, "error: login failed: the index server says: this server has no accounts");
+    pa.send("register");
+    pa.expect(Stream::Out, "registered 0 files");
+}

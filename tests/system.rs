@@ -386,7 +386,15 @@ fn corrupt_short_and_long_transfers_are_rejected_and_the_next_peer_tried() {
         let prefix = format!("error: cannot download \"f.bin\" from {addr}: {why}");
         assert!(errors.iter().any(|e| e.starts_with(&prefix)), "no {prefix:?} in {errors:#?}");
     }
-    assert_eq!(entries(&b), ["unrelated"], "no partial file, nothing else touched");
+    // Nothing under the final name, nothing else touched. Wrong bytes are never kept;
+    // the short sender's bytes were right as far as they went, and are kept to be
+    // resumed if it was the last one tried.
+    let partial = format!(".peerdex-part-{}", hex::encode(info.sha256));
+    let left = entries(&b);
+    assert!(left == ["unrelated"] || left == [partial.clone(), "unrelated".into()], "{left:?}");
+    if let Ok(meta) = fs::metadata(b.join(&partial)) {
+        assert_eq!(meta.len(), content.len() as u64 - 1, "only the short sender's right prefix is kept");
+    }
 
     // With one honest peer among the liars, the download succeeds.
     let a = folder(ws.path(), "a", &[("f.bin", &content)]);

@@ -3,11 +3,14 @@
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use log::{info, warn};
+use peerdex::auth::{self, Users};
+use peerdex::index::server::Accounts;
 use peerdex::index::{self, Config, Index, Registry};
 use peerdex::{cli, name, wire};
 
@@ -15,7 +18,8 @@ use peerdex::{cli, name, wire};
 /// answers peers' lookups.
 ///
 /// Prints `listening on <ip>:<port>` once bound; logs every connection, request and
-/// disconnect to stderr and to the log file.
+/// disconnect to stderr and to the log file. `indexing-server adduser FILE NAME` adds
+/// an account to a users file instead.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
@@ -23,6 +27,9 @@ struct Args {
     ip: IpAddr,
     /// Port to listen on; 0 lets the system pick one (the line printed says which).
     port: u16,
+    /// Require login, with the accounts in this users file (see `adduser`).
+    #[arg(long, value_name = "FILE")]
+    users: Option<PathBuf>,
     /// File the log is appended to.
     #[arg(long, value_name = "PATH", default_value = "log.log")]
     log_file: PathBuf,
@@ -59,9 +66,39 @@ struct Args {
     write_timeout: Duration,
 }
 
+/// `indexing-server adduser FILE NAME`: adds an account to a users file, or changes
+/// its password. The password is read from the terminal without echo, or from stdin
+/// when that is not a terminal. The file stores a salt and a slow hash, never the
+/// password; it is created, readable by its owner only, if missing.
+#[derive(Parser, Debug)]
+#[command(name = "indexing-server adduser")]
+struct AddUser {
+    /// The users file.
+    file: PathBuf,
+    /// The user name: letters, digits, '.', '_', '-' or '@'.
+    name: String,
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
-    peerdex::cli::exit_code(run(args))
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if argv.get(1).is_some_and(|a| a == "adduser") {
+        let args = AddUser::parse_from(argv.into_iter().skip(1));
+        return cli::exit_code(adduser(args));
+    }
+    let args = Args::parse_from(argv);
+    cli::exit_code(run(args))
+}
+
+fn adduser(args: AddUser) -> anyhow::Result<bool> {
+    auth::check_user(&args.name).map_err(|e| anyhow::anyhow!(e))?;
+    let mut users = Users::load(&args.file, true)?;
+    let existed = users.get(&args.name).is_some();
+    let password = auth::read_password(&format!("password for {}: ", args.name))?;
+    users.set(&args.name, &password)?;
+    users.save(&args.file)?;
+    let done = if existed { "changed the password of" } else { "added" };
+    peerdex::outln!("{done} user {} in {}", args.name, args.file.display());
+    Ok(true)
 }
 
 fn run(args: Args) -> anyhow::Result<bool> {
@@ -77,7 +114,12 @@ fn run(args: Args) -> anyhow::Result<bool> {
     let local = listener.local_addr()?;
     peerdex::outln!("listening on {local}");
     info!("listening on {local}");
+    let accounts = match &args.users {
+        Some(path) => Some(Arc::new(Accounts::new(Users::load(path, false)?))),
+        None => None,
+    };
     let config = Config {
+        accounts,
         max_frame_len: args.max_frame,
         max_connections: args.max_connections,
         handshake_timeout: args.handshake_timeout,

@@ -59,6 +59,10 @@ struct Args {
     /// busy it is and takes the least busy; random is the original design.
     #[arg(long, value_name = "HOW", default_value = "least-loaded")]
     peer_choice: PeerChoice,
+    /// Log in to the index server as this user at start; the password comes from the
+    /// PEERDEX_PASSWORD environment variable, or is asked for on the terminal.
+    #[arg(long, value_name = "NAME")]
+    user: Option<String>,
     /// Do not watch the folder: changes reach the index only by `update`.
     #[arg(long)]
     no_watch: bool,
@@ -106,5 +110,6 @@ fn run(args: Args) -> anyhow::Result<bool> {
         },
         keepalive: args.keepalive,
         watch: !args.no_watch,
+        user: args.user,
     })
 }

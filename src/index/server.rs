@@ -3,18 +3,22 @@
 //! One `std::thread` per connection reads requests until the peer disconnects; when
 //! the conversation ends, for whatever reason, the peer's registration goes with it.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, BufReader};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
 
 use super::Index;
+use crate::auth::{self, Key, Users};
 use crate::name::ShareName;
 use crate::net::{Slot, Slots, Timed, close_gently};
 use crate::wire::{self, MAX_FRAME_LEN, Message, PROTOCOL_VERSION, Reply, Request, Service, Welcome};
+use rand::RngExt;
 
 /// How long a new connection has to complete its [`wire::Hello`], however it trickles
 /// in: libtorrent's `handshake_timeout`.
@@ -49,9 +53,70 @@ const CLOSE_PATIENCE: Duration = Duration::from_secs(1);
 /// so a listing of millions of files never blocks other connections for long.
 const LIST_PAGE_NAMES: usize = 1024;
 
+/// First delay before answering a wrong password; each further failure from the same
+/// address within [`FAILURE_MEMORY`] adds as much again, up to [`MAX_FAILURE_DELAY`].
+pub const FAILURE_DELAY: Duration = Duration::from_secs(1);
+
+/// Longest delay before answering a wrong password.
+pub const MAX_FAILURE_DELAY: Duration = Duration::from_secs(10);
+
+/// How long failed logins from an address are remembered.
+pub const FAILURE_MEMORY: Duration = Duration::from_secs(15 * 60);
+
+/// Accounts, when the server requires login (`--users`).
+#[derive(Debug)]
+pub struct Accounts {
+    users: Users,
+    /// Keys fake challenges for unknown users, so a challenge does not tell whether a
+    /// user exists.
+    secret: [u8; 32],
+    /// Recent failed logins by address: (count, last).
+    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
+}
+
+impl Accounts {
+    /// Login required, for these users.
+    pub fn new(users: Users) -> Accounts {
+        Accounts { users, secret: rand::rng().random(), failures: Mutex::default() }
+    }
+
+    /// The challenge for `user`: their salt and rounds, or plausible fake ones.
+    fn challenge(&self, user: &str) -> (Vec<u8>, u32, Option<Key>) {
+        match self.users.get(user) {
+            Some(a) => (a.salt.clone(), a.rounds, Some(a.key)),
+            None => (
+                auth::proof(&self.secret, user, &[0; 32])[..auth::SALT_LEN].to_vec(),
+                auth::PBKDF2_ROUNDS,
+                None,
+            ),
+        }
+    }
+
+    /// Notes a failure from `ip` and returns how long to wait before saying so.
+    fn failed(&self, ip: IpAddr) -> Duration {
+        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        failures.retain(|_, (_, last)| now.duration_since(*last) < FAILURE_MEMORY);
+        let entry = failures.entry(ip).or_insert((0, now));
+        *entry = (entry.0 + 1, now);
+        (FAILURE_DELAY * entry.0).min(MAX_FAILURE_DELAY)
+    }
+}
+
+/// Where a connection stands with login.
+#[derive(Debug, Default)]
+struct Session {
+    /// The user logged in on this connection.
+    user: Option<String>,
+    /// The challenge sent and not yet answered: user, nonce, and their key if known.
+    pending: Option<(String, [u8; 32], Option<Key>)>,
+}
+
 /// Limits and timeouts of a server; `Config::default()` has the documented defaults.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// `Some` to require login with these accounts.
+    pub accounts: Option<Arc<Accounts>>,
     /// Largest request frame accepted: [`MAX_FRAME_LEN`].
     pub max_frame_len: usize,
     /// See [`MAX_CONNECTIONS`].
@@ -69,6 +134,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            accounts: None,
             max_frame_len: MAX_FRAME_LEN,
             max_connections: MAX_CONNECTIONS,
             handshake_timeout: HANDSHAKE_TIMEOUT,
@@ -155,6 +221,7 @@ fn converse(index: &Index, stream: &TcpStream, conn: SocketAddr, config: &Config
         warn!("{conn} handshake failed: {e}");
         return Err(e);
     }
+    let mut session = Session::default();
     loop {
         reader.get_mut().await_frame(config.idle_timeout, config.read_timeout);
         let frame = match wire::recv_all(&mut reader, config.max_frame_len) {
@@ -170,13 +237,72 @@ fn converse(index: &Index, stream: &TcpStream, conn: SocketAddr, config: &Config
             Err(e) => return Err(e),
         };
         match Request::decode(&frame) {
-            Ok(request) => respond(index, conn, request, writer)?,
+            Ok(request) => match (&config.accounts, request) {
+                (accounts, Request::Login { user }) => {
+                    login(accounts.as_deref(), &mut session, conn, user, writer)?
+                }
+                (accounts, Request::Proof { proof }) => {
+                    prove(accounts.as_deref(), &mut session, conn, &proof, writer)?;
+                }
+                (Some(_), request) if session.user.is_none() && request != Request::Ping => {
+                    info!("{conn} request refused: login required");
+                    wire::send_msg(&mut writer, &Reply::Error("login required".into()))?;
+                }
+                (_, request) => respond(index, conn, request, writer)?,
+            },
             Err(e) => {
                 warn!("{conn} malformed request: {e}");
                 wire::send_msg(&mut writer, &Reply::Error(format!("malformed request: {e}")))?;
             }
         }
     }
+}
+
+/// Answers `Login` with a challenge.
+fn login(
+    accounts: Option<&Accounts>,
+    session: &mut Session,
+    conn: SocketAddr,
+    user: String,
+    mut w: &TcpStream,
+) -> io::Result<()> {
+    let Some(accounts) = accounts else {
+        info!("{conn} login as {user:?} -> this server has no accounts");
+        return wire::send_msg(
+            &mut w,
+            &Reply::Error("this server has no accounts: no login is needed".into()),
+        );
+    };
+    if let Err(why) = auth::check_user(&user) {
+        return wire::send_msg(&mut w, &Reply::Error(why));
+    }
+    let (salt, rounds, key) = accounts.challenge(&user);
+    let nonce: [u8; 32] = rand::rng().random();
+    session.pending = Some((user, nonce, key));
+    wire::send_msg(&mut w, &Reply::Challenge { salt, rounds, nonce })
+}
+
+/// Answers `Proof`: logged in, or (after a delay that grows with each failure from the
+/// same address) a refusal that does not say whether the user exists.
+fn prove(
+    accounts: Option<&Accounts>,
+    session: &mut Session,
+    conn: SocketAddr,
+    proof: &[u8; 32],
+    mut w: &TcpStream,
+) -> io::Result<()> {
+    let (Some(accounts), Some((user, nonce, key))) = (accounts, session.pending.take()) else {
+        return wire::send_msg(&mut w, &Reply::Error("send login first".into()));
+    };
+    if key.is_some_and(|key| auth::verify(&key, &user, &nonce, proof)) {
+        info!("{conn} login as {user:?} -> ok");
+        session.user = Some(user);
+        return wire::send_msg(&mut w, &Reply::LoggedIn);
+    }
+    let delay = accounts.failed(conn.ip());
+    warn!("{conn} login as {user:?} -> wrong user name or password; answering in {} s", delay.as_secs());
+    thread::sleep(delay);
+    wire::send_msg(&mut w, &Reply::Error("wrong user name or password".into()))
 }
 
 /// What a request was, for the log; built without allocating.
@@ -232,6 +358,7 @@ fn respond(index: &Index, conn: SocketAddr, request: Request, mut w: &TcpStream)
             return Ok(());
         }
         Request::Ping => return wire::send_msg(&mut w, &Reply::Pong),
+        Request::Login { .. } | Request::Proof { .. } => unreachable!("handled by the connection loop"),
     };
     wire::send_msg(&mut w, &reply)?;
     match &reply {

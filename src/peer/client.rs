@@ -15,8 +15,9 @@ use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use anyhow::anyhow;
+use anyhow::{anyhow, bail};
 
+use crate::auth;
 use crate::wire::{self, ListEntry, Reply, Request, Service};
 
 /// How long to wait for the index server to accept a connection.
@@ -54,6 +55,17 @@ pub struct IndexClient {
     watched: Mutex<Option<TcpStream>>,
     /// The server's address and our side's IP on the current connection.
     ends: Mutex<(SocketAddr, IpAddr)>,
+    /// After a login: the user and what their key was derived with, and the key, so
+    /// that a new connection can log in again without the password.
+    credentials: Mutex<Option<Credentials>>,
+}
+
+#[derive(Clone)]
+struct Credentials {
+    user: String,
+    salt: Vec<u8>,
+    rounds: u32,
+    key: auth::Key,
 }
 
 impl IndexClient {
@@ -67,7 +79,46 @@ impl IndexClient {
             conn: Mutex::new(Ok(conn)),
             watched: Mutex::new(Some(watched)),
             ends: Mutex::new(ends),
+            credentials: Mutex::new(None),
         })
+    }
+
+    /// Logs in as `user`: the password never leaves this process; only a proof over
+    /// the server's fresh challenge does (see [`crate::auth`]).
+    pub fn login(&self, user: &str, password: &str) -> anyhow::Result<()> {
+        let (salt, rounds, nonce) = self.challenge(user)?;
+        let key = auth::derive_key(password, &salt, rounds);
+        self.prove(user, &key, &nonce)?;
+        *lock(&self.credentials) = Some(Credentials { user: user.to_owned(), salt, rounds, key });
+        Ok(())
+    }
+
+    /// Logs in again, on a new connection, as the user of the last successful login.
+    /// Returns the user name, or `None` if there was no login.
+    pub fn login_again(&self) -> anyhow::Result<Option<String>> {
+        let Some(c) = lock(&self.credentials).clone() else { return Ok(None) };
+        let (salt, rounds, nonce) = self.challenge(&c.user)?;
+        if (salt, rounds) != (c.salt, c.rounds) {
+            bail!("the account of {:?} has changed on the server; log in again", c.user);
+        }
+        self.prove(&c.user, &c.key, &nonce)?;
+        Ok(Some(c.user))
+    }
+
+    fn challenge(&self, user: &str) -> anyhow::Result<(Vec<u8>, u32, [u8; 32])> {
+        match self.call(&Request::Login { user: user.to_owned() })? {
+            Reply::Challenge { salt, rounds, nonce } => Ok((salt, rounds, nonce)),
+            Reply::Error(e) => Err(anyhow!("the index server says: {e}")),
+            other => Err(unexpected(&other).into()),
+        }
+    }
+
+    fn prove(&self, user: &str, key: &auth::Key, nonce: &[u8; 32]) -> anyhow::Result<()> {
+        match self.call(&Request::Proof { proof: auth::proof(key, user, nonce) })? {
+            Reply::LoggedIn => Ok(()),
+            Reply::Error(e) => Err(anyhow!("the index server says: {e}")),
+            other => Err(unexpected(&other).into()),
+        }
     }
 
     /// Makes a new connection, replacing the current one (if any).

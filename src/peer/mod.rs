@@ -15,7 +15,7 @@ pub mod folder;
 pub mod shell;
 pub mod watch;
 
-use std::io;
+use std::io::{self, IsTerminal};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -52,6 +52,8 @@ pub struct PeerConfig {
     pub keepalive: Duration,
     /// Whether to watch the folder and send changes by themselves ([`watch`]).
     pub watch: bool,
+    /// Log in as this user at start (the password from `PEERDEX_PASSWORD` or asked for).
+    pub user: Option<String>,
 }
 
 /// Where the file server listens unless told otherwise, given `seen`, the local address
@@ -87,6 +89,13 @@ pub fn run(config: PeerConfig) -> anyhow::Result<bool> {
             error!("the file server stopped: {e}");
         }
     })?;
+    if let Some(user) = &config.user {
+        crate::auth::check_user(user).map_err(|e| anyhow::anyhow!(e))?;
+        let interactive = io::stdin().is_terminal();
+        let password = shell::password_for(user, interactive, &mut io::stdin().lock())?;
+        index.login(user, &password).with_context(|| format!("cannot log in as {user}"))?;
+        crate::outln!("logged in as {user}");
+    }
     let shell = Shell::new(index, folder, local.port(), config.downloads);
     if config.watch {
         shell.start_watching()?;

@@ -20,6 +20,7 @@ use rand::RngExt;
 use super::client::{IndexClient, Watch};
 use super::download::{DownloadConfig, download};
 use super::folder::SharedFolder;
+use crate::auth;
 use crate::name::ShareName;
 use crate::wire::{MAX_FILES_PER_PEER, Request};
 
@@ -36,6 +37,8 @@ commands:
   download NAME                     fetch NAME from a peer into this folder
   delete NAME                       delete NAME from this folder (and from the index)
   update                            rescan this folder and send the new list
+  login NAME                        log in to the index server (password from
+                                    PEERDEX_PASSWORD, or asked for)
   help                              this text
   quit                              wait for downloads, then exit";
 
@@ -59,6 +62,8 @@ pub enum Command {
     Delete(ShareName),
     /// Rescan the folder and send the list.
     Update,
+    /// Log in to the index server as this user.
+    Login(String),
     /// Print the help text.
     Help,
     /// Stop reading commands.
@@ -94,6 +99,12 @@ impl Command {
             "help" => no_args(Command::Help),
             "quit" | "exit" => no_args(Command::Quit),
             "download" => name(Command::Download),
+            "login" => {
+                if rest.is_empty() {
+                    return Err("login needs a user name, as in: login ann".into());
+                }
+                auth::check_user(rest).map(|()| Some(Command::Login(rest.to_owned())))
+            }
             "delete" => name(Command::Delete),
             "get_files_list" => {
                 let (limit, pattern) = match rest.strip_prefix("--limit") {
@@ -256,6 +267,14 @@ impl Shell {
             match Command::parse(&line) {
                 Ok(None) => {}
                 Ok(Some(Command::Quit)) => break,
+                Ok(Some(Command::Login(user))) => {
+                    // The password may have to be read from this same input.
+                    let password = password_for(&user, interactive, &mut input);
+                    match password.and_then(|p| self.peer.index.login(&user, &p)) {
+                        Ok(()) => crate::outln!("logged in as {user}"),
+                        Err(e) => self.peer.fail(format!("login failed: {e:#}")),
+                    }
+                }
                 Ok(Some(command)) => {
                     if let Err(e) = self.execute(command) {
                         self.peer.fail(format!("{e:#}"));
@@ -322,7 +341,7 @@ impl Shell {
             }
             Command::Download(name) => self.queue_download(name)?,
             Command::Help => crate::outln!("{HELP}"),
-            Command::Quit => unreachable!("handled by the loop"),
+            Command::Quit | Command::Login(_) => unreachable!("handled by the loop"),
         }
         Ok(())
     }
@@ -407,6 +426,11 @@ impl Peer {
                         wait = (wait * 2).min(RECONNECT_MAX);
                     }
                     let server = self.index.server();
+                    match self.index.login_again() {
+                        Ok(Some(user)) => crate::errln!("note: logged in again as {user}"),
+                        Ok(None) => {}
+                        Err(e) => crate::errln!("error: reconnected, but logging in again failed: {e:#}"),
+                    }
                     if !self.registered.load(Ordering::SeqCst) {
                         crate::errln!("note: reconnected to the index server {server}");
                         continue;
@@ -469,6 +493,22 @@ impl Peer {
         }
     }
 }
+
+/// The password for `user`: from `PEERDEX_PASSWORD` if set, else asked for on the
+/// terminal (read from `input` with echo off). A script must set the variable: its
+/// next input line is a command, not a password.
+pub fn password_for(user: &str, interactive: bool, input: &mut impl BufRead) -> anyhow::Result<String> {
+    if let Ok(password) = std::env::var(PASSWORD_VAR) {
+        return Ok(password);
+    }
+    if !interactive {
+        bail!("set {PASSWORD_VAR}, or run the peer in a terminal to be asked for the password");
+    }
+    auth::read_password_from(&format!("password for {user}: "), input)
+}
+
+/// The environment variable a peer's password can be given in.
+pub const PASSWORD_VAR: &str = "PEERDEX_PASSWORD";
 
 fn report_failure(failed: &AtomicBool, why: impl Display) {
     failed.store(true, Ordering::SeqCst);

@@ -1,0 +1,257 @@
+//! Accounts and login: a users file of salted slow hashes, and a challenge-response
+//! that never sends the password.
+//!
+//! ```text
+//! peer                                   index server (with --users FILE)
+//!   Login { user }            ------>
+//!                             <------    Challenge { salt, rounds, nonce }
+//!   key   = PBKDF2-HMAC-SHA256(password, salt, rounds)
+//!   Proof { HMAC-SHA256(key, "peerdex login" | user | nonce) }  ------>
+//!                             <------    LoggedIn, or (after a delay) Error
+//! ```
+//!
+//! The users file stores, per user, the salt, the round count and the derived key,
+//! never the password. The server checks a proof with the stored key, so it never
+//! needs the password either; the nonce is fresh for every attempt, so a proof cannot
+//! be replayed. The derived key is what a proof needs: the users file must be kept as
+//! private as any password database.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::{self, OpenOptions};
+use std::io::{self, BufRead, IsTerminal, Write};
+use std::path::Path;
+
+use anyhow::{Context, anyhow, bail};
+use hmac::{Hmac, KeyInit, Mac};
+use rand::RngExt;
+use sha2::Sha256;
+
+/// PBKDF2 rounds for new passwords: OWASP's 2023 recommendation for
+/// PBKDF2-HMAC-SHA256. About 0.3 s of one core here: once per login, on the peer.
+pub const PBKDF2_ROUNDS: u32 = 600_000;
+
+/// Salt length in bytes (NIST SP 800-132 asks for at least 16).
+pub const SALT_LEN: usize = 16;
+
+/// A key derived from a password.
+pub type Key = [u8; 32];
+
+/// Longest user name, in bytes.
+pub const MAX_USER_LEN: usize = 64;
+
+/// Checks a user name: 1 to 64 letters, digits, `.`, `_`, `-` or `@`.
+pub fn check_user(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_USER_LEN
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid user name {name:?}: use 1 to {MAX_USER_LEN} letters, digits, '.', '_', '-' or '@'"
+        ))
+    }
+}
+
+/// The slow hash of a password.
+pub fn derive_key(password: &str, salt: &[u8], rounds: u32) -> Key {
+    pbkdf2::pbkdf2_hmac_array::<Sha256, 32>(password.as_bytes(), salt, rounds)
+}
+
+fn mac(key: &Key, user: &str, nonce: &[u8; 32]) -> Hmac<Sha256> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length");
+    mac.update(b"peerdex login\0");
+    mac.update(user.as_bytes());
+    mac.update(b"\0");
+    mac.update(nonce);
+    mac
+}
+
+/// The proof that answers a challenge: an HMAC over the nonce, keyed by the derived key.
+///
+/// ```
+/// use peerdex::auth::{derive_key, proof, verify};
+/// let key = derive_key("hunter2", b"some salt", 1000);
+/// let nonce = [7u8; 32];
+/// assert!(verify(&key, "ann", &nonce, &proof(&key, "ann", &nonce)));
+/// assert!(!verify(&derive_key("hunter3", b"some salt", 1000), "ann", &nonce, &proof(&key, "ann", &nonce)));
+/// ```
+pub fn proof(key: &Key, user: &str, nonce: &[u8; 32]) -> [u8; 32] {
+    mac(key, user, nonce).finalize().into_bytes().into()
+}
+
+/// Checks a proof, in constant time.
+pub fn verify(key: &Key, user: &str, nonce: &[u8; 32], proof: &[u8; 32]) -> bool {
+    mac(key, user, nonce).verify_slice(proof).is_ok()
+}
+
+/// One account: what is needed to check a proof, nothing more.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Account {
+    /// The salt of the derived key.
+    pub salt: Vec<u8>,
+    /// PBKDF2 rounds.
+    pub rounds: u32,
+    /// The derived key.
+    pub key: Key,
+}
+
+impl fmt::Debug for Account {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Account").field("rounds", &self.rounds).finish_non_exhaustive()
+    }
+}
+
+/// The users file: one line per user, `name:rounds:salt:key` (salt and key in hex).
+#[derive(Debug, Default)]
+pub struct Users {
+    accounts: HashMap<String, Account>,
+}
+
+impl Users {
+    /// Reads a users file. A missing file is an empty one only if `missing_ok`.
+    pub fn load(path: &Path, missing_ok: bool) -> anyhow::Result<Users> {
+        let text = match fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && missing_ok => return Ok(Users::default()),
+            Err(e) => {
+                return Err(anyhow!(e).context(format!("cannot read the users file {}", path.display())));
+            }
+        };
+        let mut accounts = HashMap::new();
+        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            let bad = || {
+                anyhow!("{}, line {}: not a users file line (name:rounds:salt:key)", path.display(), i + 1)
+            };
+            let mut fields = line.split(':');
+            let (Some(name), Some(rounds), Some(salt), Some(key), None) =
+                (fields.next(), fields.next(), fields.next(), fields.next(), fields.next())
+            else {
+                return Err(bad());
+            };
+            check_user(name).map_err(|e| anyhow!("{}, line {}: {e}", path.display(), i + 1))?;
+            let account = Account {
+                rounds: rounds.parse().map_err(|_| bad())?,
+                salt: hex::decode(salt).map_err(|_| bad())?,
+                key: hex::decode(key).ok().and_then(|k| k.try_into().ok()).ok_or_else(bad)?,
+            };
+            accounts.insert(name.to_owned(), account);
+        }
+        Ok(Users { accounts })
+    }
+
+    /// Adds a user or changes their password, with a fresh salt.
+    pub fn set(&mut self, name: &str, password: &str) -> anyhow::Result<()> {
+        check_user(name).map_err(|e| anyhow!(e))?;
+        if password.is_empty() {
+            bail!("the password is empty");
+        }
+        let salt: [u8; SALT_LEN] = rand::rng().random();
+        let key = derive_key(password, &salt, PBKDF2_ROUNDS);
+        self.accounts.insert(name.to_owned(), Account { salt: salt.to_vec(), rounds: PBKDF2_ROUNDS, key });
+        Ok(())
+    }
+
+    /// The account of `name`, if any.
+    pub fn get(&self, name: &str) -> Option<&Account> {
+        self.accounts.get(name)
+    }
+
+    /// Writes the file: to a temporary beside it, readable by its owner only, then
+    /// renamed over the old one, so a crash never leaves half a file.
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let mut names: Vec<&String> = self.accounts.keys().collect();
+        names.sort();
+        let mut text = String::new();
+        for name in names {
+            let a = &self.accounts[name];
+            text.push_str(&format!("{name}:{}:{}:{}\n", a.rounds, hex::encode(&a.salt), hex::encode(a.key)));
+        }
+        let temp = path.with_extension("tmp");
+        let mut options = OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let write = || -> io::Result<()> {
+            let mut f = options.open(&temp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            fs::rename(&temp, path)
+        };
+        write().with_context(|| format!("cannot write the users file {}", path.display()))
+    }
+}
+
+/// Reads a password: from the terminal without echo if stdin is one (after printing
+/// `prompt` to stderr), otherwise one line from stdin.
+pub fn read_password(prompt: &str) -> anyhow::Result<String> {
+    read_password_from(prompt, &mut io::stdin().lock())
+}
+
+/// [`read_password`], reading the line from `input` (which must be stdin, or a lock
+/// on it): for a caller that already holds stdin.
+pub fn read_password_from(prompt: &str, input: &mut impl BufRead) -> anyhow::Result<String> {
+    let stdin = io::stdin();
+    let mut line = String::new();
+    if stdin.is_terminal() {
+        eprint!("{prompt}");
+        let _ = io::stderr().flush();
+        let _echo_off = EchoOff::new(&stdin)?;
+        input.read_line(&mut line)?;
+        eprintln!();
+    } else {
+        input.read_line(&mut line)?;
+    }
+    let password = line.trim_end_matches(['\n', '\r']).to_owned();
+    if password.is_empty() {
+        bail!("no password given");
+    }
+    Ok(password)
+}
+
+/// Turns the terminal's echo off until dropped.
+struct EchoOff<'a> {
+    stdin: &'a io::Stdin,
+    saved: rustix::termios::Termios,
+}
+
+impl<'a> EchoOff<'a> {
+    fn new(stdin: &'a io::Stdin) -> io::Result<EchoOff<'a>> {
+        use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
+        let saved = tcgetattr(stdin)?;
+        let mut quiet = saved.clone();
+        quiet.local_modes.remove(LocalModes::ECHO);
+        tcsetattr(stdin, OptionalActions::Now, &quiet)?;
+        Ok(EchoOff { stdin, saved })
+    }
+}
+
+impl Drop for EchoOff<'_> {
+    fn drop(&mut self) {
+        let _ = rustix::termios::tcsetattr(self.stdin, rustix::termios::OptionalActions::Now, &self.saved);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_users_file_round_trips_and_never_holds_the_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users");
+        let mut users = Users::load(&path, true).unwrap();
+        users.set("ann", "correct horse battery staple").unwrap();
+        users.save(&path).unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("correct horse"), "{text}");
+        let again = Users::load(&path, false).unwrap();
+        let ann = again.get("ann").unwrap();
+        assert_eq!(ann.key, derive_key("correct horse battery staple", &ann.salt, ann.rounds));
+        assert!(users.set("bad name", "x").is_err());
+        assert!(users.set("bob", "").is_err());
+        fs::write(&path, "ann:1:zz:00\n").unwrap();
+        assert!(Users::load(&path, false).unwrap_err().to_string().contains("line 1"));
+    }
+}
