@@ -115,7 +115,8 @@ pub fn download(
     };
     let tried = hits.len();
     hits.shuffle(&mut rand::rng());
-    if config.choice == PeerChoice::LeastLoaded {
+    // With one candidate there is nothing to choose: do not ask it how busy it is.
+    if config.choice == PeerChoice::LeastLoaded && hits.len() > 1 {
         let (ranked, dead) = rank(hits, config);
         for (hit, e) in dead {
             on_peer_failure(hit.addr, &e);
