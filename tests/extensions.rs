@@ -5,19 +5,10 @@ mod common;
 
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Proc, Stream, wait_for, workspace};
-
-fn folder(root: &Path, name: &str, files: &[(&str, &[u8])]) -> PathBuf {
-    let dir = root.join(name);
-    fs::create_dir_all(&dir).unwrap();
-    for (file, content) in files {
-        fs::write(dir.join(file), content).unwrap();
-    }
-    dir
-}
+use common::{Proc, Stream, folder, wait_for, workspace};
 
 #[test]
 fn a_watched_folder_reaches_the_index_by_itself() {

@@ -12,26 +12,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::thread;
 
-use common::{Misbehaviour, Proc, RawIndexClient, Stream, TIMEOUT, entries, fake_sender, workspace};
+use common::{
+    Misbehaviour, Proc, RawIndexClient, Stream, TIMEOUT, entries, fake_sender, folder, random_bytes,
+    workspace,
+};
 use peerdex::name::ShareName;
 use peerdex::peer::folder::hash;
 use peerdex::wire::{self, FileInfo, FileReply, FileRequest, Reply, Request, Service};
-use rand::RngExt;
-
-fn folder(root: &Path, name: &str, files: &[(&str, &[u8])]) -> PathBuf {
-    let dir = root.join(name);
-    fs::create_dir_all(&dir).unwrap();
-    for (file, content) in files {
-        fs::write(dir.join(file), content).unwrap();
-    }
-    dir
-}
-
-fn random_bytes(len: usize) -> Vec<u8> {
-    let mut bytes = vec![0u8; len];
-    rand::rng().fill(&mut bytes[..]);
-    bytes
-}
 
 fn info(name: &str, content: &[u8]) -> FileInfo {
     FileInfo {

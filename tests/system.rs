@@ -4,27 +4,12 @@
 mod common;
 
 use std::fs;
-use std::path::PathBuf;
 
-use common::{Misbehaviour, Proc, RawIndexClient, Stream, entries, fake_sender, wait_for, workspace};
+use common::{
+    Misbehaviour, Proc, RawIndexClient, Stream, entries, fake_sender, folder, random_bytes, wait_for,
+    workspace,
+};
 use peerdex::wire::{FileInfo, Reply, Request};
-use rand::RngExt;
-
-/// A folder `name` inside `root`, with the given files.
-fn folder(root: &std::path::Path, name: &str, files: &[(&str, &[u8])]) -> PathBuf {
-    let dir = root.join(name);
-    fs::create_dir(&dir).unwrap();
-    for (file, content) in files {
-        fs::write(dir.join(file), content).unwrap();
-    }
-    dir
-}
-
-fn random_bytes(len: usize) -> Vec<u8> {
-    let mut bytes = vec![0u8; len];
-    rand::rng().fill(&mut bytes[..]);
-    bytes
-}
 
 #[test]
 fn two_peers_register_list_and_download_byte_identical() {

@@ -285,6 +285,23 @@ impl RawIndexClient {
     }
 }
 
+/// A folder `name` inside `root` (created, with its parents), holding the given files.
+pub fn folder(root: &Path, name: &str, files: &[(&str, &[u8])]) -> std::path::PathBuf {
+    let dir = root.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    for (file, content) in files {
+        std::fs::write(dir.join(file), content).unwrap();
+    }
+    dir
+}
+
+/// `len` random bytes.
+pub fn random_bytes(len: usize) -> Vec<u8> {
+    let mut bytes = vec![0u8; len];
+    rand::RngExt::fill(&mut rand::rng(), &mut bytes[..]);
+    bytes
+}
+
 /// A fresh temporary directory with a `shared` folder (and room for others) in it.
 pub fn workspace() -> tempfile::TempDir {
     tempfile::tempdir().unwrap()
