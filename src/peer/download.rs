@@ -43,6 +43,9 @@ pub const MAX_PARALLEL_DOWNLOADS: usize = 4;
 /// How long a candidate has to answer "how busy are you?" before it is skipped.
 pub const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Most candidates asked how busy they are, in parallel, for one download.
+pub const STATUS_SAMPLE: usize = 16;
+
 /// How the downloader orders the peers that share a file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum PeerChoice {
@@ -117,14 +120,21 @@ pub fn download(
     hits.shuffle(&mut rand::rng());
     // With one candidate there is nothing to choose: do not ask it how busy it is.
     if config.choice == PeerChoice::LeastLoaded && hits.len() > 1 {
+        // A popular file can have thousands of sharers: ask a random sample of them
+        // (one thread each); the others stay behind, in random order, as a reserve.
+        let reserve = hits.split_off(hits.len().min(STATUS_SAMPLE));
         let (ranked, dead) = rank(hits, config);
         for (hit, e) in dead {
             on_peer_failure(hit.addr, &e);
         }
-        if let Some(best) = ranked.first() {
-            log::debug!("downloading {name:?} from {}, the least loaded of {tried}", best.0.addr);
+        if let Some((best, (uploads, rate))) = ranked.first() {
+            log::debug!(
+                "downloading {name:?} from {}: {uploads} uploads running, {rate} bytes/s recently; the least loaded of {} asked",
+                best.addr,
+                ranked.len()
+            );
         }
-        hits = ranked.into_iter().map(|(hit, _)| hit).collect();
+        hits = ranked.into_iter().map(|(hit, _)| hit).chain(reserve).collect();
     }
     for hit in hits {
         match fetch(&hit, folder, name, config) {
