@@ -44,6 +44,25 @@ fn a_watched_folder_reaches_the_index_by_itself() {
 }
 
 #[test]
+fn where_the_folder_cannot_be_watched_it_is_rescanned() {
+    let ws = workspace();
+    let a = folder(ws.path(), "a", &[]);
+    let b = folder(ws.path(), "b", &[]);
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    let mut pa = peer_env(index_addr, &a, &[("PEERDEX_NO_INOTIFY", "1")], &[]);
+    let note = pa.expect(Stream::Err, "note: cannot watch");
+    assert!(note.ends_with("(PEERDEX_NO_INOTIFY is set); rescanning it every 2 s instead"), "{note}");
+    pa.send("register");
+    pa.expect(Stream::Out, "registered 0 files");
+    let (mut pb, _) = Proc::peer(index_addr, &b);
+    fs::write(a.join("polled.txt"), b"found by a rescan").unwrap();
+    wait_for("the rescan to find the file", || pb.list("") == ["polled.txt\t17 bytes\t1 peer"]);
+    pa.close_stdin();
+    pa.finish();
+    assert_eq!(pa.lines(Stream::Err).iter().filter(|l| l.contains("cannot watch")).count(), 1, "said once");
+}
+
+#[test]
 fn a_file_still_being_written_is_never_advertised() {
     let ws = workspace();
     let a = folder(ws.path(), "a", &[]);

@@ -187,6 +187,8 @@ struct Peer {
     /// Taken around each change sent to the index: a rescan and the `Update` it feeds
     /// are one step, so a download's `Add` cannot fall between them and be undone.
     updates: Mutex<()>,
+    /// The list the folder watcher last sent, so an unchanged folder sends nothing.
+    last_watched: Mutex<Option<Vec<crate::wire::FileInfo>>>,
 }
 
 #[derive(Default)]
@@ -220,6 +222,7 @@ impl Shell {
             in_flight: Mutex::default(),
             queue: Mutex::default(),
             updates: Mutex::default(),
+            last_watched: Mutex::default(),
         };
         Shell { peer: Arc::new(peer), workers: Vec::new() }
     }
@@ -393,8 +396,14 @@ impl Peer {
                 return false;
             }
         };
-        if let Err(e) = self.index.change(&Request::Update { files }) {
-            log::warn!("sending the folder's changes to the index failed: {e:#}");
+        // Nothing new since the last look (a rescan without a change): say nothing.
+        let mut last = self.last_watched.lock().unwrap_or_else(PoisonError::into_inner);
+        if last.as_ref() == Some(&files) {
+            return unsettled > 0;
+        }
+        match self.index.change(&Request::Update { files: files.clone() }) {
+            Ok(_) => *last = Some(files),
+            Err(e) => log::warn!("sending the folder's changes to the index failed: {e:#}"),
         }
         unsettled > 0
     }

@@ -28,6 +28,9 @@ pub const DEBOUNCE: Duration = Duration::from_millis(300);
 /// A file modified less recently than this is taken to be fully written.
 pub const SETTLE: Duration = Duration::from_millis(500);
 
+/// Set in the environment, makes the peer act as if the folder could not be watched.
+pub const NO_WATCH_VAR: &str = "PEERDEX_NO_INOTIFY";
+
 /// Rescan interval when the folder cannot be watched.
 pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -52,6 +55,12 @@ pub fn watch(folder: &Path, mut sync: impl FnMut() -> bool) {
         }
     })
     .and_then(|mut w| w.watch(folder, RecursiveMode::NonRecursive).map(|()| w));
+    // The fallback must work where watching cannot; this lets the tests (and anyone
+    // curious) take it on a machine where watching works.
+    let watcher = match std::env::var_os(NO_WATCH_VAR) {
+        Some(_) => Err(notify::Error::generic(&format!("{NO_WATCH_VAR} is set"))),
+        None => watcher,
+    };
     let _watcher = match watcher {
         Ok(w) => w,
         Err(e) => {
