@@ -179,13 +179,16 @@ pub fn serve(listener: TcpListener, index: Index, config: Config) -> io::Result<
 }
 
 /// Turns a connection away from the accept loop itself, without a thread: the reason
-/// goes out as a refused handshake, and the socket is closed at once (unread input
-/// may make that a reset; a client that reads before it writes still sees why).
+/// goes out as a refused handshake, and the socket is closed at once (input that
+/// arrives after this look may still turn the close into a reset).
 fn refuse(stream: &TcpStream, why: &str) {
     let refusal = Welcome { version: PROTOCOL_VERSION, refusal: Some(why.to_owned()) };
     let _ = stream.set_nonblocking(true);
     let _ = wire::send_msg(&mut &*stream, &refusal);
     let _ = stream.shutdown(Shutdown::Write);
+    // Whatever the client has sent already (its hello) is read and dropped, so that
+    // the close is an orderly one and the refusal is not lost to a reset.
+    let _ = io::Read::read(&mut &*stream, &mut [0u8; 256]);
 }
 
 /// Runs one connection to its end and removes its registration.

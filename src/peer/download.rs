@@ -162,7 +162,7 @@ fn rank(
     hits: Vec<PeerHit>,
     config: &DownloadConfig,
 ) -> (Vec<(PeerHit, (u32, u64))>, Vec<(PeerHit, anyhow::Error)>) {
-    let answers: Vec<anyhow::Result<(u32, u64)>> = thread::scope(|scope| {
+    let answers: Vec<anyhow::Result<Load>> = thread::scope(|scope| {
         let asks: Vec<_> = hits.iter().map(|hit| scope.spawn(|| status(hit.addr, config))).collect();
         asks.into_iter().map(|a| a.join().expect("asking does not panic")).collect()
     });
@@ -179,7 +179,10 @@ fn rank(
 }
 
 /// One peer's answer to "how busy are you?": (uploads running, recent bytes per second).
-fn status(addr: SocketAddr, config: &DownloadConfig) -> anyhow::Result<(u32, u64)> {
+type Load = (u32, u64);
+
+/// Asks one peer how busy it is.
+fn status(addr: SocketAddr, config: &DownloadConfig) -> anyhow::Result<Load> {
     let timeout = STATUS_TIMEOUT.min(config.connect_timeout);
     let stream = TcpStream::connect_timeout(&addr, timeout).context("cannot connect")?;
     stream.set_nodelay(true)?;
