@@ -73,16 +73,23 @@ fn a_file_still_being_written_is_never_advertised() {
     pa.expect(Stream::Out, "registered 0 files");
     let (mut pb, _) = Proc::peer(index_addr, &b);
 
-    // A slow copy: 40 chunks, the next one while the folder's watcher would otherwise
-    // have settled on the file. Between chunks, the other peer must not see it.
-    let mut slow = fs::File::create(a.join("slow.bin")).unwrap();
-    for _ in 0..40 {
-        slow.write_all(&[7u8; 1000]).unwrap();
-        slow.flush().unwrap();
+    // A slow copy: 5 chunks, 400 ms apart. That is longer than the watcher's 300 ms of
+    // quiet, so it rescans between chunks, and shorter than the 1 s after which it
+    // takes a file to be finished. The writer has a thread of its own so that nothing
+    // the test does can hold it up; meanwhile the other peer must never see the file.
+    let path = a.join("slow.bin");
+    let writer = std::thread::spawn(move || {
+        let mut slow = fs::File::create(path).unwrap();
+        for _ in 0..5 {
+            slow.write_all(&[7u8; 8000]).unwrap();
+            slow.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(400)); // the copy's pace, not a wait
+        }
+    });
+    while !writer.is_finished() {
         assert!(pb.list("slow").is_empty(), "a half-written file was advertised");
-        std::thread::sleep(Duration::from_millis(20)); // the writer's pace, not a wait
     }
-    drop(slow);
+    writer.join().unwrap();
     wait_for("the finished file to be listed", || pb.list("slow") == ["slow.bin\t40000 bytes\t1 peer"]);
     // Downloads' temporary files never appear in any listing either.
     assert!(pb.list("peerdex").is_empty());

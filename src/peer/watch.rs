@@ -25,8 +25,10 @@ use crate::name::RESERVED_PREFIX;
 /// Quiet time after the last event before the folder is rescanned.
 pub const DEBOUNCE: Duration = Duration::from_millis(300);
 
-/// A file modified less recently than this is taken to be fully written.
-pub const SETTLE: Duration = Duration::from_millis(500);
+/// A file modified less recently than this is taken to be fully written. A copy that
+/// stalls for longer than this (a slow network share) can still be advertised half
+/// done; downloaders would then see a hash mismatch and try another peer.
+pub const SETTLE: Duration = Duration::from_secs(1);
 
 /// Set in the environment, makes the peer act as if the folder could not be watched.
 pub const NO_WATCH_VAR: &str = "PEERDEX_NO_INOTIFY";
