@@ -120,13 +120,16 @@ impl Drop for Proc {
 }
 
 fn index_server(dir: &Path) -> (Proc, SocketAddr) {
+    index_server_with(dir, &[])
+}
+
+/// An index server with extra options.
+fn index_server_with(dir: &Path, extra: &[&str]) -> (Proc, SocketAddr) {
     let log = dir.join("log.log");
     let level = std::env::var("PEERDEX_BENCH_LOG_LEVEL").unwrap_or_else(|_| "info".into());
-    let p = Proc::start(
-        INDEX_BIN,
-        &["127.0.0.1", "0", "--log-file", log.to_str().unwrap(), "--log-level", &level],
-        dir,
-    );
+    let mut args = vec!["127.0.0.1", "0", "--log-file", log.to_str().unwrap(), "--log-level", &level];
+    args.extend(extra);
+    let p = Proc::start(INDEX_BIN, &args, dir);
     let addr = p.expect("listening on ").trim_start_matches("listening on ").parse().unwrap();
     (p, addr)
 }
@@ -450,7 +453,8 @@ fn lookup(opts: &Opts) {
 
 fn register_and_list(opts: &Opts, run_list: bool, run_register: bool) {
     let dir = tempfile::tempdir().unwrap();
-    let (server, index) = index_server(dir.path());
+    // 10,000 peers plus the lookup clients: above the default cap of 10,000.
+    let (server, index) = index_server_with(dir.path(), &["--max-connections", "10100"]);
     let (rss0, threads0) = rss_and_threads(server.pid());
     let (peers, files) = (10_000, 1_000);
     let meter = CpuMeter::start(server.pid());

@@ -34,6 +34,9 @@ pub const PBKDF2_ROUNDS: u32 = 600_000;
 /// Salt length in bytes (NIST SP 800-132 asks for at least 16).
 pub const SALT_LEN: usize = 16;
 
+/// Longest salt accepted in a users file.
+pub const MAX_SALT_LEN: usize = 64;
+
 /// A key derived from a password.
 pub type Key = [u8; 32];
 
@@ -132,8 +135,12 @@ impl Users {
             };
             check_user(name).map_err(|e| anyhow!("{}, line {}: {e}", path.display(), i + 1))?;
             let account = Account {
-                rounds: rounds.parse().map_err(|_| bad())?,
-                salt: hex::decode(salt).map_err(|_| bad())?,
+                rounds: rounds.parse().ok().filter(|r| *r > 0).ok_or_else(bad)?,
+                // A salt is sent in every challenge: keep it to a sane length.
+                salt: hex::decode(salt)
+                    .ok()
+                    .filter(|s| (1..=MAX_SALT_LEN).contains(&s.len()))
+                    .ok_or_else(bad)?,
                 key: hex::decode(key).ok().and_then(|k| k.try_into().ok()).ok_or_else(bad)?,
             };
             accounts.insert(name.to_owned(), account);

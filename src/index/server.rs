@@ -194,6 +194,9 @@ fn refuse(stream: &TcpStream, why: &str) {
 /// Runs one connection to its end and removes its registration.
 fn handle(index: Index, stream: TcpStream, conn: SocketAddr, config: &Config, _slot: Slot) {
     info!("{conn} connected");
+    // Whatever happens below, a panic included, the registration goes with the
+    // connection.
+    let registration = Registration { index: &index, conn };
     let why = match converse(&index, &stream, conn, config) {
         Ok(()) => "closed by the peer".to_owned(),
         Err(e) if is_timeout(&e) => "timed out".to_owned(),
@@ -204,8 +207,32 @@ fn handle(index: Index, stream: TcpStream, conn: SocketAddr, config: &Config, _s
             e.to_string()
         }
     };
-    let dropped = if index.remove(conn) { "; its registration is removed" } else { "" };
+    let dropped = if registration.end() { "; its registration is removed" } else { "" };
     info!("{conn} disconnected ({why}){dropped}");
+}
+
+/// Removes a connection's registration when dropped, so that not even a panic in the
+/// connection's thread can leave a peer listed that nobody can reach any more.
+struct Registration<'a> {
+    index: &'a Index,
+    conn: SocketAddr,
+}
+
+impl Registration<'_> {
+    /// Removes the registration now; returns whether there was one.
+    fn end(self) -> bool {
+        let removed = self.index.remove(self.conn);
+        std::mem::forget(self);
+        removed
+    }
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        if self.index.remove(self.conn) {
+            warn!("{} disconnected abnormally; its registration is removed", self.conn);
+        }
+    }
 }
 
 fn is_timeout(e: &io::Error) -> bool {
