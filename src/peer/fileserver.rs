@@ -124,7 +124,7 @@ fn handle(
     let (name, offset) = match FileRequest::decode(&frame) {
         Ok(FileRequest::Get { name, offset }) => (name, offset),
         Ok(FileRequest::Status) => {
-            // This question holds an upload slot too: do not count it.
+            // Uploads sending file bytes now: not this question, nor handshakes in progress.
             let uploads = load.sending.load(Ordering::Relaxed) as u32;
             let reply = FileReply::Status { uploads, bytes_per_sec: load.throughput.rate() };
             return wire::send_msg(&mut writer, &reply);
