@@ -16,9 +16,7 @@ fn a_watched_folder_reaches_the_index_by_itself() {
     let a = folder(ws.path(), "a", &[("first.txt", b"1")]);
     let b = folder(ws.path(), "b", &[]);
     let (_index, index_addr) = Proc::index_server(ws.path());
-    let (mut pa, _) = Proc::peer(index_addr, &a);
-    pa.send("register");
-    pa.expect(Stream::Out, "registered 1 files");
+    let (_pa, _) = Proc::registered_peer(index_addr, &a, 1);
     let (mut pb, _) = Proc::peer(index_addr, &b);
     assert_eq!(pb.list(""), ["first.txt\t1 bytes\t1 peer"]);
 
@@ -68,9 +66,7 @@ fn a_file_still_being_written_is_never_advertised() {
     let a = folder(ws.path(), "a", &[]);
     let b = folder(ws.path(), "b", &[]);
     let (_index, index_addr) = Proc::index_server(ws.path());
-    let (mut pa, _) = Proc::peer(index_addr, &a);
-    pa.send("register");
-    pa.expect(Stream::Out, "registered 0 files");
+    let (_pa, _) = Proc::registered_peer(index_addr, &a, 0);
     let (mut pb, _) = Proc::peer(index_addr, &b);
 
     // A slow copy: 5 chunks, 400 ms apart. That is longer than the watcher's 300 ms of
@@ -118,9 +114,7 @@ fn downloads_go_to_an_idle_peer_rather_than_a_busy_one() {
     let mut sharers = Vec::new();
     for i in 0..4 {
         let dir = folder(ws.path(), &format!("s{i}"), &[("f.bin", &content)]);
-        let (mut p, addr) = Proc::peer(index_addr, &dir);
-        p.send("register");
-        p.expect(Stream::Out, "registered 1 files");
+        let (p, addr) = Proc::registered_peer(index_addr, &dir, 1);
         sharers.push((p, addr));
     }
     // Make the first one busy: three downloaders that ask for the file and never read,

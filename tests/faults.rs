@@ -69,9 +69,7 @@ fn a_silent_sender_times_out_and_the_next_peer_is_tried() {
 
     // With an honest peer as well, the download completes whichever is tried first.
     let a = folder(ws.path(), "a", &[("f.bin", &content)]);
-    let (mut pa, _) = Proc::peer(index_addr, &a);
-    pa.send("register");
-    pa.expect(Stream::Out, "registered 1 files");
+    let (_pa, _) = Proc::registered_peer(index_addr, &a, 1);
     pb.send("download f.bin");
     pb.expect(Stream::Out, "downloaded f.bin");
     assert_eq!(fs::read(b.join("f.bin")).unwrap(), content);
@@ -190,9 +188,7 @@ fn a_sender_killed_mid_transfer_is_resumed_from_another_peer() {
 
     // The retry goes to another peer and moves only the other half.
     drop(fake);
-    let (mut pa, a_addr) = Proc::peer(index_addr, &a);
-    pa.send("register");
-    pa.expect(Stream::Out, "registered 1 files");
+    let (_pa, a_addr) = Proc::registered_peer(index_addr, &a, 1);
     pb.send("download f.bin");
     let done = pb.expect(Stream::Out, "downloaded f.bin");
     assert_eq!(
@@ -209,9 +205,7 @@ fn a_downloader_that_dies_mid_transfer_does_not_stop_the_sender() {
     let content = random_bytes(8 << 20);
     let a = folder(ws.path(), "a", &[("big.bin", &content)]);
     let (_index, index_addr) = Proc::index_server(ws.path());
-    let (mut pa, files_addr) = Proc::peer(index_addr, &a);
-    pa.send("register");
-    pa.expect(Stream::Out, "registered 1 files");
+    let (pa, files_addr) = Proc::registered_peer(index_addr, &a, 1);
 
     // Downloaders that read a little and vanish, as a killed process would: the kernel
     // closes their sockets with data unread, which resets the connection.
@@ -270,9 +264,7 @@ fn symlinks_out_of_the_folder_are_never_listed() {
     std::os::unix::fs::symlink(&outside, a.join("to-dir")).unwrap();
     std::os::unix::fs::symlink(a.join("shared.txt"), a.join("inside-link")).unwrap();
     let (_index, index_addr) = Proc::index_server(ws.path());
-    let (mut pa, _) = Proc::peer(index_addr, &a);
-    pa.send("register");
-    pa.expect(Stream::Out, "registered 2 files");
+    let (_pa, _) = Proc::registered_peer(index_addr, &a, 2);
     let b = folder(ws.path(), "b", &[]);
     let (mut pb, _) = Proc::peer(index_addr, &b);
     assert_eq!(pb.list(""), ["inside-link\t6 bytes\t1 peer", "shared.txt\t6 bytes\t1 peer"]);
@@ -311,9 +303,7 @@ fn a_full_or_read_only_folder_is_a_clear_error_and_nothing_is_lost() {
     let small = b"small enough".to_vec();
     let a = folder(ws.path(), "a", &[("big.bin", &big), ("small.txt", &small), ("tiny.txt", b"t")]);
     let (_index, index_addr) = Proc::index_server(ws.path());
-    let (mut pa, _) = Proc::peer(index_addr, &a);
-    pa.send("register");
-    pa.expect(Stream::Out, "registered 3 files");
+    let (mut pa, _) = Proc::registered_peer(index_addr, &a, 3);
 
     // A 2 MiB folder holding a file of its own: the 3 MiB download cannot fit.
     let mount = Mount::tmpfs(ws.path().join("b"), "2m");
@@ -369,9 +359,7 @@ fn peers_reconnect_and_register_again_when_the_index_restarts() {
     let a = folder(ws.path(), "a", &[("x.txt", b"from a")]);
     let b = folder(ws.path(), "b", &[]);
     let (mut index, index_addr) = Proc::index_server(ws.path());
-    let (mut pa, _) = Proc::peer(index_addr, &a);
-    pa.send("register");
-    pa.expect(Stream::Out, "registered 1 files");
+    let (mut pa, _) = Proc::registered_peer(index_addr, &a, 1);
     let (mut pb, _) = Proc::peer(index_addr, &b);
     assert_eq!(pb.list(""), ["x.txt\t6 bytes\t1 peer"]);
 

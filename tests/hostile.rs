@@ -204,9 +204,7 @@ fn the_index_survives_garbage_and_oversized_frames() {
     let a = ws.path().join("a");
     fs::create_dir(&a).unwrap();
     fs::write(a.join("still.txt"), b"here").unwrap();
-    let (mut pa, _) = Proc::peer(index_addr, &a);
-    pa.send("register");
-    pa.expect(Stream::Out, "registered 1 files");
+    let (_pa, _) = Proc::registered_peer(index_addr, &a, 1);
     let name = ShareName::parse("still.txt").unwrap();
     match c.call(&Request::Lookup { name }) {
         Reply::Peers(hits) => assert_eq!(hits.len(), 1),

@@ -10,7 +10,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Proc, RawIndexClient, Stream, TIMEOUT, wait_for, workspace};
+use common::{Proc, RawIndexClient, TIMEOUT, wait_for, workspace};
 use peerdex::name::ShareName;
 use peerdex::wire::{self, FileInfo, Hello, Message, PROTOCOL_VERSION, Reply, Request, Service, Welcome};
 
@@ -51,9 +51,7 @@ fn assert_still_serving(ws: &std::path::Path, index: SocketAddr, tag: &str) {
     let folder = ws.join(format!("peer-{tag}"));
     fs::create_dir(&folder).unwrap();
     fs::write(folder.join(format!("{tag}.txt")), tag).unwrap();
-    let (mut p, files_addr) = Proc::peer(index, &folder);
-    p.send("register");
-    p.expect(Stream::Out, "registered 1 files");
+    let (_p, files_addr) = Proc::registered_peer(index, &folder, 1);
     let mut c = RawIndexClient::connect(index);
     let name = ShareName::parse(&format!("{tag}.txt")).unwrap();
     match c.call(&Request::Lookup { name }) {

@@ -20,13 +20,9 @@ fn two_peers_register_list_and_download_byte_identical() {
     let b = folder(ws.path(), "b", &[("mine.txt", b"b's own file")]);
 
     let (_index, index_addr) = Proc::index_server(ws.path());
-    let (mut pa, _) = Proc::peer(index_addr, &a);
-    pa.send("register");
-    pa.expect(Stream::Out, "registered 3 files");
+    let (mut pa, _) = Proc::registered_peer(index_addr, &a, 3);
 
-    let (mut pb, _) = Proc::peer(index_addr, &b);
-    pb.send("register");
-    pb.expect(Stream::Out, "registered 1 files");
+    let (mut pb, _) = Proc::registered_peer(index_addr, &b, 1);
     let listing = pb.list("");
     assert_eq!(
         listing,
@@ -76,9 +72,7 @@ fn a_killed_peer_leaves_the_listing() {
     let a = folder(ws.path(), "a", &[("only-at-a.txt", b"a")]);
     let b = folder(ws.path(), "b", &[]);
     let (_index, index_addr) = Proc::index_server(ws.path());
-    let (mut pa, _) = Proc::peer(index_addr, &a);
-    pa.send("register");
-    pa.expect(Stream::Out, "registered 1 files");
+    let (mut pa, _) = Proc::registered_peer(index_addr, &a, 1);
     let (mut pb, _) = Proc::peer(index_addr, &b);
     assert_eq!(pb.list(""), ["only-at-a.txt\t1 bytes\t1 peer"]);
 
@@ -163,9 +157,7 @@ fn delete_and_update_reach_the_other_peers() {
     let a = folder(ws.path(), "a", &[("keep", b"1"), ("drop", b"22")]);
     let b = folder(ws.path(), "b", &[]);
     let (_index, index_addr) = Proc::index_server(ws.path());
-    let (mut pa, _) = Proc::peer(index_addr, &a);
-    pa.send("register");
-    pa.expect(Stream::Out, "registered 2 files");
+    let (mut pa, _) = Proc::registered_peer(index_addr, &a, 2);
     let (mut pb, _) = Proc::peer(index_addr, &b);
     assert_eq!(pb.list("").len(), 2);
 
@@ -383,9 +375,7 @@ fn corrupt_short_and_long_transfers_are_rejected_and_the_next_peer_tried() {
 
     // With one honest peer among the liars, the download succeeds.
     let a = folder(ws.path(), "a", &[("f.bin", &content)]);
-    let (mut pa, _) = Proc::peer(index_addr, &a);
-    pa.send("register");
-    pa.expect(Stream::Out, "registered 1 files");
+    let (_pa, _) = Proc::registered_peer(index_addr, &a, 1);
     pb.send("download f.bin");
     pb.expect(Stream::Out, "downloaded f.bin");
     assert_eq!(pb.finish().code(), Some(1), "the first download's failure still counts");

@@ -123,6 +123,15 @@ impl Proc {
         (p, addr)
     }
 
+    /// Starts a peer on `folder`, registers it and waits until the index has its
+    /// `files` files; returns it with its file server's address.
+    pub fn registered_peer(index: SocketAddr, folder: &Path, files: usize) -> (Proc, SocketAddr) {
+        let (mut p, addr) = Proc::peer(index, folder);
+        p.send("register");
+        p.expect(Stream::Out, &format!("registered {files} files"));
+        (p, addr)
+    }
+
     /// Writes one line to the child's stdin.
     pub fn send(&self, line: &str) {
         let tx = self.stdin.as_ref().expect("stdin is open");
