@@ -169,18 +169,9 @@ fn context_switches(pid: &str) -> u64 {
         .sum()
 }
 
-/// (resident set size in bytes, thread count) of a process.
-fn rss_and_threads(pid: u32) -> (u64, u64) {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:") * 1024, field("Threads:"))
-}
+#[path = "../tests/common/procfs.rs"]
+mod procfs;
+use procfs::rss_and_threads;
 
 /// CPU used by this generator and by the server over a measured window.
 struct CpuMeter {

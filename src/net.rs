@@ -37,11 +37,6 @@ impl<'a> Timed<'a> {
         Timed { stream, phase: Phase::Fixed(deadline), current: None }
     }
 
-    /// Sets one fixed deadline for everything read from now on.
-    pub fn set_deadline(&mut self, deadline: Instant) {
-        self.phase = Phase::Fixed(deadline);
-    }
-
     /// Starts waiting for the next frame: its first byte may take up to `idle`, the
     /// whole frame up to `read` after that.
     pub fn await_frame(&mut self, idle: Duration, read: Duration) {

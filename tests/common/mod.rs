@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod procfs;
+
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -232,15 +234,7 @@ impl Proc {
 
     /// (resident set size in bytes, thread count) of the child, from /proc.
     pub fn rss_and_threads(&self) -> (u64, u64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        let field = |name: &str| -> u64 {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                .unwrap_or(0)
-        };
-        (field("VmRSS:") * 1024, field("Threads:"))
+        procfs::rss_and_threads(self.pid())
     }
 
     pub fn kill(&mut self) {
