@@ -11,14 +11,16 @@
 //! ```
 //!
 //! The users file stores, per user, the salt, the round count and the derived key,
-//! never the password. The server checks a proof with the stored key, so it never
+//! never the password; and one secret of the server's, from which an unknown user's
+//! fake challenge is derived (so that it is the same across restarts, and a challenge
+//! does not tell who exists). The server checks a proof with the stored key, so it never
 //! needs the password either; the nonce is fresh for every attempt, so a proof cannot
 //! be replayed. The derived key is what a proof needs: the users file must be kept as
 //! private as any password database.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::fs::{self, OpenOptions};
+use std::fs;
 use std::io::{self, BufRead, IsTerminal, Write};
 use std::path::Path;
 
@@ -31,11 +33,37 @@ use sha2::Sha256;
 /// PBKDF2-HMAC-SHA256. About 0.3 s of one core here: once per login, on the peer.
 pub const PBKDF2_ROUNDS: u32 = 600_000;
 
+/// Fewest PBKDF2 rounds a peer accepts in a challenge. Fewer would let whoever sent
+/// the challenge (a fake index, say) crack the proof offline cheaply: OWASP's floor for
+/// PBKDF2-HMAC-SHA256 was 100,000 before 2023.
+pub const MIN_ROUNDS: u32 = 100_000;
+
+/// Most PBKDF2 rounds a peer accepts in a challenge: about 5 s of one core here. More
+/// would let a fake index keep the peer busy for as long as it likes.
+pub const MAX_ROUNDS: u32 = 10_000_000;
+
 /// Salt length in bytes (NIST SP 800-132 asks for at least 16).
 pub const SALT_LEN: usize = 16;
 
-/// Longest salt accepted in a users file.
+/// Longest salt accepted in a users file or a challenge.
 pub const MAX_SALT_LEN: usize = 64;
+
+/// Checks a challenge's salt and rounds before a peer derives a key with them: see
+/// [`MIN_ROUNDS`] and [`MAX_ROUNDS`]. `Err` says why no proof will be sent.
+pub fn check_challenge(salt: &[u8], rounds: u32) -> Result<(), String> {
+    if !(MIN_ROUNDS..=MAX_ROUNDS).contains(&rounds) {
+        return Err(format!(
+            "the index server asks for {rounds} PBKDF2 rounds, outside the {MIN_ROUNDS} to {MAX_ROUNDS} this peer accepts; no proof was sent"
+        ));
+    }
+    if !(1..=MAX_SALT_LEN).contains(&salt.len()) {
+        return Err(format!(
+            "the index server sent a salt of {} bytes, not 1 to {MAX_SALT_LEN}; no proof was sent",
+            salt.len()
+        ));
+    }
+    Ok(())
+}
 
 /// A key derived from a password.
 pub type Key = [u8; 32];
@@ -106,11 +134,24 @@ impl fmt::Debug for Account {
     }
 }
 
-/// The users file: one line per user, `name:rounds:salt:key` (salt and key in hex).
-#[derive(Debug, Default)]
+/// The users file: one line per user, `name:rounds:salt:key` (salt and key in hex),
+/// and one line `secret <64 hex digits>`, written by `adduser` when it creates the
+/// file, that keys the fake challenges for unknown users.
+#[derive(Default)]
 pub struct Users {
     accounts: HashMap<String, Account>,
+    /// The `secret` line, if the file has one.
+    secret: Option<[u8; 32]>,
 }
+
+impl fmt::Debug for Users {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Users").field("users", &self.accounts.len()).finish_non_exhaustive()
+    }
+}
+
+/// The start of the users file's secret line.
+const SECRET_PREFIX: &str = "secret ";
 
 impl Users {
     /// Reads a users file. A missing file is an empty one only if `missing_ok`.
@@ -123,10 +164,17 @@ impl Users {
             }
         };
         let mut accounts = HashMap::new();
+        let mut secret = None;
         for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             let bad = || {
                 anyhow!("{}, line {}: not a users file line (name:rounds:salt:key)", path.display(), i + 1)
             };
+            if let Some(hex) = line.strip_prefix(SECRET_PREFIX) {
+                let bytes = hex::decode(hex.trim()).ok().and_then(|b| <[u8; 32]>::try_from(b).ok());
+                let bad = || anyhow!("{}, line {}: the secret is not 64 hex digits", path.display(), i + 1);
+                secret = Some(bytes.ok_or_else(bad)?);
+                continue;
+            }
             let mut fields = line.split(':');
             let (Some(name), Some(rounds), Some(salt), Some(key), None) =
                 (fields.next(), fields.next(), fields.next(), fields.next(), fields.next())
@@ -135,7 +183,16 @@ impl Users {
             };
             check_user(name).map_err(|e| anyhow!("{}, line {}: {e}", path.display(), i + 1))?;
             let account = Account {
-                rounds: rounds.parse().ok().filter(|r| *r > 0).ok_or_else(bad)?,
+                // Peers refuse challenges outside these bounds: better to say so now.
+                rounds: rounds.parse().ok().filter(|r| (MIN_ROUNDS..=MAX_ROUNDS).contains(r)).ok_or_else(
+                    || {
+                        anyhow!(
+                            "{}, line {}: the round count must be a number from {MIN_ROUNDS} to {MAX_ROUNDS}",
+                            path.display(),
+                            i + 1
+                        )
+                    },
+                )?,
                 // A salt is sent in every challenge: keep it to a sane length.
                 salt: hex::decode(salt)
                     .ok()
@@ -145,19 +202,43 @@ impl Users {
             };
             accounts.insert(name.to_owned(), account);
         }
-        Ok(Users { accounts })
+        Ok(Users { accounts, secret })
     }
 
     /// Adds a user or changes their password, with a fresh salt.
     pub fn set(&mut self, name: &str, password: &str) -> anyhow::Result<()> {
+        self.set_with_rounds(name, password, PBKDF2_ROUNDS)
+    }
+
+    /// [`Users::set`] with a given round count (tests use few, to run fast).
+    pub(crate) fn set_with_rounds(&mut self, name: &str, password: &str, rounds: u32) -> anyhow::Result<()> {
         check_user(name).map_err(|e| anyhow!(e))?;
         if password.is_empty() {
             bail!("the password is empty");
         }
         let salt: [u8; SALT_LEN] = rand::rng().random();
-        let key = derive_key(password, &salt, PBKDF2_ROUNDS);
-        self.accounts.insert(name.to_owned(), Account { salt: salt.to_vec(), rounds: PBKDF2_ROUNDS, key });
+        let key = derive_key(password, &salt, rounds);
+        self.accounts.insert(name.to_owned(), Account { salt: salt.to_vec(), rounds, key });
         Ok(())
+    }
+
+    /// The salt of the fake challenge for `user`, who has no account: keyed by the
+    /// file's secret, so the same across restarts and unguessable. A file written before
+    /// secrets existed has none; its accounts' keys (as secret as the file) stand in.
+    pub fn fake_salt(&self, user: &str) -> Vec<u8> {
+        let secret = self.secret.unwrap_or_else(|| {
+            let mut names: Vec<&String> = self.accounts.keys().collect();
+            names.sort();
+            let mut h = <Sha256 as sha2::Digest>::new();
+            for name in names {
+                sha2::Digest::update(&mut h, self.accounts[name].key);
+            }
+            sha2::Digest::finalize(h).into()
+        });
+        let mut mac = Hmac::<Sha256>::new_from_slice(&secret).expect("HMAC takes keys of any length");
+        mac.update(b"peerdex fake salt\0");
+        mac.update(user.as_bytes());
+        mac.finalize().into_bytes()[..SALT_LEN].to_vec()
     }
 
     /// The account of `name`, if any.
@@ -165,26 +246,30 @@ impl Users {
         self.accounts.get(name)
     }
 
-    /// Writes the file: to a temporary beside it, readable by its owner only, then
-    /// renamed over the old one, so a crash never leaves half a file.
-    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+    /// Writes the file: to a freshly created temporary beside it (never one that was
+    /// there before, so nobody can have opened it or made it a symlink), readable by
+    /// its owner only, then renamed over the old one, so a crash never leaves half a
+    /// file. A file without a secret gets one.
+    pub fn save(&mut self, path: &Path) -> anyhow::Result<()> {
+        let secret = *self.secret.get_or_insert_with(|| rand::rng().random());
         let mut names: Vec<&String> = self.accounts.keys().collect();
         names.sort();
-        let mut text = String::new();
+        let mut text = format!("{SECRET_PREFIX}{}\n", hex::encode(secret));
         for name in names {
             let a = &self.accounts[name];
             text.push_str(&format!("{name}:{}:{}:{}\n", a.rounds, hex::encode(&a.salt), hex::encode(a.key)));
         }
-        let temp = path.with_extension("tmp");
-        let mut options = OpenOptions::new();
-        options.write(true).create(true).truncate(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
         let write = || -> io::Result<()> {
-            let mut f = options.open(&temp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-            fs::rename(&temp, path)
+            // `tempfile` creates it with O_EXCL under a random name, mode 0600.
+            let mut temp = tempfile::Builder::new().prefix(".users-").tempfile_in(dir)?;
+            temp.write_all(text.as_bytes())?;
+            temp.as_file().sync_all()?;
+            temp.persist(path).map_err(|e| e.error)?;
+            Ok(())
         };
         write().with_context(|| format!("cannot write the users file {}", path.display()))
     }
@@ -258,7 +343,38 @@ mod tests {
         assert_eq!(ann.key, derive_key("correct horse battery staple", &ann.salt, ann.rounds));
         assert!(users.set("bad name", "x").is_err());
         assert!(users.set("bob", "").is_err());
+        assert!(text.starts_with("secret "), "{text}");
+        assert_eq!(again.fake_salt("nobody"), users.fake_salt("nobody"), "stable across loads");
         fs::write(&path, "ann:1:zz:00\n").unwrap();
         assert!(Users::load(&path, false).unwrap_err().to_string().contains("line 1"));
+        let low = format!("ann:1000:{}:{}\n", hex::encode([1u8; 16]), hex::encode([2u8; 32]));
+        fs::write(&path, low).unwrap();
+        assert!(Users::load(&path, false).unwrap_err().to_string().contains("round count"));
+    }
+
+    #[test]
+    fn saving_never_writes_through_a_planted_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("users");
+        // The old temporary name, planted as a symlink to a file the attacker reads.
+        let loot = dir.path().join("loot");
+        fs::write(&loot, "").unwrap();
+        std::os::unix::fs::symlink(&loot, dir.path().join("users.tmp")).unwrap();
+        let mut users = Users::default();
+        users.set_with_rounds("ann", "pw", MIN_ROUNDS).unwrap();
+        users.save(&path).unwrap();
+        assert_eq!(fs::read_to_string(&loot).unwrap(), "", "nothing written through the link");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        let left: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left.len(), 3, "users, loot, the planted link; no temporary: {left:?}");
+    }
+
+    #[test]
+    fn challenges_outside_the_bounds_are_refused() {
+        assert!(check_challenge(&[1; 16], PBKDF2_ROUNDS).is_ok());
+        assert!(check_challenge(&[1; 16], 1).unwrap_err().contains("no proof was sent"));
+        assert!(check_challenge(&[1; 16], u32::MAX).unwrap_err().contains("4294967295 PBKDF2 rounds"));
+        assert!(check_challenge(&[], PBKDF2_ROUNDS).unwrap_err().contains("salt of 0 bytes"));
     }
 }

@@ -12,9 +12,14 @@
 //! - [`wire`]: the protocol: length-prefixed frames ([`wire::send_all`],
 //!   [`wire::recv_all`]) and every message, encoded and decoded without sockets;
 //! - [`index`]: the indexing server: the [`index::Registry`] (pure data, with an
-//!   inverted name index) and the thread-per-connection server loop;
-//! - [`net`]: socket helpers both servers share: frame deadlines that a slow client
-//!   cannot stretch, a cap on connections, a close that lets a last reply arrive;
+//!   inverted name index and the per-address limits), the login state machine, the
+//!   memory budget for requests, and the per-connection conversation;
+//! - [`net`]: socket helpers both servers and their clients share: the accept loop with
+//!   its caps on connections (in all and per address), one way to connect and shake
+//!   hands, frame deadlines that a slow client cannot stretch, a gentle close;
+//! - [`logging`]: log records through bounded queues, one writer thread per output,
+//!   and a per-connection rate limit;
+//! - [`text`]: text from elsewhere made safe to print ([`text::escape`], [`text::Clip`]);
 //! - [`peer`]: the peer: its shared folder, file server, index client, downloader and
 //!   command shell.
 //!
@@ -26,7 +31,9 @@
 pub mod auth;
 pub mod cli;
 pub mod index;
+pub mod logging;
 pub mod name;
 pub mod net;
 pub mod peer;
+pub mod text;
 pub mod wire;

@@ -4,7 +4,9 @@
 //! `ShareName` before anything else looks at it. A `ShareName` is a single path
 //! component that can only mean "the file of this name directly inside the shared
 //! folder": it cannot hold a separator, a parent reference, NUL or any other control
-//! character, so joining it to the folder can never leave the folder.
+//! character, so joining it to the folder can never leave the folder. Nor can it hold
+//! a bidirectional override or a line separator ([`crate::text::is_unsafe`]), so a
+//! name printed on a terminal reads as what it is.
 
 use std::fmt;
 use std::sync::Arc;
@@ -39,7 +41,9 @@ pub enum NameError {
     Dots,
     /// Contains `/` or `\`, so it would be a path rather than a name.
     Separator,
-    /// Contains NUL or another control character (newline, tab, escape, ...).
+    /// Contains NUL or another control character (newline, tab, escape, ...), a
+    /// bidirectional override or isolate (U+202A-U+202E, U+2066-U+2069), or a line or
+    /// paragraph separator (U+2028, U+2029): see [`crate::text::is_unsafe`].
     Control,
     /// Starts with [`RESERVED_PREFIX`], reserved for peerdex's own files.
     Reserved,
@@ -78,7 +82,7 @@ impl ShareName {
             Err(NameError::Dots)
         } else if name.contains(['/', '\\']) {
             Err(NameError::Separator)
-        } else if name.chars().any(char::is_control) {
+        } else if name.chars().any(crate::text::is_unsafe) {
             Err(NameError::Control)
         } else if name.starts_with(RESERVED_PREFIX) {
             Err(NameError::Reserved)
@@ -129,6 +133,10 @@ mod tests {
             ("a\0b", NameError::Control),
             ("a\nb", NameError::Control),
             ("\u{1b}[31m", NameError::Control),
+            ("gpj\u{202e}.exe", NameError::Control),
+            ("a\u{2066}b", NameError::Control),
+            ("line\u{2028}break", NameError::Control),
+            ("c1\u{9b}", NameError::Control),
             (".peerdex-part-1234", NameError::Reserved),
             (".peerdex-hashes", NameError::Reserved),
         ];

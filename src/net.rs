@@ -1,11 +1,22 @@
-//! Socket helpers shared by the two servers: deadlines that a slow sender cannot
-//! stretch, a cap on connections, and a close that lets a final error reply arrive.
+//! Socket helpers shared by the two servers and their clients: one accept loop with
+//! connection caps (in all and per client address), one way to connect and shake
+//! hands, deadlines that a slow sender cannot stretch, and a close that lets a final
+//! error reply arrive.
 
+use std::collections::HashMap;
 use std::io::{self, Read};
-use std::net::{Shutdown, TcpStream};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::net::{IpAddr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread;
 use std::time::{Duration, Instant};
+
+use log::warn;
+
+use crate::wire::{self, PROTOCOL_VERSION, Service, Welcome};
+
+/// Stack size of a connection thread. A connection needs a few KiB of stack; the
+/// default 2 MiB of address space per thread would be wasted at thousands of peers.
+pub const CONNECTION_STACK_SIZE: usize = 256 * 1024;
 
 /// A reader over a socket that enforces deadlines on whole frames, not single reads.
 ///
@@ -43,6 +54,14 @@ impl<'a> Timed<'a> {
         self.phase = Phase::Frame { idle, read, deadline: None };
     }
 
+    /// The instant by which the frame being read must be complete, once one started.
+    pub fn frame_deadline(&self) -> Option<Instant> {
+        match self.phase {
+            Phase::Fixed(at) | Phase::Frame { deadline: Some(at), .. } => Some(at),
+            Phase::Frame { deadline: None, .. } => None,
+        }
+    }
+
     fn set_timeout(&mut self, wanted: Duration) -> io::Result<()> {
         // A zero timeout means "none" to the OS: never ask for less than 1 ms.
         let wanted = wanted.max(Duration::from_millis(1));
@@ -73,41 +92,190 @@ impl Read for Timed<'_> {
     }
 }
 
-/// Counts open connections against a maximum. Each accepted connection holds a
-/// [`Slot`]; dropping it frees the place.
-#[derive(Debug, Clone)]
-pub struct Slots {
-    open: Arc<AtomicUsize>,
-    max: usize,
+/// The part of a client's address that per-address limits count: an IPv4 address
+/// (an IPv4 client seen on a dual-stack socket included), or an IPv6 address's /64
+/// network, since one IPv6 host is usually given a whole /64 and could otherwise
+/// take a fresh address for every connection.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
+    }
 }
 
-/// One connection's place in [`Slots`].
+/// Counts places against a maximum in all and a maximum per client address (see
+/// [`client_key`]). A taken place is a [`Slot`]; dropping it frees the place.
+///
+/// Used for connections (by [`serve`]) and for uploads (by the file server).
+#[derive(Debug, Clone)]
+pub struct Slots {
+    shared: Arc<SlotsShared>,
+}
+
 #[derive(Debug)]
-pub struct Slot(Arc<AtomicUsize>);
+struct SlotsShared {
+    max: usize,
+    per_ip: usize,
+    /// Places taken: in all, and by client address (addresses with none are removed).
+    taken: Mutex<(usize, HashMap<IpAddr, usize>)>,
+}
+
+/// Why [`Slots::take`] refused a place.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Full {
+    /// All places are taken; the maximum.
+    All(usize),
+    /// This client address holds its maximum already.
+    ThisAddress(usize),
+}
+
+/// One place in [`Slots`].
+#[derive(Debug)]
+pub struct Slot {
+    shared: Arc<SlotsShared>,
+    key: IpAddr,
+}
 
 impl Slots {
-    /// Room for `max` connections.
-    pub fn new(max: usize) -> Slots {
-        Slots { open: Arc::new(AtomicUsize::new(0)), max }
+    /// Room for `max` places, at most `per_ip` of them for one client address.
+    pub fn new(max: usize, per_ip: usize) -> Slots {
+        Slots { shared: Arc::new(SlotsShared { max, per_ip, taken: Mutex::default() }) }
     }
 
-    /// Takes a place, or `None` if all `max` are taken.
-    pub fn take(&self) -> Option<Slot> {
-        let taken =
-            self.open.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < self.max).then_some(n + 1));
-        taken.ok().map(|_| Slot(Arc::clone(&self.open)))
+    /// Takes a place for a client at `ip`, or says why there is none.
+    pub fn take(&self, ip: IpAddr) -> Result<Slot, Full> {
+        let key = client_key(ip);
+        let mut taken = self.shared.taken.lock().unwrap_or_else(PoisonError::into_inner);
+        let (all, by_ip) = &mut *taken;
+        if *all >= self.shared.max {
+            return Err(Full::All(self.shared.max));
+        }
+        let mine = by_ip.entry(key).or_insert(0);
+        if *mine >= self.shared.per_ip {
+            return Err(Full::ThisAddress(self.shared.per_ip));
+        }
+        *mine += 1;
+        *all += 1;
+        Ok(Slot { shared: Arc::clone(&self.shared), key })
     }
 
-    /// Connections open now.
-    pub fn open(&self) -> usize {
-        self.open.load(Ordering::Acquire)
+    /// Places taken now.
+    pub fn taken(&self) -> usize {
+        self.shared.taken.lock().unwrap_or_else(PoisonError::into_inner).0
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let mut taken = self.shared.taken.lock().unwrap_or_else(PoisonError::into_inner);
+        let (all, by_ip) = &mut *taken;
+        *all -= 1;
+        if let Some(mine) = by_ip.get_mut(&self.key) {
+            *mine -= 1;
+            if *mine == 0 {
+                by_ip.remove(&self.key);
+            }
+        }
     }
+}
+
+/// How many connections a server takes: in all, and from one client address.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnLimits {
+    /// Connections open at once.
+    pub max: usize,
+    /// Connections open at once from one client address (see [`client_key`]).
+    pub per_ip: usize,
+}
+
+/// The accept loop of both servers: accepts connections on an already-bound
+/// listener, forever, and runs `handle` for each on a thread of its own
+/// (named `"{what} {address}"`), holding a [`Slot`] for as long as it runs.
+///
+/// A connection over `limits` is turned away from this loop itself, without a thread:
+/// it gets a refused handshake that says why, and is closed.
+pub fn serve<H>(listener: TcpListener, what: &str, limits: ConnLimits, handle: H) -> io::Result<()>
+where
+    H: Fn(TcpStream, SocketAddr, Slot) + Clone + Send + 'static,
+{
+    let slots = Slots::new(limits.max, limits.per_ip);
+    loop {
+        let (stream, from) = match listener.accept() {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors or memory: not this listener's fault, and
+                // accepting again at once would only spin. Back off and go on.
+                warn!("{what}: accept failed: {e}");
+                thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        let slot = match slots.take(from.ip()) {
+            Ok(slot) => slot,
+            Err(full) => {
+                let why = match full {
+                    Full::All(max) => format!("the server is full ({max} connections); try again later"),
+                    Full::ThisAddress(max) => format!(
+                        "too many connections from your address ({max}, the most allowed); close some and try again"
+                    ),
+                };
+                log::info!("{from} refused: {why}");
+                refuse(&stream, &why);
+                continue;
+            }
+        };
+        let handle = handle.clone();
+        let spawned = thread::Builder::new()
+            .name(format!("{what} {from}"))
+            .stack_size(CONNECTION_STACK_SIZE)
+            .spawn(move || handle(stream, from, slot));
+        if let Err(e) = spawned {
+            warn!("{what}: cannot start a thread for {from}: {e}; connection dropped");
+        }
+    }
+}
+
+/// Turns a connection away from the accept loop itself, without a thread: the reason
+/// goes out as a refused handshake, and the socket is closed at once (input that
+/// arrives after this look may still turn the close into a reset).
+fn refuse(stream: &TcpStream, why: &str) {
+    let refusal = Welcome { version: PROTOCOL_VERSION, refusal: Some(why.to_owned()) };
+    let _ = stream.set_nonblocking(true);
+    let _ = wire::send_msg(&mut &*stream, &refusal);
+    let _ = stream.shutdown(Shutdown::Write);
+    // Whatever the client has sent already (its hello) is read and dropped, so that
+    // the close is an orderly one and the refusal is not lost to a reset.
+    let _ = Read::read(&mut &*stream, &mut [0u8; 256]);
+}
+
+/// Timeouts for [`connect`].
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectTimeouts {
+    /// For the server to accept the connection.
+    pub connect: Duration,
+    /// For the whole handshake (hello sent, welcome read); afterwards, the socket's
+    /// read and write timeouts.
+    pub io: Duration,
+}
+
+/// Connects to `addr`, shakes hands for `service` within `timeouts.io`, and returns
+/// the stream with `timeouts.io` as its read and write timeouts and Nagle off. A
+/// refused handshake is an error carrying the server's reason; a server that stays
+/// silent is a `TimedOut` error.
+pub fn connect(addr: SocketAddr, service: Service, timeouts: ConnectTimeouts) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect_timeout(&addr, timeouts.connect)?;
+    stream.set_nodelay(true)?;
+    stream.set_write_timeout(Some(timeouts.io))?;
+    {
+        // One deadline for the whole welcome, however slowly it trickles in.
+        let mut reader = Timed::deadline(&stream, Instant::now() + timeouts.io);
+        wire::client_handshake(&mut reader, &mut &stream, service)?;
+    }
+    stream.set_read_timeout(Some(timeouts.io))?;
+    Ok(stream)
 }
 
 /// Most bytes [`close_gently`] reads and discards before closing.
@@ -123,4 +291,41 @@ pub fn close_gently(stream: &TcpStream, patience: Duration) {
     let _ = stream.shutdown(Shutdown::Write);
     let mut rest = Timed::deadline(stream, Instant::now() + patience).take(DRAIN_LIMIT);
     let _ = io::copy(&mut rest, &mut io::sink());
+}
+
+/// Is this error a timeout (a socket timeout reports `WouldBlock` on Unix)?
+pub fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_count_in_all_and_per_address() {
+        let slots = Slots::new(3, 2);
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        let a1 = slots.take(a).unwrap();
+        let _a2 = slots.take(a).unwrap();
+        assert_eq!(slots.take(a).unwrap_err(), Full::ThisAddress(2));
+        let _b1 = slots.take(b).unwrap();
+        assert_eq!(slots.take(b).unwrap_err(), Full::All(3));
+        drop(a1);
+        assert_eq!(slots.taken(), 2);
+        let _a3 = slots.take(a).unwrap();
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_their_64_network() {
+        let one: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let other: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        assert_eq!(client_key(one), client_key(other));
+        let mapped: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
+        assert_eq!(client_key(mapped), "10.1.2.3".parse::<IpAddr>().unwrap());
+        let slots = Slots::new(10, 1);
+        let _held = slots.take(one).unwrap();
+        assert_eq!(slots.take(other).unwrap_err(), Full::ThisAddress(1));
+    }
 }

@@ -84,6 +84,16 @@ pub fn send_all(w: &mut impl Write, payload: &[u8]) -> io::Result<()> {
 /// buffer grows only as bytes actually arrive, so a peer that announces a large frame
 /// and sends nothing costs us nothing.
 pub fn recv_all(r: &mut impl Read, max_len: usize) -> io::Result<Option<Vec<u8>>> {
+    match recv_len(r, max_len)? {
+        Some(len) => recv_payload(r, len, len.min(64 * 1024)).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Receives a frame's length, refused (`InvalidData`, naming both numbers) if it is
+/// over `max_len`. `Ok(None)` is a clean end of stream before a frame started. The
+/// payload is then read with [`recv_payload`]; [`recv_all`] does both.
+pub fn recv_len(r: &mut impl Read, max_len: usize) -> io::Result<Option<usize>> {
     let mut header = [0u8; 4];
     let mut got = 0;
     while got < header.len() {
@@ -102,12 +112,20 @@ pub fn recv_all(r: &mut impl Read, max_len: usize) -> io::Result<Option<Vec<u8>>
             format!("frame of {len} bytes exceeds the maximum of {max_len}"),
         ));
     }
-    let mut payload = Vec::with_capacity(len.min(64 * 1024));
+    Ok(Some(len))
+}
+
+/// Receives a payload of `len` bytes (after [`recv_len`]) into a buffer that starts
+/// with `capacity` bytes: the full `len` when the caller has budgeted for it (no
+/// reallocation on the way), less when the length has not been vouched for (the
+/// buffer then grows only as bytes arrive).
+pub fn recv_payload(r: &mut impl Read, len: usize, capacity: usize) -> io::Result<Vec<u8>> {
+    let mut payload = Vec::with_capacity(capacity.min(len));
     r.take(len as u64).read_to_end(&mut payload)?;
     if payload.len() < len {
         return Err(io::ErrorKind::UnexpectedEof.into());
     }
-    Ok(Some(payload))
+    Ok(payload)
 }
 
 /// Why a frame's payload is not a valid message.
@@ -215,7 +233,10 @@ pub fn client_handshake(r: &mut impl Read, w: &mut impl Write, service: Service)
     let welcome: Welcome = recv_msg(r)?;
     match welcome.refusal {
         None => Ok(()),
-        Some(why) => Err(io::Error::new(io::ErrorKind::ConnectionRefused, format!("refused: {why}"))),
+        Some(why) => Err(io::Error::new(
+            io::ErrorKind::ConnectionRefused,
+            format!("refused: {}", crate::text::escape(&why)),
+        )),
     }
 }
 

@@ -196,8 +196,10 @@ fn slowloris_connections_are_closed_and_others_served() {
     let (index, addr) = Proc::index_server_with(ws.path(), &opts);
     let (_, threads_before) = index.rss_and_threads();
 
-    // 500 connections that send nothing at all.
-    let mut silent: Vec<TcpStream> = (0..500).map(|_| connect(addr)).collect();
+    // 500 connections that send nothing at all, from 10 addresses (50 each: within
+    // the limit per address, so that the timeouts are what closes them).
+    let mut silent: Vec<TcpStream> =
+        (0..500).map(|i| common::connect_from(&format!("127.0.0.{}", 10 + i % 10), addr)).collect();
     // Dribblers: a handshake at one byte a second (15 bytes: longer than the 2 s
     // handshake deadline, though each byte comes well inside it); and after a good
     // handshake, a request at one byte a second.
@@ -266,9 +268,10 @@ fn a_client_that_never_reads_is_dropped_and_others_are_unaffected() {
     let (index, addr) = Proc::index_server_with(ws.path(), &["127.0.0.1", "0", "--write-timeout", "1"]);
     let (_, threads_before) = index.rss_and_threads();
     // 400,000 entries, a listing of about 25 MB: far more than socket buffers hold.
+    // From 8 addresses: one may register at most 250,000 files.
     let _sharers: Vec<RawIndexClient> = (0..8)
         .map(|p| {
-            let mut c = RawIndexClient::connect(addr);
+            let mut c = RawIndexClient::connect_from(&format!("127.0.0.{}", 10 + p), addr);
             let files = (0..50_000).map(|i| file(&format!("p{p}-{i:05}"), i)).collect();
             assert_eq!(c.call(&Request::Register { port: 9, files }), Reply::Done { files: 50_000 });
             c

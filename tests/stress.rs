@@ -37,7 +37,7 @@ fn two_hundred_clients_at_once_end_in_the_state_they_made() {
         .map(|c| {
             std::thread::spawn(move || {
                 let mut rng = rand::rng();
-                let mut conn = RawIndexClient::connect(addr);
+                let mut conn = RawIndexClient::connect_from(&format!("127.0.0.{}", 10 + c % 20), addr);
                 let port = 10_000 + c as u16;
                 let pool = names(c);
                 // What this client believes the server holds for it: None when not

@@ -1,6 +1,6 @@
 //! `indexing-server <ip> <port>`: the peerdex index.
 
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,44 +10,64 @@ use anyhow::Context;
 use clap::Parser;
 use log::{info, warn};
 use peerdex::auth::{self, Users};
-use peerdex::index::server::Accounts;
-use peerdex::index::{self, Config, Index, Registry};
-use peerdex::{cli, name, wire};
+use peerdex::index::budget::Budget;
+use peerdex::index::login::Accounts;
+use peerdex::index::{self, Config, Index, Limits, Registry, registry};
+use peerdex::net::ConnLimits;
+use peerdex::{cli, logging, name, wire};
 
 /// The peerdex indexing server: keeps track of which peer shares which files and
 /// answers peers' lookups.
 ///
-/// Prints `listening on <ip>:<port>` once bound; logs every connection, request and
-/// disconnect to stderr and to the log file. `indexing-server adduser FILE NAME` adds
-/// an account to a users file instead.
+/// Prints `listening on <ip>:<port>` once bound. Logs every connection, request and
+/// disconnect to the log file; stderr gets only warnings and errors (and every record
+/// with -v). `indexing-server adduser FILE NAME` adds an account to a users file
+/// instead.
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// Address to listen on, e.g. 127.0.0.1, 0.0.0.0 or ::1.
-    ip: IpAddr,
+    /// Address to listen on: an IP address (127.0.0.1, 0.0.0.0, ::1, ...) or a host
+    /// name (localhost); the first of its addresses that can be bound is used.
+    ip: String,
     /// Port to listen on; 0 lets the system pick one (the line printed says which).
     port: u16,
     /// Require login, with the accounts in this users file (see `adduser`).
     #[arg(long, value_name = "FILE")]
     users: Option<PathBuf>,
-    /// File the log is appended to.
+    /// File the log is appended to (opened once the server is listening).
     #[arg(long, value_name = "PATH", default_value = "log.log")]
     log_file: PathBuf,
-    /// Least severe log records kept: info logs every connection and request; warn
-    /// only problems (malformed input, refused handshakes); off nothing.
+    /// Least severe log records kept in the log file: info logs every connection and
+    /// request; warn only problems (malformed input, refused handshakes); off nothing.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     log_level: log::LevelFilter,
-    /// Most peers connected at once; more are refused with a reason (Redis's
-    /// maxclients).
+    /// Also write every record kept in the log file to stderr (by default stderr gets
+    /// only warnings and errors).
+    #[arg(short, long)]
+    verbose: bool,
+    /// Most connections at once; more are refused with a reason (Redis's maxclients).
     #[arg(long, value_name = "N", default_value_t = index::server::MAX_CONNECTIONS)]
     max_connections: usize,
+    /// Most connections at once from one client address (an IPv6 client: its /64).
+    #[arg(long, value_name = "N", default_value_t = index::server::MAX_CONNECTIONS_PER_IP)]
+    max_connections_per_ip: usize,
     /// Largest request accepted, as in 4096, 64KiB, 16MiB; a longer one is refused
     /// and its connection closed.
     #[arg(long, value_name = "BYTES", default_value = "16MiB", value_parser = cli::parse_bytes)]
     max_frame: usize,
+    /// Memory for requests being received at once, over all connections; a large
+    /// request that does not fit waits for room, and is refused after --read-timeout.
+    #[arg(long, value_name = "BYTES", default_value = "256MiB", value_parser = cli::parse_bytes)]
+    receive_budget: usize,
     /// Most files one peer may register.
     #[arg(long, value_name = "N", default_value_t = wire::MAX_FILES_PER_PEER)]
     max_files_per_peer: usize,
+    /// Most files registered from one client address, over all its connections.
+    #[arg(long, value_name = "N", default_value_t = registry::MAX_FILES_PER_IP)]
+    max_files_per_ip: usize,
+    /// Most files in the whole index.
+    #[arg(long, value_name = "N", default_value_t = registry::MAX_FILES_TOTAL)]
+    max_files: usize,
     /// Longest file name accepted, in bytes (at most 255).
     #[arg(long, value_name = "BYTES", default_value_t = name::MAX_NAME_LEN as u16,
           value_parser = clap::value_parser!(u16).range(1..=name::MAX_NAME_LEN as i64))]
@@ -102,32 +122,67 @@ fn adduser(args: AddUser) -> anyhow::Result<bool> {
 }
 
 fn run(args: Args) -> anyhow::Result<bool> {
-    peerdex::cli::init_logging(args.log_level, Some(&args.log_file))?;
+    let budget = Budget::new(args.receive_budget);
+    if args.max_frame > budget.largest_frame() {
+        anyhow::bail!(
+            "--receive-budget {} MiB cannot hold a request of --max-frame {} MiB (it needs {} MiB)",
+            args.receive_budget >> 20,
+            args.max_frame >> 20,
+            (args.max_frame * 2 + budget.reserve()) >> 20
+        );
+    }
+    let accounts = match &args.users {
+        Some(path) => Some(Arc::new(Accounts::new(Users::load(path, false)?))),
+        None => None,
+    };
+    // Bind first: a server that cannot start leaves no log file behind.
+    let listener = bind(&args.ip, args.port)?;
+    let local = listener.local_addr()?;
+    let stderr_level = if args.verbose { args.log_level } else { args.log_level.min(log::LevelFilter::Warn) };
+    logging::init(logging::Outputs { stderr: stderr_level, file: Some((&args.log_file, args.log_level)) })?;
+    peerdex::outln!("listening on {local}");
+    if !args.verbose {
+        peerdex::errln!("indexing-server: listening on {local}; logging to {}", args.log_file.display());
+    }
+    info!("listening on {local}");
     // One descriptor per peer: the usual soft limit of 1,024 would cap the index at
     // about a thousand peers, so take whatever the hard limit allows.
     match rlimit::increase_nofile_limit(u64::MAX) {
         Ok(limit) => info!("open file limit: {limit} (so at most about {limit} peers)"),
         Err(e) => warn!("cannot raise the open file limit: {e}"),
     }
-    let wanted = SocketAddr::new(args.ip, args.port);
-    let listener = TcpListener::bind(wanted).with_context(|| format!("cannot listen on {wanted}"))?;
-    let local = listener.local_addr()?;
-    peerdex::outln!("listening on {local}");
-    info!("listening on {local}");
-    let accounts = match &args.users {
-        Some(path) => Some(Arc::new(Accounts::new(Users::load(path, false)?))),
-        None => None,
-    };
     let config = Config {
         accounts,
         max_frame_len: args.max_frame,
-        max_connections: args.max_connections,
+        receive_budget: args.receive_budget,
+        connections: ConnLimits { max: args.max_connections, per_ip: args.max_connections_per_ip },
         handshake_timeout: args.handshake_timeout,
         idle_timeout: args.idle_timeout,
         read_timeout: args.read_timeout,
         write_timeout: args.write_timeout,
     };
-    let registry = Registry::new(args.max_files_per_peer, usize::from(args.max_name_len));
+    let registry = Registry::new(Limits {
+        files_per_peer: args.max_files_per_peer,
+        files_per_ip: args.max_files_per_ip,
+        files_total: args.max_files,
+        name_len: usize::from(args.max_name_len),
+    });
     index::serve(listener, Index::new(registry), config)?;
     Ok(true)
+}
+
+/// Binds the first address of `host` (an IP address or a name) that can be bound.
+fn bind(host: &str, port: u16) -> anyhow::Result<TcpListener> {
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .with_context(|| format!("cannot resolve the address to listen on, {host:?}"))?
+        .collect();
+    let mut last = None;
+    for addr in &addrs {
+        match TcpListener::bind(addr) {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last = Some(anyhow::Error::from(e).context(format!("cannot listen on {addr}"))),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("{host:?} has no address to listen on")))
 }

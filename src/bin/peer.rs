@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use peerdex::cli;
+use peerdex::net::ConnLimits;
 use peerdex::peer::download::{self, DownloadConfig, PeerChoice};
 use peerdex::peer::fileserver::{self, FileServerConfig};
 use peerdex::peer::{self, PeerConfig};
@@ -37,7 +38,8 @@ struct Args {
     /// Seconds to wait for another peer to accept a download connection.
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = cli::parse_secs)]
     connect_timeout: Duration,
-    /// Seconds a sending peer may stay silent before the next peer is tried.
+    /// Seconds within which a sending peer must deliver at least 64 KiB (or the rest of
+    /// the file), or be dropped for the next peer.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = cli::parse_secs)]
     read_timeout: Duration,
     /// Downloads run at once; more are queued.
@@ -46,10 +48,20 @@ struct Args {
     /// Uploads served at once; more downloaders are refused with a reason.
     #[arg(long, value_name = "N", default_value_t = fileserver::MAX_UPLOADS)]
     max_uploads: usize,
+    /// Uploads served at once to one client address (an IPv6 client: its /64).
+    #[arg(long, value_name = "N", default_value_t = fileserver::MAX_UPLOADS_PER_IP)]
+    max_uploads_per_ip: usize,
+    /// Connections to the file server at once; more are refused with a reason.
+    #[arg(long, value_name = "N", default_value_t = fileserver::MAX_CONNECTIONS)]
+    max_connections: usize,
+    /// Connections to the file server at once from one client address.
+    #[arg(long, value_name = "N", default_value_t = fileserver::MAX_CONNECTIONS_PER_IP)]
+    max_connections_per_ip: usize,
     /// Seconds a downloader has to send its request once connected.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = cli::parse_secs)]
     request_timeout: Duration,
-    /// Seconds one write of an upload may block before the downloader is dropped.
+    /// Seconds within which a downloader must take at least 64 KiB of an upload, or be
+    /// dropped.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = cli::parse_secs)]
     write_timeout: Duration,
     /// Seconds between pings to the index when idle (it drops silent peers after 180).
@@ -83,7 +95,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
         1 => log::LevelFilter::Info,
         _ => log::LevelFilter::Debug,
     };
-    peerdex::cli::init_logging(level, None)?;
+    peerdex::logging::init(peerdex::logging::Outputs { stderr: level, file: None })?;
     // Every upload and download holds a descriptor; the soft limit is often 1,024.
     if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
         log::warn!("cannot raise the open file limit: {e}");
@@ -98,9 +110,10 @@ fn run(args: Args) -> anyhow::Result<bool> {
         folder: args.folder,
         bind: args.bind,
         files: FileServerConfig {
-            max_uploads: args.max_uploads,
+            connections: ConnLimits { max: args.max_connections, per_ip: args.max_connections_per_ip },
+            uploads: ConnLimits { max: args.max_uploads, per_ip: args.max_uploads_per_ip },
             request_timeout: args.request_timeout,
-            write_timeout: args.write_timeout,
+            stall_timeout: args.write_timeout,
         },
         downloads: DownloadConfig {
             connect_timeout: args.connect_timeout,

@@ -1,24 +1,33 @@
-//! The indexing server: the [`registry`] (pure data) and the [`server`] loop around it.
+//! The indexing server: the [`registry`] (pure data), the [`login`] state machine
+//! (pure logic), the receive [`budget`], and the [`server`] loop around them.
 
+pub mod budget;
+pub mod login;
 pub mod registry;
 pub mod server;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
-pub use registry::{Registry, RegistryError};
+pub use registry::{Limits, ListPage, PageBudget, Pattern, Registry, RegistryError};
 pub use server::{Config, serve};
+
+use crate::name::ShareName;
+use crate::wire::{FileInfo, PeerHit};
 
 /// A cheap-to-clone handle on the shared registry; every connection thread has one.
 ///
-/// The lock is a `std::sync::Mutex` and never leaves this module's callers' single
-/// statements: each operation takes it, works on memory only, and drops it before any
-/// socket I/O. Critical sections are microseconds long, so an async or sharded lock
-/// would add complexity without removing any waiting worth having.
+/// The lock is a `std::sync::Mutex` and never leaves this type: each method takes it,
+/// works on memory only, and drops it before returning, so no lock is ever held across
+/// socket I/O. Critical sections are microseconds long (a listing is read a bounded
+/// page at a time, see [`Registry::list_page`]), so an async or sharded lock would add
+/// complexity without removing any waiting worth having.
 #[derive(Clone, Debug, Default)]
 pub struct Index {
     shared: Arc<Mutex<Registry>>,
 }
+
+type Changed = Result<usize, RegistryError>;
 
 impl Index {
     /// A handle on a new registry.
@@ -26,15 +35,57 @@ impl Index {
         Index { shared: Arc::new(Mutex::new(registry)) }
     }
 
-    /// Locks the registry. A thread that panicked while holding the lock cannot have
-    /// left it half-changed (every `Registry` method checks before it changes), so a
-    /// poisoned lock is used as it is rather than taking every other connection down.
-    pub fn lock(&self) -> MutexGuard<'_, Registry> {
-        self.shared.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Runs `f` on the registry under its lock. A thread that panicked while holding
+    /// the lock cannot have left the registry half-changed (every `Registry` method
+    /// checks before it changes), so a poisoned lock is used as it is rather than
+    /// taking every other connection down.
+    pub fn with<T>(&self, f: impl FnOnce(&mut Registry) -> T) -> T {
+        f(&mut self.shared.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// [`Registry::register`].
+    pub fn register(&self, conn: SocketAddr, port: u16, files: Vec<FileInfo>) -> Changed {
+        self.with(|r| r.register(conn, port, files))
+    }
+
+    /// [`Registry::update`].
+    pub fn update(&self, conn: SocketAddr, files: Vec<FileInfo>) -> Changed {
+        self.with(|r| r.update(conn, files))
+    }
+
+    /// [`Registry::add`].
+    pub fn add(&self, conn: SocketAddr, files: Vec<FileInfo>) -> Changed {
+        self.with(|r| r.add(conn, files))
+    }
+
+    /// [`Registry::delete`].
+    pub fn delete(&self, conn: SocketAddr, names: &[ShareName]) -> Changed {
+        self.with(|r| r.delete(conn, names))
+    }
+
+    /// [`Registry::unregister`].
+    pub fn unregister(&self, conn: SocketAddr) -> Result<(), RegistryError> {
+        self.with(|r| r.unregister(conn))
     }
 
     /// Drops the registration of the peer on `conn`, if any (a disconnect).
     pub fn remove(&self, conn: SocketAddr) -> bool {
-        self.lock().remove(conn)
+        self.with(|r| r.remove(conn))
+    }
+
+    /// [`Registry::lookup`].
+    pub fn lookup(&self, name: &ShareName) -> Vec<PeerHit> {
+        self.with(|r| r.lookup(name))
+    }
+
+    /// [`Registry::list_page`].
+    pub fn list_page(
+        &self,
+        asker: SocketAddr,
+        pattern: &Pattern,
+        after: Option<&ShareName>,
+        budget: PageBudget,
+    ) -> ListPage {
+        self.with(|r| r.list_page(asker, pattern, after, budget))
     }
 }

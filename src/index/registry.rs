@@ -1,13 +1,18 @@
 //! The registry: which peer shares which files. A plain data structure, no locks, no
 //! I/O; the server wraps it in a mutex (see [`super::Index`]).
 //!
-//! - `peers`: connection address -> (file-server port, files), the shape the design
-//!   asked for. Each peer's files stay in the order it sent them.
+//! - `peers`: connection address -> its [`Peer`]: the file-server port and the files,
+//!   the shape the design asked for (each peer's files in the order it sent them), and
+//!   the small id the inverted index knows it by.
+//! - `ids`: that id -> the connection address, a slab (ids of departed peers are
+//!   reused).
 //! - `by_name`: name -> the peers that share it, an inverted index so that a lookup
-//!   touches only those peers. Each [`Holder`] names the peer by a small id and gives
-//!   the position of the file in that peer's list, so a lookup reads a peer's size and
+//!   touches only those peers. Each [`Holder`] names the peer by its id and gives the
+//!   position of the file in that peer's list, so a lookup reads a peer's size and
 //!   hash without searching its list. It is a `BTreeMap` so a listing comes out in name
 //!   order and can be read a page at a time from any name on.
+//!
+//! Beside them, the counts that the limits need: files per client address and in all.
 //!
 //! Names are [`ShareName`]s, whose text is reference-counted: a name is stored once,
 //! shared by the peer's list and the index (and by every peer that shares it).
@@ -19,11 +24,50 @@
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Bound;
+use std::time::{Duration, Instant};
+
+use memchr::memmem;
+use slab::Slab;
 
 use crate::name::{MAX_NAME_LEN, ShareName};
+use crate::net::client_key;
 use crate::wire::{FileInfo, ListEntry, MAX_FILES_PER_PEER, PeerHit};
+
+/// Most files registered from one client address, over all its connections: five
+/// peers of [`MAX_FILES_PER_PEER`] files, and at about 300 bytes of memory per entry
+/// with the longest names, 75 MB, so that one address cannot take the index's memory.
+pub const MAX_FILES_PER_IP: usize = 250_000;
+
+/// Most files in the whole index: 20 million entries are about 4 GB of memory with
+/// typical names (see `docs/PERFORMANCE.md`), a size one machine holds comfortably.
+pub const MAX_FILES_TOTAL: usize = 20_000_000;
+
+/// The registry's limits; `Default` has the documented defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Files one peer (one connection) may register: [`MAX_FILES_PER_PEER`].
+    pub files_per_peer: usize,
+    /// Files registered from one client address, over all its connections:
+    /// [`MAX_FILES_PER_IP`].
+    pub files_per_ip: usize,
+    /// Files in the whole index: [`MAX_FILES_TOTAL`].
+    pub files_total: usize,
+    /// Longest name accepted, in bytes (at most [`MAX_NAME_LEN`]).
+    pub name_len: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            files_per_peer: MAX_FILES_PER_PEER,
+            files_per_ip: MAX_FILES_PER_IP,
+            files_total: MAX_FILES_TOTAL,
+            name_len: MAX_NAME_LEN,
+        }
+    }
+}
 
 /// Why the registry refused a change. Nothing is changed when it does.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,8 +87,20 @@ pub enum RegistryError {
     },
     /// More files than one peer may register.
     TooManyFiles {
-        /// Files in the request.
+        /// Files the peer would have.
         count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// More files than one client address may register, over all its connections.
+    TooManyFromAddress {
+        /// Files the address would have.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The whole index would hold more files than it may.
+    IndexFull {
         /// The limit.
         max: usize,
     },
@@ -62,6 +118,13 @@ impl fmt::Display for RegistryError {
             RegistryError::TooManyFiles { count, max } => {
                 write!(f, "{count} files is more than the limit of {max} per peer")
             }
+            RegistryError::TooManyFromAddress { count, max } => write!(
+                f,
+                "{count} files from your address is more than the limit of {max} per address (over all its connections)"
+            ),
+            RegistryError::IndexFull { max } => {
+                write!(f, "the index is full: it holds its limit of {max} files in all")
+            }
         }
     }
 }
@@ -75,6 +138,59 @@ pub struct ListPage {
     pub entries: Vec<ListEntry>,
     /// Where the next page starts (exclusive), or `None` if the listing is complete.
     pub next: Option<ShareName>,
+}
+
+/// What a listing looks for: names containing a text, ignoring ASCII case.
+///
+/// Matching is linear in the name's length whatever the pattern (`memchr::memmem`
+/// over a lowercased copy of the name made on the stack), so no pattern can make a
+/// page of a listing slow.
+#[derive(Debug)]
+pub struct Pattern {
+    finder: Option<memmem::Finder<'static>>,
+    /// Longer than any name can be: nothing matches.
+    impossible: bool,
+}
+
+impl Pattern {
+    /// The pattern for `text`; empty matches everything.
+    pub fn new(text: &str) -> Pattern {
+        let lower = text.to_ascii_lowercase();
+        Pattern {
+            impossible: lower.len() > MAX_NAME_LEN,
+            finder: (!lower.is_empty()).then(|| memmem::Finder::new(lower.as_bytes()).into_owned()),
+        }
+    }
+
+    /// True if no name can match (a pattern longer than any name).
+    pub fn matches_nothing(&self) -> bool {
+        self.impossible
+    }
+
+    /// Does `name` contain the pattern, ignoring ASCII case?
+    pub fn matches(&self, name: &str) -> bool {
+        if self.impossible {
+            return false;
+        }
+        let Some(finder) = &self.finder else { return true };
+        let mut lower = [0u8; MAX_NAME_LEN];
+        let name = &name.as_bytes()[..name.len().min(MAX_NAME_LEN)];
+        let lower = &mut lower[..name.len()];
+        lower.copy_from_slice(name);
+        lower.make_ascii_lowercase();
+        finder.find(lower).is_some()
+    }
+}
+
+/// The most work one [`Registry::list_page`] does, so that a caller holding the lock
+/// holds it briefly whatever the registry's size and the pattern: at most `names`
+/// names examined, and no new name after `time`.
+#[derive(Clone, Copy, Debug)]
+pub struct PageBudget {
+    /// Names examined at most.
+    pub names: usize,
+    /// Scanning time, checked every few names.
+    pub time: Duration,
 }
 
 /// A small handle on a registered peer, so the index stores 4 bytes per holder rather
@@ -108,10 +224,6 @@ impl Holders {
         }
     }
 
-    fn find(&self, peer: PeerId) -> Option<&Holder> {
-        self.as_slice().iter().find(|h| h.peer == peer)
-    }
-
     fn find_mut(&mut self, peer: PeerId) -> Option<&mut Holder> {
         match self {
             Holders::One(h) => (h.peer == peer).then_some(h),
@@ -141,40 +253,35 @@ impl Holders {
     }
 }
 
-/// The registry. See the module docs.
+/// A registered peer.
 #[derive(Debug)]
-pub struct Registry {
-    /// Connection -> (file-server port, files).
-    peers: HashMap<SocketAddr, (u16, Vec<FileInfo>)>,
-    /// Connection -> its id in `by_name`; ids are reused after a peer leaves.
-    ids: HashMap<SocketAddr, PeerId>,
-    /// Id -> connection (`None` for a free id).
-    conns: Vec<Option<SocketAddr>>,
-    free_ids: Vec<PeerId>,
-    by_name: BTreeMap<ShareName, Holders>,
-    max_files: usize,
-    max_name_len: usize,
+struct Peer {
+    /// Its file server's port.
+    port: u16,
+    /// Its id in `by_name`'s holders.
+    id: PeerId,
+    /// Its files, in the order it sent them (holders point into this list).
+    files: Vec<FileInfo>,
 }
 
-impl Default for Registry {
-    fn default() -> Self {
-        Registry::new(MAX_FILES_PER_PEER, MAX_NAME_LEN)
-    }
+/// The registry. See the module docs.
+#[derive(Debug, Default)]
+pub struct Registry {
+    peers: HashMap<SocketAddr, Peer>,
+    ids: Slab<SocketAddr>,
+    by_name: BTreeMap<ShareName, Holders>,
+    /// Files registered per client address ([`client_key`]); addresses with none are
+    /// removed.
+    per_ip: HashMap<IpAddr, usize>,
+    /// Files registered in all.
+    total: usize,
+    limits: Limits,
 }
 
 impl Registry {
-    /// An empty registry that accepts at most `max_files` files per peer, with names
-    /// of at most `max_name_len` bytes.
-    pub fn new(max_files: usize, max_name_len: usize) -> Registry {
-        Registry {
-            peers: HashMap::new(),
-            ids: HashMap::new(),
-            conns: Vec::new(),
-            free_ids: Vec::new(),
-            by_name: BTreeMap::new(),
-            max_files,
-            max_name_len,
-        }
+    /// An empty registry with these limits.
+    pub fn new(limits: Limits) -> Registry {
+        Registry { limits, ..Registry::default() }
     }
 
     /// Registers the peer on connection `conn`, or replaces its registration. Returns
@@ -183,50 +290,37 @@ impl Registry {
         &mut self,
         conn: SocketAddr,
         port: u16,
-        mut files: Vec<FileInfo>,
+        files: Vec<FileInfo>,
     ) -> Result<usize, RegistryError> {
         if port == 0 {
             return Err(RegistryError::PortZero);
         }
         self.check(&files)?;
+        let before = self.peers.get(&conn).map_or(0, |p| p.files.len());
+        self.check_room(conn, before, files.len())?;
         self.remove(conn);
-        let id = self.new_id(conn);
-        for (idx, f) in files.iter_mut().enumerate() {
-            let holder = Holder { peer: id, idx: idx as u32 };
-            match self.by_name.entry(f.name.clone()) {
-                Entry::Vacant(e) => {
-                    e.insert(Holders::One(holder));
-                }
-                Entry::Occupied(mut e) => {
-                    // Keep one copy of the name's text for everyone who shares it.
-                    f.name = e.key().clone();
-                    e.get_mut().push(holder);
-                }
-            }
-        }
-        let count = files.len();
-        files.shrink_to_fit();
-        self.peers.insert(conn, (port, files));
-        Ok(count)
+        Ok(self.insert(conn, port, files))
     }
 
     /// Replaces a registered peer's file list. Returns how many files it now shares.
     pub fn update(&mut self, conn: SocketAddr, files: Vec<FileInfo>) -> Result<usize, RegistryError> {
-        let port = self.peers.get(&conn).ok_or(RegistryError::NotRegistered)?.0;
+        let port = self.peers.get(&conn).ok_or(RegistryError::NotRegistered)?.port;
         self.register(conn, port, files)
     }
 
     /// Adds `new` files to a registered peer's list; a name it already shares gets the
     /// new size and hash. Returns how many files it now shares.
     pub fn add(&mut self, conn: SocketAddr, new: Vec<FileInfo>) -> Result<usize, RegistryError> {
-        let id = *self.ids.get(&conn).ok_or(RegistryError::NotRegistered)?;
+        let peer = self.peers.get(&conn).ok_or(RegistryError::NotRegistered)?;
         self.check(&new)?;
-        let (_, files) = self.peers.get_mut(&conn).expect("ids and peers agree");
-        let fresh =
-            new.iter().filter(|f| self.by_name.get(&f.name).is_none_or(|h| h.find(id).is_none())).count();
-        if files.len() + fresh > self.max_files {
-            return Err(RegistryError::TooManyFiles { count: files.len() + fresh, max: self.max_files });
-        }
+        let id = peer.id;
+        let have = peer.files.len();
+        let fresh = new
+            .iter()
+            .filter(|f| self.by_name.get(&f.name).is_none_or(|h| !h.as_slice().iter().any(|h| h.peer == id)))
+            .count();
+        self.check_room(conn, have, have + fresh)?;
+        let files = &mut self.peers.get_mut(&conn).expect("checked above").files;
         for mut f in new {
             match self.by_name.entry(f.name.clone()) {
                 Entry::Vacant(e) => {
@@ -245,14 +339,17 @@ impl Registry {
                 }
             }
         }
-        Ok(files.len())
+        let now = files.len();
+        self.count(conn, have, now);
+        Ok(now)
     }
 
     /// Removes `names` from a registered peer's list; names it does not share are
     /// ignored, so a delete can be repeated. Returns how many files it now shares.
     pub fn delete(&mut self, conn: SocketAddr, names: &[ShareName]) -> Result<usize, RegistryError> {
-        let id = *self.ids.get(&conn).ok_or(RegistryError::NotRegistered)?;
-        let (_, files) = self.peers.get_mut(&conn).expect("ids and peers agree");
+        let peer = self.peers.get_mut(&conn).ok_or(RegistryError::NotRegistered)?;
+        let (id, files) = (peer.id, &mut peer.files);
+        let before = files.len();
         for name in names {
             let Some(holders) = self.by_name.get_mut(name) else { continue };
             let Some(&mut Holder { idx, .. }) = holders.find_mut(id) else { continue };
@@ -266,7 +363,9 @@ impl Registry {
                 holder.expect("every file is indexed").idx = idx;
             }
         }
-        Ok(files.len())
+        let now = files.len();
+        self.count(conn, before, now);
+        Ok(now)
     }
 
     /// Removes a registration, or says there was none.
@@ -276,8 +375,7 @@ impl Registry {
 
     /// Removes a registration if there is one (a disconnect). Returns whether there was.
     pub fn remove(&mut self, conn: SocketAddr) -> bool {
-        let Some((_, files)) = self.peers.remove(&conn) else { return false };
-        let id = self.ids.remove(&conn).expect("ids and peers agree");
+        let Some(Peer { id, files, .. }) = self.peers.remove(&conn) else { return false };
         for f in &files {
             if let Some(holders) = self.by_name.get_mut(&f.name)
                 && holders.remove(id)
@@ -285,8 +383,8 @@ impl Registry {
                 self.by_name.remove(&f.name);
             }
         }
-        self.conns[id as usize] = None;
-        self.free_ids.push(id);
+        self.ids.remove(id as usize);
+        self.count(conn, files.len(), 0);
         true
     }
 
@@ -300,6 +398,11 @@ impl Registry {
         self.peers.len()
     }
 
+    /// Number of files registered in all.
+    pub fn file_count(&self) -> usize {
+        self.total
+    }
+
     /// Every registered peer that shares `name`: the IP of its connection, its
     /// file-server port, and its copy's size and hash.
     pub fn lookup(&self, name: &ShareName) -> Vec<PeerHit> {
@@ -309,83 +412,96 @@ impl Registry {
 
     /// The peer address and file a holder points at.
     fn hit(&self, h: Holder) -> PeerHit {
-        let conn = self.conns[h.peer as usize].expect("holders point at live peers");
-        let (port, files) = &self.peers[&conn];
-        let f = &files[h.idx as usize];
+        let conn = self.ids[h.peer as usize];
+        let peer = &self.peers[&conn];
+        let f = &peer.files[h.idx as usize];
         // `to_canonical`: an IPv4 peer seen through a dual-stack socket is reported as
         // plain IPv4, which every client can connect to.
-        PeerHit { addr: SocketAddr::new(conn.ip().to_canonical(), *port), size: f.size, sha256: f.sha256 }
+        PeerHit { addr: SocketAddr::new(conn.ip().to_canonical(), peer.port), size: f.size, sha256: f.sha256 }
     }
 
     /// One page of the listing seen by the peer on `asker`: files shared by every other
-    /// registered peer whose name contains `pattern` (ignoring ASCII case), in name
-    /// order, starting after `after`. A distinct (name, size, hash) is one entry with
-    /// the number of peers that share it.
+    /// registered peer whose name matches `pattern`, in name order, starting after
+    /// `after`. A distinct (name, size, hash) is one entry with the number of peers
+    /// that share it.
     ///
-    /// At most `max_names` names are examined and at most about `max_names` entries
-    /// returned, so a caller holding a lock holds it for a bounded time whatever the
-    /// registry's size; a page can be empty and still have a `next`.
+    /// The page ends after `budget.names` names have been examined, or once
+    /// `budget.time` has passed, or once about `budget.names` entries are found,
+    /// whichever comes first, matching or not: a caller holding a lock holds it for a
+    /// bounded time whatever the registry's size and the pattern. A page can be empty
+    /// and still have a `next`.
     pub fn list_page(
         &self,
         asker: SocketAddr,
-        pattern: &str,
+        pattern: &Pattern,
         after: Option<&ShareName>,
-        max_names: usize,
+        budget: PageBudget,
     ) -> ListPage {
-        let asker = self.ids.get(&asker).copied();
-        let pattern = pattern.to_ascii_lowercase();
-        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         let mut page = ListPage::default();
+        if pattern.matches_nothing() {
+            return page;
+        }
+        let asker = self.peers.get(&asker).map(|p| p.id);
+        let max = budget.names.max(1);
+        let started = Instant::now();
+        let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         let mut last: Option<&ShareName> = None;
+        let mut contents: Vec<(u64, [u8; 32])> = Vec::new();
         for (seen, (name, holders)) in self.by_name.range((start, Bound::Unbounded)).enumerate() {
-            if seen == max_names.max(1) || page.entries.len() >= max_names.max(1) {
+            let out_of_time = seen % 16 == 15 && started.elapsed() >= budget.time;
+            if seen == max || page.entries.len() >= max || out_of_time {
                 page.next = last.cloned();
                 return page;
             }
             last = Some(name);
-            if !pattern.is_empty() && !contains_ignoring_ascii_case(name.as_str(), &pattern) {
+            if !pattern.matches(name.as_str()) {
                 continue;
             }
-            let first = page.entries.len();
-            for h in holders.as_slice().iter().filter(|h| Some(h.peer) != asker) {
+            // One entry per distinct content, with the number of peers that share it.
+            contents.clear();
+            contents.extend(holders.as_slice().iter().filter(|h| Some(h.peer) != asker).map(|h| {
                 let f = self.hit(*h);
-                match page.entries[first..].iter_mut().find(|e| e.size == f.size && e.sha256 == f.sha256) {
-                    Some(e) => e.peers += 1,
-                    None => page.entries.push(ListEntry {
-                        name: name.clone(),
-                        size: f.size,
-                        sha256: f.sha256,
-                        peers: 1,
-                    }),
-                }
+                (f.size, f.sha256)
+            }));
+            contents.sort_unstable();
+            for group in contents.chunk_by(|a, b| a == b) {
+                let (size, sha256) = group[0];
+                page.entries.push(ListEntry { name: name.clone(), size, sha256, peers: group.len() as u32 });
             }
-            page.entries[first..].sort_by_key(|e| (e.size, e.sha256));
         }
         page
     }
 
-    fn new_id(&mut self, conn: SocketAddr) -> PeerId {
-        let id = match self.free_ids.pop() {
-            Some(id) => {
-                self.conns[id as usize] = Some(conn);
-                id
+    /// Stores a new registration (limits already checked). Returns its file count.
+    fn insert(&mut self, conn: SocketAddr, port: u16, mut files: Vec<FileInfo>) -> usize {
+        let id = PeerId::try_from(self.ids.insert(conn)).expect("fewer than 4 billion peers");
+        for (idx, f) in files.iter_mut().enumerate() {
+            let holder = Holder { peer: id, idx: idx as u32 };
+            match self.by_name.entry(f.name.clone()) {
+                Entry::Vacant(e) => {
+                    e.insert(Holders::One(holder));
+                }
+                Entry::Occupied(mut e) => {
+                    // Keep one copy of the name's text for everyone who shares it.
+                    f.name = e.key().clone();
+                    e.get_mut().push(holder);
+                }
             }
-            None => {
-                self.conns.push(Some(conn));
-                PeerId::try_from(self.conns.len() - 1).expect("fewer than 4 billion peers")
-            }
-        };
-        self.ids.insert(conn, id);
-        id
+        }
+        let count = files.len();
+        files.shrink_to_fit();
+        self.peers.insert(conn, Peer { port, id, files });
+        self.count(conn, 0, count);
+        count
     }
 
-    /// Checks a file list's size and that its names are unique.
+    /// Checks a file list's size and names: not too many, not too long, unique.
     fn check(&self, files: &[FileInfo]) -> Result<(), RegistryError> {
-        if files.len() > self.max_files {
-            return Err(RegistryError::TooManyFiles { count: files.len(), max: self.max_files });
+        if files.len() > self.limits.files_per_peer {
+            return Err(RegistryError::TooManyFiles { count: files.len(), max: self.limits.files_per_peer });
         }
-        if let Some(f) = files.iter().find(|f| f.name.as_str().len() > self.max_name_len) {
-            return Err(RegistryError::NameTooLong { name: f.name.clone(), max: self.max_name_len });
+        if let Some(f) = files.iter().find(|f| f.name.as_str().len() > self.limits.name_len) {
+            return Err(RegistryError::NameTooLong { name: f.name.clone(), max: self.limits.name_len });
         }
         let mut names: Vec<&ShareName> = files.iter().map(|f| &f.name).collect();
         names.sort_unstable();
@@ -395,30 +511,56 @@ impl Registry {
         }
     }
 
-    /// Checks that the two maps agree; for tests.
+    /// Checks that the peer on `conn` may go from `before` to `after` files: within the
+    /// limits per peer, per client address and in all.
+    fn check_room(&self, conn: SocketAddr, before: usize, after: usize) -> Result<(), RegistryError> {
+        let limits = &self.limits;
+        if after > limits.files_per_peer {
+            return Err(RegistryError::TooManyFiles { count: after, max: limits.files_per_peer });
+        }
+        let from_ip = self.per_ip.get(&client_key(conn.ip())).copied().unwrap_or(0) - before + after;
+        if after > before && from_ip > limits.files_per_ip {
+            return Err(RegistryError::TooManyFromAddress { count: from_ip, max: limits.files_per_ip });
+        }
+        if after > before && self.total - before + after > limits.files_total {
+            return Err(RegistryError::IndexFull { max: limits.files_total });
+        }
+        Ok(())
+    }
+
+    /// Records that the peer on `conn` went from `before` to `after` files.
+    fn count(&mut self, conn: SocketAddr, before: usize, after: usize) {
+        self.total = self.total - before + after;
+        let key = client_key(conn.ip());
+        let n = self.per_ip.entry(key).or_insert(0);
+        *n = *n - before + after;
+        if *n == 0 {
+            self.per_ip.remove(&key);
+        }
+    }
+
+    /// Checks that the maps and counts agree; for tests.
     #[cfg(test)]
     fn assert_consistent(&self) {
         let mut entries = 0;
-        for (conn, (_, files)) in &self.peers {
-            let id = self.ids[conn];
-            assert_eq!(self.conns[id as usize], Some(*conn));
-            for (idx, f) in files.iter().enumerate() {
-                let h = self.by_name[&f.name].as_slice().iter().find(|h| h.peer == id).copied();
-                assert_eq!(h, Some(Holder { peer: id, idx: idx as u32 }), "{f:?}");
+        let mut per_ip: HashMap<IpAddr, usize> = HashMap::new();
+        for (conn, peer) in &self.peers {
+            assert_eq!(self.ids[peer.id as usize], *conn);
+            for (idx, f) in peer.files.iter().enumerate() {
+                let h = self.by_name[&f.name].as_slice().iter().find(|h| h.peer == peer.id).copied();
+                assert_eq!(h, Some(Holder { peer: peer.id, idx: idx as u32 }), "{f:?}");
             }
-            entries += files.len();
+            entries += peer.files.len();
+            if !peer.files.is_empty() {
+                *per_ip.entry(client_key(conn.ip())).or_default() += peer.files.len();
+            }
         }
         let indexed: usize = self.by_name.values().map(|h| h.as_slice().len()).sum();
         assert_eq!(indexed, entries, "no index entry without a file");
         assert_eq!(self.ids.len(), self.peers.len());
+        assert_eq!(self.total, entries);
+        assert_eq!(self.per_ip, per_ip);
     }
-}
-
-/// Does `text` contain `lower` (already lowercase ASCII), ignoring ASCII case? Without
-/// allocating: this runs for every name of a filtered listing.
-fn contains_ignoring_ascii_case(text: &str, lower: &str) -> bool {
-    let (text, lower) = (text.as_bytes(), lower.as_bytes());
-    lower.is_empty() || text.windows(lower.len()).any(|w| w.eq_ignore_ascii_case(lower))
 }
 
 #[cfg(test)]
@@ -437,8 +579,10 @@ mod tests {
         FileInfo { name: name(s), size, sha256: [size as u8; 32] }
     }
 
+    const UNLIMITED: PageBudget = PageBudget { names: usize::MAX, time: Duration::MAX };
+
     fn all(r: &Registry, asker: SocketAddr) -> Vec<(String, u64, u32)> {
-        let page = r.list_page(asker, "", None, usize::MAX);
+        let page = r.list_page(asker, &Pattern::new(""), None, UNLIMITED);
         assert!(page.next.is_none());
         page.entries.into_iter().map(|e| (e.name.to_string(), e.size, e.peers)).collect()
     }
@@ -513,7 +657,7 @@ mod tests {
 
     #[test]
     fn refusals_change_nothing() {
-        let mut r = Registry::new(2, 8);
+        let mut r = Registry::new(Limits { files_per_peer: 2, name_len: 8, ..Limits::default() });
         r.register(addr(1), 7001, vec![file("keep", 1)]).unwrap();
         assert_eq!(r.register(addr(1), 0, vec![]), Err(RegistryError::PortZero));
         assert_eq!(
@@ -533,6 +677,96 @@ mod tests {
     }
 
     #[test]
+    fn limits_per_address_and_in_all_hold_across_connections() {
+        let limits = Limits { files_per_peer: 3, files_per_ip: 5, files_total: 8, name_len: 255 };
+        let mut r = Registry::new(limits);
+        let at = |ip: [u8; 4], port: u16| SocketAddr::from((ip, port));
+        let files = |tag: &str, n: usize| (0..n).map(|i| file(&format!("{tag}{i}"), 1)).collect::<Vec<_>>();
+        let (a1, a2, a3) = (at([10, 0, 0, 1], 1), at([10, 0, 0, 1], 2), at([10, 0, 0, 1], 3));
+        assert_eq!(r.register(a1, 9, files("a", 3)), Ok(3));
+        assert_eq!(r.register(a2, 9, files("b", 2)), Ok(2));
+        // A third connection from the same address: over its 5, refused whole.
+        assert_eq!(
+            r.register(a3, 9, files("c", 1)),
+            Err(RegistryError::TooManyFromAddress { count: 6, max: 5 })
+        );
+        assert_eq!(
+            r.add(a2, files("b-more", 1)),
+            Err(RegistryError::TooManyFromAddress { count: 6, max: 5 })
+        );
+        assert!(!r.is_registered(a3));
+        // Replacing a registration counts what it replaces: 3 -> 3 is fine.
+        assert_eq!(r.register(a1, 9, files("d", 3)), Ok(3));
+        // Shrinking is always allowed; then there is room again.
+        assert_eq!(r.update(a1, files("d", 1)), Ok(1));
+        assert_eq!(r.register(a3, 9, files("c", 2)), Ok(2));
+        // Another address has its own 5, but the index holds 8 in all.
+        let (b1, b2) = (at([10, 0, 0, 2], 1), at([10, 0, 0, 2], 2));
+        assert_eq!(r.register(b1, 9, files("e", 2)), Ok(2));
+        assert_eq!(r.register(b2, 9, files("f", 2)), Err(RegistryError::IndexFull { max: 8 }));
+        assert_eq!(r.file_count(), 7);
+        r.assert_consistent();
+        // Leaving gives the room back.
+        assert!(r.remove(a1));
+        assert_eq!(r.register(b2, 9, files("f", 2)), Ok(2));
+        assert_eq!(r.file_count(), 8);
+        r.assert_consistent();
+        assert!(
+            RegistryError::TooManyFromAddress { count: 6, max: 5 }
+                .to_string()
+                .contains("limit of 5 per address")
+        );
+    }
+
+    #[test]
+    fn a_page_examines_a_bounded_number_of_names_whatever_the_pattern() {
+        let mut r = Registry::default();
+        let long = |i: usize| file(&format!("{i:06}{}", "a".repeat(240)), 1);
+        r.register(addr(1), 7001, (0..5000).map(long).collect()).unwrap();
+        // A pathological pattern: long, almost matching everywhere, never matching.
+        let nasty = Pattern::new(&format!("{}b", "A".repeat(200)));
+        let budget = PageBudget { names: 1000, time: Duration::MAX };
+        let mut after = None;
+        let mut pages = 0;
+        loop {
+            let page = r.list_page(addr(2), &nasty, after.as_ref(), budget);
+            assert!(page.entries.is_empty());
+            pages += 1;
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(pages, 5, "5,000 names, 1,000 examined per page");
+        // A pattern longer than any name: nothing is examined at all.
+        let impossible = Pattern::new(&"x".repeat(300));
+        assert!(impossible.matches_nothing());
+        assert!(r.list_page(addr(2), &impossible, None, budget).next.is_none());
+        // A page that runs out of time ends early, and the listing still covers it all.
+        let hurried = PageBudget { names: usize::MAX, time: Duration::ZERO };
+        let (mut seen, mut after, mut pages) = (0, None, 0);
+        loop {
+            let page = r.list_page(addr(2), &Pattern::new(""), after.as_ref(), hurried);
+            seen += page.entries.len();
+            pages += 1;
+            match page.next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        assert_eq!(seen, 5000);
+        assert!(pages > 1, "a zero time budget cuts pages short");
+    }
+
+    #[test]
+    fn patterns_match_case_insensitively_in_linear_time() {
+        let p = Pattern::new("MP3");
+        assert!(p.matches("song.mp3") && p.matches("SONG.Mp3") && !p.matches("song.mp4"));
+        assert!(Pattern::new("").matches("anything"));
+        assert!(Pattern::new("ünï").matches("xünïx"), "non-ASCII is matched exactly");
+    }
+
+    #[test]
     fn pages_cover_the_listing_exactly_once() {
         let mut r = Registry::default();
         let files: Vec<FileInfo> = (0..100).map(|i| file(&format!("f{i:03}"), i)).collect();
@@ -541,7 +775,8 @@ mod tests {
             let mut seen = Vec::new();
             let mut after = None;
             loop {
-                let page = r.list_page(addr(2), "", after.as_ref(), max_names);
+                let budget = PageBudget { names: max_names, time: Duration::MAX };
+                let page = r.list_page(addr(2), &Pattern::new(""), after.as_ref(), budget);
                 assert!(page.entries.len() <= max_names);
                 seen.extend(page.entries.into_iter().map(|e| e.name.to_string()));
                 match page.next {
@@ -558,7 +793,7 @@ mod tests {
     fn pattern_ignores_case() {
         let mut r = Registry::default();
         r.register(addr(1), 7001, vec![file("Song.MP3", 1), file("notes.txt", 2)]).unwrap();
-        let page = r.list_page(addr(2), "mp3", None, 10);
+        let page = r.list_page(addr(2), &Pattern::new("mp3"), None, UNLIMITED);
         assert_eq!(page.entries.len(), 1);
         assert_eq!(page.entries[0].name.as_str(), "Song.MP3");
     }
@@ -671,17 +906,17 @@ mod tests {
                         let list: Vec<FileInfo> = pick.iter().map(|(n, s)| file(n, *s)).collect();
                         match rng.random_range(0..5) {
                             0 => {
-                                index.lock().register(conn, 1000 + t, list).unwrap();
+                                index.register(conn, 1000 + t, list).unwrap();
                                 mine = Some(pick);
                             }
                             1 => {
-                                if index.lock().update(conn, list).is_ok() {
+                                if index.update(conn, list).is_ok() {
                                     mine = Some(pick);
                                 }
                             }
                             2 => {
                                 let gone: Vec<ShareName> = pick.keys().map(|n| name(n)).collect();
-                                if index.lock().delete(conn, &gone).is_ok() {
+                                if index.delete(conn, &gone).is_ok() {
                                     let m = mine.as_mut().unwrap();
                                     pick.keys().for_each(|n| {
                                         m.remove(n);
@@ -689,17 +924,17 @@ mod tests {
                                 }
                             }
                             3 => {
-                                index.lock().remove(conn);
+                                index.remove(conn);
                                 mine = None;
                             }
                             _ => {
                                 let n = &names[rng.random_range(0..names.len())];
-                                let _ = index.lock().lookup(&name(n));
+                                let _ = index.lookup(&name(n));
                             }
                         }
                     }
                     for n in &names {
-                        let hits = index.lock().lookup(&name(n));
+                        let hits = index.lookup(&name(n));
                         let at_me = hits.iter().filter(|h| h.addr.port() == 1000 + t).count();
                         let want = usize::from(mine.as_ref().is_some_and(|m| m.contains_key(n)));
                         assert_eq!(at_me, want, "thread {t}, name {n}");
@@ -710,6 +945,6 @@ mod tests {
         for h in handles {
             h.join().unwrap();
         }
-        index.lock().assert_consistent();
+        index.with(|r| r.assert_consistent());
     }
 }

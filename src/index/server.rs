@@ -1,24 +1,29 @@
-//! The index server's accept loop and per-connection conversation.
+//! The index server's per-connection conversation, on a thread of its own (the accept
+//! loop is [`crate::net::serve`]).
 //!
-//! One `std::thread` per connection reads requests until the peer disconnects; when
-//! the conversation ends, for whatever reason, the peer's registration goes with it.
+//! A connection reads requests until the peer disconnects; when the conversation ends,
+//! for whatever reason, the peer's registration goes with it. On the way in, a request
+//! frame books its memory in the server's [`Budget`]; on the way out, the request and
+//! its outcome are logged, at most [`crate::logging::RECORDS_PER_SECOND`] records a
+//! second per connection.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::io::{self, BufReader};
-use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use log::{info, warn};
+use log::Level;
 
-use super::Index;
-use crate::auth::{self, Key, Users};
+use super::budget::{Budget, RECEIVE_BUDGET};
+use super::login::{Accounts, ProofStep, Session};
+use super::{Index, PageBudget, Pattern};
+use crate::logging::RateLimit;
 use crate::name::ShareName;
-use crate::net::{Slot, Slots, Timed, close_gently};
-use crate::wire::{self, MAX_FRAME_LEN, Message, PROTOCOL_VERSION, Reply, Request, Service, Welcome};
-use rand::RngExt;
+use crate::net::{self, ConnLimits, Slot, Timed, close_gently, is_timeout};
+use crate::text::Clip;
+use crate::wire::{self, FileInfo, MAX_FRAME_LEN, Message, Reply, Request, Service};
 
 /// How long a new connection has to complete its [`wire::Hello`], however it trickles
 /// in: libtorrent's `handshake_timeout`.
@@ -42,75 +47,29 @@ pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// and a descriptor; further connections are refused with a reason.
 pub const MAX_CONNECTIONS: usize = 10_000;
 
-/// Stack size of a connection thread. A connection needs a few KiB of stack; the
-/// default 2 MiB of address space per thread would be wasted at thousands of peers.
-pub const CONNECTION_STACK_SIZE: usize = 256 * 1024;
+/// Most connections from one client address ([`crate::net::client_key`]): a peer
+/// needs one, a host running a few peers a few; 64 leaves room for NAT, while one
+/// address can no longer take every place.
+pub const MAX_CONNECTIONS_PER_IP: usize = 64;
+
+/// Largest frame a connection may send before it has logged in, on a server that
+/// requires login: `Login` and `Proof` are a few dozen bytes, so a stranger cannot
+/// make the server buffer more than this.
+pub const MAX_UNAUTHENTICATED_FRAME: usize = 4096;
+
+/// Largest handshake frame accepted: a `Hello` is 11 bytes.
+pub const MAX_HANDSHAKE_FRAME: usize = 4096;
 
 /// How long a refused or failed connection is given to read our last words.
 const CLOSE_PATIENCE: Duration = Duration::from_secs(1);
 
-/// Names examined per listing page. The registry lock is held for one page at a time,
-/// so a listing of millions of files never blocks other connections for long.
-const LIST_PAGE_NAMES: usize = 1024;
+/// The most work one listing page does under the registry lock: 1,024 names, or about
+/// a millisecond of scanning, whichever ends first, so that no listing (however large
+/// the registry, however odd the pattern) holds up lookups for long.
+pub const LIST_PAGE: PageBudget = PageBudget { names: 1024, time: Duration::from_millis(1) };
 
-/// First delay before answering a wrong password; each further failure from the same
-/// address within [`FAILURE_MEMORY`] adds as much again, up to [`MAX_FAILURE_DELAY`].
-pub const FAILURE_DELAY: Duration = Duration::from_secs(1);
-
-/// Longest delay before answering a wrong password.
-pub const MAX_FAILURE_DELAY: Duration = Duration::from_secs(10);
-
-/// How long failed logins from an address are remembered.
-pub const FAILURE_MEMORY: Duration = Duration::from_secs(15 * 60);
-
-/// Accounts, when the server requires login (`--users`).
-#[derive(Debug)]
-pub struct Accounts {
-    users: Users,
-    /// Keys fake challenges for unknown users, so a challenge does not tell whether a
-    /// user exists.
-    secret: [u8; 32],
-    /// Recent failed logins by address: (count, last).
-    failures: Mutex<HashMap<IpAddr, (u32, Instant)>>,
-}
-
-impl Accounts {
-    /// Login required, for these users.
-    pub fn new(users: Users) -> Accounts {
-        Accounts { users, secret: rand::rng().random(), failures: Mutex::default() }
-    }
-
-    /// The challenge for `user`: their salt and rounds, or plausible fake ones.
-    fn challenge(&self, user: &str) -> (Vec<u8>, u32, Option<Key>) {
-        match self.users.get(user) {
-            Some(a) => (a.salt.clone(), a.rounds, Some(a.key)),
-            None => (
-                auth::proof(&self.secret, user, &[0; 32])[..auth::SALT_LEN].to_vec(),
-                auth::PBKDF2_ROUNDS,
-                None,
-            ),
-        }
-    }
-
-    /// Notes a failure from `ip` and returns how long to wait before saying so.
-    fn failed(&self, ip: IpAddr) -> Duration {
-        let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = Instant::now();
-        failures.retain(|_, (_, last)| now.duration_since(*last) < FAILURE_MEMORY);
-        let entry = failures.entry(ip).or_insert((0, now));
-        *entry = (entry.0 + 1, now);
-        (FAILURE_DELAY * entry.0).min(MAX_FAILURE_DELAY)
-    }
-}
-
-/// Where a connection stands with login.
-#[derive(Debug, Default)]
-struct Session {
-    /// The user logged in on this connection.
-    user: Option<String>,
-    /// The challenge sent and not yet answered: user, nonce, and their key if known.
-    pending: Option<(String, [u8; 32], Option<Key>)>,
-}
+/// Names shown in a log record of a change; the rest are counted.
+const NAMES_LOGGED: usize = 3;
 
 /// Limits and timeouts of a server; `Config::default()` has the documented defaults.
 #[derive(Clone, Debug)]
@@ -119,8 +78,11 @@ pub struct Config {
     pub accounts: Option<Arc<Accounts>>,
     /// Largest request frame accepted: [`MAX_FRAME_LEN`].
     pub max_frame_len: usize,
-    /// See [`MAX_CONNECTIONS`].
-    pub max_connections: usize,
+    /// Bytes of request frames received at once, over all connections:
+    /// [`RECEIVE_BUDGET`].
+    pub receive_budget: usize,
+    /// See [`MAX_CONNECTIONS`] and [`MAX_CONNECTIONS_PER_IP`].
+    pub connections: ConnLimits,
     /// See [`HANDSHAKE_TIMEOUT`].
     pub handshake_timeout: Duration,
     /// See [`IDLE_TIMEOUT`].
@@ -136,7 +98,8 @@ impl Default for Config {
         Config {
             accounts: None,
             max_frame_len: MAX_FRAME_LEN,
-            max_connections: MAX_CONNECTIONS,
+            receive_budget: RECEIVE_BUDGET,
+            connections: ConnLimits { max: MAX_CONNECTIONS, per_ip: MAX_CONNECTIONS_PER_IP },
             handshake_timeout: HANDSHAKE_TIMEOUT,
             idle_timeout: IDLE_TIMEOUT,
             read_timeout: READ_TIMEOUT,
@@ -147,68 +110,259 @@ impl Default for Config {
 
 /// Serves the index on an already-bound listener, forever.
 pub fn serve(listener: TcpListener, index: Index, config: Config) -> io::Result<()> {
-    let slots = Slots::new(config.max_connections);
-    loop {
-        let (stream, conn) = match listener.accept() {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                // Out of file descriptors or memory: not this listener's fault, and
-                // accepting again at once would only spin. Back off and go on.
-                warn!("accept failed: {e}");
-                thread::sleep(Duration::from_millis(100));
-                continue;
-            }
-        };
-        let Some(slot) = slots.take() else {
-            warn!("{conn} refused: {} connections open, the maximum", config.max_connections);
-            refuse(
-                &stream,
-                &format!("the server is full ({} connections); try again later", config.max_connections),
-            );
-            continue;
-        };
-        let (index, config) = (index.clone(), config.clone());
-        let spawned = thread::Builder::new()
-            .name(format!("conn {conn}"))
-            .stack_size(CONNECTION_STACK_SIZE)
-            .spawn(move || handle(index, stream, conn, &config, slot));
-        if let Err(e) = spawned {
-            warn!("{conn}: cannot start a thread for it: {e}; connection dropped");
+    let budget = Budget::new(config.receive_budget);
+    let limits = config.connections;
+    let config = Arc::new(config);
+    net::serve(listener, "conn", limits, move |stream, from, slot| {
+        Connection::new(&index, &config, &budget, from).run(stream, slot)
+    })
+}
+
+/// One connection: what it needs from the server, and its own state.
+struct Connection<'a> {
+    index: &'a Index,
+    config: &'a Config,
+    budget: &'a Budget,
+    /// The client's address: the connection's name in the registry and in the log.
+    conn: SocketAddr,
+    session: Session,
+    log: RateLimit,
+}
+
+/// How a connection is named in the log: its address, and its user once logged in.
+struct Who<'a>(SocketAddr, Option<&'a str>);
+
+impl fmt::Display for Who<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.1 {
+            Some(user) => write!(f, "{} ({user})", self.0),
+            None => write!(f, "{}", self.0),
         }
     }
 }
 
-/// Turns a connection away from the accept loop itself, without a thread: the reason
-/// goes out as a refused handshake, and the socket is closed at once (input that
-/// arrives after this look may still turn the close into a reset).
-fn refuse(stream: &TcpStream, why: &str) {
-    let refusal = Welcome { version: PROTOCOL_VERSION, refusal: Some(why.to_owned()) };
-    let _ = stream.set_nonblocking(true);
-    let _ = wire::send_msg(&mut &*stream, &refusal);
-    let _ = stream.shutdown(Shutdown::Write);
-    // Whatever the client has sent already (its hello) is read and dropped, so that
-    // the close is an orderly one and the refusal is not lost to a reset.
-    let _ = io::Read::read(&mut &*stream, &mut [0u8; 256]);
+/// Logs through the connection's rate limit: `record!(self, Level::Info, "...", ..)`.
+macro_rules! record {
+    ($conn:expr, $level:expr, $($arg:tt)+) => {{
+        let who = Who($conn.conn, $conn.session.user());
+        $conn.log.log($level, who, format_args!($($arg)+))
+    }};
 }
 
-/// Runs one connection to its end and removes its registration.
-fn handle(index: Index, stream: TcpStream, conn: SocketAddr, config: &Config, _slot: Slot) {
-    info!("{conn} connected");
-    // Whatever happens below, a panic included, the registration goes with the
-    // connection.
-    let registration = Registration { index: &index, conn };
-    let why = match converse(&index, &stream, conn, config) {
-        Ok(()) => "closed by the peer".to_owned(),
-        Err(e) if is_timeout(&e) => "timed out".to_owned(),
-        Err(e) => {
-            // The last words (a refused handshake, a frame that is too big) are
-            // already written; let them arrive before the close.
-            close_gently(&stream, CLOSE_PATIENCE);
-            e.to_string()
+impl<'a> Connection<'a> {
+    fn new(index: &'a Index, config: &'a Config, budget: &'a Budget, conn: SocketAddr) -> Connection<'a> {
+        Connection { index, config, budget, conn, session: Session::default(), log: RateLimit::default() }
+    }
+
+    /// Runs the connection to its end and removes its registration.
+    fn run(mut self, stream: TcpStream, _slot: Slot) {
+        record!(self, Level::Info, "connected");
+        // Whatever happens below, a panic included, the registration goes with the
+        // connection.
+        let registration = Registration { index: self.index, conn: self.conn };
+        let why = match self.converse(&stream) {
+            Ok(()) => "closed by the peer".to_owned(),
+            Err(e) if is_timeout(&e) => "timed out".to_owned(),
+            Err(e) => {
+                // The last words (a refused handshake, a frame that is too big) are
+                // already written; let them arrive before the close.
+                close_gently(&stream, CLOSE_PATIENCE);
+                e.to_string()
+            }
+        };
+        let dropped = if registration.end() { "; its registration is removed" } else { "" };
+        let who = Who(self.conn, self.session.user());
+        self.log.finish(&who);
+        // The last record always gets out: it is what an operator looks for.
+        log::info!("{who} disconnected ({why}){dropped}");
+    }
+
+    /// The largest frame this connection may send now.
+    fn max_frame(&self) -> usize {
+        match (&self.config.accounts, self.session.user()) {
+            (Some(_), None) => MAX_UNAUTHENTICATED_FRAME.min(self.config.max_frame_len),
+            _ => self.config.max_frame_len,
         }
-    };
-    let dropped = if registration.end() { "; its registration is removed" } else { "" };
-    info!("{conn} disconnected ({why}){dropped}");
+    }
+
+    fn converse(&mut self, stream: &TcpStream) -> io::Result<()> {
+        let config = self.config;
+        stream.set_nodelay(true)?;
+        stream.set_write_timeout(Some(config.write_timeout))?;
+        // One descriptor per connection (no `try_clone`): at 10,000 peers, descriptors
+        // are the resource that runs out first.
+        let mut reader = BufReader::new(Timed::deadline(stream, Instant::now() + config.handshake_timeout));
+        let mut writer = stream;
+
+        if let Err(e) = wire::server_handshake(&mut reader, &mut writer, Service::Index, MAX_HANDSHAKE_FRAME)
+        {
+            record!(self, Level::Warn, "handshake failed: {e}");
+            return Err(e);
+        }
+        loop {
+            reader.get_mut().await_frame(config.idle_timeout, config.read_timeout);
+            let max = self.max_frame();
+            let len = match wire::recv_len(&mut reader, max) {
+                Ok(Some(len)) => len,
+                Ok(None) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    // A length over the maximum: say so, then close (the stream cannot
+                    // be resynchronised after a bad length).
+                    let why = match max {
+                        MAX_UNAUTHENTICATED_FRAME => format!("request refused: {e} before login"),
+                        _ => format!("request refused: {e}"),
+                    };
+                    record!(self, Level::Warn, "{why}");
+                    let _ = wire::send_msg(&mut writer, &Reply::Error(why));
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            };
+            let deadline =
+                reader.get_ref().frame_deadline().unwrap_or_else(|| Instant::now() + config.read_timeout);
+            let Some(_booked) = self.budget.book(len, deadline) else {
+                let why = format!(
+                    "request refused: the server is receiving too many large requests at once (its memory budget of {} MiB is in use); try again later",
+                    config.receive_budget >> 20
+                );
+                record!(self, Level::Warn, "a request of {len} bytes waited for memory in vain; closing");
+                let _ = wire::send_msg(&mut writer, &Reply::Error(why));
+                return Err(io::Error::new(io::ErrorKind::OutOfMemory, "no room in the receive budget"));
+            };
+            let frame = wire::recv_payload(&mut reader, len, len)?;
+            match Request::decode(&frame) {
+                Ok(request) => {
+                    drop(frame);
+                    self.respond(request, writer)?;
+                }
+                Err(e) => {
+                    let what = frame.first().map_or("an empty request", |&tag| request_name(tag));
+                    record!(self, Level::Warn, "malformed request ({what}): {e}");
+                    wire::send_msg(&mut writer, &Reply::Error(format!("malformed request: {e}")))?;
+                }
+            }
+        }
+    }
+
+    /// Carries out one request and writes its reply, then logs the request and its
+    /// outcome (after the reply, so the log costs the client no latency).
+    fn respond(&mut self, request: Request, mut w: &TcpStream) -> io::Result<()> {
+        let (index, conn, config) = (self.index, self.conn, self.config);
+        match (&config.accounts, request) {
+            (Some(accounts), Request::Login { user }) => {
+                let reply = accounts.challenge(&mut self.session, &user);
+                wire::send_msg(&mut w, &reply)?;
+                match reply {
+                    Reply::Error(e) => record!(self, Level::Info, "login as {} -> refused: {e}", Clip(&user)),
+                    _ => record!(self, Level::Info, "login as {} -> challenge sent", Clip(&user)),
+                }
+                return Ok(());
+            }
+            (Some(accounts), Request::Proof { proof }) => {
+                let user = self.session.pending_user().unwrap_or("").to_owned();
+                let reply = match accounts.admit(&self.session, conn.ip(), Instant::now()) {
+                    ProofStep::CheckAt(at) => {
+                        if let Some(wait) = at.checked_duration_since(Instant::now()) {
+                            thread::sleep(wait);
+                        }
+                        accounts.check(&mut self.session, conn.ip(), &proof, Instant::now())
+                    }
+                    ProofStep::Answer(reply) => reply,
+                };
+                wire::send_msg(&mut w, &reply)?;
+                match &reply {
+                    Reply::LoggedIn => record!(self, Level::Info, "login -> ok"),
+                    Reply::Error(e) => record!(self, Level::Warn, "login as {} -> refused: {e}", Clip(&user)),
+                    _ => {}
+                }
+                return Ok(());
+            }
+            (None, Request::Login { user }) => {
+                let why = "this server has no accounts: no login is needed";
+                record!(self, Level::Info, "login as {} -> refused: {why}", Clip(&user));
+                return wire::send_msg(&mut w, &Reply::Error(why.into()));
+            }
+            (None, Request::Proof { .. }) => {
+                return wire::send_msg(&mut w, &Reply::Error("this server has no accounts".into()));
+            }
+            (Some(_), request) if self.session.user().is_none() && request != Request::Ping => {
+                wire::send_msg(&mut w, &Reply::Error("login required".into()))?;
+                record!(self, Level::Info, "{} -> refused: login required", Summary::of(&request));
+                return Ok(());
+            }
+            (_, Request::Ping) => return wire::send_msg(&mut w, &Reply::Pong),
+            (_, Request::List { pattern, limit }) => {
+                let sent = send_listing(index, conn, &pattern, limit, w)?;
+                let limit = limit.map_or("none".to_owned(), |n| n.to_string());
+                record!(
+                    self,
+                    Level::Info,
+                    "list matching {}, limit {limit} -> {sent} entries",
+                    Clip(&pattern)
+                );
+                return Ok(());
+            }
+            (_, request) => {
+                let what = Summary::of(&request);
+                let done = |r: Result<usize, super::RegistryError>| match r {
+                    Ok(n) => Reply::Done { files: n as u32 },
+                    Err(e) => Reply::Error(e.to_string()),
+                };
+                let reply = match request {
+                    Request::Register { port, files } => done(index.register(conn, port, files)),
+                    Request::Unregister => done(index.unregister(conn).map(|()| 0)),
+                    Request::Update { files } => done(index.update(conn, files)),
+                    Request::Delete { names } => done(index.delete(conn, &names)),
+                    Request::Add { files } => done(index.add(conn, files)),
+                    Request::Lookup { name } => {
+                        let hits = index.lookup(&name);
+                        if hits.is_empty() { Reply::NoPeers } else { Reply::Peers(hits) }
+                    }
+                    Request::Ping | Request::List { .. } | Request::Login { .. } | Request::Proof { .. } => {
+                        unreachable!("answered above")
+                    }
+                };
+                wire::send_msg(&mut w, &reply)?;
+                match &reply {
+                    Reply::Error(e) => record!(self, Level::Info, "{what} -> refused: {e}"),
+                    Reply::Done { files } => {
+                        record!(self, Level::Info, "{what} -> ok, {files} {} registered", files_word(*files))
+                    }
+                    Reply::Peers(hits) => {
+                        record!(self, Level::Info, "{what} -> {} {}", hits.len(), peers_word(hits.len()))
+                    }
+                    Reply::NoPeers => record!(self, Level::Info, "{what} -> no registered peer shares it"),
+                    _ => record!(self, Level::Info, "{what}"),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn files_word(n: u32) -> &'static str {
+    if n == 1 { "file" } else { "files" }
+}
+
+fn peers_word(n: usize) -> &'static str {
+    if n == 1 { "peer" } else { "peers" }
+}
+
+/// The name of the request with tag `tag`, for the log of a malformed one.
+fn request_name(tag: u8) -> &'static str {
+    match tag {
+        0x01 => "register",
+        0x02 => "unregister",
+        0x03 => "update",
+        0x04 => "delete",
+        0x05 => "list",
+        0x06 => "lookup",
+        0x07 => "ping",
+        0x08 => "add",
+        0x09 => "login",
+        0x0a => "proof",
+        _ => "unknown type",
+    }
 }
 
 /// Removes a connection's registration when dropped, so that not even a panic in the
@@ -230,179 +384,90 @@ impl Registration<'_> {
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
         if self.index.remove(self.conn) {
-            warn!("{} disconnected abnormally; its registration is removed", self.conn);
+            log::warn!("{} disconnected abnormally; its registration is removed", self.conn);
         }
     }
 }
 
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
-}
-
-fn converse(index: &Index, stream: &TcpStream, conn: SocketAddr, config: &Config) -> io::Result<()> {
-    stream.set_nodelay(true)?;
-    stream.set_write_timeout(Some(config.write_timeout))?;
-    // One descriptor per connection (no `try_clone`): at 10,000 peers, descriptors are
-    // the resource that runs out first.
-    let mut reader = BufReader::new(Timed::deadline(stream, Instant::now() + config.handshake_timeout));
-    let mut writer = stream;
-
-    if let Err(e) = wire::server_handshake(&mut reader, &mut writer, Service::Index, config.max_frame_len) {
-        warn!("{conn} handshake failed: {e}");
-        return Err(e);
-    }
-    let mut session = Session::default();
-    loop {
-        reader.get_mut().await_frame(config.idle_timeout, config.read_timeout);
-        let frame = match wire::recv_all(&mut reader, config.max_frame_len) {
-            Ok(Some(frame)) => frame,
-            Ok(None) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                // A length over the maximum: say so, then close (the stream cannot be
-                // resynchronised after a bad length).
-                warn!("{conn} {e}");
-                let _ = wire::send_msg(&mut writer, &Reply::Error(format!("request refused: {e}")));
-                return Err(e);
-            }
-            Err(e) => return Err(e),
-        };
-        match Request::decode(&frame) {
-            Ok(request) => match (&config.accounts, request) {
-                (accounts, Request::Login { user }) => {
-                    login(accounts.as_deref(), &mut session, conn, user, writer)?
-                }
-                (accounts, Request::Proof { proof }) => {
-                    prove(accounts.as_deref(), &mut session, conn, &proof, writer)?;
-                }
-                (Some(_), request) if session.user.is_none() && request != Request::Ping => {
-                    info!("{conn} request refused: login required");
-                    wire::send_msg(&mut writer, &Reply::Error("login required".into()))?;
-                }
-                (_, request) => respond(index, conn, request, writer)?,
-            },
-            Err(e) => {
-                warn!("{conn} malformed request: {e}");
-                wire::send_msg(&mut writer, &Reply::Error(format!("malformed request: {e}")))?;
-            }
-        }
-    }
-}
-
-/// Answers `Login` with a challenge.
-fn login(
-    accounts: Option<&Accounts>,
-    session: &mut Session,
-    conn: SocketAddr,
-    user: String,
-    mut w: &TcpStream,
-) -> io::Result<()> {
-    let Some(accounts) = accounts else {
-        info!("{conn} login as {user:?} -> this server has no accounts");
-        return wire::send_msg(
-            &mut w,
-            &Reply::Error("this server has no accounts: no login is needed".into()),
-        );
-    };
-    if let Err(why) = auth::check_user(&user) {
-        return wire::send_msg(&mut w, &Reply::Error(why));
-    }
-    let (salt, rounds, key) = accounts.challenge(&user);
-    let nonce: [u8; 32] = rand::rng().random();
-    session.pending = Some((user, nonce, key));
-    wire::send_msg(&mut w, &Reply::Challenge { salt, rounds, nonce })
-}
-
-/// Answers `Proof`: logged in, or (after a delay that grows with each failure from the
-/// same address) a refusal that does not say whether the user exists.
-fn prove(
-    accounts: Option<&Accounts>,
-    session: &mut Session,
-    conn: SocketAddr,
-    proof: &[u8; 32],
-    mut w: &TcpStream,
-) -> io::Result<()> {
-    let (Some(accounts), Some((user, nonce, key))) = (accounts, session.pending.take()) else {
-        return wire::send_msg(&mut w, &Reply::Error("send login first".into()));
-    };
-    if key.is_some_and(|key| auth::verify(&key, &user, &nonce, proof)) {
-        info!("{conn} login as {user:?} -> ok");
-        session.user = Some(user);
-        return wire::send_msg(&mut w, &Reply::LoggedIn);
-    }
-    let delay = accounts.failed(conn.ip());
-    warn!("{conn} login as {user:?} -> wrong user name or password; answering in {} s", delay.as_secs());
-    thread::sleep(delay);
-    wire::send_msg(&mut w, &Reply::Error("wrong user name or password".into()))
-}
-
-/// What a request was, for the log; built without allocating.
+/// What a request was, for the log: its kind and the names it carries (the first
+/// [`NAMES_LOGGED`], then a count), every name clipped and escaped when shown. Taken
+/// before the request is carried out (which consumes it), without copying a name's text.
 enum Summary {
-    Register { port: u16, files: usize },
+    Register { port: u16, files: Names },
     Unregister,
-    Update { files: usize },
-    Delete { names: usize },
-    Add { files: usize },
+    Update(Names),
+    Delete(Names),
+    Add(Names),
     Lookup(ShareName),
+    Other(&'static str),
+}
+
+/// How many names, and the first few of them.
+struct Names {
+    count: usize,
+    first: [Option<ShareName>; NAMES_LOGGED],
+}
+
+impl Names {
+    fn of<'n>(count: usize, mut names: impl Iterator<Item = &'n ShareName>) -> Names {
+        Names { count, first: std::array::from_fn(|_| names.next().cloned()) }
+    }
+
+    fn files(files: &[FileInfo]) -> Names {
+        Names::of(files.len(), files.iter().map(|f| &f.name))
+    }
+}
+
+impl Summary {
+    fn of(request: &Request) -> Summary {
+        match request {
+            Request::Register { port, files } => {
+                Summary::Register { port: *port, files: Names::files(files) }
+            }
+            Request::Unregister => Summary::Unregister,
+            Request::Update { files } => Summary::Update(Names::files(files)),
+            Request::Delete { names } => Summary::Delete(Names::of(names.len(), names.iter())),
+            Request::Add { files } => Summary::Add(Names::files(files)),
+            Request::Lookup { name } => Summary::Lookup(name.clone()),
+            Request::List { .. } => Summary::Other("list"),
+            Request::Ping => Summary::Other("ping"),
+            Request::Login { .. } => Summary::Other("login"),
+            Request::Proof { .. } => Summary::Other("proof"),
+        }
+    }
+}
+
+/// `3 files: "a", "b", "c"` or `50000 files: "a", "b", "c" and 49997 more`.
+impl fmt::Display for Names {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.count, if self.count == 1 { "file" } else { "files" })?;
+        for (i, name) in self.first.iter().flatten().enumerate() {
+            write!(f, "{}{}", if i == 0 { ": " } else { ", " }, Clip(name.as_str()))?;
+        }
+        if self.count > NAMES_LOGGED {
+            write!(f, " and {} more", self.count - NAMES_LOGGED)?;
+        }
+        Ok(())
+    }
 }
 
 impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Summary::Register { port, files } => write!(f, "register port {port}, {files} files"),
+            Summary::Register { port, files } => write!(f, "register port {port}, {files}"),
             Summary::Unregister => f.write_str("unregister"),
-            Summary::Update { files } => write!(f, "update, {files} files"),
-            Summary::Delete { names } => write!(f, "delete {names} names"),
-            Summary::Add { files } => write!(f, "add {files} files"),
-            Summary::Lookup(name) => write!(f, "lookup {:?}", name.as_str()),
+            Summary::Update(files) => write!(f, "update, {files}"),
+            Summary::Delete(names) => write!(f, "delete {names}"),
+            Summary::Add(files) => write!(f, "add {files}"),
+            Summary::Lookup(name) => write!(f, "lookup {}", Clip(name.as_str())),
+            Summary::Other(what) => f.write_str(what),
         }
     }
 }
 
-/// Carries out one request, writes its reply, then logs the request and its outcome
-/// (after the reply, so the log costs the client no latency).
-fn respond(index: &Index, conn: SocketAddr, request: Request, mut w: &TcpStream) -> io::Result<()> {
-    let done = |r: Result<usize, super::RegistryError>| match r {
-        Ok(n) => Reply::Done { files: n as u32 },
-        Err(e) => Reply::Error(e.to_string()),
-    };
-    let (what, reply) = match request {
-        Request::Register { port, files } => {
-            (Summary::Register { port, files: files.len() }, done(index.lock().register(conn, port, files)))
-        }
-        Request::Unregister => (Summary::Unregister, done(index.lock().unregister(conn).map(|()| 0))),
-        Request::Update { files } => {
-            (Summary::Update { files: files.len() }, done(index.lock().update(conn, files)))
-        }
-        Request::Delete { names } => {
-            (Summary::Delete { names: names.len() }, done(index.lock().delete(conn, &names)))
-        }
-        Request::Add { files } => (Summary::Add { files: files.len() }, done(index.lock().add(conn, files))),
-        Request::Lookup { name } => {
-            let hits = index.lock().lookup(&name);
-            (Summary::Lookup(name), if hits.is_empty() { Reply::NoPeers } else { Reply::Peers(hits) })
-        }
-        Request::List { pattern, limit } => {
-            let sent = send_listing(index, conn, &pattern, limit, w)?;
-            let limit = limit.map_or("none".to_owned(), |n| n.to_string());
-            info!("{conn} list matching {pattern:?}, limit {limit} -> {sent} entries");
-            return Ok(());
-        }
-        Request::Ping => return wire::send_msg(&mut w, &Reply::Pong),
-        Request::Login { .. } | Request::Proof { .. } => unreachable!("handled by the connection loop"),
-    };
-    wire::send_msg(&mut w, &reply)?;
-    match &reply {
-        Reply::Error(e) => info!("{conn} {what} -> error: {e}"),
-        Reply::Done { files } => info!("{conn} {what} -> ok, {files} files registered"),
-        Reply::Peers(hits) => info!("{conn} {what} -> {} peer(s)", hits.len()),
-        Reply::NoPeers => info!("{conn} {what} -> no registered peer shares it"),
-        _ => info!("{conn} {what}"),
-    }
-    Ok(())
-}
-
-/// Streams a listing a page at a time, taking the lock once per page and never across
-/// a write. Returns the number of entries sent.
+/// Streams a listing a page at a time, taking the lock once per page (a bounded amount
+/// of work, [`LIST_PAGE`]) and never across a write. Returns the number of entries
+/// sent.
 fn send_listing(
     index: &Index,
     conn: SocketAddr,
@@ -410,12 +475,13 @@ fn send_listing(
     limit: Option<u32>,
     mut w: &TcpStream,
 ) -> io::Result<usize> {
+    let pattern = Pattern::new(pattern);
     let mut left = limit.map_or(usize::MAX, |n| n as usize);
     let mut sent = 0;
     let mut after = None;
     let mut truncated = false;
     loop {
-        let mut page = index.lock().list_page(conn, pattern, after.as_ref(), LIST_PAGE_NAMES);
+        let mut page = index.list_page(conn, &pattern, after.as_ref(), LIST_PAGE);
         if page.entries.len() > left {
             page.entries.truncate(left);
             truncated = true;
@@ -434,4 +500,23 @@ fn send_listing(
     }
     wire::send_msg(&mut w, &Reply::ListEnd { truncated })?;
     Ok(sent)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_summaries_name_a_few_files_and_count_the_rest() {
+        let file = |n: &str| FileInfo { name: ShareName::parse(n).unwrap(), size: 1, sha256: [0; 32] };
+        let files: Vec<FileInfo> = (0..5).map(|i| file(&format!("f{i}"))).collect();
+        let request = Request::Update { files };
+        assert_eq!(Summary::of(&request).to_string(), "update, 5 files: \"f0\", \"f1\", \"f2\" and 2 more");
+        let one = Request::Add { files: vec![file("only one.txt")] };
+        assert_eq!(Summary::of(&one).to_string(), "add 1 file: \"only one.txt\"");
+        let none = Request::Delete { names: vec![] };
+        assert_eq!(Summary::of(&none).to_string(), "delete 0 files");
+        let long = Request::Lookup { name: ShareName::parse(&"y".repeat(255)).unwrap() };
+        assert!(Summary::of(&long).to_string().ends_with("\"... (255 bytes)"));
+    }
 }

@@ -18,6 +18,8 @@ use std::time::Duration;
 use anyhow::{anyhow, bail};
 
 use crate::auth;
+use crate::net::{self, ConnectTimeouts};
+use crate::text::escape;
 use crate::wire::{self, ListEntry, Reply, Request, Service};
 
 /// How long to wait for the index server to accept a connection.
@@ -83,11 +85,14 @@ impl IndexClient {
         })
     }
 
-    /// Logs in as `user`: the password never leaves this process; only a proof over
-    /// the server's fresh challenge does (see [`crate::auth`]).
-    pub fn login(&self, user: &str, password: &str) -> anyhow::Result<()> {
+    /// Logs in as `user`: asks the server for a challenge first (so that a server
+    /// without accounts, or one that asks for an unsafe number of rounds, is refused
+    /// before anyone types a password), then calls `password` and answers with a proof.
+    /// The password never leaves this process; only the proof does (see
+    /// [`crate::auth`]).
+    pub fn login(&self, user: &str, password: impl FnOnce() -> anyhow::Result<String>) -> anyhow::Result<()> {
         let (salt, rounds, nonce) = self.challenge(user)?;
-        let key = auth::derive_key(password, &salt, rounds);
+        let key = auth::derive_key(&password()?, &salt, rounds);
         self.prove(user, &key, &nonce)?;
         *lock(&self.credentials) = Some(Credentials { user: user.to_owned(), salt, rounds, key });
         Ok(())
@@ -105,10 +110,14 @@ impl IndexClient {
         Ok(Some(c.user))
     }
 
+    /// Asks for a challenge, and checks it is one a key may be derived for.
     fn challenge(&self, user: &str) -> anyhow::Result<(Vec<u8>, u32, [u8; 32])> {
         match self.call(&Request::Login { user: user.to_owned() })? {
-            Reply::Challenge { salt, rounds, nonce } => Ok((salt, rounds, nonce)),
-            Reply::Error(e) => Err(anyhow!("the index server says: {e}")),
+            Reply::Challenge { salt, rounds, nonce } => {
+                auth::check_challenge(&salt, rounds).map_err(|e| anyhow!(e))?;
+                Ok((salt, rounds, nonce))
+            }
+            Reply::Error(e) => Err(server_says(&e)),
             other => Err(unexpected(&other).into()),
         }
     }
@@ -116,7 +125,7 @@ impl IndexClient {
     fn prove(&self, user: &str, key: &auth::Key, nonce: &[u8; 32]) -> anyhow::Result<()> {
         match self.call(&Request::Proof { proof: auth::proof(key, user, nonce) })? {
             Reply::LoggedIn => Ok(()),
-            Reply::Error(e) => Err(anyhow!("the index server says: {e}")),
+            Reply::Error(e) => Err(server_says(&e)),
             other => Err(unexpected(&other).into()),
         }
     }
@@ -194,7 +203,7 @@ impl IndexClient {
     pub fn change(&self, request: &Request) -> anyhow::Result<u32> {
         match self.call(request)? {
             Reply::Done { files } => Ok(files),
-            Reply::Error(e) => Err(anyhow!("the index server says: {e}")),
+            Reply::Error(e) => Err(server_says(&e)),
             other => Err(unexpected(&other).into()),
         }
     }
@@ -214,7 +223,7 @@ impl IndexClient {
                 match wire::recv_msg(&mut conn.reader)? {
                     Reply::ListChunk(entries) => entries.into_iter().for_each(&mut each),
                     Reply::ListEnd { truncated } => return Ok(Ok(truncated)),
-                    Reply::Error(e) => return Ok(Err(e)),
+                    Reply::Error(e) => return Ok(Err(escape(&e).into_owned())),
                     other => return Err(unexpected(&other)),
                 }
             }
@@ -242,13 +251,15 @@ fn connect_any(addrs: &[SocketAddr]) -> anyhow::Result<(Conn, (SocketAddr, IpAdd
 }
 
 fn connect_one(server: SocketAddr) -> io::Result<Conn> {
-    let stream = TcpStream::connect_timeout(&server, CONNECT_TIMEOUT)?;
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
-    stream.set_write_timeout(Some(REPLY_TIMEOUT))?;
-    let mut conn = Conn { reader: BufReader::new(stream.try_clone()?), writer: stream };
-    wire::client_handshake(&mut conn.reader, &mut conn.writer, Service::Index)?;
-    Ok(conn)
+    let timeouts = ConnectTimeouts { connect: CONNECT_TIMEOUT, io: REPLY_TIMEOUT };
+    let stream = net::connect(server, Service::Index, timeouts)?;
+    Ok(Conn { reader: BufReader::new(stream.try_clone()?), writer: stream })
+}
+
+/// The error for an `Error` reply: the server's text, escaped, since it came over the
+/// network.
+pub fn server_says(text: &str) -> anyhow::Error {
+    anyhow!("the index server says: {}", escape(text))
 }
 
 /// Waits up to `timeout` for the other end to hang up (or the socket to fail). Only

@@ -3,36 +3,48 @@
 //!
 //! The candidates are tried best first: by default the least loaded, found by asking
 //! every candidate's file server how busy it is (in parallel, with a short timeout;
-//! one that does not answer is skipped at once), or in random order.
+//! one that does not answer is skipped at once), or in random order. A candidate's
+//! answer is only a hint: a source that stalled or sent wrong bytes goes to the back
+//! of the order for [`PENALTY`], whatever it says about itself ([`Penalties`]).
 //!
 //! Bytes go to a partial file in the folder, named after the content's SHA-256, while
 //! being hashed; only when the size and SHA-256 of the whole file match what the index
-//! advertised is the file given its name, and never over an existing file. If a
-//! transfer is interrupted (the sender dies, stalls, or stops short), the partial file
-//! stays, and the next attempt, from that peer or another, asks only for the rest. If
-//! the bytes are wrong (bad hash, too many), the partial file is removed.
+//! advertised is the file given its name, and never over an existing file. A source
+//! must deliver at least [`MIN_PROGRESS`] bytes (or the rest of the file) in every
+//! stall window, or it is dropped. If a transfer is interrupted (the sender dies,
+//! stalls, or stops short), the partial file stays, with a record of who sent its
+//! bytes ([`super::partial`]), and the next attempt asks only for the rest.
+//!
+//! If a file assembled from several attempts fails its hash, nobody can tell from the
+//! hash alone whose bytes were wrong: the partial is discarded, every source named, and
+//! the download starts again once from byte 0 from a source that sent none of the
+//! discarded bytes (or none of those before the last attempt). When that succeeds, the
+//! discarded ranges are compared with the verified file, and only the sources whose
+//! bytes differ are named as wrong and sent to the back of the order.
 
-use std::io::{self, BufReader, Read, Seek, Write};
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io::{self, Read, Seek, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::sync::mpsc;
+use std::sync::{Mutex, PoisonError, mpsc};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use rand::seq::SliceRandom;
 use sha2::{Digest, Sha256};
 
 use super::client::{IndexClient, unexpected};
+use super::fileserver::{MIN_PROGRESS, STALL_TIMEOUT};
 use super::folder::{SharedFolder, TempFile};
+use super::partial::Contribution;
 use crate::name::ShareName;
+use crate::net::{self, ConnectTimeouts, Timed, is_timeout};
+use crate::text::escape;
 use crate::wire::{self, FileInfo, FileReply, FileRequest, PeerHit, Reply, Request, Service};
 
 /// How long to wait for a sending peer to accept the connection.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// How long a sending peer may go without sending a byte before we give up on it and
-/// try the next one.
-pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Downloads that run at once; more wait their turn in a queue. Browsers allow 6
 /// connections per host for the same reason: beyond a few, parallel transfers only
@@ -45,6 +57,9 @@ pub const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Most candidates asked how busy they are, in parallel, for one download.
 pub const STATUS_SAMPLE: usize = 16;
+
+/// How long a source that stalled or sent wrong bytes stays at the back of the order.
+pub const PENALTY: Duration = Duration::from_secs(10 * 60);
 
 /// How the downloader orders the peers that share a file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -61,7 +76,9 @@ pub enum PeerChoice {
 pub struct DownloadConfig {
     /// See [`CONNECT_TIMEOUT`].
     pub connect_timeout: Duration,
-    /// See [`READ_TIMEOUT`].
+    /// The stall window: a source must deliver [`MIN_PROGRESS`] bytes (or the rest of
+    /// the file) within each, and its handshake and header within one
+    /// ([`STALL_TIMEOUT`]).
     pub read_timeout: Duration,
     /// See [`MAX_PARALLEL_DOWNLOADS`].
     pub max_parallel: usize,
@@ -73,7 +90,7 @@ impl Default for DownloadConfig {
     fn default() -> Self {
         DownloadConfig {
             connect_timeout: CONNECT_TIMEOUT,
-            read_timeout: READ_TIMEOUT,
+            read_timeout: STALL_TIMEOUT,
             max_parallel: MAX_PARALLEL_DOWNLOADS,
             choice: PeerChoice::LeastLoaded,
         }
@@ -86,6 +103,54 @@ const RECV_BUF_LEN: usize = 256 << 10;
 /// Buffers in flight between the receiving and the hashing thread.
 const PIPELINE_BUFFERS: usize = 8;
 
+/// Sources that stalled or sent wrong bytes, each until its [`PENALTY`] is over. One
+/// per peer, shared by its downloads.
+#[derive(Debug, Default)]
+pub struct Penalties {
+    until: Mutex<HashMap<SocketAddr, Instant>>,
+}
+
+impl Penalties {
+    /// Sends `source` to the back of the order for [`PENALTY`].
+    pub fn penalize(&self, source: SocketAddr) {
+        let mut until = self.until.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        until.retain(|_, t| *t > now);
+        until.insert(source, now + PENALTY);
+    }
+
+    /// Is `source` at the back of the order now?
+    pub fn holds(&self, source: SocketAddr) -> bool {
+        let until = self.until.lock().unwrap_or_else(PoisonError::into_inner);
+        until.get(&source).is_some_and(|t| *t > Instant::now())
+    }
+}
+
+/// What a download has to say on its way, for the shell to print.
+#[derive(Debug)]
+pub enum Note {
+    /// A source failed; `more` if another is left to try.
+    SourceFailed {
+        /// The source.
+        from: SocketAddr,
+        /// Why.
+        why: anyhow::Error,
+        /// Whether another source is left.
+        more: bool,
+    },
+    /// The file assembled from several sources failed its hash and was discarded;
+    /// the download starts again from byte 0 from `restart` (if any source is left).
+    Discarded {
+        /// Which sources sent which bytes of the discarded file.
+        sources: Vec<Contribution>,
+        /// The source the download starts again from.
+        restart: Option<SocketAddr>,
+    },
+    /// Once the file was right: these bytes, from this source, were wrong; it goes to
+    /// the back of the order.
+    Wrong(Contribution),
+}
+
 /// A completed download.
 #[derive(Debug)]
 pub struct Downloaded {
@@ -97,61 +162,315 @@ pub struct Downloaded {
     pub resumed_at: u64,
 }
 
-/// Downloads `name` into `folder`. `on_peer_failure` hears about each peer that
-/// failed before the next one is tried. Fails if the name exists in the folder
-/// (checked before anything is fetched), if no peer shares it, or if every one fails.
-pub fn download(
-    index: &IndexClient,
-    folder: &SharedFolder,
-    name: &ShareName,
-    config: &DownloadConfig,
-    mut on_peer_failure: impl FnMut(SocketAddr, &anyhow::Error),
-) -> anyhow::Result<Downloaded> {
-    if folder.contains(name) {
-        bail!("a file of that name is already in the shared folder (delete it first)");
+/// Everything a download needs besides the name.
+pub struct Downloader<'a> {
+    /// The connection to the index.
+    pub index: &'a IndexClient,
+    /// The shared folder, where the file goes.
+    pub folder: &'a SharedFolder,
+    /// Limits and the peer choice.
+    pub config: &'a DownloadConfig,
+    /// Sources at the back of the order.
+    pub penalties: &'a Penalties,
+}
+
+/// How one attempt at one source failed.
+enum Failure {
+    /// This source failed. What it sent is kept if it was right so far; `penalize` if
+    /// it stalled or sent bytes that are wrong.
+    Source { why: anyhow::Error, penalize: bool },
+    /// The whole file, assembled from several attempts, is not the advertised content:
+    /// it is discarded. Each range comes with the SHA-256 of its bytes.
+    Assembled { ranges: Vec<(Contribution, wire::Sha256)> },
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Failure {
+        Failure::Source { why: e.into(), penalize: false }
     }
-    let mut hits = match index.call(&Request::Lookup { name: name.clone() })? {
-        Reply::Peers(hits) => hits,
-        Reply::NoPeers => bail!("no registered peer shares it"),
-        Reply::Error(e) => bail!("the index server refused the lookup: {e}"),
-        other => return Err(unexpected(&other).into()),
-    };
-    let tried = hits.len();
-    hits.shuffle(&mut rand::rng());
-    // With one candidate there is nothing to choose: do not ask it how busy it is.
-    if config.choice == PeerChoice::LeastLoaded && hits.len() > 1 {
-        // A popular file can have thousands of sharers: ask a random sample of them
-        // (one thread each); the others stay behind, in random order, as a reserve.
-        let reserve = hits.split_off(hits.len().min(STATUS_SAMPLE));
-        let (ranked, dead) = rank(hits, config);
-        for (hit, e) in dead {
-            on_peer_failure(hit.addr, &e);
+}
+
+impl Downloader<'_> {
+    /// Downloads `name` into the folder. `note` hears about each failed source, and
+    /// about a discarded file, as they happen. Fails if the name exists in the folder
+    /// (checked before anything is fetched), if no peer shares it, or if every one fails.
+    pub fn download(&self, name: &ShareName, mut note: impl FnMut(Note)) -> anyhow::Result<Downloaded> {
+        let folder = self.folder;
+        if folder.contains(name) {
+            bail!("a file of that name is already in the shared folder (delete it first)");
         }
-        if let Some((best, (uploads, rate))) = ranked.first() {
-            log::debug!(
-                "downloading {name:?} from {}: {uploads} uploads running, {rate} bytes/s recently; the least loaded of {} asked",
-                best.addr,
-                ranked.len()
-            );
-        }
-        hits = ranked.into_iter().map(|(hit, _)| hit).chain(reserve).collect();
-    }
-    for hit in hits {
-        match fetch(&hit, folder, name, config) {
-            Ok((temp, resumed_at)) => {
-                temp.commit(folder, name, hit.sha256).map_err(|e| match e.kind() {
-                    io::ErrorKind::AlreadyExists => {
-                        anyhow!("a file of that name appeared in the folder meanwhile; it was kept")
+        let hits = match self.index.call(&Request::Lookup { name: name.clone() })? {
+            Reply::Peers(hits) => hits,
+            Reply::NoPeers => bail!("no registered peer shares it"),
+            Reply::Error(e) => bail!("the index server refused the lookup: {}", escape(&e)),
+            other => return Err(unexpected(&other).into()),
+        };
+        let tried = hits.len();
+        let mut queue: VecDeque<PeerHit> = self.order(name, hits, &mut note).into();
+        // Set once a discarded file has made the download start again.
+        let mut suspects: Option<Vec<(Contribution, wire::Sha256)>> = None;
+        while let Some(hit) = queue.pop_front() {
+            match self.fetch(&hit, name) {
+                Ok((temp, resumed_at)) => {
+                    temp.commit(folder, name, hit.sha256).map_err(|e| match e.kind() {
+                        io::ErrorKind::AlreadyExists => {
+                            anyhow!("a file of that name appeared in the folder meanwhile; it was kept")
+                        }
+                        _ => anyhow!(e).context("cannot give the download its name"),
+                    })?;
+                    if let Some(ranges) = suspects {
+                        self.find_wrong(name, &ranges, &mut note);
                     }
-                    _ => anyhow!(e).context("cannot give the download its name"),
-                })?;
-                let info = FileInfo { name: name.clone(), size: hit.size, sha256: hit.sha256 };
-                return Ok(Downloaded { info, from: hit.addr, resumed_at });
+                    let info = FileInfo { name: name.clone(), size: hit.size, sha256: hit.sha256 };
+                    return Ok(Downloaded { info, from: hit.addr, resumed_at });
+                }
+                Err(Failure::Source { why, penalize }) => {
+                    if penalize {
+                        self.penalties.penalize(hit.addr);
+                    }
+                    note(Note::SourceFailed { from: hit.addr, why, more: !queue.is_empty() });
+                }
+                Err(Failure::Assembled { ranges }) => {
+                    let sources: Vec<Contribution> = ranges.iter().map(|(c, _)| *c).collect();
+                    let restart = if suspects.is_none() {
+                        suspects = Some(ranges);
+                        // Start again from a source that sent none of the discarded bytes,
+                        // else one that sent none before this attempt (this one, usually).
+                        let sent_any = |addr: SocketAddr| sources.iter().any(|c| c.from == Some(addr));
+                        let before = &sources[..sources.len() - 1];
+                        let sent_before = |addr: SocketAddr| before.iter().any(|c| c.from == Some(addr));
+                        queue.push_front(hit);
+                        let pick = queue
+                            .iter()
+                            .position(|h| !sent_any(h.addr))
+                            .or_else(|| queue.iter().position(|h| !sent_before(h.addr)));
+                        match pick {
+                            Some(i) => {
+                                let chosen = queue.remove(i).expect("a position in the queue");
+                                let addr = chosen.addr;
+                                queue.push_front(chosen);
+                                Some(addr)
+                            }
+                            None => {
+                                queue.pop_front();
+                                None
+                            }
+                        }
+                    } else {
+                        None
+                    };
+                    note(Note::Discarded { sources, restart });
+                    if restart.is_none() {
+                        bail!(
+                            "the file assembled from several sources was wrong, and no source is left to start again from"
+                        );
+                    }
+                }
             }
-            Err(e) => on_peer_failure(hit.addr, &e),
+        }
+        match tried {
+            1 => bail!("the only peer that shares it failed"),
+            n => bail!("all {n} peers that share it failed"),
         }
     }
-    bail!("all {tried} peers that share it failed")
+
+    /// The candidates in the order to try them: see the module docs.
+    fn order(&self, name: &ShareName, mut hits: Vec<PeerHit>, note: &mut impl FnMut(Note)) -> Vec<PeerHit> {
+        hits.shuffle(&mut rand::rng());
+        // With one candidate there is nothing to choose: do not ask it how busy it is.
+        if self.config.choice == PeerChoice::LeastLoaded && hits.len() > 1 {
+            // A popular file can have thousands of sharers: ask a random sample of them
+            // (one thread each); the others stay behind, in random order, as a reserve.
+            let reserve = hits.split_off(hits.len().min(STATUS_SAMPLE));
+            let (ranked, dead) = rank(hits, self.config);
+            let more = !ranked.is_empty() || !reserve.is_empty();
+            for (hit, why) in dead {
+                note(Note::SourceFailed { from: hit.addr, why, more });
+            }
+            if let Some((best, (uploads, rate))) = ranked.first() {
+                log::debug!(
+                    "downloading {name:?} from {}: {uploads} uploads running, {rate} bytes/s recently; the least loaded of {} asked",
+                    best.addr,
+                    ranked.len()
+                );
+            }
+            hits = ranked.into_iter().map(|(hit, _)| hit).chain(reserve).collect();
+        }
+        // A peer's own account of itself is a hint: a source that stalled or lied
+        // recently goes last, whatever it says.
+        let (mut fine, held): (Vec<PeerHit>, Vec<PeerHit>) =
+            hits.into_iter().partition(|h| !self.penalties.holds(h.addr));
+        fine.extend(held);
+        fine
+    }
+
+    /// After a restart succeeded: compares each range of the discarded file with the
+    /// verified one, and names (and penalizes) the sources whose bytes were wrong.
+    fn find_wrong(
+        &self,
+        name: &ShareName,
+        ranges: &[(Contribution, wire::Sha256)],
+        note: &mut impl FnMut(Note),
+    ) {
+        let Ok(mut file) = File::open(self.folder.root().join(name)) else { return };
+        let contributions: Vec<Contribution> = ranges.iter().map(|(c, _)| *c).collect();
+        let Ok(right) = hash_ranges(&mut file, &contributions) else { return };
+        for ((c, sent), right) in ranges.iter().zip(right) {
+            if *sent != right {
+                if let Some(from) = c.from {
+                    self.penalties.penalize(from);
+                }
+                note(Note::Wrong(*c));
+            }
+        }
+    }
+
+    /// Fetches `name` from one source into its partial file, resuming from what is
+    /// already there, and verifies the whole file against what the index advertised for
+    /// that source. Returns the file and where this attempt started.
+    fn fetch(&self, hit: &PeerHit, name: &ShareName) -> Result<(TempFile, u64), Failure> {
+        let (folder, config) = (self.folder, self.config);
+        let (size, sha256) = (hit.size, hit.sha256);
+        let partial =
+            folder.partial(&sha256).context("cannot create a temporary file in the shared folder")?;
+        let (mut temp, mut have) = match partial {
+            Some(partial) => partial,
+            // The same content is being fetched under another name right now: start afresh.
+            None => (folder.create_temp().context("cannot create a temporary file in the shared folder")?, 0),
+        };
+        if have > size {
+            temp.truncate()?;
+            have = 0;
+        }
+        let mut free = folder.free_space().unwrap_or(u64::MAX);
+        if size - have > free {
+            // Partials kept from other downloads give way before this one is refused.
+            if let Ok((freed, n)) = folder.evict_partials(size - have - free)
+                && n > 0
+            {
+                log::info!("deleted {n} kept partial downloads ({freed} bytes) to make room for {name:?}");
+                free = folder.free_space().unwrap_or(u64::MAX);
+            }
+        }
+        if size - have > free {
+            return Err(anyhow!(
+                "the file is {size} bytes, more than the {free} bytes free in the shared folder"
+            )
+            .into());
+        }
+        // The whole file is verified, so the bytes already here are hashed first.
+        let mut hasher = Sha256::new();
+        if have > 0
+            && let Err(e) = hash_prefix(temp.file(), have, &mut hasher)
+        {
+            temp.truncate()?;
+            return Err(anyhow!(e).context("cannot read the partial download").into());
+        }
+        let keep = |temp: TempFile, why: anyhow::Error, penalize: bool| {
+            temp.keep();
+            Failure::Source { why, penalize }
+        };
+        let stream = match request(hit.addr, name, have, config) {
+            Ok(stream) => stream,
+            Err(e) => return Err(keep(temp, e, false)),
+        };
+        let header = {
+            let mut r = Timed::deadline(&stream, Instant::now() + config.read_timeout);
+            wire::recv_msg::<FileReply>(&mut r)
+        };
+        let header = match header {
+            Ok(FileReply::Header { size, sha256 }) => (size, sha256),
+            Ok(FileReply::Error(e)) => {
+                return Err(keep(temp, anyhow!("the peer refused: {}", escape(&e)), false));
+            }
+            Ok(FileReply::Status { .. }) => {
+                return Err(keep(temp, anyhow!("the peer answered a status"), true));
+            }
+            Err(e) if is_timeout(&e) => return Err(keep(temp, silent(config), true)),
+            Err(e) => return Err(keep(temp, e.into(), false)),
+        };
+        if header != (size, sha256) {
+            let e = anyhow!(
+                "the peer now offers {} bytes with SHA-256 {}, not the {size} bytes with SHA-256 {} it registered",
+                header.0,
+                hex::encode(header.1),
+                hex::encode(sha256)
+            );
+            return Err(keep(temp, e, false));
+        }
+
+        let mut pace = Pace::new(config.read_timeout, have, size);
+        let received = receive(&stream, temp.file(), &mut pace, hasher);
+        let (got, actual) = match received {
+            Ok(received) => received,
+            Err(Stop::Interrupted { got, why, stalled }) => {
+                temp.record_source(hit.addr, have, have + got);
+                let at = have + got;
+                let why = match at {
+                    0 => anyhow!("{why}"),
+                    at => anyhow!("{why} (the first {at} bytes are kept, to resume from there)"),
+                };
+                return Err(keep(temp, why, stalled));
+            }
+            Err(Stop::Local(e)) => return Err(e.into()),
+        };
+        temp.record_source(hit.addr, have, have + got);
+        if have + got < size {
+            let kept = match have + got {
+                0 => String::new(),
+                n => format!(" (kept, to resume from byte {n})"),
+            };
+            return Err(keep(
+                temp,
+                anyhow!("the peer sent only {} of {size} bytes{kept}", have + got),
+                false,
+            ));
+        }
+        let mut extra = [0u8; 1];
+        if (&stream).read(&mut extra).unwrap_or(0) > 0 {
+            let why = anyhow!("the peer sent more than the {size} bytes it announced");
+            return Err(Failure::Source { why, penalize: true });
+        }
+        if actual != sha256 {
+            let sources = temp.sources().to_vec();
+            if sources.iter().all(|c| c.from == Some(hit.addr)) {
+                // Every byte came from this source: it is the one that is wrong.
+                let why = anyhow!(
+                    "SHA-256 mismatch: expected {}, received {}",
+                    hex::encode(sha256),
+                    hex::encode(actual)
+                );
+                return Err(Failure::Source { why, penalize: true });
+            }
+            let hashes = hash_ranges(temp.file(), &sources)?;
+            return Err(Failure::Assembled { ranges: sources.into_iter().zip(hashes).collect() });
+        }
+        Ok((temp, have))
+    }
+}
+
+/// The error for a source that sent nothing within the stall window.
+fn silent(config: &DownloadConfig) -> anyhow::Error {
+    anyhow!("the peer sent nothing for {:.1} s", config.read_timeout.as_secs_f64())
+}
+
+/// Connects to a source and asks for `name` from byte `offset`.
+fn request(
+    addr: SocketAddr,
+    name: &ShareName,
+    offset: u64,
+    config: &DownloadConfig,
+) -> anyhow::Result<TcpStream> {
+    let timeouts = ConnectTimeouts { connect: config.connect_timeout, io: config.read_timeout };
+    let stream = net::connect(addr, Service::Files, timeouts).map_err(|e| match e.kind() {
+        _ if is_timeout(&e) => silent(config),
+        io::ErrorKind::ConnectionRefused
+        | io::ErrorKind::HostUnreachable
+        | io::ErrorKind::NetworkUnreachable => anyhow!(e).context("cannot connect"),
+        _ => anyhow!(e),
+    })?;
+    wire::send_msg(&mut &stream, &FileRequest::Get { name: name.to_string(), offset })?;
+    Ok(stream)
 }
 
 /// Asks every candidate how busy it is, in parallel. Returns those that answered,
@@ -183,153 +502,26 @@ type Load = (u32, u64);
 
 /// Asks one peer how busy it is.
 fn status(addr: SocketAddr, config: &DownloadConfig) -> anyhow::Result<Load> {
-    let timeout = STATUS_TIMEOUT.min(config.connect_timeout);
-    let stream = TcpStream::connect_timeout(&addr, timeout).context("cannot connect")?;
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(STATUS_TIMEOUT))?;
-    stream.set_write_timeout(Some(STATUS_TIMEOUT))?;
-    let (mut r, mut w) = (&stream, &stream);
-    let answer = wire::client_handshake(&mut r, &mut w, Service::Files)
-        .and_then(|()| wire::send_msg(&mut w, &FileRequest::Status))
-        .and_then(|()| wire::recv_msg(&mut r));
+    let timeouts =
+        ConnectTimeouts { connect: STATUS_TIMEOUT.min(config.connect_timeout), io: STATUS_TIMEOUT };
+    let answer = net::connect(addr, Service::Files, timeouts).and_then(|stream| {
+        wire::send_msg(&mut &stream, &FileRequest::Status)?;
+        wire::recv_msg(&mut Timed::deadline(&stream, Instant::now() + STATUS_TIMEOUT))
+    });
     let answer = answer.map_err(|e| match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-            anyhow!("the peer sent nothing for {:.1} s", STATUS_TIMEOUT.as_secs_f64())
-        }
+        _ if is_timeout(&e) => anyhow!("the peer sent nothing for {:.1} s", STATUS_TIMEOUT.as_secs_f64()),
+        io::ErrorKind::ConnectionRefused => anyhow!(e).context("cannot connect"),
         _ => anyhow!(e),
     })?;
     match answer {
         FileReply::Status { uploads, bytes_per_sec } => Ok((uploads, bytes_per_sec)),
-        FileReply::Error(e) => bail!("the peer refused: {e}"),
+        FileReply::Error(e) => bail!("the peer refused: {}", escape(&e)),
         FileReply::Header { .. } => bail!("the peer answered with a file"),
     }
 }
 
-/// A transfer that stopped part-way through a body that was correct so far (the
-/// sender died, stalled or closed early): what was received is worth keeping.
-#[derive(Debug)]
-struct Interrupted(String);
-
-impl std::fmt::Display for Interrupted {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for Interrupted {}
-
-/// Fetches `name` from one peer into its partial file, resuming from what is already
-/// there, and verifies the whole file against what the index advertised for that
-/// peer. Returns the file and where this attempt started.
-fn fetch(
-    hit: &PeerHit,
-    folder: &SharedFolder,
-    name: &ShareName,
-    config: &DownloadConfig,
-) -> anyhow::Result<(TempFile, u64)> {
-    let (size, sha256) = (hit.size, hit.sha256);
-    let free = folder.free_space().unwrap_or(u64::MAX);
-    let partial = folder.partial(&sha256).context("cannot create a temporary file in the shared folder")?;
-    let (mut temp, mut have) = match partial {
-        Some(partial) => partial,
-        // The same content is being fetched under another name right now: start afresh.
-        None => (folder.create_temp().context("cannot create a temporary file in the shared folder")?, 0),
-    };
-    if have > size {
-        temp.truncate()?;
-        have = 0;
-    }
-    if size - have > free {
-        bail!("the file is {size} bytes, more than the {free} bytes free in the shared folder");
-    }
-    // The whole file is verified, so the bytes already here are hashed first.
-    let mut hasher = Sha256::new();
-    if have > 0 {
-        let prefix = hash_prefix(temp.file(), have, &mut hasher);
-        if let Err(e) = prefix {
-            temp.truncate()?;
-            return Err(anyhow!(e).context("cannot read the partial download"));
-        }
-    }
-
-    let stream = TcpStream::connect_timeout(&hit.addr, config.connect_timeout).context("cannot connect");
-    let keep = |temp: TempFile, e: anyhow::Error| {
-        if have > 0 {
-            temp.keep();
-        }
-        e
-    };
-    let stream = match stream {
-        Ok(s) => s,
-        Err(e) => return Err(keep(temp, e)),
-    };
-    stream.set_nodelay(true)?;
-    stream.set_read_timeout(Some(config.read_timeout))?;
-    stream.set_write_timeout(Some(config.read_timeout))?;
-    let mut reader = BufReader::new(&stream);
-    let mut writer = &stream;
-    let silent = |e: io::Error| match e.kind() {
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
-            anyhow!("the peer sent nothing for {:.1} s", config.read_timeout.as_secs_f64())
-        }
-        _ => anyhow!(e),
-    };
-    let header = wire::client_handshake(&mut reader, &mut writer, Service::Files)
-        .and_then(|()| {
-            wire::send_msg(&mut writer, &FileRequest::Get { name: name.to_string(), offset: have })
-        })
-        .and_then(|()| wire::recv_msg(&mut reader));
-    let header = match header {
-        Ok(FileReply::Header { size, sha256 }) => (size, sha256),
-        Ok(FileReply::Error(e)) => return Err(keep(temp, anyhow!("the peer refused: {e}"))),
-        Ok(FileReply::Status { .. }) => return Err(keep(temp, anyhow!("the peer answered a status"))),
-        Err(e) => return Err(keep(temp, silent(e))),
-    };
-    if header != (size, sha256) {
-        let e = anyhow!(
-            "the peer now offers {} bytes with SHA-256 {}, not the {size} bytes with SHA-256 {} it registered",
-            header.0,
-            hex::encode(header.1),
-            hex::encode(sha256)
-        );
-        return Err(keep(temp, e));
-    }
-
-    // The body is read straight from the socket into the pipeline's buffers; only what
-    // the header's read already buffered is taken from the BufReader.
-    let mut body = io::Cursor::new(reader.buffer().to_vec()).chain(&stream);
-    let (got, actual) = match receive(&mut body, temp.file(), size - have, config.read_timeout, hasher) {
-        Ok(received) => received,
-        Err(e) if e.is::<Interrupted>() => {
-            let at = temp.file().stream_position().unwrap_or(0);
-            temp.keep();
-            if at == 0 {
-                return Err(e);
-            }
-            bail!("{e} (the first {at} bytes are kept, to resume from there)");
-        }
-        Err(e) => return Err(e),
-    };
-    if have + got < size {
-        temp.keep();
-        let kept = match have + got {
-            0 => String::new(),
-            n => format!(" (kept, to resume from byte {n})"),
-        };
-        bail!("the peer sent only {} of {size} bytes{kept}", have + got);
-    }
-    let mut extra = [0u8; 1];
-    if body.read(&mut extra).unwrap_or(0) > 0 {
-        bail!("the peer sent more than the {size} bytes it announced");
-    }
-    if actual != sha256 {
-        bail!("SHA-256 mismatch: expected {}, received {}", hex::encode(sha256), hex::encode(actual));
-    }
-    Ok((temp, have))
-}
-
 /// Feeds the first `len` bytes of `file` to `hasher`, then leaves the file at `len`.
-fn hash_prefix(file: &mut std::fs::File, len: u64, hasher: &mut Sha256) -> io::Result<()> {
+fn hash_prefix(file: &mut File, len: u64, hasher: &mut Sha256) -> io::Result<()> {
     file.rewind()?;
     let mut buf = vec![0u8; RECV_BUF_LEN];
     let mut left = len;
@@ -345,9 +537,91 @@ fn hash_prefix(file: &mut std::fs::File, len: u64, hasher: &mut Sha256) -> io::R
     Ok(())
 }
 
-/// Copies at most `size` bytes from `r` to `out` and hashes them, in one pass over the
-/// data. Returns the count and the hash. A write error (disk full, ...) is an error;
-/// an early end of stream is a short count.
+/// The SHA-256 of each range of `file`.
+fn hash_ranges(file: &mut File, ranges: &[Contribution]) -> io::Result<Vec<wire::Sha256>> {
+    let mut buf = vec![0u8; RECV_BUF_LEN];
+    ranges
+        .iter()
+        .map(|c| {
+            file.seek(io::SeekFrom::Start(c.start))?;
+            let mut hasher = Sha256::new();
+            let mut left = c.end - c.start;
+            while left > 0 {
+                let n = file.read(&mut buf[..(left.min(RECV_BUF_LEN as u64) as usize)])?;
+                if n == 0 {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                hasher.update(&buf[..n]);
+                left -= n as u64;
+            }
+            Ok(hasher.finalize().into())
+        })
+        .collect()
+}
+
+/// The stall rule: a source must deliver at least [`MIN_PROGRESS`] bytes (or the rest
+/// of the file) within every `window`.
+struct Pace {
+    window: Duration,
+    /// When the current window started, and the bytes received by then.
+    start: Instant,
+    at_start: u64,
+    /// Bytes received before this attempt, and the file's size.
+    before: u64,
+    size: u64,
+}
+
+impl Pace {
+    fn new(window: Duration, before: u64, size: u64) -> Pace {
+        Pace { window, start: Instant::now(), at_start: 0, before, size }
+    }
+
+    /// Before a read, with `got` bytes received in this attempt: the read timeout to
+    /// use, or why the source is dropped (the window that just ended fell short).
+    fn next(&mut self, got: u64) -> Result<Duration, String> {
+        let now = Instant::now();
+        let end = self.start + self.window;
+        if now < end {
+            return Ok(end - now);
+        }
+        let left = self.size - self.before - self.at_start;
+        let need = MIN_PROGRESS.min(left);
+        let moved = got - self.at_start;
+        if moved < need {
+            let at = self.before + got;
+            let secs = self.window.as_secs_f64();
+            return Err(match moved {
+                0 => format!("the peer sent nothing for {secs:.1} s after {at} of {} bytes", self.size),
+                _ => format!(
+                    "the peer sent only {moved} bytes in {secs:.1} s (at least {need} are needed), after {at} of {} bytes",
+                    self.size
+                ),
+            });
+        }
+        (self.start, self.at_start) = (now, got);
+        Ok(self.window)
+    }
+}
+
+/// Why [`receive`] stopped early.
+enum Stop {
+    /// The source stopped part-way (died, stalled, failed) through bytes that were
+    /// correct so far as we know: what was received is worth keeping.
+    Interrupted {
+        /// Bytes received in this attempt (all written).
+        got: u64,
+        /// What happened.
+        why: String,
+        /// The source stalled (rather than failing outright).
+        stalled: bool,
+    },
+    /// Writing to the folder failed.
+    Local(anyhow::Error),
+}
+
+/// Copies at most `size` bytes from `stream` to `out` and hashes them, in one pass
+/// over the data, holding the source to `pace`. Returns the count and the hash. An
+/// early end of stream is a short count.
 ///
 /// Receiving and writing run on this thread while a second thread hashes the buffers
 /// just written (still in cache): SHA-256 is the most expensive step, and on two cores
@@ -355,17 +629,24 @@ fn hash_prefix(file: &mut std::fs::File, len: u64, hasher: &mut Sha256) -> io::R
 /// Buffers go round a small pool, so memory stays at [`PIPELINE_BUFFERS`] x
 /// [`RECV_BUF_LEN`].
 fn receive(
-    r: &mut impl Read,
+    stream: &TcpStream,
     out: &mut impl Write,
-    size: u64,
-    timeout: Duration,
+    pace: &mut Pace,
     mut hasher: Sha256,
-) -> anyhow::Result<(u64, wire::Sha256)> {
+) -> Result<(u64, wire::Sha256), Stop> {
+    let size = pace.size - pace.before;
     if size <= RECV_BUF_LEN as u64 {
         // One buffer's worth: a second thread would cost more than it saves.
         let mut buf = vec![0u8; size as usize];
-        let n = fill(r, &mut buf, 0, size, timeout)?;
-        out.write_all(&buf[..n]).context("cannot write to the shared folder")?;
+        let filled = fill(stream, &mut buf, 0, pace);
+        let n = match &filled {
+            Ok(n) => *n,
+            Err(Stop::Interrupted { got, .. }) => *got as usize,
+            Err(Stop::Local(_)) => 0,
+        };
+        // What arrived before an interruption is written too: it is kept for resuming.
+        out.write_all(&buf[..n]).context("cannot write to the shared folder").map_err(Stop::Local)?;
+        filled?;
         hasher.update(&buf[..n]);
         return Ok((n as u64, hasher.finalize().into()));
     }
@@ -393,16 +674,22 @@ fn receive(
                 };
                 let want = (size - got).min(RECV_BUF_LEN as u64) as usize;
                 buf.resize(want, 0);
-                let n = fill(r, &mut buf, got, size, timeout)?;
+                let filled = fill(stream, &mut buf, got, pace);
+                let n = match &filled {
+                    Ok(n) => *n,
+                    Err(Stop::Interrupted { got: at, .. }) => (*at - got) as usize,
+                    Err(Stop::Local(_)) => 0,
+                };
                 buf.truncate(n);
-                out.write_all(&buf).context("cannot write to the shared folder")?;
+                out.write_all(&buf).context("cannot write to the shared folder").map_err(Stop::Local)?;
                 got += n as u64;
                 to_hasher.send(buf).expect("the hasher runs until the sender is dropped");
+                filled?;
                 if n < want {
                     break; // end of stream: a short transfer
                 }
             }
-            anyhow::Ok(())
+            Ok(())
         })();
         drop(to_hasher);
         let sha256 = hasher.join().expect("hashing does not panic");
@@ -411,30 +698,24 @@ fn receive(
 }
 
 /// Reads into `buf` until it is full or the stream ends; returns the bytes read.
-fn fill(
-    r: &mut impl Read,
-    buf: &mut [u8],
-    before: u64,
-    size: u64,
-    timeout: Duration,
-) -> anyhow::Result<usize> {
+/// `before` bytes of this attempt were received before this call; an interruption
+/// reports the total including what this call read (the caller keeps those bytes).
+fn fill(mut stream: &TcpStream, buf: &mut [u8], before: u64, pace: &mut Pace) -> Result<usize, Stop> {
     let mut n = 0;
     while n < buf.len() {
-        match r.read(&mut buf[n..]) {
+        let got = before + n as u64;
+        let interrupted = |why: String, stalled: bool| Stop::Interrupted { got, why, stalled };
+        let timeout = pace.next(got).map_err(|why| interrupted(why, true))?;
+        stream
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))
+            .map_err(|e| Stop::Local(e.into()))?;
+        match stream.read(&mut buf[n..]) {
             Ok(0) => break,
             Ok(k) => n += k,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
-                let got = before + n as u64;
-                let why = format!(
-                    "the peer sent nothing for {:.1} s after {got} of {size} bytes",
-                    timeout.as_secs_f64()
-                );
-                return Err(Interrupted(why).into());
-            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted || is_timeout(&e) => {}
             Err(e) => {
-                let got = before + n as u64;
-                return Err(Interrupted(format!("receiving failed after {got} of {size} bytes: {e}")).into());
+                let why = format!("receiving failed after {} of {} bytes: {e}", pace.before + got, pace.size);
+                return Err(interrupted(why, false));
             }
         }
     }

@@ -8,104 +8,111 @@
 //!                        <------     FileReply::Header { size, sha256 }, then `size` raw bytes
 //!                                    (or FileReply::Error, and nothing more)
 //! ```
+//!
+//! What one client can take is bounded: connections per client address (the accept
+//! loop, [`crate::net::serve`]), uploads per client address (a `Get` over the limit is
+//! refused with a reason; a `Status` needs no upload slot, so it is answered even when
+//! every slot is busy), and time: a downloader that takes less than
+//! [`MIN_PROGRESS`] bytes in any `stall_timeout` is dropped.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read, Seek, SeekFrom};
+use std::io::{self, BufReader, Seek, SeekFrom};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use log::{info, warn};
+use log::info;
 
 use super::folder::SharedFolder;
-use crate::index::server::{CONNECTION_STACK_SIZE, WRITE_TIMEOUT};
 use crate::name::ShareName;
-use crate::net::{Slots, Timed, close_gently};
-use crate::wire::{self, FileReply, FileRequest, Message, PROTOCOL_VERSION, Service, Welcome};
+use crate::net::{self, ConnLimits, Full, Slot, Slots, Timed, close_gently, is_timeout};
+use crate::text::escape;
+use crate::wire::{self, FileReply, FileRequest, Message, Service};
 
 /// Largest request frame a file server accepts: a request is one name, so 4 KiB is
 /// ample (OpenNap's whole command limit is 2,048 bytes).
 pub const MAX_REQUEST_LEN: usize = 4096;
 
+/// Most connections to a file server at once: twice [`MAX_UPLOADS`], so that
+/// handshakes and `Status` questions find room while every upload slot is busy.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// Most connections from one client address at once: a downloader needs one per
+/// download (4 by default) and one per status question; 16 leaves room for a few
+/// peers behind one NAT, and 600 silent sockets from one address fill 16, not all.
+pub const MAX_CONNECTIONS_PER_IP: usize = 16;
+
 /// Most uploads served at once, nginx's default `worker_connections`; further
 /// downloaders are refused with a reason and try another peer.
 pub const MAX_UPLOADS: usize = 512;
 
+/// Most uploads to one client address at once: as many as a peer downloads at once
+/// ([`super::download::MAX_PARALLEL_DOWNLOADS`]).
+pub const MAX_UPLOADS_PER_IP: usize = 4;
+
 /// How long a downloader has, from connecting, to send its handshake and request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A transfer that moves fewer bytes than this in a stall window (30 s by default, an
+/// option on each side) is given up: 64 KiB is one TCP window, about 17 kbit/s over
+/// 30 s, far below any link that can carry files, far above what a slowloris drips.
+pub const MIN_PROGRESS: u64 = 64 << 10;
+
+/// The default stall window of uploads and downloads: see [`MIN_PROGRESS`].
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Limits of a file server; `Default` has the documented defaults.
 #[derive(Clone, Debug)]
 pub struct FileServerConfig {
-    /// See [`MAX_UPLOADS`].
-    pub max_uploads: usize,
+    /// See [`MAX_CONNECTIONS`] and [`MAX_CONNECTIONS_PER_IP`].
+    pub connections: ConnLimits,
+    /// See [`MAX_UPLOADS`] and [`MAX_UPLOADS_PER_IP`].
+    pub uploads: ConnLimits,
     /// See [`REQUEST_TIMEOUT`].
     pub request_timeout: Duration,
-    /// How long one write of the file may block before the downloader is deemed gone
-    /// ([`crate::index::server::WRITE_TIMEOUT`]).
-    pub write_timeout: Duration,
+    /// An upload whose downloader takes less than [`MIN_PROGRESS`] bytes in this long
+    /// is closed: [`STALL_TIMEOUT`].
+    pub stall_timeout: Duration,
 }
 
 impl Default for FileServerConfig {
     fn default() -> Self {
         FileServerConfig {
-            max_uploads: MAX_UPLOADS,
+            connections: ConnLimits { max: MAX_CONNECTIONS, per_ip: MAX_CONNECTIONS_PER_IP },
+            uploads: ConnLimits { max: MAX_UPLOADS, per_ip: MAX_UPLOADS_PER_IP },
             request_timeout: REQUEST_TIMEOUT,
-            write_timeout: WRITE_TIMEOUT,
+            stall_timeout: STALL_TIMEOUT,
         }
     }
+}
+
+/// What every upload thread shares.
+struct Shared {
+    folder: Arc<SharedFolder>,
+    config: FileServerConfig,
+    uploads: Slots,
+    throughput: Throughput,
 }
 
 /// Serves files from `folder` on an already-bound listener, forever.
 pub fn serve(listener: TcpListener, folder: Arc<SharedFolder>, config: FileServerConfig) -> io::Result<()> {
-    let slots = Slots::new(config.max_uploads);
-    let load = Arc::new(Load::default());
-    loop {
-        let (stream, from) = match listener.accept() {
-            Ok(accepted) => accepted,
-            Err(e) => {
-                warn!("file server: accept failed: {e}");
-                thread::sleep(Duration::from_millis(100));
-                continue;
+    let limits = config.connections;
+    let uploads = Slots::new(config.uploads.max, config.uploads.per_ip);
+    let shared = Arc::new(Shared { folder, config, uploads, throughput: Throughput::default() });
+    net::serve(listener, "upload", limits, move |stream, from, _slot: Slot| {
+        if let Err(e) = handle(&shared, &stream, from) {
+            info!("upload to {from} failed: {e}");
+            if e.kind() == io::ErrorKind::InvalidData {
+                close_gently(&stream, Duration::from_secs(1));
             }
-        };
-        let Some(slot) = slots.take() else {
-            info!("refused {from}: {} uploads already running", config.max_uploads);
-            let _ = stream.set_nonblocking(true);
-            let why = format!("busy: {} uploads already running; try another peer", config.max_uploads);
-            let _ = wire::send_msg(&mut &stream, &Welcome { version: PROTOCOL_VERSION, refusal: Some(why) });
-            continue;
-        };
-        let (folder, config, load) = (Arc::clone(&folder), config.clone(), Arc::clone(&load));
-        let spawned = thread::Builder::new()
-            .name(format!("upload {from}"))
-            .stack_size(CONNECTION_STACK_SIZE)
-            .spawn(move || {
-                let _slot = slot;
-                if let Err(e) = handle(&folder, &load, &stream, from, &config) {
-                    info!("upload to {from} failed: {e}");
-                    if e.kind() == io::ErrorKind::InvalidData {
-                        close_gently(&stream, Duration::from_secs(1));
-                    }
-                }
-            });
-        if let Err(e) = spawned {
-            warn!("file server: cannot start a thread for {from}: {e}");
         }
-    }
+    })
 }
 
-fn handle(
-    folder: &SharedFolder,
-    load: &Load,
-    stream: &TcpStream,
-    from: SocketAddr,
-    config: &FileServerConfig,
-) -> io::Result<()> {
+fn handle(shared: &Shared, stream: &TcpStream, from: SocketAddr) -> io::Result<()> {
+    let config = &shared.config;
     stream.set_nodelay(true)?;
-    stream.set_write_timeout(Some(config.write_timeout))?;
+    stream.set_write_timeout(Some(config.stall_timeout))?;
     // The handshake and the request must both arrive within one deadline, however
     // slowly they trickle in.
     let mut reader = BufReader::new(Timed::deadline(stream, Instant::now() + config.request_timeout));
@@ -124,9 +131,9 @@ fn handle(
     let (name, offset) = match FileRequest::decode(&frame) {
         Ok(FileRequest::Get { name, offset }) => (name, offset),
         Ok(FileRequest::Status) => {
-            // Uploads sending file bytes now: not this question, nor handshakes in progress.
-            let uploads = load.sending.load(Ordering::Relaxed) as u32;
-            let reply = FileReply::Status { uploads, bytes_per_sec: load.throughput.rate() };
+            // Uploads sending file bytes now: not this question, nor handshakes.
+            let uploads = shared.uploads.taken() as u32;
+            let reply = FileReply::Status { uploads, bytes_per_sec: shared.throughput.rate() };
             return wire::send_msg(&mut writer, &reply);
         }
         Err(e) => return refuse(writer, from, format!("malformed request: {e}")),
@@ -135,7 +142,17 @@ fn handle(
         Ok(name) => name,
         Err(why) => return refuse(writer, from, format!("invalid file name {name:?}: {why}")),
     };
-    let mut open = match folder.open(&name) {
+    let _upload = match shared.uploads.take(from.ip()) {
+        Ok(slot) => slot,
+        Err(Full::All(max)) => {
+            return refuse(writer, from, format!("busy: {max} uploads already running; try another peer"));
+        }
+        Err(Full::ThisAddress(max)) => {
+            let why = format!("busy: {max} uploads to your address already running (the most allowed)");
+            return refuse(writer, from, why);
+        }
+    };
+    let mut open = match shared.folder.open(&name) {
         Ok(open) => open,
         Err(why) => return refuse(writer, from, format!("cannot send {:?}: {why}", name.as_str())),
     };
@@ -146,38 +163,68 @@ fn handle(
     }
     open.file.seek(SeekFrom::Start(offset))?;
     wire::send_msg(&mut writer, &FileReply::Header { size, sha256 })?;
-    load.sending.fetch_add(1, Ordering::Relaxed);
-    let sent = send_body(&open.file, size - offset, writer, &load.throughput);
-    load.sending.fetch_sub(1, Ordering::Relaxed);
-    let sent = sent?;
+    let sent = send_body(&open.file, offset, size - offset, writer, shared)?;
     info!("sent {:?} ({sent} bytes from byte {offset} of {size}) to {from}", name.as_str());
     Ok(())
 }
 
-/// Sends `len` bytes of `file` from its current position. `io::copy` from a `File` to
-/// a `TcpStream` lets the kernel move the bytes (sendfile on Linux); it goes a chunk
-/// at a time so the throughput meter sees progress. Exactly `len` bytes are sent even
-/// if the file grows meanwhile; if it shrinks, the downloader sees a short transfer.
-fn send_body(file: &File, len: u64, mut to: &TcpStream, meter: &Throughput) -> io::Result<u64> {
+/// Sends `len` bytes of `file` from byte `offset`, letting the kernel move them
+/// (`sendfile` on Linux), a chunk at a time so the throughput meter sees progress.
+/// Exactly `len` bytes are sent even if the file grows meanwhile; if it shrinks, the
+/// downloader sees a short transfer. A downloader that takes less than
+/// [`MIN_PROGRESS`] bytes in any `stall_timeout` is given up on (`TimedOut`).
+fn send_body(file: &File, offset: u64, len: u64, to: &TcpStream, shared: &Shared) -> io::Result<u64> {
     const CHUNK: u64 = 4 << 20;
+    let stall = shared.config.stall_timeout;
     let mut sent = 0;
+    let (mut window_start, mut at_window_start) = (Instant::now(), 0);
     while sent < len {
-        let n = io::copy(&mut file.take(CHUNK.min(len - sent)), &mut to)?;
-        if n == 0 {
-            break;
+        let now = Instant::now();
+        if now >= window_start + stall {
+            if sent - at_window_start < MIN_PROGRESS {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!(
+                        "the downloader took only {} bytes in {:.0} s, less than the {MIN_PROGRESS} required; dropped",
+                        sent - at_window_start,
+                        stall.as_secs_f64()
+                    ),
+                ));
+            }
+            (window_start, at_window_start) = (now, sent);
         }
-        sent += n;
-        meter.record(n);
+        to.set_write_timeout(Some((window_start + stall - now).max(Duration::from_millis(1))))?;
+        match send_chunk(file, offset + sent, CHUNK.min(len - sent), to) {
+            Ok(0) => break, // the file shrank
+            Ok(n) => {
+                sent += n;
+                shared.throughput.record(n);
+            }
+            Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(sent)
 }
 
-/// How busy a file server is, for [`FileRequest::Status`].
-#[derive(Debug, Default)]
-pub struct Load {
-    /// Uploads sending file bytes now.
-    sending: AtomicUsize,
-    throughput: Throughput,
+/// Sends up to `len` bytes of `file` from byte `at`; returns how many went out.
+#[cfg(target_os = "linux")]
+fn send_chunk(file: &File, at: u64, len: u64, to: &TcpStream) -> io::Result<u64> {
+    let mut offset = at;
+    let n = rustix::fs::sendfile(to, file, Some(&mut offset), len as usize)?;
+    Ok(n as u64)
+}
+
+/// Sends up to `len` bytes of `file` from byte `at`; returns how many went out.
+#[cfg(not(target_os = "linux"))]
+fn send_chunk(file: &File, at: u64, len: u64, mut to: &TcpStream) -> io::Result<u64> {
+    use std::io::{Read, Write};
+    let mut buf = vec![0u8; len.min(256 << 10) as usize];
+    let mut f = file;
+    f.seek(SeekFrom::Start(at))?;
+    let n = f.read(&mut buf)?;
+    let written = to.write(&buf[..n])?;
+    Ok(written as u64)
 }
 
 /// Bytes sent per second over the last few seconds, in one-second buckets.
@@ -216,6 +263,6 @@ impl Throughput {
 }
 
 fn refuse(mut w: &TcpStream, from: SocketAddr, why: String) -> io::Result<()> {
-    info!("refused {from}: {why}");
+    info!("refused {from}: {}", escape(&why));
     wire::send_msg(&mut w, &FileReply::Error(why))
 }

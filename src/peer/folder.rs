@@ -11,6 +11,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::{self, File, Metadata, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -21,6 +22,7 @@ use log::debug;
 use rand::RngExt;
 use sha2::{Digest, Sha256};
 
+use super::partial::{self, Contribution};
 use crate::name::{ShareName, TEMP_PREFIX};
 use crate::wire::{self, FileInfo};
 
@@ -351,20 +353,20 @@ impl SharedFolder {
         let suffix: u64 = rand::rng().random();
         let path = self.root.join(format!("{TEMP_PREFIX}{suffix:016x}"));
         let file = OpenOptions::new().write(true).create_new(true).open(&path)?;
-        Ok(TempFile { path, file: Some(file), _claim: None })
+        Ok(TempFile { path, file: Some(file), partial: None })
     }
 
     /// The partial download of the content with hash `sha256`, kept in the folder as
     /// `.peerdex-part-<sha256 in hex>` so that an interrupted download can be resumed,
-    /// and only with the same content. Created empty if there is none. Returns it,
-    /// positioned at its end, with the number of bytes it already holds; or `None` if
-    /// another download in this process is writing it now.
+    /// and only with the same content (see [`super::partial`]). Created empty if there
+    /// is none. Returns it, positioned at its end, with the number of bytes it already
+    /// holds; or `None` if another download in this process is writing it now.
     pub fn partial(&self, sha256: &wire::Sha256) -> io::Result<Option<(TempFile, u64)>> {
         if !self.partials.lock().unwrap_or_else(PoisonError::into_inner).insert(*sha256) {
             return Ok(None);
         }
         let claim = Claim { partials: Arc::clone(&self.partials), sha256: *sha256 };
-        let path = self.root.join(format!("{TEMP_PREFIX}{}", hex::encode(sha256)));
+        let path = partial::data_path(&self.root, sha256);
         let mut options = OpenOptions::new();
         options.read(true).write(true).create(true);
         #[cfg(unix)]
@@ -378,7 +380,16 @@ impl SharedFolder {
             return Err(io::Error::other(format!("{} is not a regular file", path.display())));
         }
         let have = file.seek(SeekFrom::End(0))?;
-        Ok(Some((TempFile { path, file: Some(file), _claim: Some(claim) }, have)))
+        let sources = partial::load_sources(&path, have);
+        let state = PartialState { _claim: claim, sources };
+        Ok(Some((TempFile { path, file: Some(file), partial: Some(state) }, have)))
+    }
+
+    /// Deletes the oldest kept partial downloads not being written now, until `needed`
+    /// bytes are freed or none is left. Returns (bytes freed, partials deleted).
+    pub fn evict_partials(&self, needed: u64) -> io::Result<(u64, usize)> {
+        let in_use = self.partials.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        partial::evict(&self.root, needed, &in_use)
     }
 }
 
@@ -402,9 +413,17 @@ impl Drop for Claim {
 pub struct TempFile {
     path: PathBuf,
     file: Option<File>,
-    /// For a partial download: its place in the folder's set of partials in use,
-    /// given back when the temporary goes.
-    _claim: Option<Claim>,
+    /// For a partial download: its claim and the sources of its bytes.
+    partial: Option<PartialState>,
+}
+
+/// What a [`TempFile`] that is a partial download also holds.
+#[derive(Debug)]
+struct PartialState {
+    /// Its place in the folder's set of partials in use, given back when it goes.
+    _claim: Claim,
+    /// Which source sent which bytes, covering the file from byte 0.
+    sources: Vec<Contribution>,
 }
 
 impl TempFile {
@@ -413,17 +432,37 @@ impl TempFile {
         self.file.as_mut().expect("the file is only taken by commit")
     }
 
-    /// Leaves the file in the folder (a partial download, to be resumed later), unless
-    /// it is empty: then there is nothing worth keeping.
+    /// Where the bytes of a partial download came from, in order from byte 0.
+    pub fn sources(&self) -> &[Contribution] {
+        self.partial.as_ref().map_or(&[], |p| &p.sources)
+    }
+
+    /// Records that `from` sent the bytes `start..end` (a partial download).
+    pub fn record_source(&mut self, from: SocketAddr, start: u64, end: u64) {
+        if let Some(p) = &mut self.partial {
+            partial::record(&mut p.sources, from, start, end);
+        }
+    }
+
+    /// Leaves the file in the folder (a partial download, to be resumed later), with
+    /// the list of its sources, unless it is empty: then there is nothing worth keeping.
     pub fn keep(mut self) {
         let len = self.file.as_ref().and_then(|f| f.metadata().ok()).map_or(0, |m| m.len());
         if len > 0 {
+            if let Some(p) = &self.partial
+                && let Err(e) = partial::save_sources(&self.path, &p.sources)
+            {
+                debug!("cannot record the sources of {}: {e}", self.path.display());
+            }
             self.path = PathBuf::new();
         }
     }
 
     /// Empties the file (a partial download that cannot be continued).
     pub fn truncate(&mut self) -> io::Result<()> {
+        if let Some(p) = &mut self.partial {
+            p.sources.clear();
+        }
         let file = self.file();
         file.set_len(0)?;
         file.rewind()?;
@@ -444,6 +483,10 @@ impl TempFile {
         let stamp = self.close()?;
         let target = folder.root.join(name);
         no_replace_rename(&self.path, &target)?;
+        if self.partial.is_some() {
+            // The data is renamed away; this removes the list of its sources.
+            let _ = partial::remove(&self.path);
+        }
         self.path = PathBuf::new(); // nothing left to remove on drop
         folder.remember(name, stamp, sha256);
         Ok(())
@@ -489,9 +532,10 @@ fn no_replace_rename(from: &Path, to: &Path) -> io::Result<()> {
 
 impl Drop for TempFile {
     fn drop(&mut self) {
-        // Unless it was given a name, the temporary is removed.
+        // Unless it was given a name or kept, the temporary is removed, with the list of
+        // its sources.
         if !self.path.as_os_str().is_empty() {
-            let _ = fs::remove_file(&self.path);
+            let _ = partial::remove(&self.path);
         }
     }
 }

@@ -5,6 +5,7 @@
 //! - [`fileserver`]: serves the folder's files to other peers;
 //! - [`client`]: the persistent connection to the index server;
 //! - [`download`]: lookup, fetch, verify, rename;
+//! - [`partial`]: partial downloads kept for resuming: their sources, their age;
 //! - [`shell`]: the command loop on stdin;
 //! - [`watch`]: folder watching, so that changes reach the index by themselves.
 
@@ -12,6 +13,7 @@ pub mod client;
 pub mod download;
 pub mod fileserver;
 pub mod folder;
+pub mod partial;
 pub mod shell;
 pub mod watch;
 
@@ -75,6 +77,11 @@ pub fn default_bind_ip(seen: IpAddr) -> IpAddr {
 pub fn run(config: PeerConfig) -> anyhow::Result<bool> {
     let shown = config.folder.display();
     let folder = SharedFolder::new(&config.folder).with_context(|| format!("cannot share folder {shown}"))?;
+    match partial::remove_stale(folder.root(), partial::MAX_AGE) {
+        Ok(0) => {}
+        Ok(n) => crate::errln!("note: deleted {n} partial downloads untouched for 7 days or more"),
+        Err(e) => log::warn!("cannot look for old partial downloads in {shown}: {e}"),
+    }
     let index = Arc::new(IndexClient::connect(&config.index_addrs)?);
     let bind = config.bind.unwrap_or_else(|| default_bind_ip(index.local_ip()));
     let listener = TcpListener::bind((bind, config.port))
@@ -92,8 +99,8 @@ pub fn run(config: PeerConfig) -> anyhow::Result<bool> {
     if let Some(user) = &config.user {
         crate::auth::check_user(user).map_err(|e| anyhow::anyhow!(e))?;
         let interactive = io::stdin().is_terminal();
-        let password = shell::password_for(user, interactive, &mut io::stdin().lock())?;
-        index.login(user, &password).with_context(|| format!("cannot log in as {user}"))?;
+        let password = || shell::password_for(user, interactive, &mut io::stdin().lock());
+        index.login(user, password).with_context(|| format!("cannot log in as {user}"))?;
         crate::outln!("logged in as {user}");
     }
     let shell = Shell::new(index, folder, local.port(), config.downloads);

@@ -18,10 +18,11 @@ use log::debug;
 use rand::RngExt;
 
 use super::client::{IndexClient, Watch};
-use super::download::{DownloadConfig, download};
+use super::download::{DownloadConfig, Downloader, Note, PENALTY, Penalties};
 use super::folder::SharedFolder;
 use crate::auth;
 use crate::name::ShareName;
+use crate::text::escape;
 use crate::wire::{MAX_FILES_PER_PEER, Request};
 
 /// Longest command line accepted, in bytes: a command and a 255-byte name need far
@@ -36,6 +37,7 @@ commands:
   get_files_list [--limit N] [TEXT] list files at other peers (names containing TEXT)
   download NAME                     fetch NAME from a peer into this folder
   delete NAME                       delete NAME from this folder (and from the index)
+                                    (quote a name with spaces at its ends: \" a.txt\")
   update                            rescan this folder and send the new list
   login NAME                        log in to the index server (password from
                                     PEERDEX_PASSWORD, or asked for)
@@ -71,26 +73,23 @@ pub enum Command {
 }
 
 impl Command {
-    /// Parses one line. `Ok(None)` for a blank line. The rest of the line after
-    /// `download` or `delete` is the name, so names may contain spaces (leading and
-    /// trailing blanks are not part of it).
+    /// Parses one line. `Ok(None)` for a blank line.
+    ///
+    /// After `download` or `delete`, the rest of the line is the name, so names may
+    /// contain spaces as they are (`download a b.txt`); a name that starts with a quote
+    /// is read shell-style instead, so that it can keep leading or trailing spaces
+    /// (`download " lead.txt"`, `delete 'a b '`). After `get_files_list`, words are
+    /// split shell-style, `--limit N` may come anywhere, `--` ends the options, and the
+    /// other words, joined by single spaces, are the text to look for.
     pub fn parse(line: &str) -> Result<Option<Command>, String> {
-        let line = line.trim();
+        let line = line.trim_matches(|c: char| c.is_ascii_whitespace());
         if line.is_empty() {
             return Ok(None);
         }
-        let (word, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
-        let rest = rest.trim_start();
+        let (word, rest) = line.split_once(|c: char| c.is_ascii_whitespace()).unwrap_or((line, ""));
+        let rest = rest.trim_start_matches(|c: char| c.is_ascii_whitespace());
         let no_args = |c: Command| {
             if rest.is_empty() { Ok(Some(c)) } else { Err(format!("{word} takes no arguments")) }
-        };
-        let name = |make: fn(ShareName) -> Command| {
-            if rest.is_empty() {
-                return Err(format!("{word} needs a file name, as in: {word} notes.txt"));
-            }
-            ShareName::parse(rest)
-                .map(|n| Some(make(n)))
-                .map_err(|why| format!("invalid file name {rest:?}: {why}"))
         };
         match word {
             "register" => no_args(Command::Register),
@@ -98,29 +97,63 @@ impl Command {
             "update" => no_args(Command::Update),
             "help" => no_args(Command::Help),
             "quit" | "exit" => no_args(Command::Quit),
-            "download" => name(Command::Download),
+            "download" => one_name(word, rest).map(|n| Some(Command::Download(n))),
+            "delete" => one_name(word, rest).map(|n| Some(Command::Delete(n))),
             "login" => {
                 if rest.is_empty() {
                     return Err("login needs a user name, as in: login ann".into());
                 }
                 auth::check_user(rest).map(|()| Some(Command::Login(rest.to_owned())))
             }
-            "delete" => name(Command::Delete),
-            "get_files_list" => {
-                let (limit, pattern) = match rest.strip_prefix("--limit") {
-                    Some(after) if after.is_empty() || after.starts_with(char::is_whitespace) => {
-                        let after = after.trim_start();
-                        let (n, pattern) = after.split_once(char::is_whitespace).unwrap_or((after, ""));
-                        let n = n.parse::<u32>().map_err(|_| format!("--limit needs a number, not {n:?}"))?;
-                        (Some(n), pattern.trim_start())
-                    }
-                    _ => (None, rest),
-                };
-                Ok(Some(Command::List { pattern: pattern.to_owned(), limit }))
-            }
-            _ => Err(format!("unknown command {word:?} (type help for the list)")),
+            "get_files_list" => list(rest).map(Some),
+            _ => Err(format!("unknown command {:?} (type help for the list)", word)),
         }
     }
+}
+
+/// The one file name after `word`: see [`Command::parse`].
+fn one_name(word: &str, rest: &str) -> Result<ShareName, String> {
+    if rest.is_empty() {
+        return Err(format!("{word} needs a file name, as in: {word} notes.txt"));
+    }
+    let name = if rest.starts_with(['"', '\'']) {
+        let words = shell_words::split(rest)
+            .map_err(|_| format!("unmatched quote in {rest:?}: close it, as in: {word} \" a name.txt\""))?;
+        match <[String; 1]>::try_from(words) {
+            Ok([name]) => name,
+            Err(_) => {
+                return Err(format!("{word} takes one name; put it in quotes, as in: {word} \"a name.txt\""));
+            }
+        }
+    } else {
+        rest.to_owned()
+    };
+    ShareName::parse(&name).map_err(|why| format!("invalid file name {name:?}: {why}"))
+}
+
+/// The arguments of `get_files_list`: see [`Command::parse`].
+fn list(rest: &str) -> Result<Command, String> {
+    let words = shell_words::split(rest).map_err(|_| {
+        format!("unmatched quote in {rest:?}: put the text in double quotes, as in: get_files_list \"don't\"")
+    })?;
+    let (mut limit, mut pattern, mut options) = (None, Vec::new(), true);
+    let mut words = words.into_iter();
+    while let Some(w) = words.next() {
+        if options && w == "--" {
+            options = false;
+        } else if options && (w == "--limit" || w.starts_with("--limit=")) {
+            let n = match w.strip_prefix("--limit=") {
+                Some(n) => n.to_owned(),
+                None => words.next().ok_or("--limit needs a number, as in: --limit 10")?,
+            };
+            limit = Some(n.parse::<u32>().map_err(|_| format!("--limit needs a number, not {n:?}"))?);
+        } else if options && w.starts_with("--") {
+            return Err(format!("unknown option {w:?} (put -- before text that starts with --)"));
+        } else {
+            pattern.push(w);
+        }
+    }
+    Ok(Command::List { pattern: pattern.join(" "), limit })
 }
 
 /// What one line of input turned out to be.
@@ -189,6 +222,8 @@ struct Peer {
     updates: Mutex<()>,
     /// The list the folder watcher last sent, so an unchanged folder sends nothing.
     last_watched: Mutex<Option<Vec<crate::wire::FileInfo>>>,
+    /// Sources that stalled or sent wrong bytes, at the back of the order for a while.
+    penalties: Penalties,
 }
 
 #[derive(Default)]
@@ -223,6 +258,7 @@ impl Shell {
             queue: Mutex::default(),
             updates: Mutex::default(),
             last_watched: Mutex::default(),
+            penalties: Penalties::default(),
         };
         Shell { peer: Arc::new(peer), workers: Vec::new() }
     }
@@ -271,9 +307,10 @@ impl Shell {
                 Ok(None) => {}
                 Ok(Some(Command::Quit)) => break,
                 Ok(Some(Command::Login(user))) => {
-                    // The password may have to be read from this same input.
-                    let password = password_for(&user, interactive, &mut input);
-                    match password.and_then(|p| self.peer.index.login(&user, &p)) {
+                    // The server is asked first; only then the password, which may have
+                    // to be read from this same input.
+                    let password = || password_for(&user, interactive, &mut input);
+                    match self.peer.index.login(&user, password) {
                         Ok(()) => crate::outln!("logged in as {user}"),
                         Err(e) => self.peer.fail(format!("login failed: {e:#}")),
                     }
@@ -299,13 +336,8 @@ impl Shell {
         let peer = &self.peer;
         match command {
             Command::Register => {
-                let files = scan(&peer.folder)?;
-                let count = files.len();
-                peer.index
-                    .change(&Request::Register { port: peer.port, files })
-                    .context("register failed")?;
-                peer.registered.store(true, Ordering::SeqCst);
-                crate::outln!("registered {count} files with the index server {}", peer.index.server());
+                let count = peer.register().context("register failed")?;
+                crate::outln!("registered {} with the index server {}", files(count), peer.index.server());
             }
             Command::Unregister => {
                 peer.index.change(&Request::Unregister).context("unregister failed")?;
@@ -314,9 +346,9 @@ impl Shell {
             }
             Command::Update => {
                 let _in_order = peer.updates.lock().unwrap_or_else(PoisonError::into_inner);
-                let files = scan(&peer.folder)?;
-                let count = peer.index.change(&Request::Update { files }).context("update failed")?;
-                crate::outln!("updated: {count} files registered");
+                let list = scan(&peer.folder)?;
+                let count = peer.index.change(&Request::Update { files: list }).context("update failed")?;
+                crate::outln!("updated: {} registered", files(count as usize));
             }
             Command::List { pattern, limit } => {
                 let mut shown = 0u64;
@@ -330,7 +362,7 @@ impl Shell {
                     .context("get_files_list failed")?
                     .map_err(|e| anyhow!("get_files_list failed: the index server says: {e}"))?;
                 let more = if truncated { " (more not shown)" } else { "" };
-                let _ = writeln!(out, "{shown} files at other peers{more}");
+                let _ = writeln!(out, "{} at other peers{more}", files(shown as usize));
             }
             Command::Delete(name) => {
                 peer.folder.delete(&name).map_err(|e| anyhow!("cannot delete {:?}: {e}", name.as_str()))?;
@@ -373,6 +405,8 @@ impl Peer {
     }
 
     /// Scans the folder and registers it. Returns the number of files registered.
+    /// The one way to register, for the command and for a reconnection alike: it holds
+    /// the lock that orders the folder's changes, so a download's `Add` cannot be lost.
     fn register(&self) -> anyhow::Result<usize> {
         let _in_order = self.updates.lock().unwrap_or_else(PoisonError::into_inner);
         let files = scan(&self.folder)?;
@@ -446,7 +480,8 @@ impl Peer {
                     }
                     match self.register() {
                         Ok(n) => crate::errln!(
-                            "note: reconnected to the index server {server}; registered {n} files again"
+                            "note: reconnected to the index server {server}; registered {} again",
+                            files(n)
                         ),
                         Err(e) => crate::errln!(
                             "error: reconnected to the index server {server}, but registering again failed: {e:#}"
@@ -477,8 +512,35 @@ impl Peer {
     /// One download, reported on stdout or stderr, then announced to the index.
     fn fetch(&self, name: &ShareName) {
         let shown = format!("{:?}", name.as_str());
-        let result = download(&self.index, &self.folder, name, &self.downloads, |from, e| {
-            crate::errln!("error: cannot download {shown} from {from}: {e:#}; trying the next peer");
+        let downloader = Downloader {
+            index: &self.index,
+            folder: &self.folder,
+            config: &self.downloads,
+            penalties: &self.penalties,
+        };
+        let result = downloader.download(name, |note| match note {
+            Note::SourceFailed { from, why, more } => {
+                let next = if more { "; trying the next peer" } else { "" };
+                crate::errln!("error: cannot download {shown} from {from}: {}{next}", escape(&format!("{why:#}")));
+            }
+            Note::Discarded { sources, restart } => {
+                let from: Vec<String> = sources.iter().map(ToString::to_string).collect();
+                let then = match restart {
+                    Some(addr) => format!("; starting again from byte 0 from {addr}"),
+                    None => String::new(),
+                };
+                crate::errln!(
+                    "error: cannot download {shown}: the file assembled from {} does not match its SHA-256; discarded{then}",
+                    from.join(" and ")
+                );
+            }
+            Note::Wrong(c) => crate::errln!(
+                "note: downloading {shown}: the bytes {}-{} from {} were wrong; it goes to the back of the order for {} minutes",
+                c.start,
+                c.end.saturating_sub(1),
+                c.from.map_or("an earlier download".to_owned(), |a| a.to_string()),
+                PENALTY.as_secs() / 60
+            ),
         });
         let got = match result {
             Ok(got) => got,
@@ -521,11 +583,17 @@ pub const PASSWORD_VAR: &str = "PEERDEX_PASSWORD";
 
 fn report_failure(failed: &AtomicBool, why: impl Display) {
     failed.store(true, Ordering::SeqCst);
-    crate::errln!("error: {why}");
+    // Errors can carry text from the network; the escaping is idempotent.
+    crate::errln!("error: {}", escape(&why.to_string()));
 }
 
 fn plural(n: u32) -> &'static str {
     if n == 1 { "" } else { "s" }
+}
+
+/// "1 file", "2 files".
+pub fn files(n: usize) -> String {
+    format!("{n} file{}", if n == 1 { "" } else { "s" })
 }
 
 /// Scans the folder for registration, refusing a folder with more files than the
@@ -562,9 +630,35 @@ mod tests {
             Ok(Some(Command::List { pattern: "mp3 song".into(), limit: Some(5) }))
         );
         assert_eq!(
-            parse("get_files_list --limitless"),
-            Ok(Some(Command::List { pattern: "--limitless".into(), limit: None }))
+            parse("get_files_list big --limit 1"),
+            Ok(Some(Command::List { pattern: "big".into(), limit: Some(1) }))
         );
+        assert_eq!(
+            parse("get_files_list rock --limit=3 roll"),
+            Ok(Some(Command::List { pattern: "rock roll".into(), limit: Some(3) }))
+        );
+        assert_eq!(
+            parse("get_files_list -- --limit 2"),
+            Ok(Some(Command::List { pattern: "--limit 2".into(), limit: None }))
+        );
+        assert_eq!(
+            parse("get_files_list \"two  spaces\""),
+            Ok(Some(Command::List { pattern: "two  spaces".into(), limit: None }))
+        );
+        assert!(parse("get_files_list --limitless").unwrap_err().contains("unknown option"));
+        assert!(parse("get_files_list don't").unwrap_err().contains("unmatched quote"));
+    }
+
+    #[test]
+    fn quoted_names_keep_their_spaces() {
+        let name = |s: &str| Ok(Some(Command::Download(ShareName::parse(s).unwrap())));
+        assert_eq!(parse("download \" lead.txt\""), name(" lead.txt"));
+        assert_eq!(parse("download 'trail.txt  '"), name("trail.txt  "));
+        assert_eq!(parse("download it's fine.txt"), name("it's fine.txt"), "a quote inside is a character");
+        assert_eq!(parse("download  a  b.txt "), name("a  b.txt"), "unquoted: the rest of the line as it is");
+        assert_eq!(parse("delete 'a b'"), Ok(Some(Command::Delete(ShareName::parse("a b").unwrap()))));
+        assert!(parse("download \"a.txt\" b.txt").unwrap_err().contains("takes one name"));
+        assert!(parse("download \"open").unwrap_err().contains("unmatched quote"));
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! hashed): a copy in progress keeps touching its file, so it is advertised only once
 //! it has been still for a moment, and the folder is looked at again after [`SETTLE`].
 //! Download temporaries and the hash cache (names starting with `.peerdex-`) cause no
-//! rescans at all.
+//! rescans at all, nor do mere reads: a rescan opens and reads files, and inotify
+//! reports those opens, so a watcher that rescanned on them would rescan forever.
 //!
 //! If the folder cannot be watched (inotify limits, some network filesystems), the
 //! thread says so once on stderr and rescans every [`POLL_INTERVAL`] instead.
@@ -18,6 +19,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
 use std::time::Duration;
 
+use notify::event::{AccessKind, AccessMode, EventKind};
 use notify::{Event, RecursiveMode, Watcher};
 
 use crate::name::RESERVED_PREFIX;
@@ -49,8 +51,12 @@ pub fn watch(folder: &Path, mut sync: impl FnMut() -> bool) {
                     p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(RESERVED_PREFIX))
                 })
         };
+        // Opening, reading or closing a file without writing changes nothing we share.
+        let read_only = |e: &Event| {
+            matches!(e.kind, EventKind::Access(kind) if kind != AccessKind::Close(AccessMode::Write))
+        };
         match event {
-            Ok(e) if ours(&e) => {}
+            Ok(e) if ours(&e) || read_only(&e) => {}
             // An error (the queue overflowed, say) means changes may have been missed:
             // rescan to be safe.
             _ => drop(tx.send(())),

@@ -130,7 +130,7 @@ impl Proc {
     pub fn registered_peer(index: SocketAddr, folder: &Path, files: usize) -> (Proc, SocketAddr) {
         let (mut p, addr) = Proc::peer(index, folder);
         p.send("register");
-        p.expect(Stream::Out, &format!("registered {files} files"));
+        p.expect(Stream::Out, &format!("registered {} ", peerdex::peer::shell::files(files)));
         (p, addr)
     }
 
@@ -245,7 +245,7 @@ impl Proc {
     /// `get_files_list` (with `args`), returning the listing's lines without the summary.
     pub fn list(&mut self, args: &str) -> Vec<String> {
         self.send(&format!("get_files_list {args}"));
-        let mut lines = self.read_until(Stream::Out, "files at other peers");
+        let mut lines = self.read_until(Stream::Out, " at other peers");
         lines.pop();
         lines
     }
@@ -267,6 +267,19 @@ pub fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// Connects to `addr` from the local address `from` (127.0.0.2, 127.0.0.3, ...: every
+/// 127/8 address is loopback), so that a server sees another client address.
+pub fn connect_from(from: &str, addr: SocketAddr) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).unwrap();
+    let local: SocketAddr = format!("{from}:0").parse().unwrap();
+    socket.bind(&local.into()).unwrap_or_else(|e| panic!("cannot bind {local}: {e}"));
+    socket.connect(&addr.into()).unwrap_or_else(|e| panic!("cannot connect from {from} to {addr}: {e}"));
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream
+}
+
 /// A raw protocol client of the index server, for tests that play a peer by hand.
 pub struct RawIndexClient {
     pub stream: TcpStream,
@@ -274,7 +287,13 @@ pub struct RawIndexClient {
 
 impl RawIndexClient {
     pub fn connect(index: SocketAddr) -> RawIndexClient {
-        let stream = TcpStream::connect(index).unwrap();
+        RawIndexClient::connect_from("127.0.0.1", index)
+    }
+
+    /// Connects from the local address `from` (see [`connect_from`]).
+    pub fn connect_from(from: &str, index: SocketAddr) -> RawIndexClient {
+        let stream =
+            if index.is_ipv6() { TcpStream::connect(index).unwrap() } else { connect_from(from, index) };
         stream.set_read_timeout(Some(TIMEOUT)).unwrap();
         let mut reader = stream.try_clone().unwrap();
         let mut writer = stream.try_clone().unwrap();
