@@ -142,17 +142,6 @@ fn peer(index: SocketAddr, folder: &Path) -> Proc {
     p
 }
 
-/// CPU time (user + system) a process has used, from /proc/PID/stat, in seconds.
-fn cpu_seconds(pid: &str) -> f64 {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-    ticks / 100.0 // USER_HZ is 100 on Linux
-}
-
 /// Context switches (voluntary + involuntary) of a process so far, all threads.
 fn context_switches(pid: &str) -> u64 {
     let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else { return 0 };
@@ -171,7 +160,7 @@ fn context_switches(pid: &str) -> u64 {
 
 #[path = "../tests/common/procfs.rs"]
 mod procfs;
-use procfs::rss_and_threads;
+use procfs::{cpu_seconds, rss_and_threads};
 
 /// CPU used by this generator and by the server over a measured window.
 struct CpuMeter {

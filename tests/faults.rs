@@ -413,3 +413,29 @@ fn bad_input_lines_are_reported_and_the_loop_goes_on() {
     );
     assert!(p.lines(Stream::Out).iter().any(|l| l.starts_with("commands:")), "help still ran");
 }
+
+#[test]
+fn kept_partials_give_way_to_a_download_that_needs_their_room() {
+    let ws = workspace();
+    let content = random_bytes(2 << 20);
+    let a = folder(ws.path(), "a", &[("new.bin", &content)]);
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    let (_pa, _) = Proc::registered_peer(index_addr, &a, 1);
+
+    // A 4 MiB folder holding two kept partials of 1.5 MB, from an hour and two ago.
+    let mount = Mount::tmpfs(ws.path().join("b"), "4m");
+    let partial = |byte: u8, hours: u64| {
+        let path = mount.0.join(format!(".peerdex-part-{}", hex::encode([byte; 32])));
+        fs::write(&path, vec![byte; 1_500_000]).unwrap();
+        let when = std::time::SystemTime::now() - std::time::Duration::from_secs(hours * 3600);
+        fs::File::options().write(true).open(&path).unwrap().set_modified(when).unwrap();
+        path
+    };
+    let (older, newer) = (partial(1, 2), partial(2, 1));
+    let (mut pb, _) = Proc::peer(index_addr, &mount.0);
+    pb.send("download new.bin");
+    pb.expect(Stream::Out, "downloaded new.bin");
+    assert!(fs::read(mount.0.join("new.bin")).unwrap() == content);
+    assert!(!older.exists(), "the oldest partial made room");
+    assert!(newer.exists(), "only as many as needed were deleted");
+}

@@ -86,7 +86,13 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    peerdex::cli::exit_code(run(args))
+    let outcome = run(args);
+    let status = match &outcome {
+        Ok(true) => 0,
+        _ => 1,
+    };
+    log::info!("exiting with status {status}");
+    peerdex::cli::exit_code(outcome)
 }
 
 fn run(args: Args) -> anyhow::Result<bool> {

@@ -511,6 +511,14 @@ impl Registry {
         }
     }
 
+    /// Checks, before a registration of `count` files is even read, that the peer on
+    /// `conn` may have that many (a registration replaces what it has): the same limits
+    /// as [`Registry::register`] checks, on the count alone.
+    pub fn room_for(&self, conn: SocketAddr, count: usize) -> Result<(), RegistryError> {
+        let before = self.peers.get(&conn).map_or(0, |p| p.files.len());
+        self.check_room(conn, before, count)
+    }
+
     /// Checks that the peer on `conn` may go from `before` to `after` files: within the
     /// limits per peer, per client address and in all.
     fn check_room(&self, conn: SocketAddr, before: usize, after: usize) -> Result<(), RegistryError> {

@@ -8,7 +8,7 @@
 //! second per connection.
 
 use std::fmt;
-use std::io::{self, BufReader};
+use std::io::{self, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::thread;
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use log::Level;
 
-use super::budget::{Budget, RECEIVE_BUDGET};
+use super::budget::{Budget, RECEIVE_BUDGET, SMALL_FRAME};
 use super::login::{Accounts, ProofStep, Session};
 use super::{Index, PageBudget, Pattern};
 use crate::logging::RateLimit;
@@ -218,6 +218,25 @@ impl<'a> Connection<'a> {
                 }
                 Err(e) => return Err(e),
             };
+            // A large registration that cannot fit is refused from its first bytes: its
+            // payload is read past, never buffered.
+            let mut head = Vec::new();
+            if len > SMALL_FRAME {
+                (&mut reader).take(REGISTRATION_HEAD as u64).read_to_end(&mut head)?;
+                if let Some(Err(e)) =
+                    registration_count(&head).map(|count| self.index.room_for(self.conn, count))
+                {
+                    let skipped =
+                        io::copy(&mut (&mut reader).take((len - head.len()) as u64), &mut io::sink())?;
+                    if skipped < (len - head.len()) as u64 {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
+                    wire::send_msg(&mut writer, &Reply::Error(e.to_string()))?;
+                    let what = request_name(head[0]);
+                    record!(self, Level::Info, "{what} of {len} bytes -> refused unread: {e}");
+                    continue;
+                }
+            }
             let deadline =
                 reader.get_ref().frame_deadline().unwrap_or_else(|| Instant::now() + config.read_timeout);
             let Some(_booked) = self.budget.book(len, deadline) else {
@@ -229,7 +248,17 @@ impl<'a> Connection<'a> {
                 let _ = wire::send_msg(&mut writer, &Reply::Error(why));
                 return Err(io::Error::new(io::ErrorKind::OutOfMemory, "no room in the receive budget"));
             };
-            let frame = wire::recv_payload(&mut reader, len, len)?;
+            let frame = if head.is_empty() {
+                wire::recv_payload(&mut reader, len, len)?
+            } else {
+                let mut frame = Vec::with_capacity(len);
+                frame.extend_from_slice(&head);
+                (&mut reader).take((len - head.len()) as u64).read_to_end(&mut frame)?;
+                if frame.len() < len {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                frame
+            };
             match Request::decode(&frame) {
                 Ok(request) => {
                     drop(frame);
@@ -346,6 +375,20 @@ fn files_word(n: u32) -> &'static str {
 
 fn peers_word(n: usize) -> &'static str {
     if n == 1 { "peer" } else { "peers" }
+}
+
+/// Bytes that hold a registration's file count: a `Register`'s tag, port and count.
+const REGISTRATION_HEAD: usize = 7;
+
+/// The file count of a `Register` or `Update` from its first bytes, if that is what
+/// they start.
+fn registration_count(head: &[u8]) -> Option<usize> {
+    let count = match head {
+        [0x01, _, _, a, b, c, d, ..] => [*a, *b, *c, *d],
+        [0x03, a, b, c, d, ..] => [*a, *b, *c, *d],
+        _ => return None,
+    };
+    Some(u32::from_be_bytes(count) as usize)
 }
 
 /// The name of the request with tag `tag`, for the log of a malformed one.

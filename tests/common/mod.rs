@@ -32,6 +32,9 @@ pub enum Stream {
 pub struct Proc {
     name: String,
     child: Child,
+    /// The child's stderr when it is deliberately never read (see
+    /// [`Proc::stderr_unread`]): held open so that the pipe fills up.
+    _unread: Option<std::process::ChildStderr>,
     stdin: Option<Sender<Vec<u8>>>,
     lines: Receiver<(Stream, String)>,
     /// Every line seen so far, in arrival order.
@@ -76,6 +79,22 @@ impl Proc {
         dir: &Path,
         env: &[(&str, &OsStr)],
     ) -> Proc {
+        Proc::spawn(bin, args, dir, env, true)
+    }
+
+    /// Like [`Proc::start`], but nobody ever reads the child's stderr: once the pipe's
+    /// buffer (64 KiB) is full, every write the child makes to stderr blocks.
+    pub fn stderr_unread<S: AsRef<OsStr>>(bin: &str, args: &[S], dir: &Path) -> Proc {
+        Proc::spawn(bin, args, dir, &[], false)
+    }
+
+    fn spawn<S: AsRef<OsStr>>(
+        bin: &str,
+        args: &[S],
+        dir: &Path,
+        env: &[(&str, &OsStr)],
+        read_stderr: bool,
+    ) -> Proc {
         let mut child = Command::new(bin)
             .args(args)
             .envs(env.iter().copied())
@@ -87,10 +106,15 @@ impl Proc {
             .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
         let (tx, lines) = mpsc::channel();
         pump(child.stdout.take().unwrap(), Stream::Out, tx.clone());
-        pump(child.stderr.take().unwrap(), Stream::Err, tx);
+        let unread = if read_stderr {
+            pump(child.stderr.take().unwrap(), Stream::Err, tx);
+            None
+        } else {
+            child.stderr.take()
+        };
         let stdin = Some(feed(child.stdin.take().unwrap()));
         let name = Path::new(bin).file_name().unwrap().to_string_lossy().into_owned();
-        Proc { name, child, stdin, lines, seen: Vec::new(), pos: [0, 0] }
+        Proc { name, child, _unread: unread, stdin, lines, seen: Vec::new(), pos: [0, 0] }
     }
 
     /// Starts `indexing-server 127.0.0.1 0` in `dir` and returns it with its address.
@@ -237,6 +261,11 @@ impl Proc {
         procfs::rss_and_threads(self.pid())
     }
 
+    /// CPU time the child has used so far, in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        procfs::cpu_seconds(&self.pid().to_string())
+    }
+
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -355,57 +384,124 @@ pub enum Misbehaviour {
     Silent,
     /// Announces 2^63 bytes (with the content's hash) and sends the content.
     Huge,
+    /// Claims to be idle and the fastest there is, then sends one byte every 200 ms.
+    Drip,
+    /// Claims to be idle and the fastest there is, then sends 1 MiB of junk and closes.
+    Junk,
+    /// Refuses every request with this text.
+    Refuse(&'static str),
 }
 
 /// A file server that announces `content`'s size and SHA-256 for any name, then
-/// misbehaves; serves connections one at a time until the test ends. Returns its
-/// address.
+/// misbehaves; serves each connection on a thread of its own until the test ends.
+/// Returns its address.
 pub fn fake_sender(content: Vec<u8>, how: Misbehaviour) -> SocketAddr {
-    use peerdex::wire::{FileReply, FileRequest};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let sha256 = peerdex::peer::folder::hash(&mut &content[..]).unwrap();
+    let content = std::sync::Arc::new(content);
     thread::spawn(move || {
         for stream in listener.incoming() {
-            let Ok(mut s) = stream else { continue };
-            let mut r = s.try_clone().unwrap();
-            if wire::server_handshake(&mut r, &mut s, Service::Files, 4096).is_err() {
-                continue;
-            }
-            let offset = match wire::recv_msg(&mut r) {
-                Ok(FileRequest::Get { offset, .. }) => offset as usize,
-                Ok(FileRequest::Status) => {
-                    // Idle and eager: a least-loaded downloader picks it.
-                    let _ = wire::send_msg(&mut s, &FileReply::Status { uploads: 0, bytes_per_sec: 0 });
-                    continue;
-                }
-                Err(_) => continue,
-            };
-            let size = match how {
-                Misbehaviour::Huge => 1 << 63,
-                _ => content.len() as u64,
-            };
-            wire::send_msg(&mut s, &FileReply::Header { size, sha256 }).unwrap();
-            if let Misbehaviour::Silent = how {
-                // Hold the connection open, silent, until the downloader gives up.
-                let _ = s.read(&mut [0u8; 1]);
-                continue;
-            }
-            let mut body = content[offset.min(content.len())..].to_vec();
-            match how {
-                Misbehaviour::Corrupt => {
-                    if let Some(b) = body.first_mut() {
-                        *b ^= 1;
-                    }
-                }
-                Misbehaviour::Short => {
-                    body.pop();
-                }
-                Misbehaviour::Long => body.extend_from_slice(&[0; 10]),
-                Misbehaviour::Silent | Misbehaviour::Huge => {}
-            }
-            let _ = s.write_all(&body);
+            let Ok(s) = stream else { continue };
+            let content = std::sync::Arc::clone(&content);
+            thread::spawn(move || misbehave(s, &content, how));
         }
     });
     addr
+}
+
+fn misbehave(mut s: TcpStream, content: &[u8], how: Misbehaviour) {
+    use peerdex::wire::{FileReply, FileRequest};
+    let sha256 = peerdex::peer::folder::hash(&mut &content[..]).unwrap();
+    let mut r = s.try_clone().unwrap();
+    if wire::server_handshake(&mut r, &mut s, Service::Files, 4096).is_err() {
+        return;
+    }
+    let offset = match wire::recv_msg(&mut r) {
+        Ok(FileRequest::Get { offset, .. }) => offset as usize,
+        Ok(FileRequest::Status) => {
+            // Idle and eager: a least-loaded downloader picks it; the liars also claim
+            // to be the fastest there is.
+            let rate = if matches!(how, Misbehaviour::Drip | Misbehaviour::Junk) { u64::MAX } else { 0 };
+            let _ = wire::send_msg(&mut s, &FileReply::Status { uploads: 0, bytes_per_sec: rate });
+            return;
+        }
+        Err(_) => return,
+    };
+    if let Misbehaviour::Refuse(why) = how {
+        let _ = wire::send_msg(&mut s, &FileReply::Error(why.into()));
+        return;
+    }
+    let size = match how {
+        Misbehaviour::Huge => 1 << 63,
+        _ => content.len() as u64,
+    };
+    wire::send_msg(&mut s, &FileReply::Header { size, sha256 }).unwrap();
+    let mut body = content[offset.min(content.len())..].to_vec();
+    match how {
+        Misbehaviour::Silent => {
+            // Hold the connection open, silent, until the downloader gives up.
+            let _ = s.read(&mut [0u8; 1]);
+            return;
+        }
+        Misbehaviour::Drip => {
+            for b in body {
+                if s.write_all(&[b]).is_err() {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(200)); // the attacker's pace, not a wait
+            }
+            return;
+        }
+        Misbehaviour::Junk => body = vec![0x5a; (1 << 20).min(body.len())],
+        Misbehaviour::Corrupt => {
+            if let Some(b) = body.first_mut() {
+                *b ^= 1;
+            }
+        }
+        Misbehaviour::Short => {
+            body.pop();
+        }
+        Misbehaviour::Long => body.extend_from_slice(&[0; 10]),
+        Misbehaviour::Huge | Misbehaviour::Refuse(_) => {}
+    }
+    let _ = s.write_all(&body);
+}
+
+/// A fake index server for one peer: shakes hands, then answers each request as
+/// `answer` says (`None`: the usual `Pong` for a ping, else an error), and records the
+/// requests it saw. Serves connections one at a time until the test ends.
+pub struct FakeIndex {
+    pub addr: SocketAddr,
+    pub seen: std::sync::Arc<std::sync::Mutex<Vec<Request>>>,
+}
+
+impl FakeIndex {
+    pub fn start(answer: impl Fn(&Request) -> Option<Vec<u8>> + Send + 'static) -> FakeIndex {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = std::sync::Arc::clone(&seen);
+        thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { continue };
+                let mut r = s.try_clone().unwrap();
+                if wire::server_handshake(&mut r, &mut s, Service::Index, 4096).is_err() {
+                    continue;
+                }
+                while let Ok(Some(frame)) = wire::recv_all(&mut r, 1 << 20) {
+                    let Ok(request) = <Request as peerdex::wire::Message>::decode(&frame) else { break };
+                    let reply = match (answer(&request), &request) {
+                        (Some(raw), _) => raw,
+                        (None, Request::Ping) => peerdex::wire::Message::encode(&Reply::Pong),
+                        (None, _) => peerdex::wire::Message::encode(&Reply::Error("not in this fake".into())),
+                    };
+                    log.lock().unwrap().push(request);
+                    if wire::send_all(&mut s, &reply).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        FakeIndex { addr, seen }
+    }
 }
