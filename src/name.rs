@@ -9,7 +9,8 @@
 //! name printed on a terminal reads as what it is.
 
 use std::fmt;
-use std::sync::Arc;
+
+use arcstr::ArcStr;
 
 /// Longest name accepted, in bytes. This is `NAME_MAX` on Linux, ext4, XFS, btrfs and
 /// APFS, so every file a peer can have is nameable; anything longer is not a file name.
@@ -25,10 +26,13 @@ pub const TEMP_PREFIX: &str = ".peerdex-part-";
 
 /// A validated shared-file name. See the module docs for what it cannot hold.
 ///
-/// The text is behind an `Arc`, so a clone is a reference-count increment: the index
-/// server keeps each name once however many peers and maps refer to it.
+/// The text is reference-counted, so a clone is a reference-count increment: the index
+/// server keeps each name once however many peers and maps refer to it. It is an
+/// `arcstr::ArcStr`, one word (the length lives in the allocation, beside the count)
+/// where an `Arc<str>` is two: the index holds three of them per entry, so that is 24
+/// bytes an entry, 230 MiB at ten million.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ShareName(Arc<str>);
+pub struct ShareName(ArcStr);
 
 /// Why a string is not a [`ShareName`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,7 +91,7 @@ impl ShareName {
         } else if name.starts_with(RESERVED_PREFIX) {
             Err(NameError::Reserved)
         } else {
-            Ok(ShareName(Arc::from(name)))
+            Ok(ShareName(ArcStr::from(name)))
         }
     }
 

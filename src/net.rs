@@ -196,12 +196,14 @@ pub struct ConnLimits {
 /// (named `"{what} {address}"`), holding a [`Slot`] for as long as it runs.
 ///
 /// A connection over `limits` is turned away from this loop itself, without a thread:
-/// it gets a refused handshake that says why, and is closed.
+/// it gets a refused handshake that says why, and is closed. Refusals are logged at
+/// most [`crate::logging::RECORDS_PER_SECOND`] a second, the rest counted.
 pub fn serve<H>(listener: TcpListener, what: &str, limits: ConnLimits, handle: H) -> io::Result<()>
 where
     H: Fn(TcpStream, SocketAddr, Slot) + Clone + Send + 'static,
 {
     let slots = Slots::new(limits.max, limits.per_ip);
+    let mut refusals = crate::logging::RateLimit::default();
     loop {
         let (stream, from) = match listener.accept() {
             Ok(accepted) => accepted,
@@ -222,7 +224,11 @@ where
                         "too many connections from your address ({max}, the most allowed); close some and try again"
                     ),
                 };
-                log::info!("{from} refused: {why}");
+                refusals.log(
+                    log::Level::Info,
+                    format_args!("{what}:"),
+                    format_args!("{from} refused: {why}"),
+                );
                 refuse(&stream, &why);
                 continue;
             }

@@ -55,8 +55,6 @@ pub const MAGIC: [u8; 8] = *b"PEERDEX\0";
 pub type Sha256 = [u8; 32];
 
 /// Sends one frame: the payload's length as a big-endian `u32`, then the payload.
-///
-/// Small frames go out in one `write` so that a request is one TCP segment.
 pub fn send_all(w: &mut impl Write, payload: &[u8]) -> io::Result<()> {
     let len =
         u32::try_from(payload.len()).ok().filter(|&len| len as usize <= MAX_FRAME_LEN).ok_or_else(|| {
@@ -65,14 +63,18 @@ pub fn send_all(w: &mut impl Write, payload: &[u8]) -> io::Result<()> {
                 format!("frame of {} bytes exceeds the maximum of {MAX_FRAME_LEN}", payload.len()),
             )
         })?;
-    if payload.len() <= 64 * 1024 {
-        let mut buf = Vec::with_capacity(4 + payload.len());
-        buf.extend_from_slice(&len.to_be_bytes());
-        buf.extend_from_slice(payload);
-        w.write_all(&buf)?;
-    } else {
-        w.write_all(&len.to_be_bytes())?;
-        w.write_all(payload)?;
+    // One `writev` for the length and the payload: no copy, and on a socket one
+    // system call and one TCP segment for a small frame.
+    let header = len.to_be_bytes();
+    let mut slices = [io::IoSlice::new(&header), io::IoSlice::new(payload)];
+    let mut left = &mut slices[..];
+    while !left.is_empty() {
+        match w.write_vectored(left) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => io::IoSlice::advance_slices(&mut left, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
     w.flush()
 }
@@ -442,7 +444,10 @@ struct Enc(Vec<u8>);
 
 impl Enc {
     fn new(tag: u8) -> Enc {
-        Enc(vec![tag])
+        // Room for most messages (a lookup's reply with a hit is 52 bytes) at once.
+        let mut bytes = Vec::with_capacity(64);
+        bytes.push(tag);
+        Enc(bytes)
     }
     fn u8(&mut self, v: u8) -> &mut Self {
         self.0.push(v);

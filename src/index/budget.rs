@@ -45,8 +45,8 @@ struct Shared {
 
 /// Bytes booked in a [`Budget`], given back when dropped.
 #[derive(Debug)]
-pub struct Booking {
-    shared: Arc<Shared>,
+pub struct Booking<'a> {
+    shared: &'a Shared,
     bytes: usize,
 }
 
@@ -80,7 +80,7 @@ impl Budget {
 
     /// Books room for a frame of `len` bytes, waiting until `deadline` for it. `None`
     /// if there was no room by then.
-    pub fn book(&self, len: usize, deadline: Instant) -> Option<Booking> {
+    pub fn book(&self, len: usize, deadline: Instant) -> Option<Booking<'_>> {
         let (bytes, limit) = if len <= SMALL_FRAME {
             (len, self.shared.max)
         } else {
@@ -105,19 +105,19 @@ impl Budget {
         booked
     }
 
-    fn try_book(&self, bytes: usize, limit: usize) -> Option<Booking> {
+    fn try_book(&self, bytes: usize, limit: usize) -> Option<Booking<'_>> {
         let used = &self.shared.used;
         used.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |u| {
             u.checked_add(bytes).filter(|n| *n <= limit)
         })
         .ok()
-        .map(|_| Booking { shared: Arc::clone(&self.shared), bytes })
+        .map(|_| Booking { shared: &self.shared, bytes })
     }
 }
 
-impl Drop for Booking {
+impl Drop for Booking<'_> {
     fn drop(&mut self) {
-        let shared = &self.shared;
+        let shared = self.shared;
         shared.used.fetch_sub(self.bytes, Ordering::SeqCst);
         // Taking the lock orders this release after a waiter's last look, so the
         // waiter is either looking again (and sees the room) or waiting (and is woken).

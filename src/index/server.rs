@@ -113,7 +113,7 @@ pub fn serve(listener: TcpListener, index: Index, config: Config) -> io::Result<
     let budget = Budget::new(config.receive_budget);
     let limits = config.connections;
     let config = Arc::new(config);
-    net::serve(listener, "conn", limits, move |stream, from, slot| {
+    net::serve(listener, "index", limits, move |stream, from, slot| {
         Connection::new(&index, &config, &budget, from).run(stream, slot)
     })
 }

@@ -99,7 +99,7 @@ pub fn serve(listener: TcpListener, folder: Arc<SharedFolder>, config: FileServe
     let limits = config.connections;
     let uploads = Slots::new(config.uploads.max, config.uploads.per_ip);
     let shared = Arc::new(Shared { folder, config, uploads, throughput: Throughput::default() });
-    net::serve(listener, "upload", limits, move |stream, from, _slot: Slot| {
+    net::serve(listener, "files", limits, move |stream, from, _slot: Slot| {
         if let Err(e) = handle(&shared, &stream, from) {
             info!("upload to {from} failed: {e}");
             if e.kind() == io::ErrorKind::InvalidData {

@@ -223,6 +223,32 @@ impl Proc {
         self.read_until(stream, pattern).pop().unwrap()
     }
 
+    /// The first line of either stream, after the last one read of it, that contains
+    /// one of `patterns`; `None` if none comes within `timeout` (no panic: for the
+    /// benchmark's soak, which counts what never came).
+    pub fn expect_any(&mut self, patterns: &[&str], timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let mut i = self.pos[0].min(self.pos[1]);
+        loop {
+            while i < self.seen.len() {
+                let (s, line) = &self.seen[i];
+                let at = Self::idx(*s);
+                if i >= self.pos[at] {
+                    self.pos[at] = i + 1;
+                    if patterns.iter().any(|p| line.contains(p)) {
+                        return Some(line.clone());
+                    }
+                }
+                i += 1;
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            match self.lines.recv_timeout(left) {
+                Ok(line) => self.seen.push(line),
+                Err(_) => return None,
+            }
+        }
+    }
+
     /// Everything seen so far, for failure messages.
     pub fn dump(&self) -> String {
         self.seen.iter().map(|(s, l)| format!("  [{s:?}] {l}\n")).collect()

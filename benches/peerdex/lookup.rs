@@ -1,0 +1,168 @@
+//! `cargo bench -- lookup`: lookups against an index of 1,000 peers x 1,000 files,
+//! next to the two references measured in the same run with the same load generator:
+//! the minimal responder (the ceiling of a thread-per-connection design here) and
+//! Redis GET (an event loop).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::seq::SliceRandom;
+
+use crate::common::Proc;
+use crate::load::{self, LoadResult, Wire, lookup_load, register_many, us};
+use crate::{Opts, index_server, row};
+
+/// The address of a local Redis, if one answers.
+const REDIS: &str = "127.0.0.1:6379";
+
+fn shared_or_unique(p: usize, i: usize) -> String {
+    // 900 names unique to this peer, and 100 of the 1,000 shared names: peer p shares
+    // the block (p % 10), so each shared name is held by 100 of the 1,000 peers.
+    if i < 900 {
+        format!("peer{p:04}-file{i:03}.dat")
+    } else {
+        format!("shared-{:04}.dat", (p % 10) * 100 + (i - 900))
+    }
+}
+
+pub fn run(opts: &Opts) {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, index) = index_server(dir.path(), &[]);
+    let t = Instant::now();
+    let _conns = register_many(index, 1000, 1000, 8, shared_or_unique);
+    let loaded = t.elapsed();
+    let mut names: Vec<String> =
+        (0..1000).flat_map(|p| (0..900).map(move |i| shared_or_unique(p, i))).collect();
+    names.extend((0..1000).map(|s| format!("shared-{s:04}.dat")));
+    names.shuffle(&mut rand::rng());
+    let names = Arc::new(names);
+    let (rss, threads) = server.rss_and_threads();
+    row(
+        "lookup",
+        format!(
+            "index of 1,000 peers x 1,000 files loaded in {:.1} s (from {} client addresses); server RSS {} MiB, {threads} threads",
+            loaded.as_secs_f64(),
+            1000 / load::PEERS_PER_ADDRESS,
+            rss >> 20
+        ),
+    );
+    let responder = Proc::start(
+        std::env::current_exe().unwrap().to_str().unwrap(),
+        &[crate::responder::FLAG],
+        dir.path(),
+    );
+    let mut responder = responder;
+    let responder_addr: SocketAddr = responder
+        .expect(crate::common::Stream::Out, "listening on ")
+        .trim_start_matches("listening on ")
+        .parse()
+        .unwrap();
+    let redis = redis_pid().and_then(|pid| preload_redis(&names).then_some(pid));
+    if redis.is_none() {
+        row("lookup", format!("Redis: none answers at {REDIS}; its rows are skipped"));
+    }
+    // The machine is shared and its speed drifts: the servers take turns, in a new
+    // order each round, and each figure is the median of its rounds.
+    let window = Duration::from_secs(opts.seconds);
+    let mut servers = vec![
+        ("peerdex", Wire::Peerdex, index, server.pid()),
+        ("responder", Wire::Peerdex, responder_addr, responder.pid()),
+    ];
+    if let Some(pid) = redis {
+        servers.push(("redis", Wire::Redis, REDIS.parse().unwrap(), pid));
+    }
+    for clients in [50, 1] {
+        let mut results: Vec<Vec<LoadResult>> = servers.iter().map(|_| Vec::new()).collect();
+        for round in 0..ROUNDS {
+            let mut order: Vec<usize> = (0..servers.len()).collect();
+            order.rotate_left(round % servers.len());
+            for i in order {
+                let (_, wire, addr, pid) = servers[i];
+                results[i].push(lookup_load(wire, addr, pid, &names, clients, window));
+            }
+        }
+        let medians: Vec<LoadResult> = results.into_iter().map(median).collect();
+        for ((who, ..), r) in servers.iter().zip(&medians) {
+            row(
+                "lookup",
+                format!(
+                    "{clients:>2} clients, {who:<9}: {:>8.0}/s, p50 {}, p99 {} (medians of {ROUNDS} rounds); last round's {}",
+                    r.rate,
+                    us(r.p50),
+                    us(r.p99),
+                    r.cpu
+                ),
+            );
+        }
+        let (ours, ceiling) = (&medians[0], &medians[1]);
+        let mut ratios = format!(
+            "{clients:>2} clients: peerdex/responder {:.2} in rate, {:.2} in p99",
+            ours.rate / ceiling.rate,
+            ours.p99.as_secs_f64() / ceiling.p99.as_secs_f64()
+        );
+        if let Some(redis) = medians.get(2) {
+            ratios += &format!(
+                "; peerdex/redis {:.2} in rate, p50 {} vs {}",
+                ours.rate / redis.rate,
+                us(ours.p50),
+                us(redis.p50)
+            );
+        }
+        row("lookup", ratios);
+    }
+    drop(responder);
+}
+
+/// Rounds of each measurement.
+const ROUNDS: usize = 3;
+
+/// The median of each figure over the rounds (the CPU report is the last round's).
+fn median(mut rounds: Vec<LoadResult>) -> LoadResult {
+    let mid = rounds.len() / 2;
+    let pick = |key: fn(&LoadResult) -> f64| {
+        let mut v: Vec<f64> = rounds.iter().map(key).collect();
+        v.sort_by(f64::total_cmp);
+        v[mid]
+    };
+    let rate = pick(|r| r.rate);
+    let p50 = Duration::from_secs_f64(pick(|r| r.p50.as_secs_f64()));
+    let p99 = Duration::from_secs_f64(pick(|r| r.p99.as_secs_f64()));
+    let cpu = rounds.pop().map(|r| r.cpu).unwrap_or_default();
+    LoadResult { rate, p50, p99, cpu }
+}
+
+/// The process id of the local Redis, if it runs (for its CPU figures).
+fn redis_pid() -> Option<u32> {
+    std::net::TcpStream::connect(REDIS).ok()?;
+    let out = std::process::Command::new("pgrep").args(["-o", "redis-server"]).output().ok()?;
+    String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+}
+
+/// Stores every name in Redis with a value the size of the index's reply, for ten
+/// minutes (so that nothing is left behind), pipelined. Returns whether it worked.
+fn preload_redis(names: &[String]) -> bool {
+    use std::io::{BufRead, BufReader, Write};
+    let Ok(stream) = std::net::TcpStream::connect(REDIS) else { return false };
+    let mut w = std::io::BufWriter::new(&stream);
+    let value = "x".repeat(52);
+    for n in names {
+        let _ = write!(
+            w,
+            "*5\r\n$3\r\nSET\r\n${}\r\n{n}\r\n$52\r\n{value}\r\n$2\r\nEX\r\n$3\r\n600\r\n",
+            n.len()
+        );
+    }
+    if w.flush().is_err() {
+        return false;
+    }
+    let mut r = BufReader::new(&stream);
+    let mut line = String::new();
+    for _ in names {
+        line.clear();
+        if r.read_line(&mut line).is_err() || line != "+OK\r\n" {
+            return false;
+        }
+    }
+    true
+}
