@@ -8,7 +8,7 @@ use std::io::Write;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Proc, Stream, folder, wait_for, workspace};
+use common::{Proc, Stream, adduser, folder, wait_for, workspace};
 
 #[test]
 fn a_watched_folder_reaches_the_index_by_itself() {
@@ -156,15 +156,6 @@ fn peer_env(index: std::net::SocketAddr, dir: &Path, env: &[(&str, &str)], opts:
         env.iter().map(|(k, v)| (*k, std::ffi::OsStr::new(*v))).collect();
     let mut p = Proc::start_with_env(env!("CARGO_BIN_EXE_peer"), &args, dir.parent().unwrap(), &env);
     p.expect(Stream::Out, "serving ");
-    p
-}
-
-/// `indexing-server adduser FILE NAME`, with the password on stdin.
-fn adduser(dir: &Path, file: &Path, name: &str, password: &str) -> Proc {
-    let args = ["adduser".as_ref(), file.as_os_str(), name.as_ref()];
-    let mut p = Proc::start(env!("CARGO_BIN_EXE_indexing-server"), &args, dir);
-    p.send(password);
-    assert!(p.finish().success(), "{}", p.dump());
     p
 }
 

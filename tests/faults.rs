@@ -8,42 +8,16 @@ use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::thread;
 
 use common::{
-    Misbehaviour, Proc, RawIndexClient, Stream, entries, fake_sender, folder, random_bytes, workspace,
+    Misbehaviour, Proc, Stream, entries, fake_sender, folder, info, peer_with, random_bytes, register_fake,
+    workspace,
 };
-use peerdex::name::ShareName;
 use peerdex::peer::folder::hash;
-use peerdex::wire::{self, FileInfo, FileReply, FileRequest, Reply, Request, Service};
-
-fn info(name: &str, content: &[u8]) -> FileInfo {
-    FileInfo {
-        name: ShareName::parse(name).unwrap(),
-        size: content.len() as u64,
-        sha256: hash(&mut &content[..]).unwrap(),
-    }
-}
-
-/// Registers a fake peer (a raw connection) that claims `file` on `port`; the
-/// registration lasts as long as the returned connection.
-fn register_fake(index: SocketAddr, port: u16, file: FileInfo) -> RawIndexClient {
-    let mut c = RawIndexClient::connect(index);
-    assert_eq!(c.call(&Request::Register { port, files: vec![file] }), Reply::Done { files: 1 });
-    c
-}
-
-/// `peer` with extra options.
-fn peer_with(index: SocketAddr, dir: &Path, opts: &[&str]) -> (Proc, SocketAddr) {
-    let port = index.port().to_string();
-    let mut args = vec!["127.0.0.1", port.as_str(), "0", dir.to_str().unwrap()];
-    args.extend(opts);
-    let mut p = Proc::start(env!("CARGO_BIN_EXE_peer"), &args, dir.parent().unwrap());
-    let line = p.expect(Stream::Out, "serving ");
-    (p, line.rsplit(" on ").next().unwrap().parse().unwrap())
-}
+use peerdex::wire::{self, FileInfo, FileReply, FileRequest, Service};
 
 #[test]
 fn a_silent_sender_times_out_and_the_next_peer_is_tried() {

@@ -85,12 +85,7 @@ fn frames_held_open_take_no_more_than_the_receive_budget() {
 #[test]
 fn before_login_a_frame_may_be_4_kib_at_most() {
     let ws = workspace();
-    let users = ws.path().join("users");
-    let mut add = Proc::start(env!("CARGO_BIN_EXE_indexing-server"), &["adduser", "users", "ann"], ws.path());
-    add.send("s3cret");
-    assert!(add.finish().success());
-    let (_index, addr) =
-        Proc::index_server_with(ws.path(), &["127.0.0.1", "0", "--users", users.to_str().unwrap()]);
+    let (_index, addr) = common::index_server_with_ann(ws.path());
     let mut c = RawIndexClient::connect_from("127.0.0.2", addr);
     // 4 KiB is fine (and refused for the login it lacks)...
     let pattern = "x".repeat(4000);
@@ -361,12 +356,7 @@ fn listings_with_pathological_patterns_leave_room_for_lookups() {
 #[test]
 fn password_guessing_is_throttled_across_connections_and_addresses() {
     let ws = workspace();
-    let users = ws.path().join("users");
-    let mut add = Proc::start(env!("CARGO_BIN_EXE_indexing-server"), &["adduser", "users", "ann"], ws.path());
-    add.send("s3cret");
-    assert!(add.finish().success());
-    let (_index, addr) =
-        Proc::index_server_with(ws.path(), &["127.0.0.1", "0", "--users", users.to_str().unwrap()]);
+    let (_index, addr) = common::index_server_with_ann(ws.path());
 
     // 300 connections from 5 addresses guess ann's password for 4 s.
     let seconds = 4;
@@ -423,9 +413,7 @@ fn password_guessing_is_throttled_across_connections_and_addresses() {
 fn an_unknown_user_gets_the_same_challenge_after_a_restart() {
     let ws = workspace();
     let users = ws.path().join("users");
-    let mut add = Proc::start(env!("CARGO_BIN_EXE_indexing-server"), &["adduser", "users", "ann"], ws.path());
-    add.send("s3cret");
-    assert!(add.finish().success());
+    common::adduser(ws.path(), &users, "ann", "s3cret");
     let salt = |user: &str| {
         let (mut index, addr) =
             Proc::index_server_with(ws.path(), &["127.0.0.1", "0", "--users", users.to_str().unwrap()]);

@@ -13,38 +13,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{
-    FakeIndex, Misbehaviour, Proc, RawIndexClient, Stream, connect_from, entries, fake_sender, folder,
-    random_bytes, workspace,
+    FakeIndex, Misbehaviour, Proc, Stream, connect_from, entries, fake_sender, folder, info, peer_with,
+    random_bytes, register_fake, workspace,
 };
-use peerdex::name::ShareName;
-use peerdex::peer::folder::hash;
-use peerdex::wire::{self, FileInfo, FileReply, FileRequest, Message, Reply, Request, Service};
-
-fn info(name: &str, content: &[u8]) -> FileInfo {
-    FileInfo {
-        name: ShareName::parse(name).unwrap(),
-        size: content.len() as u64,
-        sha256: hash(&mut &content[..]).unwrap(),
-    }
-}
-
-/// Registers a fake peer (a raw connection) that claims `file` on `port`; the
-/// registration lasts as long as the returned connection.
-fn register_fake(index: SocketAddr, port: u16, file: FileInfo) -> RawIndexClient {
-    let mut c = RawIndexClient::connect_from("127.0.0.1", index);
-    assert_eq!(c.call(&Request::Register { port, files: vec![file] }), Reply::Done { files: 1 });
-    c
-}
-
-/// `peer <index> 0 <dir> <opts>`, started in `dir`'s parent.
-fn peer_with(index: SocketAddr, dir: &Path, opts: &[&str]) -> (Proc, SocketAddr) {
-    let port = index.port().to_string();
-    let mut args = vec!["127.0.0.1", port.as_str(), "0", dir.to_str().unwrap()];
-    args.extend(opts);
-    let mut p = Proc::start(env!("CARGO_BIN_EXE_peer"), &args, dir.parent().unwrap());
-    let line = p.expect(Stream::Out, "serving ");
-    (p, line.rsplit(" on ").next().unwrap().parse().unwrap())
-}
+use peerdex::wire::{self, FileReply, FileRequest, Message, Reply, Request, Service};
 
 /// A connection from `from` to a file server that has asked for `name` and reads
 /// nothing.
@@ -199,6 +171,7 @@ fn a_dripping_source_that_claims_to_be_fastest_is_dropped_and_tried_last() {
     pb.expect(Stream::Out, "deleted f.bin");
     pb.send("download f.bin");
     pb.expect(Stream::Out, &format!("downloaded f.bin (1048576 bytes) from {honest}"));
+    pb.finish();
     let again = pb.lines(Stream::Err).iter().filter(|l| l.contains(&drip.to_string())).count();
     assert_eq!(again, 1, "the dripper was tried again: {}", pb.dump());
 }
@@ -218,6 +191,8 @@ fn junk_from_one_source_is_never_blamed_on_the_honest_one() {
     pb.send("download f.bin");
     pb.expect(Stream::Out, &format!("downloaded f.bin (4194304 bytes) from {honest}"));
     assert!(fs::read(b.join("f.bin")).unwrap() == content, "the right file");
+    // Everything it had to say, both streams drained, before looking at stderr.
+    pb.finish();
     let errors = pb.lines(Stream::Err);
     let want = [
         format!(

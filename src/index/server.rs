@@ -177,11 +177,16 @@ impl<'a> Connection<'a> {
         log::info!("{who} disconnected ({why}){dropped}");
     }
 
+    /// Whether this connection must still log in.
+    fn before_login(&self) -> bool {
+        self.config.accounts.is_some() && self.session.user().is_none()
+    }
+
     /// The largest frame this connection may send now.
     fn max_frame(&self) -> usize {
-        match (&self.config.accounts, self.session.user()) {
-            (Some(_), None) => MAX_UNAUTHENTICATED_FRAME.min(self.config.max_frame_len),
-            _ => self.config.max_frame_len,
+        match self.before_login() {
+            true => MAX_UNAUTHENTICATED_FRAME.min(self.config.max_frame_len),
+            false => self.config.max_frame_len,
         }
     }
 
@@ -208,9 +213,9 @@ impl<'a> Connection<'a> {
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                     // A length over the maximum: say so, then close (the stream cannot
                     // be resynchronised after a bad length).
-                    let why = match max {
-                        MAX_UNAUTHENTICATED_FRAME => format!("request refused: {e} before login"),
-                        _ => format!("request refused: {e}"),
+                    let why = match self.before_login() {
+                        true => format!("request refused: {e} before login"),
+                        false => format!("request refused: {e}"),
                     };
                     record!(self, Level::Warn, "{why}");
                     let _ = wire::send_msg(&mut writer, &Reply::Error(why));

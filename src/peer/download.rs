@@ -231,6 +231,7 @@ impl Downloader<'_> {
                     note(Note::SourceFailed { from: hit.addr, why, more: !queue.is_empty() });
                 }
                 Err(Failure::Assembled { ranges }) => {
+                    // The partial is gone: whoever comes next starts from byte 0.
                     let sources: Vec<Contribution> = ranges.iter().map(|(c, _)| *c).collect();
                     let restart = if suspects.is_none() {
                         suspects = Some(ranges);
@@ -260,11 +261,6 @@ impl Downloader<'_> {
                         None
                     };
                     note(Note::Discarded { sources, restart });
-                    if restart.is_none() {
-                        bail!(
-                            "the file assembled from several sources was wrong, and no source is left to start again from"
-                        );
-                    }
                 }
             }
         }
@@ -361,7 +357,7 @@ impl Downloader<'_> {
         // The whole file is verified, so the bytes already here are hashed first.
         let mut hasher = Sha256::new();
         if have > 0
-            && let Err(e) = hash_prefix(temp.file(), have, &mut hasher)
+            && let Err(e) = hash_range(temp.file(), 0, have, &mut hasher)
         {
             temp.truncate()?;
             return Err(anyhow!(e).context("cannot read the partial download").into());
@@ -520,11 +516,11 @@ fn status(addr: SocketAddr, config: &DownloadConfig) -> anyhow::Result<Load> {
     }
 }
 
-/// Feeds the first `len` bytes of `file` to `hasher`, then leaves the file at `len`.
-fn hash_prefix(file: &mut File, len: u64, hasher: &mut Sha256) -> io::Result<()> {
-    file.rewind()?;
+/// Feeds the bytes `start..end` of `file` to `hasher`; leaves the file at `end`.
+fn hash_range(file: &mut File, start: u64, end: u64, hasher: &mut Sha256) -> io::Result<()> {
+    file.seek(io::SeekFrom::Start(start))?;
     let mut buf = vec![0u8; RECV_BUF_LEN];
-    let mut left = len;
+    let mut left = end - start;
     while left > 0 {
         let n = file.read(&mut buf[..(left.min(RECV_BUF_LEN as u64) as usize)])?;
         if n == 0 {
@@ -533,27 +529,16 @@ fn hash_prefix(file: &mut File, len: u64, hasher: &mut Sha256) -> io::Result<()>
         hasher.update(&buf[..n]);
         left -= n as u64;
     }
-    file.seek(io::SeekFrom::Start(len))?;
     Ok(())
 }
 
 /// The SHA-256 of each range of `file`.
 fn hash_ranges(file: &mut File, ranges: &[Contribution]) -> io::Result<Vec<wire::Sha256>> {
-    let mut buf = vec![0u8; RECV_BUF_LEN];
     ranges
         .iter()
         .map(|c| {
-            file.seek(io::SeekFrom::Start(c.start))?;
             let mut hasher = Sha256::new();
-            let mut left = c.end - c.start;
-            while left > 0 {
-                let n = file.read(&mut buf[..(left.min(RECV_BUF_LEN as u64) as usize)])?;
-                if n == 0 {
-                    return Err(io::ErrorKind::UnexpectedEof.into());
-                }
-                hasher.update(&buf[..n]);
-                left -= n as u64;
-            }
+            hash_range(file, c.start, c.end, &mut hasher)?;
             Ok(hasher.finalize().into())
         })
         .collect()

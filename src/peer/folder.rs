@@ -445,10 +445,11 @@ impl TempFile {
     }
 
     /// Leaves the file in the folder (a partial download, to be resumed later), with
-    /// the list of its sources, unless it is empty: then there is nothing worth keeping.
+    /// the list of its sources, unless it is empty (nothing worth keeping) or not a
+    /// partial (a temporary under a random name could never be resumed): then it goes.
     pub fn keep(mut self) {
         let len = self.file.as_ref().and_then(|f| f.metadata().ok()).map_or(0, |m| m.len());
-        if len > 0 {
+        if len > 0 && self.partial.is_some() {
             if let Some(p) = &self.partial
                 && let Err(e) = partial::save_sources(&self.path, &p.sources)
             {

@@ -531,3 +531,49 @@ impl FakeIndex {
         FakeIndex { addr, seen }
     }
 }
+
+/// A file's name, size and SHA-256, as the index knows it.
+pub fn info(name: &str, content: &[u8]) -> peerdex::wire::FileInfo {
+    peerdex::wire::FileInfo {
+        name: peerdex::name::ShareName::parse(name).unwrap(),
+        size: content.len() as u64,
+        sha256: peerdex::peer::folder::hash(&mut &content[..]).unwrap(),
+    }
+}
+
+/// Registers a fake peer (a raw connection) that claims `file` on `port`; the
+/// registration lasts as long as the returned connection.
+pub fn register_fake(index: SocketAddr, port: u16, file: peerdex::wire::FileInfo) -> RawIndexClient {
+    let mut c = RawIndexClient::connect(index);
+    assert_eq!(c.call(&Request::Register { port, files: vec![file] }), Reply::Done { files: 1 });
+    c
+}
+
+/// `peer <index> 0 <dir> <opts>`, started in `dir`'s parent; returns it with its file
+/// server's address.
+pub fn peer_with(index: SocketAddr, dir: &Path, opts: &[&str]) -> (Proc, SocketAddr) {
+    let port = index.port().to_string();
+    let mut args = vec!["127.0.0.1", port.as_str(), "0", dir.to_str().unwrap()];
+    args.extend(opts);
+    let mut p = Proc::start(env!("CARGO_BIN_EXE_peer"), &args, dir.parent().unwrap());
+    let line = p.expect(Stream::Out, "serving ");
+    (p, line.rsplit(" on ").next().unwrap().parse().unwrap())
+}
+
+/// `indexing-server adduser FILE NAME` in `dir`, with the password on stdin; returns
+/// the finished process.
+pub fn adduser(dir: &Path, file: &Path, name: &str, password: &str) -> Proc {
+    let args = [OsStr::new("adduser"), file.as_os_str(), OsStr::new(name)];
+    let mut p = Proc::start(env!("CARGO_BIN_EXE_indexing-server"), &args, dir);
+    p.send(password);
+    assert!(p.finish().success(), "{}", p.dump());
+    p
+}
+
+/// An index server in `dir` that requires login, with one account, `ann` with the
+/// password `s3cret`, in `dir/users`; returns it with its address.
+pub fn index_server_with_ann(dir: &Path) -> (Proc, SocketAddr) {
+    let users = dir.join("users");
+    adduser(dir, &users, "ann", "s3cret");
+    Proc::index_server_with(dir, &["127.0.0.1", "0", "--users", users.to_str().unwrap()])
+}
