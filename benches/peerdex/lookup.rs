@@ -63,7 +63,8 @@ pub fn run(opts: &Opts) {
         row("lookup", format!("Redis: none answers at {REDIS}; its rows are skipped"));
     }
     // The machine is shared and its speed drifts: the servers take turns, in a new
-    // order each round, and each figure is the median of its rounds.
+    // order each round, each figure is the median of its rounds, and each ratio the
+    // median of the rounds' own ratios (each compares runs a few seconds apart).
     let window = Duration::from_secs(opts.seconds);
     let mut servers = vec![
         ("peerdex", Wire::Peerdex, index, server.pid()),
@@ -82,6 +83,22 @@ pub fn run(opts: &Opts) {
                 results[i].push(lookup_load(wire, addr, pid, &names, clients, window));
             }
         }
+        let per_round = |i: usize, key: fn(&LoadResult) -> f64| -> String {
+            let mut r: Vec<f64> = (0..ROUNDS).map(|k| key(&results[0][k]) / key(&results[i][k])).collect();
+            r.sort_by(f64::total_cmp);
+            format!("{:.2} (rounds {:.2}-{:.2})", r[ROUNDS / 2], r[0], r[ROUNDS - 1])
+        };
+        let rate_vs = |i: usize| per_round(i, |r| r.rate);
+        let p99_vs = |i: usize| per_round(i, |r| r.p99.as_secs_f64());
+        let mut ratios =
+            format!("{clients:>2} clients: peerdex/responder {} in rate, {} in p99", rate_vs(1), p99_vs(1));
+        if servers.len() > 2 {
+            ratios += &format!(
+                "; peerdex/redis {} in rate, {} in p50",
+                rate_vs(2),
+                per_round(2, |r| r.p50.as_secs_f64())
+            );
+        }
         let medians: Vec<LoadResult> = results.into_iter().map(median).collect();
         for ((who, ..), r) in servers.iter().zip(&medians) {
             row(
@@ -95,27 +112,13 @@ pub fn run(opts: &Opts) {
                 ),
             );
         }
-        let (ours, ceiling) = (&medians[0], &medians[1]);
-        let mut ratios = format!(
-            "{clients:>2} clients: peerdex/responder {:.2} in rate, {:.2} in p99",
-            ours.rate / ceiling.rate,
-            ours.p99.as_secs_f64() / ceiling.p99.as_secs_f64()
-        );
-        if let Some(redis) = medians.get(2) {
-            ratios += &format!(
-                "; peerdex/redis {:.2} in rate, p50 {} vs {}",
-                ours.rate / redis.rate,
-                us(ours.p50),
-                us(redis.p50)
-            );
-        }
         row("lookup", ratios);
     }
     drop(responder);
 }
 
 /// Rounds of each measurement.
-const ROUNDS: usize = 3;
+const ROUNDS: usize = 5;
 
 /// The median of each figure over the rounds (the CPU report is the last round's).
 fn median(mut rounds: Vec<LoadResult>) -> LoadResult {

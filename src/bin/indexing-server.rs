@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Parser;
 use log::{info, warn};
 use peerdex::auth::{self, Users};
-use peerdex::index::budget::Budget;
+use peerdex::index::budget::{self, Budget};
 use peerdex::index::login::Accounts;
 use peerdex::index::{self, Config, Index, Limits, Registry, registry};
 use peerdex::net::ConnLimits;
@@ -122,13 +122,21 @@ fn adduser(args: AddUser) -> anyhow::Result<bool> {
 }
 
 fn run(args: Args) -> anyhow::Result<bool> {
-    let budget = Budget::new(args.receive_budget);
-    if args.max_frame > budget.largest_frame() {
+    // Every connection has room for a small request set aside; what is left must hold
+    // the largest request twice (its bytes and what they decode to), and an eighth more.
+    let fits = Budget::for_server(args.receive_budget, args.max_connections)
+        .is_some_and(|budget| args.max_frame <= budget.largest_frame());
+    if !fits {
         anyhow::bail!(
-            "--receive-budget {} MiB cannot hold a request of --max-frame {} MiB (it needs {} MiB)",
+            "--receive-budget {} MiB cannot hold a request of --max-frame {} MiB beside 4 KiB for each of --max-connections {} (it needs at least {} MiB)",
             args.receive_budget >> 20,
             args.max_frame >> 20,
-            (args.max_frame * 2 + budget.reserve()) >> 20
+            args.max_connections,
+            (args.max_frame * 16)
+                .div_ceil(7)
+                .saturating_add(args.max_connections * budget::UNBOOKED_FRAME)
+                .div_ceil(1 << 20)
+                + 1
         );
     }
     let accounts = match &args.users {

@@ -7,11 +7,15 @@
 //! once the request has been carried out. A frame that does not fit waits for room
 //! until its read deadline, then its connection is closed with a reason.
 //!
+//! The smallest frames (at most [`UNBOOKED_FRAME`]: lookups, pings, logins, most
+//! listings) are not booked one by one: room for one per connection is set aside from
+//! the budget when the server starts ([`Budget::for_server`]), so the requests that
+//! make up nearly all the traffic never touch the count that every connection shares.
 //! Small frames (at most [`SMALL_FRAME`], every request but a registration of many
-//! files) may use the whole budget; larger ones leave the last eighth to them, so that
-//! a crowd of large frames held open can slow registrations but never stop lookups.
-//! A large frame books twice its length: its bytes, and the request decoded from them
-//! (about as large) while it is carried out.
+//! files) may use the rest of the budget; larger ones leave the last eighth to them, so
+//! that a crowd of large frames held open can slow registrations but never stop the
+//! others. A large frame books twice its length: its bytes, and the request decoded
+//! from them (about as large) while it is carried out.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -24,6 +28,9 @@ pub const RECEIVE_BUDGET: usize = 256 << 20;
 /// Frames of at most this many bytes may use the whole budget; larger ones leave
 /// [`Budget::reserve`] to them.
 pub const SMALL_FRAME: usize = 64 << 10;
+
+/// Frames of at most this many bytes are not booked: see [`Budget::for_server`].
+pub const UNBOOKED_FRAME: usize = 4096;
 
 /// Longest a waiter sleeps before looking again (a safety net; releases wake waiters).
 const RECHECK: Duration = Duration::from_millis(100);
@@ -61,6 +68,14 @@ impl Budget {
             freed: Condvar::new(),
         };
         Budget { shared: Arc::new(shared) }
+    }
+
+    /// The budget of a server of `total` bytes that serves at most `connections`: what
+    /// is left once every connection has room for one frame of [`UNBOOKED_FRAME`]
+    /// bytes. `None` if nothing would be left for larger frames.
+    pub fn for_server(total: usize, connections: usize) -> Option<Budget> {
+        let left = total.checked_sub(connections.checked_mul(UNBOOKED_FRAME)?)?;
+        (left > 0).then(|| Budget::new(left))
     }
 
     /// The part of the budget that only small frames may use: an eighth.
@@ -147,6 +162,15 @@ mod tests {
         drop(held);
         drop(small);
         assert!(budget.book(100, now).is_some());
+    }
+
+    #[test]
+    fn a_server_sets_aside_room_for_every_connections_small_frames() {
+        let budget = Budget::for_server(RECEIVE_BUDGET, 10_000).unwrap();
+        assert_eq!(budget.shared.max, RECEIVE_BUDGET - 10_000 * UNBOOKED_FRAME);
+        assert!(budget.largest_frame() >= 16 << 20, "the default --max-frame fits");
+        assert!(Budget::for_server(1 << 20, 1000).is_none(), "4 KiB each is all of it");
+        assert!(Budget::for_server(usize::MAX, usize::MAX).is_none());
     }
 
     #[test]

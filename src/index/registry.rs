@@ -12,6 +12,8 @@
 //!   hash without searching its list. It is a hash map: a lookup is one hash and one
 //!   probe, where a search of a B-tree of a million names chases a pointer to a name's
 //!   text at every one of its ~40 comparisons (a sixth of the server's time, measured).
+//!   It is cut into [`SHARDS`] maps by the name's hash ([`Holdings`]), so that growing
+//!   it never stops the server for long.
 //! - `names`: every name in `by_name`, in order, so that a listing comes out in name
 //!   order and can be read a page at a time from any name on.
 //!
@@ -256,6 +258,121 @@ impl Holders {
     }
 }
 
+/// Shards of the name index: see [`Holdings`].
+pub const SHARDS: usize = 64;
+
+/// A key of the name index: a name with its hash, computed once with the index's keyed
+/// hasher (SipHash with a random key, so that no client can choose names that collide).
+/// The hash is kept so that a table growing moves its entries without hashing them
+/// again, which would read every name's text from wherever it is in memory.
+#[derive(Clone, Debug)]
+struct Key {
+    hash: u64,
+    name: ShareName,
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        self.hash == other.hash && self.name == other.name
+    }
+}
+
+impl Eq for Key {}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+/// The hasher of the name index's tables: passes on the hash a [`Key`] carries.
+#[derive(Debug, Default)]
+struct PassThrough(u64);
+
+impl std::hash::Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, _: &[u8]) {
+        unreachable!("a Key writes only its u64 hash")
+    }
+    fn write_u64(&mut self, hash: u64) {
+        self.0 = hash;
+    }
+}
+
+type Table = HashMap<Key, Holders, std::hash::BuildHasherDefault<PassThrough>>;
+
+/// The name index, `name -> holders`, as [`SHARDS`] hash tables chosen by the name's
+/// hash. A table that fills up doubles and moves every entry: at ten million names,
+/// one such move held the registry's lock for a second, stopping every lookup. Each
+/// shard grows on its own, a 64th of the size, and moves its entries without hashing
+/// them again ([`Key`]).
+#[derive(Debug)]
+struct Holdings {
+    hasher: std::hash::RandomState,
+    shards: Box<[Table]>,
+}
+
+impl Default for Holdings {
+    fn default() -> Self {
+        Holdings {
+            hasher: std::hash::RandomState::new(),
+            shards: (0..SHARDS).map(|_| Table::default()).collect(),
+        }
+    }
+}
+
+impl Holdings {
+    fn key(&self, name: &ShareName) -> Key {
+        use std::hash::BuildHasher;
+        Key { hash: self.hasher.hash_one(name), name: name.clone() }
+    }
+
+    fn shard(key: &Key) -> usize {
+        // The top bits: the tables use the low ones to place entries.
+        (key.hash >> 58) as usize % SHARDS
+    }
+
+    fn get(&self, name: &ShareName) -> Option<&Holders> {
+        let key = self.key(name);
+        self.shards[Self::shard(&key)].get(&key)
+    }
+
+    fn get_mut(&mut self, name: &ShareName) -> Option<&mut Holders> {
+        let key = self.key(name);
+        self.shards[Self::shard(&key)].get_mut(&key)
+    }
+
+    fn entry(&mut self, name: ShareName) -> Entry<'_, Key, Holders> {
+        let key = self.key(&name);
+        self.shards[Self::shard(&key)].entry(key)
+    }
+
+    fn remove(&mut self, name: &ShareName) -> Option<Holders> {
+        let key = self.key(name);
+        self.shards[Self::shard(&key)].remove(&key)
+    }
+
+    #[cfg(test)]
+    fn iter(&self) -> impl Iterator<Item = (&ShareName, &Holders)> {
+        self.shards.iter().flatten().map(|(k, h)| (&k.name, h))
+    }
+
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.shards.iter().all(HashMap::is_empty)
+    }
+}
+
+impl std::ops::Index<&ShareName> for Holdings {
+    type Output = Holders;
+
+    fn index(&self, name: &ShareName) -> &Holders {
+        self.get(name).expect("every name in the index has holders")
+    }
+}
+
 /// A registered peer.
 #[derive(Debug)]
 struct Peer {
@@ -272,7 +389,7 @@ struct Peer {
 pub struct Registry {
     peers: HashMap<SocketAddr, Peer>,
     ids: Slab<SocketAddr>,
-    by_name: HashMap<ShareName, Holders>,
+    by_name: Holdings,
     names: BTreeSet<ShareName>,
     /// Files registered per client address ([`client_key`]); addresses with none are
     /// removed.
@@ -328,12 +445,12 @@ impl Registry {
         for mut f in new {
             match self.by_name.entry(f.name.clone()) {
                 Entry::Vacant(e) => {
-                    self.names.insert(e.key().clone());
+                    self.names.insert(e.key().name.clone());
                     e.insert(Holders::One(Holder { peer: id, idx: files.len() as u32 }));
                     files.push(f);
                 }
                 Entry::Occupied(mut e) => {
-                    f.name = e.key().clone();
+                    f.name = e.key().name.clone();
                     match e.get_mut().find_mut(id) {
                         Some(h) => files[h.idx as usize] = f,
                         None => {
@@ -487,12 +604,12 @@ impl Registry {
             let holder = Holder { peer: id, idx: idx as u32 };
             match self.by_name.entry(f.name.clone()) {
                 Entry::Vacant(e) => {
-                    self.names.insert(e.key().clone());
+                    self.names.insert(e.key().name.clone());
                     e.insert(Holders::One(holder));
                 }
                 Entry::Occupied(mut e) => {
                     // Keep one copy of the name's text for everyone who shares it.
-                    f.name = e.key().clone();
+                    f.name = e.key().name.clone();
                     e.get_mut().push(holder);
                 }
             }
@@ -572,9 +689,9 @@ impl Registry {
                 *per_ip.entry(client_key(conn.ip())).or_default() += peer.files.len();
             }
         }
-        let indexed: usize = self.by_name.values().map(|h| h.as_slice().len()).sum();
+        let indexed: usize = self.by_name.iter().map(|(_, h)| h.as_slice().len()).sum();
         assert!(
-            self.names.iter().eq(self.by_name.keys().collect::<BTreeSet<_>>()),
+            self.names.iter().eq(self.by_name.iter().map(|(n, _)| n).collect::<BTreeSet<_>>()),
             "names and by_name agree"
         );
         assert_eq!(indexed, entries, "no index entry without a file");

@@ -8,7 +8,7 @@
 //! second per connection.
 
 use std::fmt;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::thread;
@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use log::Level;
 
-use super::budget::{Budget, RECEIVE_BUDGET, SMALL_FRAME};
+use super::budget::{Budget, RECEIVE_BUDGET, SMALL_FRAME, UNBOOKED_FRAME};
 use super::login::{Accounts, ProofStep, Session};
 use super::{Index, PageBudget, Pattern};
 use crate::logging::RateLimit;
@@ -110,7 +110,9 @@ impl Default for Config {
 
 /// Serves the index on an already-bound listener, forever.
 pub fn serve(listener: TcpListener, index: Index, config: Config) -> io::Result<()> {
-    let budget = Budget::new(config.receive_budget);
+    let budget = Budget::for_server(config.receive_budget, config.connections.max).ok_or_else(|| {
+        io::Error::new(io::ErrorKind::InvalidInput, "the receive budget is smaller than 4 KiB per connection")
+    })?;
     let limits = config.connections;
     let config = Arc::new(config);
     net::serve(listener, "index", limits, move |stream, from, slot| {
@@ -244,7 +246,11 @@ impl<'a> Connection<'a> {
             }
             let deadline =
                 reader.get_ref().frame_deadline().unwrap_or_else(|| Instant::now() + config.read_timeout);
-            let Some(_booked) = self.budget.book(len, deadline) else {
+            let booked = match len {
+                ..=UNBOOKED_FRAME => None,
+                _ => Some(self.budget.book(len, deadline)),
+            };
+            if let Some(None) = booked {
                 let why = format!(
                     "request refused: the server is receiving too many large requests at once (its memory budget of {} MiB is in use); try again later",
                     config.receive_budget >> 20
@@ -253,8 +259,16 @@ impl<'a> Connection<'a> {
                 let _ = wire::send_msg(&mut writer, &Reply::Error(why));
                 return Err(io::Error::new(io::ErrorKind::OutOfMemory, "no room in the receive budget"));
             };
-            let frame = if head.is_empty() {
-                wire::recv_payload(&mut reader, len, len)?
+            let (decoded, tag) = if head.is_empty() && reader.buffer().len() >= len {
+                // The whole request is in the reader's buffer already (nearly always, for
+                // a small one): decoded from there, without a copy.
+                let frame = &reader.buffer()[..len];
+                let decoded = (Request::decode(frame), frame.first().copied());
+                reader.consume(len);
+                decoded
+            } else if head.is_empty() {
+                let frame = wire::recv_payload(&mut reader, len, len)?;
+                (Request::decode(&frame), frame.first().copied())
             } else {
                 let mut frame = Vec::with_capacity(len);
                 frame.extend_from_slice(&head);
@@ -262,15 +276,12 @@ impl<'a> Connection<'a> {
                 if frame.len() < len {
                     return Err(io::ErrorKind::UnexpectedEof.into());
                 }
-                frame
+                (Request::decode(&frame), frame.first().copied())
             };
-            match Request::decode(&frame) {
-                Ok(request) => {
-                    drop(frame);
-                    self.respond(request, writer)?;
-                }
+            match decoded {
+                Ok(request) => self.respond(request, writer)?,
                 Err(e) => {
-                    let what = frame.first().map_or("an empty request", |&tag| request_name(tag));
+                    let what = tag.map_or("an empty request", request_name);
                     record!(self, Level::Warn, "malformed request ({what}): {e}");
                     wire::send_msg(&mut writer, &Reply::Error(format!("malformed request: {e}")))?;
                 }
