@@ -195,6 +195,10 @@ fn with_accounts_everything_needs_a_login() {
     pa.expect(Stream::Out, "logged in as ann");
     pa.send("register");
     pa.expect(Stream::Out, "registered 1 file ");
+    // The log names the user of a logged-in connection in each of its records.
+    wait_for("the registration's log record", || {
+        fs::read_to_string(ws.path().join("log.log")).unwrap().contains("(ann) register port ")
+    });
 
     // Not logged in: refused, clearly; then `login` works.
     let b = folder(ws.path(), "b", &[]);
