@@ -9,7 +9,7 @@
 //! simplelog's `WriteLogger` writes a record in several small pieces, which on a plain
 //! file or stderr is several system calls per record: at tens of thousands of requests
 //! a second, most of a server's time. So a [`Sink`] gathers a record in memory and
-//! appends it whole to its output's [`Queue`], and a writer thread writes whatever has
+//! appends it whole to its output's `Queue`, and a writer thread writes whatever has
 //! gathered in one go (within [`LINGER`] of the first record).
 //!
 //! Nothing a client does can make logging grow the server's memory or stop its log:
@@ -182,7 +182,7 @@ fn humantime_now() -> String {
 }
 
 /// The `Write` that simplelog formats records into: gathers a record's pieces and hands
-/// the record whole to its output's [`Queue`]. See the module docs.
+/// the record whole to its output's `Queue`. See the module docs.
 pub struct Sink {
     /// The record being formatted; simplelog writes it in pieces.
     record: Vec<u8>,

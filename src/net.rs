@@ -292,7 +292,7 @@ const DRAIN_LIMIT: u64 = 1 << 20;
 /// Closing a socket with unread input makes the kernel send a reset, and a reset can
 /// destroy the reply in flight before the client reads it. So: no more writes (the
 /// client sees the end after our reply), then read and discard what the client still
-/// sends, up to [`DRAIN_LIMIT`] bytes or `patience`, then close.
+/// sends, up to `DRAIN_LIMIT` bytes or `patience`, then close.
 pub fn close_gently(stream: &TcpStream, patience: Duration) {
     let _ = stream.shutdown(Shutdown::Write);
     let mut rest = Timed::deadline(stream, Instant::now() + patience).take(DRAIN_LIMIT);

@@ -1,18 +1,18 @@
 //! The registry: which peer shares which files. A plain data structure, no locks, no
 //! I/O; the server wraps it in a lock (see [`super::Index`]).
 //!
-//! - `peers`: connection address -> its [`Peer`]: the file-server port and the files,
+//! - `peers`: connection address -> its `Peer`: the file-server port and the files,
 //!   the shape the design asked for (each peer's files in the order it sent them), and
 //!   the small id the inverted index knows it by.
 //! - `ids`: that id -> the connection address, a slab (ids of departed peers are
 //!   reused).
 //! - `by_name`: name -> the peers that share it, an inverted index so that a lookup
-//!   touches only those peers. Each [`Holder`] names the peer by its id and gives the
+//!   touches only those peers. Each `Holder` names the peer by its id and gives the
 //!   position of the file in that peer's list, so a lookup reads a peer's size and
 //!   hash without searching its list. It is a hash map: a lookup is one hash and one
 //!   probe, where a search of a B-tree of a million names chases a pointer to a name's
 //!   text at every one of its ~40 comparisons (a sixth of the server's time, measured).
-//!   It is cut into [`SHARDS`] maps by the name's hash ([`Holdings`]), so that growing
+//!   It is cut into [`SHARDS`] maps by the name's hash (`Holdings`), so that growing
 //!   it never stops the server for long.
 //! - `names`: every name in `by_name`, in order, so that a listing comes out in name
 //!   order and can be read a page at a time from any name on.
@@ -262,7 +262,7 @@ impl Holders {
     }
 }
 
-/// Shards of the name index: see [`Holdings`].
+/// Shards of the name index: see `Holdings`.
 pub const SHARDS: usize = 64;
 
 /// A key of the name index: a name with its hash, computed once with the index's keyed
