@@ -203,7 +203,10 @@ impl<'a> Connection<'a> {
 
         if let Err(e) = wire::server_handshake(&mut reader, &mut writer, Service::Index, MAX_HANDSHAKE_FRAME)
         {
-            record!(self, Level::Warn, "handshake failed: {e}");
+            // A connection closed without a word (a port scanner, a health check) is no
+            // problem worth a warning; a wrong handshake is.
+            let level = if e.kind() == io::ErrorKind::UnexpectedEof { Level::Info } else { Level::Warn };
+            record!(self, level, "handshake failed: {e}");
             return Err(e);
         }
         loop {
