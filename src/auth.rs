@@ -80,7 +80,8 @@ pub fn check_user(name: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!(
-            "invalid user name {name:?}: use 1 to {MAX_USER_LEN} letters, digits, '.', '_', '-' or '@'"
+            "invalid user name {}: use 1 to {MAX_USER_LEN} letters, digits, '.', '_', '-' or '@'",
+            crate::text::Clip(name)
         ))
     }
 }
@@ -368,6 +369,13 @@ mod tests {
         assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         let left: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left.len(), 3, "users, loot, the planted link; no temporary: {left:?}");
+    }
+
+    #[test]
+    fn a_refused_user_name_is_shown_clipped_and_escaped() {
+        let err = check_user(&format!("\u{1b}[2J{}", "x".repeat(4000))).unwrap_err();
+        assert!(err.len() < 400, "{} bytes", err.len());
+        assert!(err.contains("\\u{1b}[2J") && err.contains("(4004 bytes)"), "{err}");
     }
 
     #[test]

@@ -42,6 +42,7 @@ use slab::Slab;
 
 use crate::name::{MAX_NAME_LEN, ShareName};
 use crate::net::client_key;
+use crate::text::Clip;
 use crate::wire::{FileInfo, ListEntry, MAX_FILES_PER_PEER, PeerHit};
 
 /// Most files registered from one client address, over all its connections: five
@@ -120,9 +121,9 @@ impl fmt::Display for RegistryError {
         match self {
             RegistryError::NotRegistered => f.write_str("not registered (send register first)"),
             RegistryError::PortZero => f.write_str("port 0 is not a valid file-server port"),
-            RegistryError::DuplicateName(n) => write!(f, "file name {:?} is listed twice", n.as_str()),
+            RegistryError::DuplicateName(n) => write!(f, "file name {} is listed twice", Clip(n.as_str())),
             RegistryError::NameTooLong { name, max } => {
-                write!(f, "file name {:?} is longer than the limit of {max} bytes", name.as_str())
+                write!(f, "file name {} is longer than the limit of {max} bytes", Clip(name.as_str()))
             }
             RegistryError::TooManyFiles { count, max } => {
                 write!(f, "{count} files is more than the limit of {max} per peer")
