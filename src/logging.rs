@@ -27,7 +27,7 @@ use std::io::{self, Write};
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use simplelog::{CombinedLogger, ConfigBuilder, LevelFilter, SharedLogger, WriteLogger};
@@ -139,7 +139,7 @@ impl Queue {
             if dropped > 0 {
                 let note = format!(
                     "{} [WARN] {dropped} log records dropped: this output could not keep up\n",
-                    humantime_now()
+                    now_rfc3339()
                 );
                 let _ = out.write_all(note.as_bytes());
             }
@@ -164,21 +164,11 @@ impl Queue {
     }
 }
 
-/// The time now as RFC 3339 in UTC, for the writer's own records.
-fn humantime_now() -> String {
-    let secs = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (days, rest) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", rest / 3600, rest / 60 % 60, rest % 60)
+/// The time now as RFC 3339 in UTC, as simplelog writes it, for the writer's own
+/// records.
+fn now_rfc3339() -> String {
+    use time::format_description::well_known::Rfc3339;
+    time::OffsetDateTime::now_utc().format(&Rfc3339).unwrap_or_default()
 }
 
 /// The `Write` that simplelog formats records into: gathers a record's pieces and hands
@@ -365,8 +355,7 @@ mod tests {
 
     #[test]
     fn the_time_is_rfc_3339() {
-        let t = humantime_now();
-        assert_eq!(t.len(), 20, "{t}");
+        let t = now_rfc3339();
         assert!(t.starts_with("20") && t.ends_with('Z') && &t[10..11] == "T", "{t}");
     }
 }

@@ -153,11 +153,11 @@ impl Slots {
         if *all >= self.shared.max {
             return Err(Full::All(self.shared.max));
         }
-        let mine = by_ip.entry(key).or_insert(0);
-        if *mine >= self.shared.per_ip {
+        if by_ip.get(&key).copied().unwrap_or(0) >= self.shared.per_ip {
+            // Checked before the entry is made: a refusal leaves no entry behind.
             return Err(Full::ThisAddress(self.shared.per_ip));
         }
-        *mine += 1;
+        *by_ip.entry(key).or_insert(0) += 1;
         *all += 1;
         Ok(Slot { shared: Arc::clone(&self.shared), key })
     }

@@ -50,6 +50,13 @@ fn push_escaped(out: &mut String, c: char) {
     }
 }
 
+/// A count and its noun, plural unless the count is one: `count(1, "file")` is
+/// `1 file`, `count(3, "file")` is `3 files`.
+pub fn count(n: impl Into<u64>, noun: &str) -> String {
+    let n = n.into();
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+}
+
 /// Most characters of one value that [`Clip`] shows.
 pub const CLIP_CHARS: usize = 200;
 
@@ -108,6 +115,13 @@ mod tests {
         let once = escape(nasty).into_owned();
         assert_eq!(escape(&once), once, "escaping twice changes nothing more");
         assert!(!once.chars().any(is_unsafe));
+    }
+
+    #[test]
+    fn counts_say_one_file_and_two_files() {
+        assert_eq!(count(1u32, "file"), "1 file");
+        assert_eq!(count(0u32, "file"), "0 files");
+        assert_eq!(count(2u64, "peer"), "2 peers");
     }
 
     #[test]

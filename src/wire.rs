@@ -654,6 +654,42 @@ impl Message for Welcome {
     }
 }
 
+impl Request {
+    /// Bytes at the start of a payload that hold a `Register`'s or an `Update`'s file
+    /// count: a `Register`'s tag, port and count.
+    pub const COUNT_HEAD: usize = 7;
+
+    /// The file count of a `Register` or `Update` from the first [`Request::COUNT_HEAD`]
+    /// bytes of its payload, if that is what they start: lets a server refuse a
+    /// registration over a limit before it reads (and buffers) the rest.
+    pub fn file_count(head: &[u8]) -> Option<usize> {
+        let count = match head {
+            [0x01, _, _, a, b, c, d, ..] => [*a, *b, *c, *d],
+            [0x03, a, b, c, d, ..] => [*a, *b, *c, *d],
+            _ => return None,
+        };
+        Some(u32::from_be_bytes(count) as usize)
+    }
+
+    /// The name of the request whose tag is `tag`, for a log record about one that
+    /// could not be decoded.
+    pub fn name_of(tag: u8) -> &'static str {
+        match tag {
+            0x01 => "register",
+            0x02 => "unregister",
+            0x03 => "update",
+            0x04 => "delete",
+            0x05 => "list",
+            0x06 => "lookup",
+            0x07 => "ping",
+            0x08 => "add",
+            0x09 => "login",
+            0x0a => "proof",
+            _ => "unknown type",
+        }
+    }
+}
+
 impl Message for Request {
     fn encode(&self) -> Vec<u8> {
         let e = match self {
@@ -989,6 +1025,18 @@ mod tests {
         let mut done = Vec::new();
         send_msg(&mut done, &Reply::Done { files: 1 }).unwrap();
         assert_eq!(done, [0, 0, 0, 5, 0x81, 0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn a_registrations_count_is_read_from_its_first_bytes() {
+        let files = vec![file("a", 1), file("b", 2), file("c", 3)];
+        let register = Request::Register { port: 9, files: files.clone() }.encode();
+        assert_eq!(Request::file_count(&register[..Request::COUNT_HEAD]), Some(3));
+        let update = Request::Update { files }.encode();
+        assert_eq!(Request::file_count(&update[..Request::COUNT_HEAD]), Some(3));
+        assert_eq!(Request::file_count(&Request::Ping.encode()), None);
+        assert_eq!(Request::file_count(&register[..6]), None, "too short to say");
+        assert_eq!(Request::name_of(Request::Unregister.encode()[0]), "unregister");
     }
 
     #[test]

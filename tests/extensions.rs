@@ -93,13 +93,8 @@ fn a_file_still_being_written_is_never_advertised() {
 
 /// Asks a file server how busy it is, as a downloader does.
 fn status(addr: std::net::SocketAddr) -> (u32, u64) {
-    use peerdex::wire::{self, FileReply, FileRequest, Service};
-    let s = std::net::TcpStream::connect(addr).unwrap();
-    let (mut r, mut w) = (&s, &s);
-    wire::client_handshake(&mut r, &mut w, Service::Files).unwrap();
-    wire::send_msg(&mut w, &FileRequest::Status).unwrap();
-    match wire::recv_msg(&mut r).unwrap() {
-        FileReply::Status { uploads, bytes_per_sec } => (uploads, bytes_per_sec),
+    match common::status_from("127.0.0.1", addr) {
+        peerdex::wire::FileReply::Status { uploads, bytes_per_sec } => (uploads, bytes_per_sec),
         other => panic!("{other:?}"),
     }
 }

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Proc, RawIndexClient, Stream, TIMEOUT, connect_from, folder, workspace};
+use common::{Proc, RawIndexClient, Stream, TIMEOUT, connect_from, folder, handshaken, workspace};
 use peerdex::name::ShareName;
 use peerdex::wire::{self, FileInfo, Hello, PROTOCOL_VERSION, Reply, Request, Service, Welcome};
 
@@ -36,14 +36,6 @@ fn honest_peer_is_served(index: SocketAddr, from: &str, tag: &str) -> RawIndexCl
     c
 }
 
-/// A connection from `from` that has shaken hands and is silent.
-fn handshaken(from: &str, index: SocketAddr) -> TcpStream {
-    let mut s = connect_from(from, index);
-    let mut r = s.try_clone().unwrap();
-    wire::client_handshake(&mut r, &mut s, Service::Index).unwrap();
-    s
-}
-
 #[test]
 fn frames_held_open_take_no_more_than_the_receive_budget() {
     let ws = workspace();
@@ -62,7 +54,7 @@ fn frames_held_open_take_no_more_than_the_receive_budget() {
         .map(|i| {
             let payload = Arc::clone(&payload);
             thread::spawn(move || {
-                let mut s = handshaken(&format!("127.0.0.{}", 2 + i % 5), addr);
+                let mut s = handshaken(&format!("127.0.0.{}", 2 + i % 5), addr, Service::Index);
                 // Long enough for the server to take what it will; a writer the server
                 // does not read from is left blocked, holding its connection.
                 s.set_write_timeout(Some(Duration::from_secs(3))).unwrap();
@@ -103,7 +95,7 @@ fn before_login_a_frame_may_be_4_kib_at_most() {
 fn one_address_cannot_take_every_connection() {
     let ws = workspace();
     let (_index, addr) = Proc::index_server(ws.path());
-    let held: Vec<TcpStream> = (0..64).map(|_| handshaken("127.0.0.2", addr)).collect();
+    let held: Vec<TcpStream> = (0..64).map(|_| handshaken("127.0.0.2", addr, Service::Index)).collect();
     let mut extra = connect_from("127.0.0.2", addr);
     let welcome: Welcome = wire::recv_msg(&mut extra).unwrap();
     assert_eq!(

@@ -13,28 +13,17 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{
-    FakeIndex, Misbehaviour, Proc, Stream, connect_from, entries, fake_sender, folder, info, peer_with,
-    random_bytes, register_fake, workspace,
+    FakeIndex, Misbehaviour, Proc, Stream, connect_from, entries, fake_sender, folder, handshaken, info,
+    peer_with, random_bytes, register_fake, status_from, workspace,
 };
 use peerdex::wire::{self, FileReply, FileRequest, Message, Reply, Request, Service};
 
 /// A connection from `from` to a file server that has asked for `name` and reads
 /// nothing.
 fn stuck_download(from: &str, files: SocketAddr, name: &str) -> TcpStream {
-    let mut s = connect_from(from, files);
-    let mut r = s.try_clone().unwrap();
-    wire::client_handshake(&mut r, &mut s, Service::Files).unwrap();
+    let mut s = handshaken(from, files, Service::Files);
     wire::send_msg(&mut s, &FileRequest::Get { name: name.into(), offset: 0 }).unwrap();
     s
-}
-
-/// Asks a file server how busy it is, from `from`.
-fn status_from(from: &str, files: SocketAddr) -> FileReply {
-    let mut s = connect_from(from, files);
-    let mut r = s.try_clone().unwrap();
-    wire::client_handshake(&mut r, &mut s, Service::Files).unwrap();
-    wire::send_msg(&mut s, &FileRequest::Status).unwrap();
-    wire::recv_msg(&mut r).unwrap()
 }
 
 /// A sparse file of `len` zero bytes: large, and instant to make.

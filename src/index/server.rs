@@ -22,7 +22,7 @@ use super::{Index, PageBudget, Pattern};
 use crate::logging::RateLimit;
 use crate::name::ShareName;
 use crate::net::{self, ConnLimits, Slot, Timed, close_gently, is_timeout};
-use crate::text::Clip;
+use crate::text::{Clip, count};
 use crate::wire::{self, FileInfo, MAX_FRAME_LEN, Message, Reply, Request, Service};
 
 /// How long a new connection has to complete its [`wire::Hello`], however it trickles
@@ -232,9 +232,9 @@ impl<'a> Connection<'a> {
             // payload is read past, never buffered.
             let mut head = Vec::new();
             if len > SMALL_FRAME {
-                (&mut reader).take(REGISTRATION_HEAD as u64).read_to_end(&mut head)?;
+                (&mut reader).take(Request::COUNT_HEAD as u64).read_to_end(&mut head)?;
                 if let Some(Err(e)) =
-                    registration_count(&head).map(|count| self.index.room_for(self.conn, count))
+                    Request::file_count(&head).map(|count| self.index.room_for(self.conn, count))
                 {
                     let skipped =
                         io::copy(&mut (&mut reader).take((len - head.len()) as u64), &mut io::sink())?;
@@ -242,7 +242,7 @@ impl<'a> Connection<'a> {
                         return Err(io::ErrorKind::UnexpectedEof.into());
                     }
                     wire::send_msg(&mut writer, &Reply::Error(e.to_string()))?;
-                    let what = request_name(head[0]);
+                    let what = Request::name_of(head[0]);
                     record!(self, Level::Info, "{what} of {len} bytes -> refused unread: {e}");
                     continue;
                 }
@@ -284,7 +284,7 @@ impl<'a> Connection<'a> {
             match decoded {
                 Ok(request) => self.respond(request, writer)?,
                 Err(e) => {
-                    let what = tag.map_or("an empty request", request_name);
+                    let what = tag.map_or("an empty request", Request::name_of);
                     record!(self, Level::Warn, "malformed request ({what}): {e}");
                     wire::send_msg(&mut writer, &Reply::Error(format!("malformed request: {e}")))?;
                 }
@@ -374,10 +374,10 @@ impl<'a> Connection<'a> {
                 match &reply {
                     Reply::Error(e) => record!(self, Level::Info, "{what} -> refused: {e}"),
                     Reply::Done { files } => {
-                        record!(self, Level::Info, "{what} -> ok, {files} {} registered", files_word(*files))
+                        record!(self, Level::Info, "{what} -> ok, {} registered", count(*files, "file"))
                     }
                     Reply::Peers(hits) => {
-                        record!(self, Level::Info, "{what} -> {} {}", hits.len(), peers_word(hits.len()))
+                        record!(self, Level::Info, "{what} -> {}", count(hits.len() as u64, "peer"))
                     }
                     Reply::NoPeers => record!(self, Level::Info, "{what} -> no registered peer shares it"),
                     _ => record!(self, Level::Info, "{what}"),
@@ -385,45 +385,6 @@ impl<'a> Connection<'a> {
             }
         }
         Ok(())
-    }
-}
-
-fn files_word(n: u32) -> &'static str {
-    if n == 1 { "file" } else { "files" }
-}
-
-fn peers_word(n: usize) -> &'static str {
-    if n == 1 { "peer" } else { "peers" }
-}
-
-/// Bytes that hold a registration's file count: a `Register`'s tag, port and count.
-const REGISTRATION_HEAD: usize = 7;
-
-/// The file count of a `Register` or `Update` from its first bytes, if that is what
-/// they start.
-fn registration_count(head: &[u8]) -> Option<usize> {
-    let count = match head {
-        [0x01, _, _, a, b, c, d, ..] => [*a, *b, *c, *d],
-        [0x03, a, b, c, d, ..] => [*a, *b, *c, *d],
-        _ => return None,
-    };
-    Some(u32::from_be_bytes(count) as usize)
-}
-
-/// The name of the request with tag `tag`, for the log of a malformed one.
-fn request_name(tag: u8) -> &'static str {
-    match tag {
-        0x01 => "register",
-        0x02 => "unregister",
-        0x03 => "update",
-        0x04 => "delete",
-        0x05 => "list",
-        0x06 => "lookup",
-        0x07 => "ping",
-        0x08 => "add",
-        0x09 => "login",
-        0x0a => "proof",
-        _ => "unknown type",
     }
 }
 
@@ -502,7 +463,7 @@ impl Summary {
 /// `3 files: "a", "b", "c"` or `50000 files: "a", "b", "c" and 49997 more`.
 impl fmt::Display for Names {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.count, if self.count == 1 { "file" } else { "files" })?;
+        f.write_str(&count(self.count as u64, "file"))?;
         for (i, name) in self.first.iter().flatten().enumerate() {
             write!(f, "{}{}", if i == 0 { ": " } else { ", " }, Clip(name.as_str()))?;
         }

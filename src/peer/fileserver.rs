@@ -16,7 +16,7 @@
 //! [`MIN_PROGRESS`] bytes in any `stall_timeout` is dropped.
 
 use std::fs::File;
-use std::io::{self, BufReader, Seek, SeekFrom};
+use std::io::{self, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
@@ -152,7 +152,8 @@ fn handle(shared: &Shared, stream: &TcpStream, from: SocketAddr) -> io::Result<(
             return refuse(writer, from, why);
         }
     };
-    let mut open = match shared.folder.open(&name) {
+    // Every chunk is sent from an explicit offset (`send_chunk`): no seek needed.
+    let open = match shared.folder.open(&name) {
         Ok(open) => open,
         Err(why) => return refuse(writer, from, format!("cannot send {:?}: {why}", name.as_str())),
     };
@@ -161,7 +162,6 @@ fn handle(shared: &Shared, stream: &TcpStream, from: SocketAddr) -> io::Result<(
         let why = format!("cannot send {:?} from byte {offset}: it has {size} bytes", name.as_str());
         return refuse(writer, from, why);
     }
-    open.file.seek(SeekFrom::Start(offset))?;
     wire::send_msg(&mut writer, &FileReply::Header { size, sha256 })?;
     let sent = send_body(&open.file, offset, size - offset, writer, shared)?;
     info!("sent {:?} ({sent} bytes from byte {offset} of {size}) to {from}", name.as_str());
@@ -218,7 +218,7 @@ fn send_chunk(file: &File, at: u64, len: u64, to: &TcpStream) -> io::Result<u64>
 /// Sends up to `len` bytes of `file` from byte `at`; returns how many went out.
 #[cfg(not(target_os = "linux"))]
 fn send_chunk(file: &File, at: u64, len: u64, mut to: &TcpStream) -> io::Result<u64> {
-    use std::io::{Read, Write};
+    use std::io::{Read, Seek, SeekFrom, Write};
     let mut buf = vec![0u8; len.min(256 << 10) as usize];
     let mut f = file;
     f.seek(SeekFrom::Start(at))?;

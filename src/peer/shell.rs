@@ -22,7 +22,7 @@ use super::download::{DownloadConfig, Downloader, Note, PENALTY, Penalties};
 use super::folder::SharedFolder;
 use crate::auth;
 use crate::name::ShareName;
-use crate::text::escape;
+use crate::text::{count, escape};
 use crate::wire::{MAX_FILES_PER_PEER, Request};
 
 /// Longest command line accepted, in bytes: a command and a 255-byte name need far
@@ -355,8 +355,7 @@ impl Shell {
                 let mut out = io::stdout().lock();
                 let listed = peer.index.list(&pattern, limit, |e| {
                     shown += 1;
-                    let _ =
-                        writeln!(out, "{}\t{} bytes\t{} peer{}", e.name, e.size, e.peers, plural(e.peers));
+                    let _ = writeln!(out, "{}\t{} bytes\t{}", e.name, e.size, count(e.peers, "peer"));
                 });
                 let truncated = listed
                     .context("get_files_list failed")?
@@ -587,13 +586,9 @@ fn report_failure(failed: &AtomicBool, why: impl Display) {
     crate::errln!("error: {}", escape(&why.to_string()));
 }
 
-fn plural(n: u32) -> &'static str {
-    if n == 1 { "" } else { "s" }
-}
-
 /// "1 file", "2 files".
 pub fn files(n: usize) -> String {
-    format!("{n} file{}", if n == 1 { "" } else { "s" })
+    count(n as u64, "file")
 }
 
 /// Scans the folder for registration, refusing a folder with more files than the

@@ -335,6 +335,21 @@ pub fn connect_from(from: &str, addr: SocketAddr) -> TcpStream {
     stream
 }
 
+/// A connection from `from` to `addr` that has shaken hands for `service`.
+pub fn handshaken(from: &str, addr: SocketAddr, service: Service) -> TcpStream {
+    let mut s = connect_from(from, addr);
+    let mut r = s.try_clone().unwrap();
+    wire::client_handshake(&mut r, &mut s, service).unwrap();
+    s
+}
+
+/// Asks the file server at `addr`, from `from`, how busy it is.
+pub fn status_from(from: &str, addr: SocketAddr) -> peerdex::wire::FileReply {
+    let mut s = handshaken(from, addr, Service::Files);
+    wire::send_msg(&mut s, &peerdex::wire::FileRequest::Status).unwrap();
+    wire::recv_msg(&mut s).unwrap()
+}
+
 /// A raw protocol client of the index server, for tests that play a peer by hand.
 pub struct RawIndexClient {
     pub stream: TcpStream,
