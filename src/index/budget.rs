@@ -21,8 +21,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-/// Default budget: 256 MiB, sixteen of the largest frames (with their decoded
-/// requests, eight) at once; small requests are never short of room.
+/// Default budget: 256 MiB. At the default 10,000 connections, 39 MiB of it is set
+/// aside for their small requests, and five of the largest (16 MiB) requests fit at
+/// once, each with what it decodes to; small requests are never short of room.
 pub const RECEIVE_BUDGET: usize = 256 << 20;
 
 /// Frames of at most this many bytes may use the whole budget; larger ones leave

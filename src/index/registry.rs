@@ -46,8 +46,9 @@ use crate::text::Clip;
 use crate::wire::{FileInfo, ListEntry, MAX_FILES_PER_PEER, PeerHit};
 
 /// Most files registered from one client address, over all its connections: five
-/// peers of [`MAX_FILES_PER_PEER`] files, and at about 300 bytes of memory per entry
-/// with the longest names, 75 MB, so that one address cannot take the index's memory.
+/// peers of [`MAX_FILES_PER_PEER`] files, and at about 400 bytes of memory per entry
+/// with the longest names (the 255-byte name is most of it), 100 MB, so that one
+/// address cannot take the index's memory.
 pub const MAX_FILES_PER_IP: usize = 250_000;
 
 /// Most files in the whole index: 20 million entries are about 4 GB of memory with
@@ -310,7 +311,8 @@ type Table = HashMap<Key, Holders, std::hash::BuildHasherDefault<PassThrough>>;
 
 /// The name index, `name -> holders`, as [`SHARDS`] hash tables chosen by the name's
 /// hash. A table that fills up doubles and moves every entry: at ten million names,
-/// one such move held the registry's lock for a second, stopping every lookup. Each
+/// one such move (estimated from the profile: ~8M entries at ~200 ns each) would hold
+/// the registry's lock for over a second, stopping every lookup. Each
 /// shard grows on its own, a 64th of the size, and moves its entries without hashing
 /// them again ([`Key`]).
 #[derive(Debug)]
