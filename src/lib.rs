@@ -2,11 +2,14 @@
 //!
 //! A central **indexing server** knows which peer shares which files; each **peer**
 //! registers its shared folder with it, asks it who has a file, and downloads the file
-//! straight from one of those peers, checking its SHA-256 before keeping it.
+//! straight from those peers, piece by piece, checking every piece against the
+//! file's Merkle root before keeping it.
 //!
 //! A tour of the modules:
 //!
 //! - [`auth`]: accounts (the users file) and the challenge-response login;
+//! - [`content`]: a file's identity (size and the root of a SHA-256 Merkle tree over
+//!   its 16 KiB blocks, as in BitTorrent v2), its piece layer, and bitfields of pieces;
 //! - [`name`]: [`name::ShareName`], a shared file's name, checked once so that it can
 //!   never be a path;
 //! - [`wire`]: the protocol: length-prefixed frames ([`wire::send_all`],
@@ -30,6 +33,7 @@
 
 pub mod auth;
 pub mod cli;
+pub mod content;
 pub mod index;
 pub mod logging;
 pub mod name;
