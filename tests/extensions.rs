@@ -99,46 +99,53 @@ fn status(addr: std::net::SocketAddr) -> (u32, u64) {
     }
 }
 
+/// With more sharers than a download uses at once, the least loaded are used and the
+/// busy ones are kept in reserve.
 #[test]
-fn downloads_go_to_an_idle_peer_rather_than_a_busy_one() {
+fn downloads_go_to_idle_peers_rather_than_busy_ones() {
+    use peerdex::content::Tree;
+    use peerdex::peer::download::MAX_SOURCES;
     use peerdex::wire::{self, FileRequest, Service};
     let ws = workspace();
-    let mut content = vec![0u8; 16 << 20];
+    let mut content = vec![0u8; 1 << 20];
     rand::RngExt::fill(&mut rand::rng(), &mut content[..]);
+    let tree = Tree::of_bytes(&content);
     let (_index, index_addr) = Proc::index_server(ws.path());
     let mut sharers = Vec::new();
-    for i in 0..4 {
+    for i in 0..MAX_SOURCES + 2 {
         let dir = folder(ws.path(), &format!("s{i}"), &[("f.bin", &content)]);
-        let (p, addr) = Proc::registered_peer(index_addr, &dir, 1);
-        sharers.push((p, addr));
+        sharers.push(Proc::registered_peer(index_addr, &dir, 1));
     }
-    // Make the first one busy: three downloaders that ask for the file and never read,
-    // so its uploads sit blocked on full socket buffers.
-    let busy = sharers[0].1;
-    let stuck: Vec<std::net::TcpStream> = (0..3)
-        .map(|_| {
-            let s = std::net::TcpStream::connect(busy).unwrap();
+    // Make two of them busy: three downloaders each that ask for the file and never
+    // read, holding upload slots.
+    let busy = [sharers[0].1, sharers[1].1];
+    let stuck: Vec<std::net::TcpStream> = busy
+        .iter()
+        .flat_map(|&addr| (0..3).map(move |_| addr))
+        .map(|addr| {
+            let s = std::net::TcpStream::connect(addr).unwrap();
             let (mut r, mut w) = (&s, &s);
             wire::client_handshake(&mut r, &mut w, Service::Files).unwrap();
-            wire::send_msg(&mut w, &FileRequest::Get { name: "f.bin".into(), offset: 0 }).unwrap();
+            let get = FileRequest::Get { root: tree.root, first: 0, count: tree.geometry.pieces() };
+            wire::send_msg(&mut w, &get).unwrap();
             s
         })
         .collect();
-    wait_for("the busy peer to report its uploads", || status(busy).0 == 3);
-    assert_eq!(status(sharers[1].1).0, 0);
-
-    // Five downloads in a row: with a random choice, each would have one chance in four
-    // of landing on the busy peer.
-    let d = folder(ws.path(), "d", &[]);
-    let (mut pd, _) = Proc::peer(index_addr, &d);
-    for _ in 0..5 {
-        pd.send("download f.bin");
-        let line = pd.expect(Stream::Out, "downloaded f.bin");
-        assert!(!line.ends_with(&busy.to_string()), "the busy peer was chosen: {line}");
-        assert!(fs::read(d.join("f.bin")).unwrap() == content);
-        pd.send("delete f.bin");
-        pd.expect(Stream::Out, "deleted f.bin");
+    for addr in busy {
+        wait_for("the busy peers to report their uploads", || status(addr).0 == 3);
     }
+    assert_eq!(status(sharers[2].1).0, 0);
+
+    let d = folder(ws.path(), "d", &[]);
+    let (mut pd, _) = common::peer_with(index_addr, &d, &["-v"]);
+    pd.send("download f.bin");
+    let plan = pd.expect(Stream::Err, "downloading \"f.bin\" (1048576 bytes) from");
+    let reserve = plan.rsplit("in reserve: ").next().unwrap();
+    for addr in busy {
+        assert!(reserve.contains(&addr.to_string()), "{addr} is not in reserve: {plan}");
+    }
+    pd.expect(Stream::Out, "downloaded f.bin");
+    assert!(fs::read(d.join("f.bin")).unwrap() == content);
     drop(stuck);
 }
 

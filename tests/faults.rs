@@ -13,10 +13,10 @@ use std::process::Command;
 use std::thread;
 
 use common::{
-    Misbehaviour, Proc, Stream, entries, fake_sender, folder, info, peer_with, random_bytes, register_fake,
-    workspace,
+    Misbehaviour, Proc, Stream, entries, fake_sender, fake_sender_counted, folder, info, peer_with,
+    random_bytes, register_fake, workspace,
 };
-use peerdex::peer::folder::hash;
+use peerdex::content::{Bitfield, Tree};
 use peerdex::wire::{self, FileInfo, FileReply, FileRequest, Service};
 
 #[test]
@@ -31,12 +31,12 @@ fn a_silent_sender_times_out_and_the_next_peer_is_tried() {
     let (mut pb, _) = peer_with(index_addr, &b, &["--read-timeout", "1"]);
     pb.send("download f.bin");
     let err = pb.expect(Stream::Err, "error: cannot download \"f.bin\"");
-    assert_eq!(
-        err,
-        format!(
-            "error: cannot download \"f.bin\" from {silent}: the peer sent nothing for 1.0 s after 0 of 50000 bytes"
-        )
+    // It answered the handshake, the piece layer and the bitfield, then nothing.
+    assert!(
+        err.starts_with(&format!("error: cannot download \"f.bin\" from {silent}: the peer sent only ")),
+        "{err}"
     );
+    assert!(err.ends_with(" bytes in 1.0 s (at least 65536 are needed)"), "{err}");
     pb.expect(Stream::Err, "error: cannot download \"f.bin\": the only peer that shares it failed");
     assert!(entries(&b).is_empty(), "no partial file: {:?}", entries(&b));
 
@@ -75,59 +75,73 @@ fn a_size_of_2_pow_63_is_refused_before_a_byte_is_written() {
     let b = folder(ws.path(), "b", &[("keep.txt", b"untouched")]);
     let (mut pb, _) = Proc::peer(index_addr, &b);
     pb.send("download huge.bin");
-    let err = pb.expect(Stream::Err, "error: cannot download \"huge.bin\" from");
-    assert!(err.contains("the file is 9223372036854775808 bytes, more than the"), "{err}");
-    assert!(err.contains(&huge.to_string()), "the bad peer is named: {err}");
+    let err = pb.expect(Stream::Err, "error: cannot download \"huge.bin\"");
+    assert!(
+        err.starts_with(
+            "error: cannot download \"huge.bin\": it needs 9223372036854775808 more bytes, more than the"
+        ),
+        "{err}"
+    );
     assert_eq!(pb.finish().code(), Some(1));
     assert_eq!(entries(&b), ["keep.txt"]);
     assert_eq!(fs::read(b.join("keep.txt")).unwrap(), b"untouched");
 }
 
 /// Not a test: the body of a separate sender process for
-/// [`a_sender_killed_mid_transfer_leaves_no_partial_file`], which starts this test
-/// binary again with `--ignored --exact` and kills it with SIGKILL. It serves the file
-/// named by `PEERDEX_HELPER_FILE` to one downloader: all the header and half the
-/// bytes, then waits to be killed.
+/// [`a_sender_killed_mid_transfer_is_resumed_from_another_peer`], which starts this
+/// test binary again with `--ignored --exact` and kills it with SIGKILL. It serves the
+/// file named by `PEERDEX_HELPER_FILE` to one downloader: every piece in its first
+/// half, then it closes its side and waits to be killed.
 #[test]
 #[ignore = "a helper process, started by another test"]
 fn helper_sender_sends_half_then_waits() {
     let Some(path) = std::env::var_os("PEERDEX_HELPER_FILE") else { return };
     let content = fs::read(path).unwrap();
+    let tree = Tree::of_bytes(&content);
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     println!("helper listening on {}", listener.local_addr().unwrap());
-    let (mut s, mut r) = loop {
-        let (mut s, _) = listener.accept().unwrap();
-        let mut r = s.try_clone().unwrap();
-        wire::server_handshake(&mut r, &mut s, Service::Files, 4096).unwrap();
+    let (mut s, _) = listener.accept().unwrap();
+    let mut r = s.try_clone().unwrap();
+    wire::server_handshake(&mut r, &mut s, Service::Files, 4096).unwrap();
+    loop {
         match wire::recv_msg(&mut r).unwrap() {
-            FileRequest::Status => {
-                wire::send_msg(&mut s, &FileReply::Status { uploads: 0, bytes_per_sec: 0 }).unwrap()
+            FileRequest::Status => unreachable!("one source: nobody asks"),
+            FileRequest::Layer { .. } => {
+                wire::send_msg(&mut s, &FileReply::Layer(tree.layer.clone())).unwrap()
             }
-            FileRequest::Get { offset, .. } => {
-                assert_eq!(offset, 0);
-                break (s, r);
+            FileRequest::Have { .. } => {
+                wire::send_msg(&mut s, &FileReply::Have(Bitfield::full(tree.geometry.pieces()))).unwrap()
+            }
+            FileRequest::Get { first, count, .. } => {
+                let range = tree.geometry.pieces_range(first, count);
+                if range.end > content.len() as u64 / 2 {
+                    break;
+                }
+                let len = range.end - range.start;
+                wire::send_msg(&mut s, &FileReply::Data { first, count, len }).unwrap();
+                s.write_all(&content[range.start as usize..range.end as usize]).unwrap();
             }
         }
-    };
-    let _ = &mut r;
-    let header = FileReply::Header { size: content.len() as u64, sha256: hash(&mut &content[..]).unwrap() };
-    wire::send_msg(&mut s, &header).unwrap();
-    s.write_all(&content[..content.len() / 2]).unwrap();
+    }
+    // Ends its side after the half; once the downloader has read all of it and
+    // closed, the test is told, and kills this process.
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let _ = std::io::copy(&mut r, &mut std::io::sink());
     println!("helper sent half");
     loop {
         thread::park(); // until SIGKILL
     }
 }
 
-/// Issue 4: a sender killed mid-transfer gives an error at once and leaves nothing
-/// under the final name; a retry from another peer succeeds. Issue 5: the bytes
-/// received are kept in the partial file (named after the content's SHA-256), and the
-/// retry asks the other peer only for the rest.
+/// A sender killed mid-transfer gives an error at once and leaves nothing under the
+/// final name. The pieces received are kept in the partial file (named after the
+/// content's root) with a record of which are verified, and the retry, from another
+/// peer, asks it only for the others.
 #[test]
 fn a_sender_killed_mid_transfer_is_resumed_from_another_peer() {
     let ws = workspace();
     let content = random_bytes(4 << 20);
-    let sha = hash(&mut &content[..]).unwrap();
+    let root = Tree::of_bytes(&content).root;
     let a = folder(ws.path(), "a", &[("f.bin", &content)]);
     let (_index, index_addr) = Proc::index_server(ws.path());
 
@@ -145,38 +159,34 @@ fn a_sender_killed_mid_transfer_is_resumed_from_another_peer() {
     pb.send("download f.bin");
     helper.expect(Stream::Out, "helper sent half");
     helper.kill(); // SIGKILL
-    let half = content.len() / 2;
     let err = pb.expect(Stream::Err, "error: cannot download \"f.bin\" from");
     assert_eq!(
         err,
-        format!(
-            "error: cannot download \"f.bin\" from {helper_addr}: the peer sent only {half} of {} bytes (kept, to resume from byte {half})",
-            content.len()
-        )
+        format!("error: cannot download \"f.bin\" from {helper_addr}: the peer closed the connection")
     );
-    pb.expect(Stream::Err, "the only peer that shares it failed");
-    let partial = format!(".peerdex-part-{}", hex::encode(sha));
-    let sources = format!("{partial}.src");
+    let err = pb.expect(Stream::Err, "error: cannot download \"f.bin\":");
     assert_eq!(
-        entries(&b),
-        [partial.clone(), sources.clone()],
-        "nothing under the final name, the half kept"
+        err,
+        "error: cannot download \"f.bin\": the only peer that shares it failed (128 of 256 pieces are kept, to resume from there)"
     );
-    assert_eq!(fs::metadata(b.join(&partial)).unwrap().len(), half as u64);
-    // Beside it, who sent those bytes.
-    assert_eq!(fs::read_to_string(b.join(&sources)).unwrap(), format!("{helper_addr} 0 {half}\n"));
+    let partial = format!(".peerdex-part-{}", hex::encode(root));
+    let record = format!("{partial}.pieces");
+    assert_eq!(entries(&b), [partial.clone(), record.clone()], "nothing under the final name, the half kept");
+    assert_eq!(&fs::read(b.join(&partial)).unwrap()[..2 << 20], &content[..2 << 20]);
 
-    // The retry goes to another peer and moves only the other half.
+    // The retry goes to another peer, which is asked only for the other half.
     drop(fake);
-    let (_pa, a_addr) = Proc::registered_peer(index_addr, &a, 1);
+    let (other, sent) = fake_sender_counted(content.clone(), Misbehaviour::Honest);
+    let _other = register_fake(index_addr, other.port(), info("f.bin", &content));
     pb.send("download f.bin");
     let done = pb.expect(Stream::Out, "downloaded f.bin");
     assert_eq!(
         done,
-        format!("downloaded f.bin ({} bytes) from {a_addr}, resumed at byte {half}", content.len())
+        format!("downloaded f.bin ({} bytes) from {other}, 2097152 bytes of it already here", content.len())
     );
+    assert_eq!(sent.load(std::sync::atomic::Ordering::SeqCst), 2 << 20, "only the missing half was sent");
     assert!(fs::read(b.join("f.bin")).unwrap() == content, "the resumed file differs");
-    assert_eq!(entries(&b), ["f.bin"], "the partial file is gone");
+    assert_eq!(entries(&b), ["f.bin"], "the partial file and its record are gone");
 }
 
 #[test]
@@ -189,11 +199,13 @@ fn a_downloader_that_dies_mid_transfer_does_not_stop_the_sender() {
 
     // Downloaders that read a little and vanish, as a killed process would: the kernel
     // closes their sockets with data unread, which resets the connection.
+    let tree = Tree::of_bytes(&content);
     for _ in 0..5 {
         let mut s = TcpStream::connect(files_addr).unwrap();
         let mut r = s.try_clone().unwrap();
         wire::client_handshake(&mut r, &mut s, Service::Files).unwrap();
-        wire::send_msg(&mut s, &FileRequest::Get { name: "big.bin".into(), offset: 0 }).unwrap();
+        let get = FileRequest::Get { root: tree.root, first: 0, count: tree.geometry.pieces() };
+        wire::send_msg(&mut s, &get).unwrap();
         let mut some = [0u8; 1000];
         r.read_exact(&mut some).unwrap();
     }
@@ -209,10 +221,10 @@ fn a_downloader_that_dies_mid_transfer_does_not_stop_the_sender() {
 fn a_hundred_concurrent_downloads_of_one_file_are_all_identical() {
     let ws = workspace();
     let content = random_bytes(1 << 20);
-    let sha = hash(&mut &content[..]).unwrap();
+    let tree = Tree::of_bytes(&content);
     let a = folder(ws.path(), "a", &[("one.bin", &content)]);
     let (_index, index_addr) = Proc::index_server(ws.path());
-    let (_pa, files_addr) = Proc::peer(index_addr, &a);
+    let (_pa, files_addr) = Proc::registered_peer(index_addr, &a, 1);
     // From 25 addresses, 4 each: as many uploads as one address may have at once.
     let downloads: Vec<_> = (0..100)
         .map(|i| {
@@ -220,17 +232,18 @@ fn a_hundred_concurrent_downloads_of_one_file_are_all_identical() {
                 let mut s = common::connect_from(&format!("127.0.0.{}", 10 + i / 4), files_addr);
                 let mut r = s.try_clone().unwrap();
                 wire::client_handshake(&mut r, &mut s, Service::Files).unwrap();
-                wire::send_msg(&mut s, &FileRequest::Get { name: "one.bin".into(), offset: 0 }).unwrap();
+                let get = FileRequest::Get { root: tree.root, first: 0, count: tree.geometry.pieces() };
+                wire::send_msg(&mut s, &get).unwrap();
                 let header: FileReply = wire::recv_msg(&mut r).unwrap();
-                let mut body = Vec::new();
-                r.read_to_end(&mut body).unwrap();
+                let mut body = vec![0; 1 << 20];
+                r.read_exact(&mut body).unwrap();
                 (header, body)
             })
         })
         .collect();
     for d in downloads {
         let (header, body) = d.join().unwrap();
-        assert_eq!(header, FileReply::Header { size: content.len() as u64, sha256: sha });
+        assert_eq!(header, FileReply::Data { first: 0, count: 64, len: 1 << 20 });
         assert!(body == content, "a download differs");
     }
 }
@@ -290,8 +303,12 @@ fn a_full_or_read_only_folder_is_a_clear_error_and_nothing_is_lost() {
     fs::write(mount.0.join("mine.txt"), b"precious").unwrap();
     let (mut pb, _) = Proc::peer(index_addr, &mount.0);
     pb.send("download big.bin");
-    let err = pb.expect(Stream::Err, "error: cannot download \"big.bin\" from");
-    assert!(err.contains("more than the") && err.contains("bytes free in the shared folder"), "{err}");
+    let err = pb.expect(Stream::Err, "error: cannot download \"big.bin\"");
+    assert!(
+        err.starts_with("error: cannot download \"big.bin\": it needs 3145728 more bytes, more than the"),
+        "{err}"
+    );
+    assert!(err.ends_with("bytes free in the shared folder"), "{err}");
     // Two downloads that each fit but not together: the second runs out of room
     // (while writing, or already at the free-space check, depending on timing).
     let halves = [random_bytes(1_200_000), random_bytes(1_200_000)];

@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 
 use common::{Proc, RawIndexClient, Stream, TIMEOUT, entries, workspace};
+use peerdex::content::{Bitfield, Tree};
 use peerdex::name::ShareName;
 use peerdex::wire::{
     self, FileReply, FileRequest, Hello, MAX_FRAME_LEN, Message, Reply, Request, Service, Welcome,
@@ -34,14 +35,12 @@ fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
     }
 }
 
-/// Asks a file server for `name` over a raw socket.
-fn raw_get(addr: SocketAddr, name: &str) -> (FileReply, Vec<u8>) {
+/// A connection to a file server that has shaken hands.
+fn files_conn(addr: SocketAddr) -> TcpStream {
     let mut s = connect(addr);
     let mut r = s.try_clone().unwrap();
     wire::client_handshake(&mut r, &mut s, Service::Files).unwrap();
-    wire::send_msg(&mut s, &FileRequest::Get { name: name.into(), offset: 0 }).unwrap();
-    let reply = wire::recv_msg(&mut s).unwrap();
-    (reply, read_to_close(&mut s))
+    s
 }
 
 #[test]
@@ -73,6 +72,10 @@ fn traversal_names_are_refused_at_the_cli() {
     assert!(entries(&shared).is_empty());
 }
 
+/// A file server serves contents by root, and only those of files its folder shares:
+/// the content of a file outside (behind a symlink) is refused, as is a root nobody
+/// has; requests are pipelined and answered in order; a bad range is refused with a
+/// reason and the connection goes on; a version 1 client is told both versions.
 #[test]
 fn a_file_server_refuses_everything_outside_its_folder() {
     let ws = workspace();
@@ -87,36 +90,67 @@ fn a_file_server_refuses_everything_outside_its_folder() {
     assert!(fifo.success());
 
     let (_index, index_addr) = Proc::index_server(ws.path());
-    let (_p, files) = Proc::peer(index_addr, &shared);
-
-    let refused = [
-        ("../../etc/passwd", "path separator"),
-        ("/etc/passwd", "path separator"),
-        ("a/../../x", "path separator"),
-        ("..\\x", "path separator"),
-        ("../secret", "path separator"),
-        ("a\0b", "control character"),
-        ("", "empty"),
-        (".", "are not file names"),
-        ("..", "are not file names"),
-        (".peerdex-part-0", "reserved"),
-        ("subdir", "not a regular file"),
-        ("link-to-dir", "not a regular file"),
-        ("link-to-file", "outside the shared folder"),
-        ("fifo", "not a regular file"),
-        ("nope", "no such file"),
-    ];
-    for (name, why) in refused {
-        let (reply, rest) = raw_get(files, name);
-        match reply {
-            FileReply::Error(e) => assert!(e.contains(why), "{name:?}: {e}"),
-            other => panic!("{name:?} was not refused: {other:?}"),
+    let (_p, files) = Proc::registered_peer(index_addr, &shared, 1);
+    let ok = Tree::of_bytes(b"fine").root;
+    for root in [Tree::of_bytes(b"secret").root, [0; 32], Tree::of_bytes(b"").root] {
+        let mut s = files_conn(files);
+        for request in [
+            FileRequest::Layer { root },
+            FileRequest::Have { root },
+            FileRequest::Get { root, first: 0, count: 1 },
+        ] {
+            wire::send_msg(&mut s, &request).unwrap();
+            match wire::recv_msg(&mut s).unwrap() {
+                FileReply::Error(e) => assert!(e.ends_with(": no such file in the shared folder"), "{e}"),
+                other => panic!("{request:?} was not refused: {other:?}"),
+            }
         }
-        assert!(rest.is_empty(), "{name:?}: bytes after a refusal");
     }
-    let (reply, rest) = raw_get(files, "ok.txt");
-    assert!(matches!(reply, FileReply::Header { size: 4, .. }), "{reply:?}");
-    assert_eq!(rest, b"fine");
+
+    // Five requests in one write, answered in order; the bad ranges do not end it.
+    let mut s = files_conn(files);
+    let mut batch = Vec::new();
+    for request in [
+        FileRequest::Layer { root: ok },
+        FileRequest::Have { root: ok },
+        FileRequest::Get { root: ok, first: 1, count: 1 },
+        FileRequest::Get { root: ok, first: u32::MAX, count: 2 },
+        FileRequest::Get { root: ok, first: 0, count: 0 },
+        FileRequest::Get { root: ok, first: 0, count: 1 },
+        FileRequest::Status,
+    ] {
+        wire::send_msg(&mut batch, &request).unwrap();
+    }
+    s.write_all(&batch).unwrap();
+    assert_eq!(wire::recv_msg::<FileReply>(&mut s).unwrap(), FileReply::Layer(vec![ok]));
+    assert_eq!(wire::recv_msg::<FileReply>(&mut s).unwrap(), FileReply::Have(Bitfield::full(1)));
+    for range in ["1..2", "4294967295..4294967297", "0..0"] {
+        assert_eq!(
+            wire::recv_msg::<FileReply>(&mut s).unwrap(),
+            FileReply::Error(format!("cannot send pieces {range} of \"ok.txt\": it has 1 pieces"))
+        );
+    }
+    assert_eq!(wire::recv_msg::<FileReply>(&mut s).unwrap(), FileReply::Data { first: 0, count: 1, len: 4 });
+    let mut body = [0u8; 4];
+    s.read_exact(&mut body).unwrap();
+    assert_eq!(&body, b"fine");
+    assert!(matches!(wire::recv_msg::<FileReply>(&mut s).unwrap(), FileReply::Status { .. }));
+    // A request that is not one: refused, and the connection closed.
+    wire::send_all(&mut s, &[0x01, 0, 4, b'f', b'i', b'l', b'e', 0, 0, 0, 0, 0, 0, 0, 0]).unwrap();
+    match wire::recv_msg::<FileReply>(&mut s).unwrap() {
+        FileReply::Error(e) => assert_eq!(e, "malformed request: unknown message type 0x01"),
+        other => panic!("{other:?}"),
+    }
+    assert!(read_to_close(&mut s).is_empty());
+
+    // A version 1 downloader is told why it cannot be served.
+    let mut s = connect(files);
+    wire::send_msg(&mut s, &Hello { version: 1, service: Service::Files }).unwrap();
+    let welcome: Welcome = wire::recv_msg(&mut s).unwrap();
+    assert_eq!(
+        welcome.refusal.as_deref(),
+        Some("protocol version 1 is not supported (this server speaks version 2)")
+    );
 }
 
 #[test]

@@ -26,7 +26,7 @@ fn name(s: &str) -> ShareName {
 /// registration lasts as long as the returned connection.
 fn honest_peer_is_served(index: SocketAddr, from: &str, tag: &str) -> RawIndexClient {
     let mut c = RawIndexClient::connect_from(from, index);
-    let file = FileInfo { name: name(&format!("{tag}.txt")), size: 1, sha256: [1; 32] };
+    let file = FileInfo { name: name(&format!("{tag}.txt")), size: 1, root: [1; 32] };
     assert_eq!(c.call(&Request::Register { port: 4000, files: vec![file] }), Reply::Done { files: 1 });
     let mut other = RawIndexClient::connect_from("127.0.0.200", index);
     match other.call(&Request::Lookup { name: name(&format!("{tag}.txt")) }) {
@@ -182,7 +182,7 @@ fn the_whole_index_has_a_limit_too() {
     let ws = workspace();
     let (_index, addr) = Proc::index_server_with(ws.path(), &["127.0.0.1", "0", "--max-files", "100"]);
     let files = |tag: &str, n: usize| -> Vec<FileInfo> {
-        (0..n).map(|i| FileInfo { name: name(&format!("{tag}{i}")), size: 1, sha256: [0; 32] }).collect()
+        (0..n).map(|i| FileInfo { name: name(&format!("{tag}{i}")), size: 1, root: [0; 32] }).collect()
     };
     let mut a = RawIndexClient::connect_from("127.0.0.2", addr);
     assert_eq!(a.call(&Request::Register { port: 1, files: files("a", 60) }), Reply::Done { files: 60 });

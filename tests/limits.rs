@@ -42,7 +42,7 @@ fn read_until_closed(s: &mut TcpStream) -> Option<Vec<u8>> {
 }
 
 fn file(name: &str, size: u64) -> FileInfo {
-    FileInfo { name: ShareName::parse(name).unwrap(), size, sha256: [7; 32] }
+    FileInfo { name: ShareName::parse(name).unwrap(), size, root: [7; 32] }
 }
 
 /// A normal peer process registers and another client finds its file: the server is

@@ -16,19 +16,30 @@ use common::{
     FakeIndex, Misbehaviour, Proc, Stream, connect_from, entries, fake_sender, folder, handshaken, info,
     peer_with, random_bytes, register_fake, status_from, workspace,
 };
+use peerdex::content::{Geometry, Hash};
 use peerdex::wire::{self, FileReply, FileRequest, Message, Reply, Request, Service};
 
-/// A connection from `from` to a file server that has asked for `name` and reads
-/// nothing.
-fn stuck_download(from: &str, files: SocketAddr, name: &str) -> TcpStream {
+/// A connection from `from` to a file server that has asked for every piece of the
+/// content `root` (a file of `size` bytes) and reads nothing.
+fn stuck_download(from: &str, files: SocketAddr, (root, size): (Hash, u64)) -> TcpStream {
     let mut s = handshaken(from, files, Service::Files);
-    wire::send_msg(&mut s, &FileRequest::Get { name: name.into(), offset: 0 }).unwrap();
+    let count = Geometry::for_size(size).pieces();
+    wire::send_msg(&mut s, &FileRequest::Get { root, first: 0, count }).unwrap();
     s
 }
 
 /// A sparse file of `len` zero bytes: large, and instant to make.
 fn zeros(path: &Path, len: u64) {
     fs::File::create(path).unwrap().set_len(len).unwrap();
+}
+
+/// The root and size of `name` as the index has it, as a downloader learns them.
+fn content_of(index: SocketAddr, name: &str) -> (Hash, u64) {
+    let mut c = common::RawIndexClient::connect(index);
+    match c.call(&Request::Lookup { name: peerdex::name::ShareName::parse(name).unwrap() }) {
+        Reply::Peers(hits) => (hits[0].root, hits[0].size),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]
@@ -39,6 +50,7 @@ fn silent_sockets_and_slow_readers_from_one_address_leave_the_file_server_to_oth
     zeros(&a.join("big.bin"), 64 << 20);
     let (_index, index_addr) = Proc::index_server(ws.path());
     let (_pa, files) = Proc::registered_peer(index_addr, &a, 1);
+    let big = content_of(index_addr, "big.bin");
 
     // From one address: 600 sockets that say nothing, and 20 downloaders that ask for
     // the file and never read it.
@@ -49,7 +61,8 @@ fn silent_sockets_and_slow_readers_from_one_address_leave_the_file_server_to_oth
             let mut r = s.try_clone().unwrap();
             // Most are turned away at once: the address has its 16 connections.
             wire::client_handshake(&mut r, &mut s, Service::Files).ok()?;
-            wire::send_msg(&mut s, &FileRequest::Get { name: "big.bin".into(), offset: 0 }).ok()?;
+            let get = FileRequest::Get { root: big.0, first: 0, count: Geometry::for_size(big.1).pieces() };
+            wire::send_msg(&mut s, &get).ok()?;
             Some(s)
         })
         .collect();
@@ -78,13 +91,15 @@ fn status_is_answered_while_every_upload_slot_is_busy() {
     let a = folder(ws.path(), "a", &[]);
     zeros(&a.join("big.bin"), 64 << 20);
     let (_index, index_addr) = Proc::index_server(ws.path());
-    let (_pa, files) = peer_with(index_addr, &a, &["--max-uploads", "2"]);
-    let _stuck =
-        [stuck_download("127.0.0.2", files, "big.bin"), stuck_download("127.0.0.3", files, "big.bin")];
+    let (mut pa, files) = peer_with(index_addr, &a, &["--max-uploads", "2"]);
+    pa.send("register");
+    pa.expect(Stream::Out, "registered 1 file");
+    let big = content_of(index_addr, "big.bin");
+    let _stuck = [stuck_download("127.0.0.2", files, big), stuck_download("127.0.0.3", files, big)];
     common::wait_for("both uploads to run", || {
         matches!(status_from("127.0.0.4", files), FileReply::Status { uploads: 2, .. })
     });
-    let mut third = stuck_download("127.0.0.4", files, "big.bin");
+    let mut third = stuck_download("127.0.0.4", files, big);
     let reply: FileReply = wire::recv_msg(&mut third).unwrap();
     assert_eq!(reply, FileReply::Error("busy: 2 uploads already running; try another peer".into()));
 }
@@ -96,19 +111,20 @@ fn one_address_gets_four_uploads_at_once() {
     zeros(&a.join("big.bin"), 64 << 20);
     let (_index, index_addr) = Proc::index_server(ws.path());
     let (_pa, files) = Proc::registered_peer(index_addr, &a, 1);
-    let _four: Vec<TcpStream> = (0..4).map(|_| stuck_download("127.0.0.2", files, "big.bin")).collect();
+    let big = content_of(index_addr, "big.bin");
+    let _four: Vec<TcpStream> = (0..4).map(|_| stuck_download("127.0.0.2", files, big)).collect();
     common::wait_for("four uploads to run", || {
         matches!(status_from("127.0.0.3", files), FileReply::Status { uploads: 4, .. })
     });
-    let mut fifth = stuck_download("127.0.0.2", files, "big.bin");
+    let mut fifth = stuck_download("127.0.0.2", files, big);
     let reply: FileReply = wire::recv_msg(&mut fifth).unwrap();
     assert_eq!(
         reply,
         FileReply::Error("busy: 4 uploads to your address already running (the most allowed)".into())
     );
     // Another address still gets its file.
-    let mut other = stuck_download("127.0.0.3", files, "big.bin");
-    assert!(matches!(wire::recv_msg(&mut other).unwrap(), FileReply::Header { size: 67108864, .. }));
+    let mut other = stuck_download("127.0.0.3", files, big);
+    assert!(matches!(wire::recv_msg(&mut other).unwrap(), FileReply::Data { len: 67108864, .. }));
 }
 
 #[test]
@@ -118,7 +134,9 @@ fn an_upload_nobody_reads_is_dropped() {
     zeros(&a.join("big.bin"), 256 << 20);
     let (_index, index_addr) = Proc::index_server(ws.path());
     let (mut pa, files) = peer_with(index_addr, &a, &["--write-timeout", "1", "-v"]);
-    let mut s = stuck_download("127.0.0.2", files, "big.bin");
+    pa.send("register");
+    pa.expect(Stream::Out, "registered 1 file");
+    let mut s = stuck_download("127.0.0.2", files, content_of(index_addr, "big.bin"));
     let addr = s.local_addr().unwrap();
     let line = pa.expect(Stream::Err, &format!("upload to {addr} failed"));
     assert!(line.contains("the downloader took only"), "{line}");
@@ -134,37 +152,40 @@ fn an_upload_nobody_reads_is_dropped() {
     assert!(got < 256 << 20, "all {got} bytes arrived");
 }
 
+/// A source that drips is dropped once a stall window shows it; beside an honest
+/// source, the download does not wait for it at all.
 #[test]
-fn a_dripping_source_that_claims_to_be_fastest_is_dropped_and_tried_last() {
+fn a_dripping_source_that_claims_to_be_fastest_is_dropped() {
     let ws = workspace();
     let content = random_bytes(1 << 20);
     let (_index, index_addr) = Proc::index_server(ws.path());
     let drip = fake_sender(content.clone(), Misbehaviour::Drip);
     let _fake = register_fake(index_addr, drip.port(), info("f.bin", &content));
-    let a = folder(ws.path(), "a", &[("f.bin", &content)]);
-    let (_pa, honest) = Proc::registered_peer(index_addr, &a, 1);
 
+    // Alone, it is dropped after one stall window, and nothing it sent is kept.
     let b = folder(ws.path(), "b", &[]);
-    let (mut pb, _) = peer_with(index_addr, &b, &["--read-timeout", "3"]);
-    let t = Instant::now();
+    let (mut pb, _) = peer_with(index_addr, &b, &["--read-timeout", "2"]);
     pb.send("download f.bin");
     let err = pb.expect(Stream::Err, &format!("error: cannot download \"f.bin\" from {drip}"));
-    assert!(err.contains("bytes in 3.0 s (at least 65536 are needed)"), "{err}");
-    assert!(err.ends_with("; trying the next peer"), "{err}");
-    pb.expect(Stream::Out, &format!("downloaded f.bin (1048576 bytes) from {honest}"));
-    eprintln!("a dripping source and an honest one: downloaded after {:?}", t.elapsed());
-    assert!(fs::read(b.join("f.bin")).unwrap() == content);
+    assert!(err.ends_with(" bytes in 2.0 s (at least 65536 are needed)"), "{err}");
+    pb.expect(Stream::Err, "error: cannot download \"f.bin\": the only peer that shares it failed");
+    assert!(entries(&b).is_empty(), "nothing kept: {:?}", entries(&b));
 
-    // The next download does not try the dripper first, whatever it claims.
-    pb.send("delete f.bin");
-    pb.expect(Stream::Out, "deleted f.bin");
+    // Beside an honest source, every piece comes from the honest one.
+    let a = folder(ws.path(), "a", &[("f.bin", &content)]);
+    let (_pa, honest) = Proc::registered_peer(index_addr, &a, 1);
+    let t = Instant::now();
     pb.send("download f.bin");
     pb.expect(Stream::Out, &format!("downloaded f.bin (1048576 bytes) from {honest}"));
-    pb.finish();
-    let again = pb.lines(Stream::Err).iter().filter(|l| l.contains(&drip.to_string())).count();
-    assert_eq!(again, 1, "the dripper was tried again: {}", pb.dump());
+    eprintln!(
+        "a dripping source and an honest one: downloaded after {:?} (the issue asks for 90 s)",
+        t.elapsed()
+    );
+    assert!(fs::read(b.join("f.bin")).unwrap() == content);
 }
 
+/// A source whose piece fails its hash is dropped at that piece and named; nothing
+/// it sent is kept, and the honest source that completes the file is never blamed.
 #[test]
 fn junk_from_one_source_is_never_blamed_on_the_honest_one() {
     let ws = workspace();
@@ -172,30 +193,30 @@ fn junk_from_one_source_is_never_blamed_on_the_honest_one() {
     let (_index, index_addr) = Proc::index_server(ws.path());
     let junk = fake_sender(content.clone(), Misbehaviour::Junk);
     let _fake = register_fake(index_addr, junk.port(), info("f.bin", &content));
-    let a = folder(ws.path(), "a", &[("f.bin", &content)]);
-    let (_pa, honest) = Proc::registered_peer(index_addr, &a, 1);
-
     let b = folder(ws.path(), "b", &[]);
     let (mut pb, _) = Proc::peer(index_addr, &b);
+    pb.send("download f.bin");
+    let err = pb.expect(Stream::Err, &format!("error: cannot download \"f.bin\" from {junk}"));
+    let piece = err.split("piece ").nth(1).unwrap().split(' ').next().unwrap();
+    assert_eq!(
+        err,
+        format!(
+            "error: cannot download \"f.bin\" from {junk}: piece {piece} failed its hash; nothing more is taken from it, and it goes to the back of the order for 10 minutes"
+        )
+    );
+    pb.expect(Stream::Err, "error: cannot download \"f.bin\": the only peer that shares it failed");
+    assert!(entries(&b).is_empty(), "nothing of the junk is kept: {:?}", entries(&b));
+
+    let a = folder(ws.path(), "a", &[("f.bin", &content)]);
+    let (_pa, honest) = Proc::registered_peer(index_addr, &a, 1);
     pb.send("download f.bin");
     pb.expect(Stream::Out, &format!("downloaded f.bin (4194304 bytes) from {honest}"));
     assert!(fs::read(b.join("f.bin")).unwrap() == content, "the right file");
     // Everything it had to say, both streams drained, before looking at stderr.
     pb.finish();
     let errors = pb.lines(Stream::Err);
-    let want = [
-        format!(
-            "error: cannot download \"f.bin\" from {junk}: the peer sent only 1048576 of 4194304 bytes (kept, to resume from byte 1048576); trying the next peer"
-        ),
-        format!(
-            "error: cannot download \"f.bin\": the file assembled from {junk} (bytes 0-1048575) and {honest} (bytes 1048576-4194303) does not match its SHA-256; discarded; starting again from byte 0 from {honest}"
-        ),
-        format!(
-            "note: downloading \"f.bin\": the bytes 0-1048575 from {junk} were wrong; it goes to the back of the order for 10 minutes"
-        ),
-    ];
-    assert_eq!(errors, want);
-    assert!(!errors.iter().any(|e| e.contains(&format!("from {honest} were wrong"))));
+    assert!(!errors.iter().any(|e| e.contains(&honest.to_string())), "{errors:?}");
+    assert!(errors.iter().skip(2).all(|e| e.contains(&format!("from {junk}: piece "))), "{errors:?}");
     assert_eq!(entries(&b), ["f.bin"], "no partial left behind");
 }
 

@@ -6,6 +6,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::net::SocketAddr;
 
+use peerdex::content::Bitfield;
 use peerdex::name::ShareName;
 use peerdex::wire::{
     self, FileInfo, FileReply, FileRequest, Hello, ListEntry, MAX_FRAME_LEN, Message, PeerHit, Reply,
@@ -67,7 +68,7 @@ fn sha() -> impl Strategy<Value = [u8; 32]> {
 }
 
 fn file_info() -> impl Strategy<Value = FileInfo> {
-    (share_name(), any::<u64>(), sha()).prop_map(|(name, size, sha256)| FileInfo { name, size, sha256 })
+    (share_name(), any::<u64>(), sha()).prop_map(|(name, size, root)| FileInfo { name, size, root })
 }
 
 fn files() -> impl Strategy<Value = Vec<FileInfo>> {
@@ -98,10 +99,10 @@ fn reply() -> impl Strategy<Value = Reply> {
     let entry = (file_info(), any::<u32>()).prop_map(|(f, peers)| ListEntry {
         name: f.name,
         size: f.size,
-        sha256: f.sha256,
+        root: f.root,
         peers,
     });
-    let hit = (addr(), any::<u64>(), sha()).prop_map(|(addr, size, sha256)| PeerHit { addr, size, sha256 });
+    let hit = (addr(), any::<u64>(), sha()).prop_map(|(addr, size, root)| PeerHit { addr, size, root });
     prop_oneof![
         any::<u32>().prop_map(|files| Reply::Done { files }),
         ".{0,100}".prop_map(Reply::Error),
@@ -152,18 +153,29 @@ proptest! {
         version in any::<u16>(),
         files in any::<bool>(),
         refusal in any::<Option<String>>(),
-        name in ".{0,50}",
+        first in any::<u32>(),
+        count in any::<u32>(),
         size in any::<u64>(),
-        sha256 in sha(),
+        root in sha(),
+        layer in prop::collection::vec(sha(), 0..50),
+        bits in prop::collection::vec(any::<bool>(), 0..100),
         why in ".{0,50}",
     ) {
         let service = if files { Service::Files } else { Service::Index };
         round_trips(&Hello { version, service })?;
         round_trips(&Welcome { version, refusal })?;
-        round_trips(&FileRequest::Get { name, offset: size })?;
+        round_trips(&FileRequest::Layer { root })?;
+        round_trips(&FileRequest::Have { root })?;
+        round_trips(&FileRequest::Get { root, first, count })?;
         round_trips(&FileRequest::Status)?;
         round_trips(&FileReply::Status { uploads: version.into(), bytes_per_sec: size })?;
-        round_trips(&FileReply::Header { size, sha256 })?;
+        round_trips(&FileReply::Layer(layer))?;
+        let mut have = Bitfield::empty(bits.len() as u32);
+        for (i, _) in bits.iter().enumerate().filter(|(_, b)| **b) {
+            have.set(i as u32);
+        }
+        round_trips(&FileReply::Have(have))?;
+        round_trips(&FileReply::Data { first, count, len: size })?;
         round_trips(&FileReply::Error(why))?;
     }
 
@@ -175,7 +187,7 @@ proptest! {
     /// Arbitrary bytes behind each real tag, so that the decoders get past the first
     /// byte: counts, lengths and names all come from the noise.
     #[test]
-    fn arbitrary_bodies_behind_real_tags(tag in prop::sample::select(vec![1u8, 3, 4, 5, 6, 8, 0x81, 0x82, 0x83, 0x85]),
+    fn arbitrary_bodies_behind_real_tags(tag in prop::sample::select(vec![1u8, 3, 4, 5, 6, 8, 0x81, 0x82, 0x83, 0x85, 0x11, 0x13, 0x91, 0x92, 0x93]),
                                          body in prop::collection::vec(any::<u8>(), 0..2048)) {
         let mut bytes = vec![tag];
         bytes.extend(body);
@@ -201,6 +213,14 @@ fn huge_counts_allocate_nothing() {
         }
         bytes.extend(u32::MAX.to_be_bytes());
         let (result, peak) = peak_allocation(|| Request::decode(&bytes));
+        assert!(result.is_err());
+        assert!(peak < 1024, "tag {tag}: {peak} bytes allocated");
+    }
+    // A piece layer of four billion hashes, and a bitfield of four billion pieces.
+    for tag in [0x91u8, 0x92] {
+        let mut bytes = vec![tag];
+        bytes.extend(u32::MAX.to_be_bytes());
+        let (result, peak) = peak_allocation(|| FileReply::decode(&bytes));
         assert!(result.is_err());
         assert!(peak < 1024, "tag {tag}: {peak} bytes allocated");
     }

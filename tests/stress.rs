@@ -19,7 +19,7 @@ fn name(s: &str) -> ShareName {
 }
 
 fn file(n: &str, size: u64) -> FileInfo {
-    FileInfo { name: name(n), size, sha256: [size as u8; 32] }
+    FileInfo { name: name(n), size, root: [size as u8; 32] }
 }
 
 /// The names client `c` works with: 8 of its own and 8 that every client shares.

@@ -57,9 +57,9 @@ pub fn name(s: &str) -> ShareName {
 }
 
 pub fn file(n: String, i: u64) -> FileInfo {
-    let mut sha256 = [0u8; 32];
-    sha256[..8].copy_from_slice(&i.to_be_bytes());
-    FileInfo { name: name(&n), size: 1000 + i % 1_000_000, sha256 }
+    let mut root = [0u8; 32];
+    root[..8].copy_from_slice(&i.to_be_bytes());
+    FileInfo { name: name(&n), size: 1000 + i % 1_000_000, root }
 }
 
 /// Peers registered from one client address: within the index's default limits of 64

@@ -54,8 +54,8 @@ pub fn run(opts: &Opts) {
         (0..PEERS)
             .flat_map(|p| (0..FILES).map(move |k| (p, k)))
             .map(|(p, k)| {
-                let sha = peerdex::peer::folder::hash(&mut &content(p, k)[..]).unwrap();
-                (format!("p{p:02}-{k}.bin"), sha)
+                let root = peerdex::content::Tree::of_bytes(&content(p, k)).root;
+                (format!("p{p:02}-{k}.bin"), root)
             })
             .collect(),
     );
@@ -118,8 +118,8 @@ pub fn run(opts: &Opts) {
                         None => t.lost += 1,
                         Some(line) if line.contains(&failed) => t.unavailable += 1,
                         Some(_) => {
-                            let got =
-                                peerdex::peer::folder::hash(&mut fs::File::open(folder.join(&name)).unwrap());
+                            let got = fs::read(folder.join(&name))
+                                .map(|b| peerdex::content::Tree::of_bytes(&b).root);
                             if got.ok() == expected.get(&name).copied() {
                                 t.verified += 1;
                             } else {

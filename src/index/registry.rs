@@ -548,7 +548,7 @@ impl Registry {
         let f = &peer.files[h.idx as usize];
         // `to_canonical`: an IPv4 peer seen through a dual-stack socket is reported as
         // plain IPv4, which every client can connect to.
-        PeerHit { addr: SocketAddr::new(conn.ip().to_canonical(), peer.port), size: f.size, sha256: f.sha256 }
+        PeerHit { addr: SocketAddr::new(conn.ip().to_canonical(), peer.port), size: f.size, root: f.root }
     }
 
     /// One page of the listing seen by the peer on `asker`: files shared by every other
@@ -593,12 +593,12 @@ impl Registry {
             contents.clear();
             contents.extend(holders.as_slice().iter().filter(|h| Some(h.peer) != asker).map(|h| {
                 let f = self.hit(*h);
-                (f.size, f.sha256)
+                (f.size, f.root)
             }));
             contents.sort_unstable();
             for group in contents.chunk_by(|a, b| a == b) {
-                let (size, sha256) = group[0];
-                page.entries.push(ListEntry { name: name.clone(), size, sha256, peers: group.len() as u32 });
+                let (size, root) = group[0];
+                page.entries.push(ListEntry { name: name.clone(), size, root, peers: group.len() as u32 });
             }
         }
         page
@@ -722,7 +722,7 @@ mod tests {
     }
 
     fn file(s: &str, size: u64) -> FileInfo {
-        FileInfo { name: name(s), size, sha256: [size as u8; 32] }
+        FileInfo { name: name(s), size, root: [size as u8; 32] }
     }
 
     const UNLIMITED: PageBudget = PageBudget { names: usize::MAX, time: Duration::MAX };

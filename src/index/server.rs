@@ -531,7 +531,7 @@ mod tests {
 
     #[test]
     fn log_summaries_name_a_few_files_and_count_the_rest() {
-        let file = |n: &str| FileInfo { name: ShareName::parse(n).unwrap(), size: 1, sha256: [0; 32] };
+        let file = |n: &str| FileInfo { name: ShareName::parse(n).unwrap(), size: 1, root: [0; 32] };
         let files: Vec<FileInfo> = (0..5).map(|i| file(&format!("f{i}"))).collect();
         let request = Request::Update { files };
         assert_eq!(Summary::of(&request).to_string(), "update, 5 files: \"f0\", \"f1\", \"f2\" and 2 more");

@@ -1,19 +1,15 @@
-//! The peer's file server: one thread per downloader, one file per connection.
-//!
-//! ```text
-//! downloader                         file server
-//!    Hello(Files)        ------>
-//!                        <------     Welcome
-//!    FileRequest::Get    ------>
-//!                        <------     FileReply::Header { size, sha256 }, then `size` raw bytes
-//!                                    (or FileReply::Error, and nothing more)
-//! ```
+//! The peer's file server: one thread per downloader connection, which asks about one
+//! content (named by its root) at a time, with pipelined requests answered in order:
+//! its piece layer, which pieces are here, and runs of pieces, sent straight from the
+//! file by the kernel. The messages are drawn in [`crate::wire::files`].
 //!
 //! What one client can take is bounded: connections per client address (the accept
-//! loop, [`crate::net::serve`]), uploads per client address (a `Get` over the limit is
-//! refused with a reason; a `Status` needs no upload slot, so it is answered even when
-//! every slot is busy), and time: a downloader that takes less than
-//! [`MIN_PROGRESS`] bytes in any `stall_timeout` is dropped.
+//! loop, [`crate::net::serve`]), uploads per client address (a connection takes an
+//! upload slot with its first `Get` and keeps it until it closes; a `Get` over the
+//! limit is refused with a reason; a `Status` needs no upload slot, so it is answered
+//! even when every slot is busy), and time: a downloader that takes less than
+//! [`MIN_PROGRESS`] bytes in any `stall_timeout` is dropped, and a connection that asks
+//! nothing for a stall window is closed.
 
 use std::fs::File;
 use std::io::{self, BufReader};
@@ -23,14 +19,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use log::info;
 
-use super::folder::SharedFolder;
-use crate::name::ShareName;
+use super::folder::{OpenFile, SharedFolder};
+use crate::content::{Bitfield, Geometry, Hash};
 use crate::net::{self, ConnLimits, Full, Slot, Slots, Timed, close_gently, is_timeout};
-use crate::text::escape;
+use crate::text::{count, escape};
 use crate::wire::{self, FileReply, FileRequest, Message, Service};
 
-/// Largest request frame a file server accepts: a request is one name, so 4 KiB is
-/// ample (OpenNap's whole command limit is 2,048 bytes).
+/// Largest request frame a file server accepts: the longest request is a `Get` of 41
+/// bytes, so 4 KiB is ample (OpenNap's whole command limit is 2,048 bytes).
 pub const MAX_REQUEST_LEN: usize = 4096;
 
 /// Most connections to a file server at once: twice [`MAX_UPLOADS`], so that
@@ -38,7 +34,7 @@ pub const MAX_REQUEST_LEN: usize = 4096;
 pub const MAX_CONNECTIONS: usize = 1024;
 
 /// Most connections from one client address at once: a downloader needs one per
-/// download (4 by default) and one per status question; 16 leaves room for a few
+/// download it takes from this peer (4 by default) and one per status question; 16 leaves room for a few
 /// peers behind one NAT, and 600 silent sockets from one address fill 16, not all.
 pub const MAX_CONNECTIONS_PER_IP: usize = 16;
 
@@ -113,59 +109,141 @@ fn handle(shared: &Shared, stream: &TcpStream, from: SocketAddr) -> io::Result<(
     let config = &shared.config;
     stream.set_nodelay(true)?;
     stream.set_write_timeout(Some(config.stall_timeout))?;
-    // The handshake and the request must both arrive within one deadline, however
-    // slowly they trickle in.
+    // The handshake must arrive within one deadline, however slowly it trickles in.
     let mut reader = BufReader::new(Timed::deadline(stream, Instant::now() + config.request_timeout));
     let mut writer = stream;
     wire::server_handshake(&mut reader, &mut writer, Service::Files, MAX_REQUEST_LEN)?;
 
-    let frame = match wire::recv_all(&mut reader, MAX_REQUEST_LEN) {
-        Ok(Some(frame)) => frame,
-        Ok(None) => return Err(io::ErrorKind::UnexpectedEof.into()),
-        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-            refuse(writer, from, format!("request refused: {e}"))?;
-            return Err(e);
+    let mut upload = None;
+    let mut serving: Option<Serving> = None;
+    let (mut requests, mut sent) = (0u64, 0u64);
+    let result = loop {
+        // Between requests a downloader may wait for its other sources (a stall window);
+        // once a request starts, it must arrive whole within the request timeout.
+        reader.get_mut().await_frame(config.stall_timeout, config.request_timeout);
+        let frame = match wire::recv_all(&mut reader, MAX_REQUEST_LEN) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                refuse(writer, from, format!("request refused: {e}"))?;
+                break Err(e);
+            }
+            Err(e) if is_timeout(&e) && reader.get_ref().frame_deadline().is_none() => break Ok(()), // idle
+            Err(e) => break Err(e),
+        };
+        let request = match FileRequest::decode(&frame) {
+            Ok(request) => request,
+            Err(e) => {
+                // The stream may not be what we think it is any more: answer, then close.
+                refuse(writer, from, format!("malformed request: {e}"))?;
+                break Err(e.into());
+            }
+        };
+        let root = match request {
+            FileRequest::Status => {
+                // Uploads sending file bytes now: not this question, nor handshakes.
+                let uploads = shared.uploads.taken() as u32;
+                let reply = FileReply::Status { uploads, bytes_per_sec: shared.throughput.rate() };
+                wire::send_msg(&mut writer, &reply)?;
+                continue;
+            }
+            FileRequest::Layer { root } | FileRequest::Have { root } | FileRequest::Get { root, .. } => root,
+        };
+        if serving.as_ref().is_none_or(|s| s.open.info.root != root) {
+            match shared.folder.open_root(&root) {
+                Ok(open) => serving = Some(Serving::new(open)),
+                Err(why) => {
+                    refuse(writer, from, format!("cannot send the content {}: {why}", short(&root)))?;
+                    continue;
+                }
+            }
         }
-        Err(e) => return Err(e),
-    };
-    let (name, offset) = match FileRequest::decode(&frame) {
-        Ok(FileRequest::Get { name, offset }) => (name, offset),
-        Ok(FileRequest::Status) => {
-            // Uploads sending file bytes now: not this question, nor handshakes.
-            let uploads = shared.uploads.taken() as u32;
-            let reply = FileReply::Status { uploads, bytes_per_sec: shared.throughput.rate() };
-            return wire::send_msg(&mut writer, &reply);
+        let s = serving.as_ref().expect("set above");
+        match request {
+            FileRequest::Layer { .. } => match shared.folder.layer(&s.open) {
+                Ok(layer) => wire::send_msg(&mut writer, &FileReply::Layer(layer.to_vec()))?,
+                Err(why) => {
+                    refuse(writer, from, format!("cannot send the piece layer of {:?}: {why}", s.name()))?
+                }
+            },
+            FileRequest::Have { .. } => {
+                wire::send_msg(&mut writer, &FileReply::Have(Bitfield::full(s.geometry.pieces())))?;
+            }
+            FileRequest::Get { first, count, .. } => {
+                let pieces = s.geometry.pieces();
+                if count == 0 || first.checked_add(count).is_none_or(|end| end > pieces) {
+                    let why = format!(
+                        "cannot send pieces {first}..{} of {:?}: it has {pieces} pieces",
+                        u64::from(first) + u64::from(count),
+                        s.name()
+                    );
+                    refuse(writer, from, why)?;
+                    continue;
+                }
+                if upload.is_none() {
+                    match shared.uploads.take(from.ip()) {
+                        Ok(slot) => upload = Some(slot),
+                        Err(Full::All(max)) => {
+                            refuse(
+                                writer,
+                                from,
+                                format!("busy: {max} uploads already running; try another peer"),
+                            )?;
+                            continue;
+                        }
+                        Err(Full::ThisAddress(max)) => {
+                            let why = format!(
+                                "busy: {max} uploads to your address already running (the most allowed)"
+                            );
+                            refuse(writer, from, why)?;
+                            continue;
+                        }
+                    }
+                }
+                let range = s.geometry.pieces_range(first, count);
+                let len = range.end - range.start;
+                wire::send_msg(&mut writer, &FileReply::Data { first, count, len })?;
+                let n = send_body(&s.open.file, range.start, len, writer, shared)?;
+                requests += 1;
+                sent += n;
+                if n < len {
+                    // The file shrank under us: the stream is short, so it must end.
+                    break Err(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        format!("{:?} shrank while being sent", s.name()),
+                    ));
+                }
+            }
+            FileRequest::Status => unreachable!("answered above"),
         }
-        Err(e) => return refuse(writer, from, format!("malformed request: {e}")),
     };
-    let name = match ShareName::parse(&name) {
-        Ok(name) => name,
-        Err(why) => return refuse(writer, from, format!("invalid file name {name:?}: {why}")),
-    };
-    let _upload = match shared.uploads.take(from.ip()) {
-        Ok(slot) => slot,
-        Err(Full::All(max)) => {
-            return refuse(writer, from, format!("busy: {max} uploads already running; try another peer"));
-        }
-        Err(Full::ThisAddress(max)) => {
-            let why = format!("busy: {max} uploads to your address already running (the most allowed)");
-            return refuse(writer, from, why);
-        }
-    };
-    // Every chunk is sent from an explicit offset (`send_chunk`): no seek needed.
-    let open = match shared.folder.open(&name) {
-        Ok(open) => open,
-        Err(why) => return refuse(writer, from, format!("cannot send {:?}: {why}", name.as_str())),
-    };
-    let (size, sha256) = (open.info.size, open.info.sha256);
-    if offset > size {
-        let why = format!("cannot send {:?} from byte {offset}: it has {size} bytes", name.as_str());
-        return refuse(writer, from, why);
+    if let Some(s) = &serving
+        && requests > 0
+    {
+        info!("sent {:?} to {from}: {sent} bytes in {}", s.name(), count(requests, "request"));
     }
-    wire::send_msg(&mut writer, &FileReply::Header { size, sha256 })?;
-    let sent = send_body(&open.file, offset, size - offset, writer, shared)?;
-    info!("sent {:?} ({sent} bytes from byte {offset} of {size}) to {from}", name.as_str());
-    Ok(())
+    result
+}
+
+/// The content a connection is asking about, opened once for all its requests.
+struct Serving {
+    open: OpenFile,
+    geometry: Geometry,
+}
+
+impl Serving {
+    fn new(open: OpenFile) -> Serving {
+        Serving { geometry: Geometry::for_size(open.info.size), open }
+    }
+
+    fn name(&self) -> &str {
+        self.open.info.name.as_str()
+    }
+}
+
+/// A root as a person reads it: its first 8 hex digits.
+fn short(root: &Hash) -> String {
+    hex::encode(&root[..4])
 }
 
 /// Sends `len` bytes of `file` from byte `offset`, letting the kernel move them

@@ -1,5 +1,5 @@
-//! The shared folder: which files it holds, their hashes, and the only ways the peer
-//! reads or writes inside it.
+//! The shared folder: which files it holds, their roots (see [`crate::content`]), and
+//! the only ways the peer reads or writes inside it.
 //!
 //! A file is shared if and only if [`SharedFolder::open`] accepts it: a regular file
 //! whose real location is directly inside the folder. Listing and serving go through
@@ -7,11 +7,10 @@
 //! is not listed. The check is made on the opened file itself, not only on the path,
 //! so swapping a file for a symlink between a check and the open cannot escape.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::fs::{self, File, Metadata, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::net::SocketAddr;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -20,15 +19,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use log::debug;
 use rand::RngExt;
-use sha2::{Digest, Sha256};
 
-use super::partial::{self, Contribution};
+use super::partial::{self, InUse, Partial};
+use crate::content::merkle::{self, Hash};
 use crate::name::{ShareName, TEMP_PREFIX};
-use crate::wire::{self, FileInfo};
+use crate::wire::FileInfo;
 
-/// Read buffer for hashing: large enough that the hash, not the system calls, sets
-/// the pace.
-const HASH_BUF_LEN: usize = 1 << 20;
+/// Bytes of piece layers kept in memory for serving (each at most 128 KiB): a layer not
+/// kept is computed again, by hashing the file, when a downloader asks for it.
+const LAYER_CACHE_BYTES: usize = 32 << 20;
 
 /// Why a name cannot be opened as a shared file.
 #[derive(Debug)]
@@ -41,6 +40,8 @@ pub enum OpenError {
     Outside,
     /// Modified a moment ago: probably still being written.
     Unsettled,
+    /// Its content is no longer the one asked for: it changed since it was hashed.
+    Changed,
     /// Any other I/O error (permissions, ...).
     Io(io::Error),
 }
@@ -52,6 +53,7 @@ impl fmt::Display for OpenError {
             OpenError::NotRegular => f.write_str("not a regular file"),
             OpenError::Outside => f.write_str("it resolves outside the shared folder"),
             OpenError::Unsettled => f.write_str("it is still being written"),
+            OpenError::Changed => f.write_str("the file changed since it was registered"),
             OpenError::Io(e) => write!(f, "{e}"),
         }
     }
@@ -91,28 +93,64 @@ impl Stamp {
 pub struct SharedFolder {
     /// Canonical path: symlinks in the path to the folder itself are resolved once.
     root: PathBuf,
-    /// SHA-256 of each file by name, valid while its [`Stamp`] is unchanged, so a file
+    /// The root of each file by name, valid while its [`Stamp`] is unchanged, so a file
     /// is hashed once, not on every scan or request (nor on every start: the cache is
     /// kept in [`CACHE_FILE`]).
     hashes: Mutex<HashCache>,
-    /// Partial downloads being written now, by content hash.
-    partials: Arc<Mutex<HashSet<wire::Sha256>>>,
+    /// Piece layers computed lately, by root.
+    layers: Mutex<LayerCache>,
+    /// Partial downloads being written now, by root.
+    partials: InUse,
 }
 
 /// The hash cache and whether it changed since it was last saved.
 #[derive(Debug, Default)]
 struct HashCache {
-    map: HashMap<ShareName, (Stamp, wire::Sha256)>,
+    map: HashMap<ShareName, (Stamp, Hash)>,
+    /// A name that had each root when it was hashed: where to serve a root from. Checked
+    /// against `map` when used, so a stale entry costs a search, never a wrong file.
+    by_root: HashMap<Hash, ShareName>,
     dirty: bool,
 }
 
+/// Piece layers by root, the oldest dropped first past [`LAYER_CACHE_BYTES`].
+#[derive(Debug, Default)]
+struct LayerCache {
+    map: HashMap<Hash, Arc<Vec<Hash>>>,
+    order: VecDeque<Hash>,
+    bytes: usize,
+}
+
+impl LayerCache {
+    fn get(&self, root: &Hash) -> Option<Arc<Vec<Hash>>> {
+        self.map.get(root).cloned()
+    }
+
+    fn put(&mut self, root: Hash, layer: Arc<Vec<Hash>>) {
+        if layer.len() <= 1 || self.map.contains_key(&root) {
+            return; // a one-piece file's layer is its root: nothing to keep
+        }
+        self.bytes += layer.len() * 32;
+        self.map.insert(root, layer);
+        self.order.push_back(root);
+        while self.bytes > LAYER_CACHE_BYTES
+            && let Some(old) = self.order.pop_front()
+        {
+            if let Some(l) = self.map.remove(&old) {
+                self.bytes -= l.len() * 32;
+            }
+        }
+    }
+}
+
 /// The hash cache's file in the shared folder. Its name has the reserved prefix, so it
-/// is never listed or served. Each line: SHA-256 (hex), size, modification time
+/// is never listed or served. Each line: root (hex), size, modification time
 /// (seconds and nanoseconds since the epoch, or `-`), inode, name. An entry only
 /// counts while the file's size, time and inode all match, so a stale or damaged
 /// cache costs a re-hash, never a wrong hash.
 pub const CACHE_FILE: &str = ".peerdex-hashes";
-const CACHE_HEADER: &str = "peerdex hash cache v1";
+/// Version 1 held whole-file SHA-256s; they are not roots, so such a cache is ignored.
+const CACHE_HEADER: &str = "peerdex hash cache v2";
 
 impl HashCache {
     fn load(root: &Path) -> HashCache {
@@ -121,20 +159,21 @@ impl HashCache {
         if lines.next() != Some(CACHE_HEADER) {
             return HashCache::default();
         }
-        let map = lines.filter_map(parse_cache_line).collect();
-        HashCache { map, dirty: false }
+        let map: HashMap<ShareName, (Stamp, Hash)> = lines.filter_map(parse_cache_line).collect();
+        let by_root = map.iter().map(|(name, (_, root))| (*root, name.clone())).collect();
+        HashCache { map, by_root, dirty: false }
     }
 
     fn save(&mut self, folder: &SharedFolder) -> io::Result<()> {
         let mut text = String::with_capacity(self.map.len() * 128);
         text.push_str(CACHE_HEADER);
         text.push('\n');
-        for (name, (stamp, sha256)) in &self.map {
+        for (name, (stamp, root)) in &self.map {
             let time = match stamp.modified.map(|t| t.duration_since(UNIX_EPOCH)) {
                 Some(Ok(d)) => format!("{} {}", d.as_secs(), d.subsec_nanos()),
                 _ => "- -".to_owned(),
             };
-            let line = format!("{} {} {time} {} {name}\n", hex::encode(sha256), stamp.size, stamp.inode);
+            let line = format!("{} {} {time} {} {name}\n", hex::encode(root), stamp.size, stamp.inode);
             text.push_str(&line);
         }
         let mut temp = folder.create_temp()?;
@@ -145,9 +184,9 @@ impl HashCache {
     }
 }
 
-fn parse_cache_line(line: &str) -> Option<(ShareName, (Stamp, wire::Sha256))> {
+fn parse_cache_line(line: &str) -> Option<(ShareName, (Stamp, Hash))> {
     let mut fields = line.splitn(6, ' ');
-    let sha256 = hex::decode(fields.next()?).ok()?.try_into().ok()?;
+    let root = hex::decode(fields.next()?).ok()?.try_into().ok()?;
     let size = fields.next()?.parse().ok()?;
     let (secs, nanos) = (fields.next()?, fields.next()?);
     let modified = match (secs.parse::<u64>(), nanos.parse::<u32>()) {
@@ -156,15 +195,15 @@ fn parse_cache_line(line: &str) -> Option<(ShareName, (Stamp, wire::Sha256))> {
     };
     let inode = fields.next()?.parse().ok()?;
     let name = ShareName::parse(fields.next()?).ok()?;
-    Some((name, (Stamp { size, modified, inode }, sha256)))
+    Some((name, (Stamp { size, modified, inode }, root)))
 }
 
-/// An opened shared file with its size and hash.
+/// An opened shared file with its size and root.
 #[derive(Debug)]
 pub struct OpenFile {
     /// The file, positioned at its start.
     pub file: File,
-    /// Its name, size and SHA-256.
+    /// Its name, size and root.
     pub info: FileInfo,
 }
 
@@ -176,7 +215,7 @@ impl SharedFolder {
             return Err(io::Error::new(io::ErrorKind::NotADirectory, "not a directory"));
         }
         let hashes = Mutex::new(HashCache::load(&root));
-        Ok(SharedFolder { root, hashes, partials: Arc::default() })
+        Ok(SharedFolder { root, hashes, layers: Mutex::default(), partials: InUse::default() })
     }
 
     /// The folder's canonical path.
@@ -228,7 +267,7 @@ impl SharedFolder {
             handles.into_iter().flat_map(|h| h.join().expect("opening files does not panic")).collect()
         });
         files.sort_by(|a, b| a.name.cmp(&b.name));
-        let mut cache = self.hashes.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cache = lock(&self.hashes);
         let before = cache.map.len();
         cache.map.retain(|name, _| files.binary_search_by(|f| f.name.cmp(name)).is_ok());
         if cache.dirty || cache.map.len() != before {
@@ -241,7 +280,7 @@ impl SharedFolder {
         Ok((files, unsettled.into_inner()))
     }
 
-    /// Opens a shared file for reading, with its size and SHA-256 (from the cache when
+    /// Opens a shared file for reading, with its size and root (from the cache when
     /// the file is unchanged). Refuses anything that is not a regular file whose real
     /// location is directly in the folder.
     pub fn open(&self, name: &ShareName) -> Result<OpenFile, OpenError> {
@@ -262,7 +301,7 @@ impl SharedFolder {
             let flags = rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY;
             options.custom_flags(flags.bits() as i32);
         }
-        let mut file = options.open(&path)?;
+        let file = options.open(&path)?;
         let meta = file.metadata()?;
         if !meta.is_file() {
             return Err(OpenError::NotRegular);
@@ -279,16 +318,55 @@ impl SharedFolder {
         {
             return Err(OpenError::Unsettled);
         }
-        let sha256 = match cached {
-            Some(sha256) => sha256,
+        let root = match cached {
+            Some(root) => root,
             None => {
-                let sha256 = hash(&mut file)?;
-                file.rewind()?;
-                self.remember(name, stamp, sha256);
-                sha256
+                let tree = merkle::hash_file(&file, stamp.size)?;
+                self.remember(name, stamp, tree.root);
+                lock(&self.layers).put(tree.root, Arc::new(tree.layer));
+                tree.root
             }
         };
-        Ok(OpenFile { file, info: FileInfo { name: name.clone(), size: stamp.size, sha256 } })
+        Ok(OpenFile { file, info: FileInfo { name: name.clone(), size: stamp.size, root } })
+    }
+
+    /// Opens the shared file whose content has this root, for serving it. Its name is
+    /// known from the last hashing; the file is opened through [`SharedFolder::open`]
+    /// (all its checks) and must still have this root.
+    pub fn open_root(&self, root: &Hash) -> Result<OpenFile, OpenError> {
+        let known = {
+            let cache = lock(&self.hashes);
+            match cache.by_root.get(root) {
+                Some(name) if cache.map.get(name).is_some_and(|(_, r)| r == root) => Some(name.clone()),
+                _ => cache.map.iter().find(|(_, (_, r))| r == root).map(|(name, _)| name.clone()),
+            }
+        };
+        let name = known.ok_or(OpenError::NotFound)?;
+        let open = self.open(&name)?;
+        if open.info.root != *root {
+            return Err(OpenError::Changed);
+        }
+        Ok(open)
+    }
+
+    /// The piece layer of an open file: kept from its hashing, or computed again (and
+    /// checked against its root: a file changed since it was hashed is refused).
+    pub fn layer(&self, open: &OpenFile) -> Result<Arc<Vec<Hash>>, OpenError> {
+        let root = open.info.root;
+        if let Some(layer) = lock(&self.layers).get(&root) {
+            return Ok(layer);
+        }
+        let geometry = merkle::Geometry::for_size(open.info.size);
+        if geometry.pieces() == 1 {
+            return Ok(Arc::new(vec![root]));
+        }
+        let tree = merkle::hash_file(&open.file, open.info.size)?;
+        if tree.root != root {
+            return Err(OpenError::Changed);
+        }
+        let layer = Arc::new(tree.layer);
+        lock(&self.layers).put(root, Arc::clone(&layer));
+        Ok(layer)
     }
 
     /// The directory that really holds the opened `file`. On Linux this is read from
@@ -309,14 +387,15 @@ impl SharedFolder {
         Ok(real.parent().map(Path::to_path_buf).unwrap_or_default())
     }
 
-    fn cached(&self, name: &ShareName, stamp: Stamp) -> Option<wire::Sha256> {
-        let cache = self.hashes.lock().unwrap_or_else(PoisonError::into_inner);
-        cache.map.get(name).filter(|(s, _)| *s == stamp).map(|(_, sha)| *sha)
+    fn cached(&self, name: &ShareName, stamp: Stamp) -> Option<Hash> {
+        let cache = lock(&self.hashes);
+        cache.map.get(name).filter(|(s, _)| *s == stamp).map(|(_, root)| *root)
     }
 
-    fn remember(&self, name: &ShareName, stamp: Stamp, sha256: wire::Sha256) {
-        let mut cache = self.hashes.lock().unwrap_or_else(PoisonError::into_inner);
-        cache.map.insert(name.clone(), (stamp, sha256));
+    fn remember(&self, name: &ShareName, stamp: Stamp, root: Hash) {
+        let mut cache = lock(&self.hashes);
+        cache.map.insert(name.clone(), (stamp, root));
+        cache.by_root.insert(root, name.clone());
         cache.dirty = true;
     }
 
@@ -340,163 +419,72 @@ impl SharedFolder {
             return Err(OpenError::NotRegular);
         }
         fs::remove_file(&path)?;
-        let mut cache = self.hashes.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut cache = lock(&self.hashes);
         if cache.map.remove(name).is_some() {
             cache.dirty = true;
         }
         Ok(())
     }
 
-    /// Creates a new, empty temporary file in the folder for a download. It is removed
-    /// when dropped unless [`TempFile::commit`] gave it its final name.
+    /// Creates a new, empty temporary file in the folder. It is removed when dropped
+    /// unless it replaced its target.
     pub fn create_temp(&self) -> io::Result<TempFile> {
         let suffix: u64 = rand::rng().random();
         let path = self.root.join(format!("{TEMP_PREFIX}{suffix:016x}"));
         let file = OpenOptions::new().write(true).create_new(true).open(&path)?;
-        Ok(TempFile { path, file: Some(file), partial: None })
+        Ok(TempFile { path, file: Some(file) })
     }
 
-    /// The partial download of the content with hash `sha256`, kept in the folder as
-    /// `.peerdex-part-<sha256 in hex>` so that an interrupted download can be resumed,
-    /// and only with the same content (see [`super::partial`]). Created empty if there
-    /// is none. Returns it, positioned at its end, with the number of bytes it already
-    /// holds; or `None` if another download in this process is writing it now.
-    pub fn partial(&self, sha256: &wire::Sha256) -> io::Result<Option<(TempFile, u64)>> {
-        if !self.partials.lock().unwrap_or_else(PoisonError::into_inner).insert(*sha256) {
-            return Ok(None);
-        }
-        let claim = Claim { partials: Arc::clone(&self.partials), sha256: *sha256 };
-        let path = partial::data_path(&self.root, sha256);
-        let mut options = OpenOptions::new();
-        options.read(true).write(true).create(true);
-        #[cfg(unix)]
-        {
-            // Never follow a symlink planted under this name: we would write through it.
-            use std::os::unix::fs::OpenOptionsExt;
-            options.custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32);
-        }
-        let mut file = options.open(&path)?;
-        if !file.metadata()?.is_file() {
-            return Err(io::Error::other(format!("{} is not a regular file", path.display())));
-        }
-        let have = file.seek(SeekFrom::End(0))?;
-        let sources = partial::load_sources(&path, have);
-        let state = PartialState { _claim: claim, sources };
-        Ok(Some((TempFile { path, file: Some(file), partial: Some(state) }, have)))
+    /// The partial download of the content with root `root` and size `size`, claimed
+    /// for one download (see [`super::partial`]); `None` if another download in this
+    /// process is writing it now.
+    pub fn partial(&self, root: &Hash, size: u64) -> io::Result<Option<Partial>> {
+        Partial::open(&self.root, root, size, &self.partials)
+    }
+
+    /// Gives a complete, verified partial its name in the folder and records its root,
+    /// so it is not hashed again when it is shared. Never replaces an existing file:
+    /// if `name` exists, fails with `AlreadyExists` and the partial is kept.
+    pub fn commit(
+        &self,
+        partial: Partial,
+        name: &ShareName,
+        root: Hash,
+        layer: Arc<Vec<Hash>>,
+    ) -> io::Result<()> {
+        let meta = partial.commit(&self.root.join(name))?;
+        self.remember(name, Stamp::of(&meta), root);
+        lock(&self.layers).put(root, layer);
+        Ok(())
     }
 
     /// Deletes the oldest kept partial downloads not being written now, until `needed`
     /// bytes are freed or none is left. Returns (bytes freed, partials deleted).
     pub fn evict_partials(&self, needed: u64) -> io::Result<(u64, usize)> {
-        let in_use = self.partials.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let in_use = lock(&self.partials).clone();
         partial::evict(&self.root, needed, &in_use)
     }
 }
 
-/// A partial download being written, so that no other download in this process writes
-/// the same one; released when its [`TempFile`] goes.
-#[derive(Debug)]
-struct Claim {
-    partials: Arc<Mutex<HashSet<wire::Sha256>>>,
-    sha256: wire::Sha256,
-}
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        self.partials.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.sha256);
-    }
-}
-
-/// A download in progress: a temporary file in the shared folder, never listed or
-/// served (its name starts with [`TEMP_PREFIX`]), removed on drop unless committed.
+/// A temporary file in the shared folder (the hash cache being rewritten), never
+/// listed or served (its name starts with [`TEMP_PREFIX`]), removed on drop unless it
+/// replaced its target.
 #[derive(Debug)]
 pub struct TempFile {
     path: PathBuf,
     file: Option<File>,
-    /// For a partial download: its claim and the sources of its bytes.
-    partial: Option<PartialState>,
-}
-
-/// What a [`TempFile`] that is a partial download also holds.
-#[derive(Debug)]
-struct PartialState {
-    /// Its place in the folder's set of partials in use, given back when it goes.
-    _claim: Claim,
-    /// Which source sent which bytes, covering the file from byte 0.
-    sources: Vec<Contribution>,
 }
 
 impl TempFile {
     /// The open file, for writing.
     pub fn file(&mut self) -> &mut File {
-        self.file.as_mut().expect("the file is only taken by commit")
-    }
-
-    /// Where the bytes of a partial download came from, in order from byte 0.
-    pub fn sources(&self) -> &[Contribution] {
-        self.partial.as_ref().map_or(&[], |p| &p.sources)
-    }
-
-    /// Records that `from` sent the bytes `start..end` (a partial download).
-    pub fn record_source(&mut self, from: SocketAddr, start: u64, end: u64) {
-        if let Some(p) = &mut self.partial {
-            partial::record(&mut p.sources, from, start, end);
-        }
-    }
-
-    /// Leaves the file in the folder (a partial download, to be resumed later), with
-    /// the list of its sources, unless it is empty (nothing worth keeping) or not a
-    /// partial (a temporary under a random name could never be resumed): then it goes.
-    pub fn keep(mut self) {
-        let len = self.file.as_ref().and_then(|f| f.metadata().ok()).map_or(0, |m| m.len());
-        if len > 0 && self.partial.is_some() {
-            if let Some(p) = &self.partial
-                && let Err(e) = partial::save_sources(&self.path, &p.sources)
-            {
-                debug!("cannot record the sources of {}: {e}", self.path.display());
-            }
-            self.path = PathBuf::new();
-        }
-    }
-
-    /// Empties the file (a partial download that cannot be continued).
-    pub fn truncate(&mut self) -> io::Result<()> {
-        if let Some(p) = &mut self.partial {
-            p.sources.clear();
-        }
-        let file = self.file();
-        file.set_len(0)?;
-        file.rewind()?;
-        Ok(())
-    }
-
-    /// Closes the file and returns its stamp, for the hash cache.
-    fn close(&mut self) -> io::Result<Stamp> {
-        let mut file = self.file.take().expect("the temporary is closed once");
-        file.flush()?;
-        Ok(Stamp::of(&file.metadata()?))
-    }
-
-    /// Gives the verified temporary file its final name in `folder` and records its
-    /// hash, so it is not hashed again when it is shared. Never replaces an existing
-    /// file: if `name` exists, fails with `AlreadyExists` and the temporary is removed.
-    pub fn commit(mut self, folder: &SharedFolder, name: &ShareName, sha256: wire::Sha256) -> io::Result<()> {
-        let stamp = self.close()?;
-        let target = folder.root.join(name);
-        no_replace_rename(&self.path, &target)?;
-        if self.partial.is_some() {
-            // The data is renamed away; this removes the list of its sources.
-            let _ = partial::remove(&self.path);
-        }
-        self.path = PathBuf::new(); // nothing left to remove on drop
-        folder.remember(name, stamp, sha256);
-        Ok(())
+        self.file.as_mut().expect("the file is only taken by replace")
     }
 
     /// Renames the temporary file over `target`, replacing it: for peerdex's own files
-    /// only, never for a shared file (see [`TempFile::commit`]).
+    /// only, never for a shared file (see [`SharedFolder::commit`]).
     fn replace(mut self, target: &Path) -> io::Result<()> {
-        self.close()?;
+        self.file.take().expect("the temporary is closed once").flush()?;
         fs::rename(&self.path, target)?;
         self.path = PathBuf::new();
         Ok(())
@@ -510,7 +498,7 @@ impl TempFile {
 /// filesystem without it, a hard link (which also fails if the name exists) and an
 /// unlink of the old name do the same in two; on ext4 that unlink is the slowest part
 /// of a small download (about 0.3 ms), hence the first choice.
-fn no_replace_rename(from: &Path, to: &Path) -> io::Result<()> {
+pub(super) fn no_replace_rename(from: &Path, to: &Path) -> io::Result<()> {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     {
         use rustix::fs::{CWD, RenameFlags, renameat_with};
@@ -533,26 +521,14 @@ fn no_replace_rename(from: &Path, to: &Path) -> io::Result<()> {
 
 impl Drop for TempFile {
     fn drop(&mut self) {
-        // Unless it was given a name or kept, the temporary is removed, with the list of
-        // its sources.
         if !self.path.as_os_str().is_empty() {
-            let _ = partial::remove(&self.path);
+            let _ = fs::remove_file(&self.path);
         }
     }
 }
 
-/// SHA-256 of everything `r` yields.
-pub fn hash(r: &mut impl Read) -> io::Result<wire::Sha256> {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; HASH_BUF_LEN];
-    loop {
-        match r.read(&mut buf) {
-            Ok(0) => return Ok(hasher.finalize().into()),
-            Ok(n) => hasher.update(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]
@@ -586,7 +562,7 @@ mod tests {
         let a = folder.open(&name("a b.txt")).unwrap();
         assert_eq!(a.info.size, 5);
         assert_eq!(
-            hex::encode(a.info.sha256),
+            hex::encode(a.info.root),
             "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
         );
         assert!(matches!(folder.open(&name("sub")), Err(OpenError::NotRegular)));
@@ -603,10 +579,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let folder = SharedFolder::new(dir.path()).unwrap();
         fs::write(dir.path().join("f"), b"one").unwrap();
-        let first = folder.open(&name("f")).unwrap().info.sha256;
+        let first = folder.open(&name("f")).unwrap().info.root;
         fs::write(dir.path().join("f"), b"two!").unwrap();
         let second = folder.open(&name("f")).unwrap().info;
-        assert_ne!(first, second.sha256);
+        assert_ne!(first, second.root);
         assert_eq!(second.size, 4);
     }
 
@@ -615,17 +591,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let folder = SharedFolder::new(dir.path()).unwrap();
         fs::write(dir.path().join("taken"), b"original").unwrap();
-
-        let mut t = folder.create_temp().unwrap();
-        t.file().write_all(b"new").unwrap();
-        let err = t.commit(&folder, &name("taken"), [0; 32]).unwrap_err();
+        let tree = crate::content::Tree::of_bytes(b"new");
+        let complete = || {
+            let mut p = folder.partial(&tree.root, 3).unwrap().unwrap();
+            let have = crate::content::Bitfield::full(1);
+            p.start(&tree.layer, &have).unwrap();
+            partial::write_all_at(p.file(), b"new", 0).unwrap();
+            p.mark(0, &have).unwrap();
+            p
+        };
+        let layer = Arc::new(tree.layer.clone());
+        let err = folder.commit(complete(), &name("taken"), tree.root, Arc::clone(&layer)).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(fs::read(dir.path().join("taken")).unwrap(), b"original");
 
-        let mut t = folder.create_temp().unwrap();
-        t.file().write_all(b"new").unwrap();
-        t.commit(&folder, &name("fresh"), [0; 32]).unwrap();
+        folder.commit(complete(), &name("fresh"), tree.root, layer).unwrap();
         assert_eq!(fs::read(dir.path().join("fresh")).unwrap(), b"new");
+        assert_eq!(folder.open_root(&tree.root).unwrap().info.name.as_str(), "fresh");
 
         drop(folder.create_temp().unwrap());
         let left: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
@@ -645,19 +627,19 @@ mod tests {
         let cache = dir.path().join(CACHE_FILE);
         let text = fs::read_to_string(&cache).unwrap();
         assert!(text.starts_with(CACHE_HEADER));
-        let real = hex::encode(first[1].sha256);
+        let real = hex::encode(first[1].root);
         assert_eq!(first[1].name.as_str(), "kept");
         fs::write(&cache, text.replace(&real, &"ab".repeat(32))).unwrap();
         fs::write(dir.path().join("changed"), b"after, longer").unwrap();
 
         let second = SharedFolder::new(dir.path()).unwrap().scan().unwrap();
-        assert_eq!(second[1].sha256, [0xab; 32], "unchanged file: hash from the cache");
-        let fresh = hash(&mut &b"after, longer"[..]).unwrap();
-        assert_eq!(second[0].sha256, fresh, "changed file: hashed again");
+        assert_eq!(second[1].root, [0xab; 32], "unchanged file: hash from the cache");
+        let fresh = crate::content::Tree::of_bytes(b"after, longer").root;
+        assert_eq!(second[0].root, fresh, "changed file: hashed again");
 
         // A damaged cache is ignored, not trusted.
         fs::write(&cache, "garbage\n").unwrap();
         let third = SharedFolder::new(dir.path()).unwrap().scan().unwrap();
-        assert_eq!(third[1].sha256, first[1].sha256);
+        assert_eq!(third[1].root, first[1].root);
     }
 }

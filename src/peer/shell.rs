@@ -8,6 +8,7 @@
 use std::collections::{HashSet, VecDeque};
 use std::fmt::Display;
 use std::io::{self, BufRead, IsTerminal, Write};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
@@ -519,27 +520,16 @@ impl Peer {
         };
         let result = downloader.download(name, |note| match note {
             Note::SourceFailed { from, why, more } => {
-                let next = if more { "; trying the next peer" } else { "" };
+                let next = if more { "; going on with the other peers" } else { "" };
                 crate::errln!("error: cannot download {shown} from {from}: {}{next}", escape(&format!("{why:#}")));
             }
-            Note::Discarded { sources, restart } => {
-                let from: Vec<String> = sources.iter().map(ToString::to_string).collect();
-                let then = match restart {
-                    Some(addr) => format!("; starting again from byte 0 from {addr}"),
-                    None => String::new(),
-                };
+            Note::BadPiece { from, piece, more } => {
+                let next = if more { "; going on with the other peers" } else { "" };
                 crate::errln!(
-                    "error: cannot download {shown}: the file assembled from {} does not match its SHA-256; discarded{then}",
-                    from.join(" and ")
+                    "error: cannot download {shown} from {from}: piece {piece} failed its hash; nothing more is taken from it, and it goes to the back of the order for {} minutes{next}",
+                    PENALTY.as_secs() / 60
                 );
             }
-            Note::Wrong(c) => crate::errln!(
-                "note: downloading {shown}: the bytes {}-{} from {} were wrong; it goes to the back of the order for {} minutes",
-                c.start,
-                c.end.saturating_sub(1),
-                c.from.map_or("an earlier download".to_owned(), |a| a.to_string()),
-                PENALTY.as_secs() / 60
-            ),
         });
         let got = match result {
             Ok(got) => got,
@@ -553,11 +543,11 @@ impl Peer {
         } else {
             Ok(())
         };
-        let resumed = match got.resumed_at {
+        let resumed = match got.resumed {
             0 => String::new(),
-            at => format!(", resumed at byte {at}"),
+            n => format!(", {n} bytes of it already here"),
         };
-        crate::outln!("downloaded {name} ({} bytes) from {}{resumed}", got.info.size, got.from);
+        crate::outln!("downloaded {name} ({} bytes) {}{resumed}", got.info.size, from_sources(&got.sources));
         if let Err(e) = announced {
             self.fail(format!("downloaded {shown}, but the index was not updated: {e:#}"));
         }
@@ -584,6 +574,18 @@ fn report_failure(failed: &AtomicBool, why: impl Display) {
     failed.store(true, Ordering::SeqCst);
     // Errors can carry text from the network; the escaping is idempotent.
     crate::errln!("error: {}", escape(&why.to_string()));
+}
+
+/// Where a download came from: "from A", "from A and B (2 peers)", "from A, B, C and
+/// 2 more (5 peers)": up to three peers, the ones that sent the most first.
+fn from_sources(sources: &[(SocketAddr, u64)]) -> String {
+    let named: Vec<String> = sources.iter().take(3).map(|(addr, _)| addr.to_string()).collect();
+    match sources.len() {
+        0 => "from the partial download already here".to_owned(),
+        1 => format!("from {}", named[0]),
+        n @ (2 | 3) => format!("from {} and {} ({n} peers)", named[..n - 1].join(", "), named[n - 1]),
+        n => format!("from {} and {} more ({n} peers)", named.join(", "), n - 3),
+    }
 }
 
 /// "1 file", "2 files".

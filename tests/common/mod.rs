@@ -412,100 +412,135 @@ pub fn entries(dir: &Path) -> Vec<String> {
     names
 }
 
-/// How a [`fake_sender`] misbehaves after announcing the right size and hash.
+/// How a [`fake_sender`] misbehaves. It always answers `Layer` and `Have` truly (every
+/// piece of `content`); what it does with `Get` is the misbehaviour.
 #[derive(Clone, Copy, Debug)]
 pub enum Misbehaviour {
-    /// Sends the right number of bytes, one of them changed.
+    /// Sends the right number of bytes, one bit of the first piece it sends flipped.
     Corrupt,
     /// Sends one byte too few, then closes.
     Short,
     /// Sends ten bytes too many.
     Long,
-    /// Announces the file, then sends nothing and keeps the connection open.
+    /// Announces the pieces, then sends nothing and keeps the connection open.
     Silent,
-    /// Announces 2^63 bytes (with the content's hash) and sends the content.
+    /// Announces 2^63 bytes for the pieces asked and sends them.
     Huge,
     /// Claims to be idle and the fastest there is, then sends one byte every 200 ms.
     Drip,
-    /// Claims to be idle and the fastest there is, then sends 1 MiB of junk and closes.
+    /// Claims to be idle and the fastest there is, then sends junk of the right length.
     Junk,
     /// Refuses every request with this text.
     Refuse(&'static str),
+    /// Serves everything right, counting the bytes it sends in the returned counter.
+    Honest,
 }
 
-/// A file server that announces `content`'s size and SHA-256 for any name, then
-/// misbehaves; serves each connection on a thread of its own until the test ends.
-/// Returns its address.
+/// A file server (protocol version 2) for the content `content`, whatever root it is
+/// asked for, that misbehaves as `how` says; serves each connection on a thread of its
+/// own until the test ends. Returns its address.
 pub fn fake_sender(content: Vec<u8>, how: Misbehaviour) -> SocketAddr {
+    fake_sender_counted(content, how).0
+}
+
+/// [`fake_sender`], with the count of piece bytes it has sent.
+pub fn fake_sender_counted(
+    content: Vec<u8>,
+    how: Misbehaviour,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicU64>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let content = std::sync::Arc::new(content);
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counter = std::sync::Arc::clone(&sent);
     thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(s) = stream else { continue };
-            let content = std::sync::Arc::clone(&content);
-            thread::spawn(move || misbehave(s, &content, how));
+            let (content, sent) = (std::sync::Arc::clone(&content), std::sync::Arc::clone(&sent));
+            thread::spawn(move || misbehave(s, &content, how, &sent));
         }
     });
-    addr
+    (addr, counter)
 }
 
-fn misbehave(mut s: TcpStream, content: &[u8], how: Misbehaviour) {
+fn misbehave(mut s: TcpStream, content: &[u8], how: Misbehaviour, sent: &std::sync::atomic::AtomicU64) {
+    use peerdex::content::{Bitfield, Tree};
     use peerdex::wire::{FileReply, FileRequest};
-    let sha256 = peerdex::peer::folder::hash(&mut &content[..]).unwrap();
+    let tree = Tree::of_bytes(content);
     let mut r = s.try_clone().unwrap();
     if wire::server_handshake(&mut r, &mut s, Service::Files, 4096).is_err() {
         return;
     }
-    let offset = match wire::recv_msg(&mut r) {
-        Ok(FileRequest::Get { offset, .. }) => offset as usize,
-        Ok(FileRequest::Status) => {
-            // Idle and eager: a least-loaded downloader picks it; the liars also claim
-            // to be the fastest there is.
-            let rate = if matches!(how, Misbehaviour::Drip | Misbehaviour::Junk) { u64::MAX } else { 0 };
-            let _ = wire::send_msg(&mut s, &FileReply::Status { uploads: 0, bytes_per_sec: rate });
+    let mut corrupted = false;
+    while let Ok(request) = wire::recv_msg::<FileRequest>(&mut r) {
+        let (first, count) = match request {
+            FileRequest::Status => {
+                // Idle and eager: a least-loaded downloader picks it; the liars also
+                // claim to be the fastest there is.
+                let rate = if matches!(how, Misbehaviour::Drip | Misbehaviour::Junk) { u64::MAX } else { 0 };
+                let _ = wire::send_msg(&mut s, &FileReply::Status { uploads: 0, bytes_per_sec: rate });
+                continue;
+            }
+            _ if matches!(how, Misbehaviour::Refuse(_)) => {
+                let Misbehaviour::Refuse(why) = how else { unreachable!() };
+                let _ = wire::send_msg(&mut s, &FileReply::Error(why.into()));
+                continue;
+            }
+            FileRequest::Layer { .. } => {
+                let _ = wire::send_msg(&mut s, &FileReply::Layer(tree.layer.clone()));
+                continue;
+            }
+            FileRequest::Have { .. } => {
+                let _ = wire::send_msg(&mut s, &FileReply::Have(Bitfield::full(tree.geometry.pieces())));
+                continue;
+            }
+            FileRequest::Get { first, count, .. } => (first, count),
+        };
+        let range = tree.geometry.pieces_range(first, count);
+        let mut body = content[range.start as usize..range.end as usize].to_vec();
+        let len = match how {
+            Misbehaviour::Huge => 1 << 63,
+            _ => body.len() as u64,
+        };
+        if wire::send_msg(&mut s, &FileReply::Data { first, count, len }).is_err() {
             return;
         }
-        Err(_) => return,
-    };
-    if let Misbehaviour::Refuse(why) = how {
-        let _ = wire::send_msg(&mut s, &FileReply::Error(why.into()));
-        return;
-    }
-    let size = match how {
-        Misbehaviour::Huge => 1 << 63,
-        _ => content.len() as u64,
-    };
-    wire::send_msg(&mut s, &FileReply::Header { size, sha256 }).unwrap();
-    let mut body = content[offset.min(content.len())..].to_vec();
-    match how {
-        Misbehaviour::Silent => {
-            // Hold the connection open, silent, until the downloader gives up.
-            let _ = s.read(&mut [0u8; 1]);
-            return;
-        }
-        Misbehaviour::Drip => {
-            for b in body {
-                if s.write_all(&[b]).is_err() {
-                    return;
+        match how {
+            Misbehaviour::Silent => {
+                // Hold the connection open, silent, until the downloader gives up
+                // (reading what it sends, so that closing does not reset it).
+                let _ = std::io::copy(&mut r, &mut std::io::sink());
+                return;
+            }
+            Misbehaviour::Drip => {
+                for b in body {
+                    if s.write_all(&[b]).is_err() {
+                        return;
+                    }
+                    thread::sleep(Duration::from_millis(200)); // the attacker's pace, not a wait
                 }
-                thread::sleep(Duration::from_millis(200)); // the attacker's pace, not a wait
+                return;
             }
+            Misbehaviour::Junk => body.fill(0x5a),
+            Misbehaviour::Corrupt if !corrupted => {
+                corrupted = true;
+                if let Some(b) = body.first_mut() {
+                    *b ^= 1;
+                }
+            }
+            Misbehaviour::Short => {
+                body.pop();
+                let _ = s.write_all(&body);
+                return;
+            }
+            Misbehaviour::Long => body.extend_from_slice(&[0; 10]),
+            _ => {}
+        }
+        if s.write_all(&body).is_err() {
             return;
         }
-        Misbehaviour::Junk => body = vec![0x5a; (1 << 20).min(body.len())],
-        Misbehaviour::Corrupt => {
-            if let Some(b) = body.first_mut() {
-                *b ^= 1;
-            }
-        }
-        Misbehaviour::Short => {
-            body.pop();
-        }
-        Misbehaviour::Long => body.extend_from_slice(&[0; 10]),
-        Misbehaviour::Huge | Misbehaviour::Refuse(_) => {}
+        sent.fetch_add(body.len() as u64, std::sync::atomic::Ordering::SeqCst);
     }
-    let _ = s.write_all(&body);
 }
 
 /// A fake index server for one peer: shakes hands, then answers each request as
@@ -547,12 +582,12 @@ impl FakeIndex {
     }
 }
 
-/// A file's name, size and SHA-256, as the index knows it.
+/// A file's name, size and root, as the index knows it.
 pub fn info(name: &str, content: &[u8]) -> peerdex::wire::FileInfo {
     peerdex::wire::FileInfo {
         name: peerdex::name::ShareName::parse(name).unwrap(),
         size: content.len() as u64,
-        sha256: peerdex::peer::folder::hash(&mut &content[..]).unwrap(),
+        root: peerdex::content::Tree::of_bytes(content).root,
     }
 }
 

@@ -1,0 +1,662 @@
+//! The downloader: ask the index who shares a name, then fetch the file's pieces from
+//! all of them at once, each piece verified on arrival, into the shared folder.
+//!
+//! 1. The index names every peer that shares the name, each with its copy's size and
+//!    root. The content most of them share is taken (then the next, if none of its
+//!    sources can deliver it).
+//! 2. Up to [`MAX_SOURCES`] sources are used at once, penalized ones last; with more
+//!    candidates than that, the least loaded are chosen by asking them how busy they
+//!    are ([`PeerChoice`]), and the rest wait in reserve to replace sources that fail.
+//! 3. The piece layer comes from the first source that answers and is checked against
+//!    the root. Each source ([`source`]) is then kept a few runs of pieces ahead, more
+//!    for a faster one; the [`scheduler`] hands out runs, lowest first, and at the end
+//!    gives the last pieces to several sources, keeping the first copy that arrives.
+//! 4. Pieces are verified on a pool of hashing threads, one per core, written at their
+//!    offsets in the partial file, and recorded in its record of pieces
+//!    ([`super::partial`]), so that a resumed download fetches only what is missing.
+//! 5. When every piece is in, the file is given its name, never over an existing file.
+//!
+//! A source whose piece fails its hash is dropped at once and named: none of its
+//! unverified bytes is kept, and it goes to the back of the order for [`PENALTY`] (a
+//! piece that matched the layer is kept whoever sent it: it is provably right). A
+//! source that stalls (less than [`super::fileserver::MIN_PROGRESS`] bytes in a stall window while it owes
+//! some) or dies is dropped too; the others finish the file.
+
+mod scheduler;
+mod source;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io;
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, mpsc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use rand::seq::SliceRandom;
+
+use super::client::{IndexClient, unexpected};
+use super::fileserver::STALL_TIMEOUT;
+use super::folder::SharedFolder;
+use super::partial::{self, Partial};
+use crate::content::{Bitfield, Geometry, Hash, merkle};
+use crate::name::ShareName;
+use crate::net::{self, ConnectTimeouts, Timed, is_timeout};
+use crate::text::escape;
+use crate::wire::{self, FileInfo, FileReply, FileRequest, PeerHit, Reply, Request, Service};
+use scheduler::Scheduler;
+use source::End;
+
+/// How long to wait for a sending peer to accept the connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Downloads that run at once; more wait their turn in a queue. Browsers allow 6
+/// connections per host for the same reason: beyond a few, parallel transfers only
+/// contend (for the network, for the folder's directory lock) without finishing
+/// sooner, and each costs a thread.
+pub const MAX_PARALLEL_DOWNLOADS: usize = 4;
+
+/// Sources one download uses at once. Past a handful, more sources add connections
+/// and endgame duplicates rather than speed (aria2's default `--split` is 5).
+pub const MAX_SOURCES: usize = 8;
+
+/// How long a candidate has to answer "how busy are you?" before it is skipped.
+pub const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Most candidates asked how busy they are, in parallel, for one download.
+pub const STATUS_SAMPLE: usize = 16;
+
+/// How long a source that stalled or sent wrong bytes stays at the back of the order.
+pub const PENALTY: Duration = Duration::from_secs(10 * 60);
+
+/// How the downloader orders the peers that share a file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PeerChoice {
+    /// In random order (the original design).
+    Random,
+    /// Least busy first: fewest uploads running, then most recent throughput, ties
+    /// at random; peers that do not answer are skipped. Only asked when there are more
+    /// candidates than sources used at once.
+    LeastLoaded,
+}
+
+/// The downloader's limits; `Default` has the documented defaults.
+#[derive(Clone, Debug)]
+pub struct DownloadConfig {
+    /// See [`CONNECT_TIMEOUT`].
+    pub connect_timeout: Duration,
+    /// The stall window: a source must deliver [`super::fileserver::MIN_PROGRESS`] bytes within each
+    /// while it owes some, and its handshake within one ([`STALL_TIMEOUT`]).
+    pub read_timeout: Duration,
+    /// See [`MAX_PARALLEL_DOWNLOADS`].
+    pub max_parallel: usize,
+    /// See [`PeerChoice`].
+    pub choice: PeerChoice,
+}
+
+impl Default for DownloadConfig {
+    fn default() -> Self {
+        DownloadConfig {
+            connect_timeout: CONNECT_TIMEOUT,
+            read_timeout: STALL_TIMEOUT,
+            max_parallel: MAX_PARALLEL_DOWNLOADS,
+            choice: PeerChoice::LeastLoaded,
+        }
+    }
+}
+
+/// Sources that stalled or sent wrong bytes, each until its [`PENALTY`] is over. One
+/// per peer, shared by its downloads.
+#[derive(Debug, Default)]
+pub struct Penalties {
+    until: Mutex<HashMap<SocketAddr, Instant>>,
+}
+
+impl Penalties {
+    /// Sends `source` to the back of the order for [`PENALTY`].
+    pub fn penalize(&self, source: SocketAddr) {
+        let mut until = self.until.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        until.retain(|_, t| *t > now);
+        until.insert(source, now + PENALTY);
+    }
+
+    /// Is `source` at the back of the order now?
+    pub fn holds(&self, source: SocketAddr) -> bool {
+        let until = self.until.lock().unwrap_or_else(PoisonError::into_inner);
+        until.get(&source).is_some_and(|t| *t > Instant::now())
+    }
+}
+
+/// What a download has to say on its way, for the shell to print.
+#[derive(Debug)]
+pub enum Note {
+    /// A source failed; `more` if other sources go on (or wait to be tried).
+    SourceFailed {
+        /// The source.
+        from: SocketAddr,
+        /// Why.
+        why: anyhow::Error,
+        /// Whether another source is left.
+        more: bool,
+    },
+    /// A piece from this source failed its hash: the source is dropped from this
+    /// download and goes to the back of the order.
+    BadPiece {
+        /// The source.
+        from: SocketAddr,
+        /// The piece.
+        piece: u32,
+        /// Whether another source is left.
+        more: bool,
+    },
+}
+
+/// A completed download.
+#[derive(Debug)]
+pub struct Downloaded {
+    /// The file as it now is in the folder: name, size and root, verified.
+    pub info: FileInfo,
+    /// The peers that sent verified pieces, with how many bytes each, most first.
+    pub sources: Vec<(SocketAddr, u64)>,
+    /// Bytes that were already here from an interrupted attempt (0 if none).
+    pub resumed: u64,
+}
+
+/// Everything a download needs besides the name.
+pub struct Downloader<'a> {
+    /// The connection to the index.
+    pub index: &'a IndexClient,
+    /// The shared folder, where the file goes.
+    pub folder: &'a SharedFolder,
+    /// Limits and the peer choice.
+    pub config: &'a DownloadConfig,
+    /// Sources at the back of the order.
+    pub penalties: &'a Penalties,
+}
+
+impl Downloader<'_> {
+    /// Downloads `name` into the folder. `note` hears about each failed source as it
+    /// happens. Fails if the name exists in the folder (checked before anything is
+    /// fetched), if no peer shares it, or if every one fails.
+    pub fn download(&self, name: &ShareName, mut note: impl FnMut(Note)) -> anyhow::Result<Downloaded> {
+        if self.folder.contains(name) {
+            bail!("a file of that name is already in the shared folder (delete it first)");
+        }
+        let hits = match self.index.call(&Request::Lookup { name: name.clone() })? {
+            Reply::Peers(hits) => hits,
+            Reply::NoPeers => bail!("no registered peer shares it"),
+            Reply::Error(e) => bail!("the index server refused the lookup: {}", escape(&e)),
+            other => return Err(unexpected(&other).into()),
+        };
+        let tried = hits.len();
+        // Most-shared content first; a name's other contents come after, in case none
+        // of its sources can deliver it.
+        let mut contents: Vec<((u64, Hash), Vec<PeerHit>)> = Vec::new();
+        for hit in hits {
+            match contents.iter_mut().find(|(c, _)| *c == (hit.size, hit.root)) {
+                Some((_, group)) => group.push(hit),
+                None => contents.push(((hit.size, hit.root), vec![hit])),
+            }
+        }
+        contents.sort_by_key(|(_, group)| std::cmp::Reverse(group.len()));
+        let mut failure = None;
+        for ((size, root), group) in contents {
+            let candidates = self.order(name, group, &mut note);
+            match self.fetch(name, size, root, candidates, &mut note) {
+                Ok(done) => return Ok(done),
+                Err(Failed::Local(e)) => return Err(e),
+                Err(Failed::Sources(e)) => failure = Some(e),
+            }
+        }
+        Err(failure.unwrap_or_else(|| match tried {
+            1 => anyhow!("the only peer that shares it failed"),
+            n => anyhow!("all {n} peers that share it failed"),
+        }))
+    }
+
+    /// The candidates in the order to use them: see the module docs.
+    fn order(&self, name: &ShareName, mut hits: Vec<PeerHit>, note: &mut impl FnMut(Note)) -> Vec<PeerHit> {
+        hits.shuffle(&mut rand::rng());
+        // With no more candidates than sources used at once, all are used: asking them
+        // how busy they are would only cost a round trip.
+        if self.config.choice == PeerChoice::LeastLoaded && hits.len() > MAX_SOURCES {
+            // A popular file can have thousands of sharers: ask a random sample of them
+            // (one thread each); the others stay behind, in random order, as a reserve.
+            let reserve = hits.split_off(hits.len().min(STATUS_SAMPLE));
+            let (ranked, dead) = rank(hits, self.config);
+            let more = !ranked.is_empty() || !reserve.is_empty();
+            for (hit, why) in dead {
+                note(Note::SourceFailed { from: hit.addr, why, more });
+            }
+            if let Some((best, (uploads, rate))) = ranked.first() {
+                log::debug!(
+                    "downloading {:?}: {} has {uploads} uploads running, {rate} bytes/s recently; the least loaded of {} asked",
+                    name.as_str(),
+                    best.addr,
+                    ranked.len()
+                );
+            }
+            hits = ranked.into_iter().map(|(hit, _)| hit).chain(reserve).collect();
+        }
+        // A peer's own account of itself is a hint: a source that stalled or lied
+        // recently goes last, whatever it says.
+        let (mut fine, held): (Vec<PeerHit>, Vec<PeerHit>) =
+            hits.into_iter().partition(|h| !self.penalties.holds(h.addr));
+        fine.extend(held);
+        fine
+    }
+
+    /// Fetches the content (`size`, `root`) from `candidates` into its partial file and
+    /// gives it `name`.
+    fn fetch(
+        &self,
+        name: &ShareName,
+        size: u64,
+        root: Hash,
+        candidates: Vec<PeerHit>,
+        note: &mut impl FnMut(Note),
+    ) -> Result<Downloaded, Failed> {
+        let folder = self.folder;
+        let geometry = Geometry::for_size(size);
+        let partial = match folder.partial(&root, size) {
+            Ok(Some(partial)) => partial,
+            Ok(None) => return Err(Failed::Local(anyhow!("this peer is already downloading that content"))),
+            Err(e) => {
+                return Err(Failed::Local(
+                    anyhow!(e).context("cannot create a temporary file in the shared folder"),
+                ));
+            }
+        };
+        let (layer, have) = match partial.earlier() {
+            Some((layer, have)) => (Some(layer.clone()), have.clone()),
+            None if geometry.pieces() == 1 => (Some(vec![root]), Bitfield::empty(1)),
+            None => (None, Bitfield::empty(geometry.pieces())),
+        };
+        let resumed: u64 = have.ones().map(|i| geometry.piece(i).end - geometry.piece(i).start).sum();
+        self.make_room(name, size - resumed).map_err(Failed::Local)?;
+        let data =
+            partial.file().try_clone().context("cannot open the partial file").map_err(Failed::Local)?;
+
+        let workers = thread::available_parallelism().map_or(1, |n| n.get());
+        let (jobs, queue) = mpsc::sync_channel::<Job>(2 * workers);
+        let shared = Shared {
+            geometry,
+            root,
+            config: self.config,
+            layer: OnceLock::new(),
+            state: Mutex::new(State {
+                scheduler: Scheduler::new(&geometry, have),
+                partial,
+                sources: Vec::new(),
+                local: None,
+                spare: Vec::new(),
+            }),
+            changed: Condvar::new(),
+            stop: AtomicBool::new(false),
+            jobs: Mutex::new(Some(jobs)),
+            data,
+        };
+        if let Some(layer) = layer {
+            shared.set_layer(layer).map_err(Failed::Local)?;
+        }
+        if shared.lock().scheduler.is_complete() {
+            shared.stop.store(true, Ordering::SeqCst);
+        }
+
+        let (now, later) = candidates.split_at(candidates.len().min(MAX_SOURCES));
+        let shown = |hits: &[PeerHit]| hits.iter().map(|h| h.addr.to_string()).collect::<Vec<_>>().join(", ");
+        log::info!(
+            "downloading {:?} ({size} bytes) from {}: {}; in reserve: {}",
+            name.as_str(),
+            crate::text::count(now.len() as u64, "peer"),
+            shown(now),
+            if later.is_empty() { "none".to_owned() } else { shown(later) }
+        );
+        let mut reserve = candidates.into_iter();
+        let (ended, endings) = mpsc::channel::<(usize, End)>();
+        let queue = Mutex::new(queue);
+        let blamed = thread::scope(|scope| {
+            for _ in 0..workers {
+                scope.spawn(|| hash_pieces(&shared, &queue));
+            }
+            let start = |hit: PeerHit| {
+                let id = {
+                    let mut state = shared.lock();
+                    state.sources.push(SourceState {
+                        addr: hit.addr,
+                        pieces: 0,
+                        bytes: 0,
+                        bad: None,
+                        stream: None,
+                    });
+                    state.sources.len() - 1
+                };
+                let (shared, ended) = (&shared, ended.clone());
+                scope.spawn(move || {
+                    let end = source::run(shared, id, hit.addr);
+                    let _ = ended.send((id, end));
+                });
+            };
+            let mut running = 0;
+            let mut blamed = Vec::new();
+            if !shared.stopped() {
+                for hit in reserve.by_ref().take(MAX_SOURCES) {
+                    start(hit);
+                    running += 1;
+                }
+            }
+            while running > 0 {
+                let Ok((id, end)) = endings.recv_timeout(Duration::from_millis(200)) else {
+                    self.stop_when_done(&shared);
+                    continue;
+                };
+                running -= 1;
+                self.stop_when_done(&shared);
+                let (addr, bad) = {
+                    let state = shared.lock();
+                    (state.sources[id].addr, state.sources[id].bad)
+                };
+                let finished = shared.stopped();
+                // Replace a failed source from the reserve while pieces are missing.
+                if !finished && let Some(hit) = reserve.next() {
+                    start(hit);
+                    running += 1;
+                }
+                let more = running > 0 || reserve.len() > 0;
+                if let Some(piece) = bad {
+                    self.penalties.penalize(addr);
+                    note(Note::BadPiece { from: addr, piece, more });
+                    blamed.push(id);
+                    continue;
+                }
+                if let End::Failed { why, penalize } = end {
+                    if penalize {
+                        self.penalties.penalize(addr);
+                    }
+                    if !finished {
+                        note(Note::SourceFailed { from: addr, why, more });
+                    }
+                }
+            }
+            // No source left: the hashers finish what they hold, then stop.
+            shared.stop.store(true, Ordering::SeqCst);
+            shared.jobs.lock().unwrap_or_else(PoisonError::into_inner).take();
+            blamed
+        });
+
+        let Shared { state, layer, .. } = shared;
+        let state = state.into_inner().unwrap_or_else(PoisonError::into_inner);
+        // A bad piece still being checked when its source stopped is named now.
+        for (id, s) in state.sources.iter().enumerate() {
+            if let Some(piece) = s.bad
+                && !blamed.contains(&id)
+            {
+                self.penalties.penalize(s.addr);
+                note(Note::BadPiece { from: s.addr, piece, more: false });
+            }
+        }
+        if let Some(e) = state.local {
+            state.partial.discard();
+            return Err(Failed::Local(e));
+        }
+        if !state.scheduler.is_complete() {
+            let got = state.scheduler.have().count();
+            let pieces = geometry.pieces();
+            let kept = match got {
+                0 => String::new(),
+                n => format!(" ({n} of {pieces} pieces are kept, to resume from there)"),
+            };
+            let why = match state.sources.len() {
+                0 => anyhow!("no peer that shares it could be reached{kept}"),
+                1 => anyhow!("the only peer that shares it failed{kept}"),
+                n => anyhow!("all {n} peers that share it failed{kept}"),
+            };
+            return Err(Failed::Sources(why));
+        }
+        let layer = Arc::new(layer.into_inner().expect("a complete download had its layer"));
+        folder.commit(state.partial, name, root, layer).map_err(|e| {
+            Failed::Local(match e.kind() {
+                io::ErrorKind::AlreadyExists => {
+                    anyhow!("a file of that name appeared in the folder meanwhile; it was kept")
+                }
+                _ => anyhow!(e).context("cannot give the download its name"),
+            })
+        })?;
+        let mut sources: HashMap<SocketAddr, u64> = HashMap::new();
+        for s in &state.sources {
+            if s.pieces > 0 {
+                *sources.entry(s.addr).or_default() += s.bytes;
+            }
+        }
+        let mut sources: Vec<(SocketAddr, u64)> = sources.into_iter().collect();
+        sources.sort_by_key(|&(addr, bytes)| (std::cmp::Reverse(bytes), addr));
+        Ok(Downloaded { info: FileInfo { name: name.clone(), size, root }, sources, resumed })
+    }
+
+    /// When every piece is in: stops the sources, closing their connections so that
+    /// none waits on a duplicate it no longer needs.
+    fn stop_when_done(&self, shared: &Shared) {
+        let state = shared.lock();
+        if (state.scheduler.is_complete() || state.local.is_some())
+            && !shared.stop.swap(true, Ordering::SeqCst)
+        {
+            for s in &state.sources {
+                if let Some(stream) = &s.stream {
+                    let _ = stream.shutdown(Shutdown::Both);
+                }
+            }
+            drop(state);
+            shared.changed.notify_all();
+        }
+    }
+
+    /// Makes sure `needed` more bytes fit in the folder, deleting the oldest kept
+    /// partials if that is what it takes.
+    fn make_room(&self, name: &ShareName, needed: u64) -> anyhow::Result<()> {
+        let folder = self.folder;
+        let mut free = folder.free_space().unwrap_or(u64::MAX);
+        if needed > free
+            && let Ok((freed, n)) = folder.evict_partials(needed - free)
+            && n > 0
+        {
+            crate::errln!(
+                "note: deleted the {n} oldest partial downloads ({freed} bytes) to make room for {:?}",
+                name.as_str()
+            );
+            free = folder.free_space().unwrap_or(u64::MAX);
+        }
+        if needed > free {
+            bail!("it needs {needed} more bytes, more than the {free} bytes free in the shared folder");
+        }
+        Ok(())
+    }
+}
+
+/// How fetching one content failed.
+enum Failed {
+    /// Nothing to do with the sources (the folder, the disk): stop.
+    Local(anyhow::Error),
+    /// Every source failed: another content of the name may still be tried.
+    Sources(anyhow::Error),
+}
+
+/// What the threads of one download share.
+pub(super) struct Shared<'a> {
+    geometry: Geometry,
+    root: Hash,
+    config: &'a DownloadConfig,
+    /// The piece layer, checked against the root, once known.
+    layer: OnceLock<Vec<Hash>>,
+    state: Mutex<State>,
+    /// Signalled when a piece is verified or given back, or the download stops.
+    changed: Condvar,
+    /// Set when every piece is in, or on a local error.
+    stop: AtomicBool,
+    /// Pieces for the hashers (each source takes a copy); taken away at the end, so
+    /// that the hashers stop once the last source is gone.
+    jobs: Mutex<Option<mpsc::SyncSender<Job>>>,
+    /// The partial's data file, for writing verified pieces at their offsets.
+    data: File,
+}
+
+struct State {
+    scheduler: Scheduler,
+    partial: Partial,
+    sources: Vec<SourceState>,
+    /// A local error (writing to the folder) that stops the download.
+    local: Option<anyhow::Error>,
+    /// Piece buffers to reuse.
+    spare: Vec<Vec<u8>>,
+}
+
+struct SourceState {
+    addr: SocketAddr,
+    /// Verified pieces it sent, and their bytes.
+    pieces: u32,
+    bytes: u64,
+    /// The first piece it sent that failed its hash.
+    bad: Option<u32>,
+    /// Its connection, to close when the download ends.
+    stream: Option<TcpStream>,
+}
+
+/// A piece received, for a hasher to check.
+pub(super) struct Job {
+    piece: u32,
+    source: usize,
+    bytes: Vec<u8>,
+}
+
+impl Shared<'_> {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Sets the layer (already checked) unless another source did, and starts the
+    /// partial's record with it.
+    fn set_layer(&self, layer: Vec<Hash>) -> anyhow::Result<()> {
+        let mut state = self.lock();
+        if self.layer.get().is_none() {
+            let have = state.scheduler.have().clone();
+            state.partial.start(&layer, &have).context("cannot write the record of a partial download")?;
+            let _ = self.layer.set(layer);
+        }
+        drop(state);
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// A buffer for a piece.
+    fn buffer(&self) -> Vec<u8> {
+        self.lock().spare.pop().unwrap_or_default()
+    }
+
+    fn recycle(&self, buf: Vec<u8>) {
+        let mut state = self.lock();
+        if state.spare.len() < 16 {
+            state.spare.push(buf);
+        }
+    }
+
+    /// A sender of pieces to the hashers; `None` once the download is over.
+    fn jobs(&self) -> Option<mpsc::SyncSender<Job>> {
+        self.jobs.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+/// A hashing thread: checks each piece against the layer, writes a good one at its
+/// offset and records it; a bad one marks its source bad.
+fn hash_pieces(shared: &Shared, queue: &Mutex<mpsc::Receiver<Job>>) {
+    loop {
+        let job = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        let Ok(Job { piece, source, bytes }) = job else { return };
+        let layer = shared.layer.get().expect("pieces are requested only once the layer is known");
+        let good = merkle::piece_hash(&shared.geometry, &bytes) == layer[piece as usize];
+        let already = shared.lock().scheduler.have().get(piece);
+        let written = if good && !already {
+            partial::write_all_at(&shared.data, &bytes, shared.geometry.piece(piece).start)
+        } else {
+            Ok(())
+        };
+        let mut state = shared.lock();
+        state.scheduler.release(piece, source);
+        match written {
+            Err(e) => state.local = Some(anyhow!(e).context("cannot write to the shared folder")),
+            Ok(()) if !good => {
+                let s = &mut state.sources[source];
+                s.bad.get_or_insert(piece);
+                if let Some(stream) = &s.stream {
+                    let _ = stream.shutdown(Shutdown::Both);
+                }
+            }
+            Ok(()) if state.scheduler.done(piece) => {
+                state.sources[source].pieces += 1;
+                state.sources[source].bytes += bytes.len() as u64;
+                let have = state.scheduler.have().clone();
+                if let Err(e) = state.partial.mark(piece, &have) {
+                    log::debug!("cannot record piece {piece} of a partial download: {e}");
+                }
+            }
+            Ok(()) => {}
+        }
+        if state.spare.len() < 16 {
+            state.spare.push(bytes);
+        }
+        drop(state);
+        shared.changed.notify_all();
+    }
+}
+
+/// Asks every candidate how busy it is, in parallel. Returns those that answered,
+/// least loaded first (the order of `hits`, already random, breaks ties), each with
+/// its answer, and those that did not, with why.
+#[allow(clippy::type_complexity)]
+fn rank(
+    hits: Vec<PeerHit>,
+    config: &DownloadConfig,
+) -> (Vec<(PeerHit, (u32, u64))>, Vec<(PeerHit, anyhow::Error)>) {
+    let answers: Vec<anyhow::Result<Load>> = thread::scope(|scope| {
+        let asks: Vec<_> = hits.iter().map(|hit| scope.spawn(|| status(hit.addr, config))).collect();
+        asks.into_iter().map(|a| a.join().expect("asking does not panic")).collect()
+    });
+    let (mut ranked, mut dead) = (Vec::new(), Vec::new());
+    for (hit, answer) in hits.into_iter().zip(answers) {
+        match answer {
+            Ok(load) => ranked.push((hit, load)),
+            Err(e) => dead.push((hit, anyhow!("{e:#} (when asked how busy it is)"))),
+        }
+    }
+    // Fewest uploads first; among equals, the one that has been sending fastest.
+    ranked.sort_by_key(|(_, (uploads, rate))| (*uploads, std::cmp::Reverse(*rate)));
+    (ranked, dead)
+}
+
+/// One peer's answer to "how busy are you?": (uploads running, recent bytes per second).
+type Load = (u32, u64);
+
+/// Asks one peer how busy it is.
+fn status(addr: SocketAddr, config: &DownloadConfig) -> anyhow::Result<Load> {
+    let timeouts =
+        ConnectTimeouts { connect: STATUS_TIMEOUT.min(config.connect_timeout), io: STATUS_TIMEOUT };
+    let answer = net::connect(addr, Service::Files, timeouts).and_then(|stream| {
+        wire::send_msg(&mut &stream, &FileRequest::Status)?;
+        wire::recv_msg(&mut Timed::deadline(&stream, Instant::now() + STATUS_TIMEOUT))
+    });
+    let answer = answer.map_err(|e| match e.kind() {
+        _ if is_timeout(&e) => anyhow!("the peer sent nothing for {:.1} s", STATUS_TIMEOUT.as_secs_f64()),
+        io::ErrorKind::ConnectionRefused => anyhow!(e).context("cannot connect"),
+        _ => anyhow!(e),
+    })?;
+    match answer {
+        FileReply::Status { uploads, bytes_per_sec } => Ok((uploads, bytes_per_sec)),
+        FileReply::Error(e) => bail!("the peer refused: {}", escape(&e)),
+        _ => bail!("the peer answered something else"),
+    }
+}

@@ -1,0 +1,156 @@
+//! Which pieces to ask which source for: pure bookkeeping, no I/O.
+//!
+//! Pieces are handed out in runs of consecutive pieces (so that a request moves about
+//! [`RUN_BYTES`], and the file is written mostly in order), lowest first, each to one
+//! source at a time. A piece stays requested until it is verified or given back. When
+//! no piece is left unrequested, a source with nothing to do is given a piece another
+//! source is still sending (the endgame): whichever copy arrives first is kept, and
+//! the download ends without waiting for the slowest source.
+
+use crate::content::{Bitfield, Geometry};
+
+/// Bytes one request asks for, at most (but at least one piece): large enough that a
+/// request's overhead is nothing beside its bytes, small enough that several sources
+/// share even a small file.
+pub const RUN_BYTES: u64 = 1 << 20;
+
+/// The pieces still to fetch and who is fetching them.
+#[derive(Debug)]
+pub struct Scheduler {
+    have: Bitfield,
+    /// The sources each piece is requested from (or being checked from): one, or
+    /// several in the endgame.
+    requested: Vec<Vec<usize>>,
+    /// Pieces per run.
+    run: u32,
+}
+
+impl Scheduler {
+    /// A scheduler for a file cut as `geometry` of which `have` is already verified.
+    pub fn new(geometry: &Geometry, have: Bitfield) -> Scheduler {
+        let pieces = geometry.pieces();
+        // At least 16 runs a file, so that several sources share it.
+        let run = (RUN_BYTES / geometry.piece_len).min(u64::from(pieces / 16)).max(1) as u32;
+        Scheduler { requested: vec![Vec::new(); pieces as usize], have, run }
+    }
+
+    /// The verified pieces.
+    pub fn have(&self) -> &Bitfield {
+        &self.have
+    }
+
+    /// Is every piece verified?
+    pub fn is_complete(&self) -> bool {
+        self.have.is_full()
+    }
+
+    /// The next run for `source`, which holds `theirs`, as (first piece, count);
+    /// `None` if there is nothing this source can help with now. The run is counted as
+    /// requested from it until [`Scheduler::release`].
+    pub fn pick(&mut self, source: usize, theirs: &Bitfield) -> Option<(u32, u32)> {
+        let wanted = |i: u32| !self.have.get(i) && theirs.get(i);
+        let pieces = self.requested.len() as u32;
+        let fresh = |i: u32| wanted(i) && self.requested[i as usize].is_empty();
+        let (first, count) = match (0..pieces).find(|&i| fresh(i)) {
+            Some(first) => {
+                let mut count = 1;
+                while count < self.run && first + count < pieces && fresh(first + count) {
+                    count += 1;
+                }
+                (first, count)
+            }
+            None => {
+                // Endgame: the piece with the fewest sources on it, among those this
+                // source is not already sending.
+                let i = (0..pieces)
+                    .filter(|&i| wanted(i) && !self.requested[i as usize].contains(&source))
+                    .min_by_key(|&i| self.requested[i as usize].len())?;
+                (i, 1)
+            }
+        };
+        for i in first..first + count {
+            self.requested[i as usize].push(source);
+        }
+        Some((first, count))
+    }
+
+    /// `source`'s request for piece `i` is over (arrived and checked, or abandoned).
+    pub fn release(&mut self, i: u32, source: usize) {
+        if let Some(on) = self.requested.get_mut(i as usize)
+            && let Some(at) = on.iter().position(|&s| s == source)
+        {
+            on.swap_remove(at);
+        }
+    }
+
+    /// Piece `i` is verified and written. Returns whether it is new.
+    pub fn done(&mut self, i: u32) -> bool {
+        let new = !self.have.get(i);
+        self.have.set(i);
+        new
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::content::merkle::BLOCK_LEN;
+
+    fn geometry(pieces: u64) -> Geometry {
+        Geometry { size: pieces * BLOCK_LEN, piece_len: BLOCK_LEN }
+    }
+
+    #[test]
+    fn runs_go_to_sources_in_order_and_never_twice_until_the_endgame() {
+        let g = geometry(64); // runs of 4 pieces
+        let mut s = Scheduler::new(&g, Bitfield::empty(64));
+        let all = Bitfield::full(64);
+        let a: Vec<_> = (0..15).map(|_| s.pick(0, &all).unwrap()).collect();
+        assert_eq!(&a[..2], [(0, 4), (4, 4)]);
+        assert_eq!(s.pick(1, &all), Some((60, 4)), "the last fresh run");
+        // Everything is requested: the endgame hands out pieces another source has,
+        // never one this source is already sending.
+        assert_eq!(s.pick(1, &all), Some((0, 1)));
+        assert_eq!(s.pick(1, &all), Some((1, 1)));
+        for _ in 2..60 {
+            s.pick(1, &all).unwrap();
+        }
+        assert_eq!(s.pick(1, &all), None, "source 1 has every piece requested");
+        assert_eq!(s.pick(0, &all), Some((60, 1)), "source 0 duplicates source 1's run");
+        // A piece given back by everyone is fresh again and goes out as a run of its own.
+        s.release(61, 1);
+        assert_eq!(s.pick(2, &all), Some((61, 1)));
+    }
+
+    #[test]
+    fn a_source_is_asked_only_for_what_it_holds_and_done_pieces_are_skipped() {
+        let g = geometry(32); // runs of 2
+        let mut have = Bitfield::empty(32);
+        have.set(0);
+        let mut s = Scheduler::new(&g, have);
+        let mut theirs = Bitfield::empty(32);
+        for i in [0, 1, 2, 5] {
+            theirs.set(i);
+        }
+        assert_eq!(s.pick(0, &theirs), Some((1, 2)));
+        assert_eq!(s.pick(0, &theirs), Some((5, 1)));
+        // Nothing fresh left that it holds, and it is sending all of it.
+        assert_eq!(s.pick(0, &theirs), None);
+        assert_eq!(s.pick(1, &theirs), Some((1, 1)), "another source duplicates");
+        for i in 1..32 {
+            assert!(s.done(i));
+        }
+        assert!(!s.done(5), "a duplicate is not new");
+        assert!(s.is_complete());
+        assert_eq!(s.pick(2, &Bitfield::full(32)), None);
+    }
+
+    #[test]
+    fn a_one_piece_file_is_one_run() {
+        let g = Geometry::for_size(0);
+        let mut s = Scheduler::new(&g, Bitfield::empty(1));
+        assert_eq!(s.pick(0, &Bitfield::full(1)), Some((0, 1)));
+        assert_eq!(s.pick(0, &Bitfield::full(1)), None);
+        assert_eq!(s.pick(1, &Bitfield::full(1)), Some((0, 1)), "an endgame duplicate");
+    }
+}

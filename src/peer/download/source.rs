@@ -1,0 +1,334 @@
+//! One source of one download: a connection to a peer's file server that fetches the
+//! piece layer (if nobody has yet), asks which pieces the peer holds, and then keeps a
+//! few runs of pieces requested at once, more for a faster source, handing each piece
+//! as it arrives to the hashing threads.
+
+use std::io::{self, Read};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use anyhow::anyhow;
+
+use super::{DownloadConfig, Job, Shared};
+use crate::content::merkle;
+use crate::net::{self, ConnectTimeouts, is_timeout};
+use crate::peer::fileserver::MIN_PROGRESS;
+use crate::text::escape;
+use crate::wire::{self, FileReply, FileRequest, Service};
+
+/// Bytes kept requested from one source at first; then as many as it sends in
+/// [`DEPTH_WINDOW`], within [`MAX_DEPTH_BYTES`].
+const MIN_DEPTH_BYTES: u64 = 2 << 20;
+
+/// How far ahead a source is kept busy: about a round trip on a slow path plus the
+/// time to turn a request around, so that it never waits for our next request.
+const DEPTH_WINDOW: Duration = Duration::from_millis(100);
+
+/// The most bytes requested from one source at once.
+const MAX_DEPTH_BYTES: u64 = 32 << 20;
+
+/// How long a source with nothing to do waits before looking for work again (it is
+/// woken sooner when a piece is verified or given back).
+const IDLE_WAIT: Duration = Duration::from_millis(250);
+
+/// Why a source stopped.
+pub(super) enum End {
+    /// Every piece is in, or the download stopped: nothing is wrong with this source.
+    Finished,
+    /// It failed; `penalize` if it stalled, lied or sent bytes that are wrong.
+    Failed { why: anyhow::Error, penalize: bool },
+}
+
+impl<E: Into<anyhow::Error>> From<E> for End {
+    fn from(e: E) -> End {
+        End::Failed { why: e.into(), penalize: false }
+    }
+}
+
+fn penalized(why: anyhow::Error) -> End {
+    End::Failed { why, penalize: true }
+}
+
+/// Runs source number `id` at `addr` until the download is complete or the source
+/// fails. Requests it still had out are given back.
+pub(super) fn run(shared: &Shared, id: usize, addr: SocketAddr) -> End {
+    let mut inflight: Vec<(u32, u32)> = Vec::new();
+    let end = match fetch(shared, id, addr, &mut inflight) {
+        Ok(()) => End::Finished,
+        Err(end) => end,
+    };
+    let mut state = shared.lock();
+    for (first, count) in inflight {
+        for i in first..first + count {
+            state.scheduler.release(i, id);
+        }
+    }
+    drop(state);
+    shared.changed.notify_all();
+    end
+}
+
+fn fetch(shared: &Shared, id: usize, addr: SocketAddr, inflight: &mut Vec<(u32, u32)>) -> Result<(), End> {
+    let config = shared.config;
+    let stream = connect(addr, config)?;
+    let Some(jobs) = shared.jobs() else { return Ok(()) };
+    shared.lock().sources[id].stream = stream.try_clone().ok();
+    if shared.stopped() {
+        return Ok(()); // stopped while we connected: the stop could not reach us
+    }
+    let geometry = shared.geometry;
+    let mut pace = Pace::new(config.read_timeout);
+    let mut reader = Paced { stream: &stream, pace: &mut pace };
+    let root = shared.root;
+
+    // The piece layer, if nobody has it yet, and what this source holds.
+    let want_layer = shared.layer.get().is_none();
+    if want_layer {
+        wire::send_msg(&mut &stream, &FileRequest::Layer { root }).map_err(|e| refused(&e))?;
+    }
+    wire::send_msg(&mut &stream, &FileRequest::Have { root }).map_err(|e| refused(&e))?;
+    if want_layer {
+        match recv(&mut reader)? {
+            FileReply::Layer(layer) => {
+                if let Err(e) = merkle::check_layer(&geometry, &layer, &root) {
+                    return Err(penalized(anyhow!("{e}")));
+                }
+                if let Err(e) = shared.set_layer(layer) {
+                    return Err(End::Failed { why: e, penalize: false });
+                }
+            }
+            FileReply::Error(why) => return Err(refusal(&why)),
+            other => return Err(penalized(unexpected(&other, "its piece layer"))),
+        }
+    }
+    let theirs = match recv(&mut reader)? {
+        FileReply::Have(bits) if bits.len() == geometry.pieces() => bits,
+        FileReply::Have(bits) => {
+            return Err(penalized(anyhow!(
+                "it sent a bitfield of {} pieces, not {}",
+                bits.len(),
+                geometry.pieces()
+            )));
+        }
+        FileReply::Error(why) => return Err(refusal(&why)),
+        other => return Err(penalized(unexpected(&other, "which pieces it holds"))),
+    };
+    if shared.layer.get().is_none() {
+        // Another source is fetching the layer: wait for it (pieces cannot be checked
+        // without it).
+        let mut state = shared.lock();
+        while shared.layer.get().is_none() && !shared.stopped() {
+            state = shared.changed.wait_timeout(state, IDLE_WAIT).expect("no panics under the lock").0;
+        }
+        drop(state);
+        reader.pace.restart();
+    }
+
+    let started = Instant::now();
+    let mut received = 0u64;
+    loop {
+        if shared.stopped() || shared.lock().sources[id].bad.is_some() {
+            return Ok(());
+        }
+        // Keep the pipeline full: as many bytes as this source sends in DEPTH_WINDOW.
+        let rate = received as f64 / started.elapsed().as_secs_f64().max(0.001);
+        let depth = ((rate * DEPTH_WINDOW.as_secs_f64()) as u64).clamp(MIN_DEPTH_BYTES, MAX_DEPTH_BYTES);
+        let mut asked = inflight.iter().map(|&(f, c)| len_of(shared, f, c)).sum::<u64>();
+        while asked < depth || inflight.is_empty() {
+            let next = shared.lock().scheduler.pick(id, &theirs);
+            let Some((first, count)) = next else { break };
+            inflight.push((first, count));
+            asked += len_of(shared, first, count);
+            wire::send_msg(&mut &stream, &FileRequest::Get { root, first, count })
+                .map_err(|e| refused(&e))?;
+        }
+        if inflight.is_empty() {
+            // Nothing to ask for now: every missing piece is on its way from others.
+            let state = shared.lock();
+            if state.scheduler.is_complete() {
+                return Ok(());
+            }
+            drop(shared.changed.wait_timeout(state, IDLE_WAIT).expect("no panics under the lock"));
+            reader.pace.restart();
+            continue;
+        }
+        let (first, count) = inflight[0];
+        let want = len_of(shared, first, count);
+        match recv(&mut reader)? {
+            FileReply::Data { first: f, count: c, len } if (f, c, len) == (first, count, want) => {}
+            FileReply::Data { first: f, count: c, len } => {
+                return Err(penalized(anyhow!(
+                    "it sent {len} bytes of pieces {f}..{} when pieces {first}..{} ({want} bytes) were next",
+                    u64::from(f) + u64::from(c),
+                    first + count
+                )));
+            }
+            FileReply::Error(why) => return Err(refusal(&why)),
+            other => return Err(penalized(unexpected(&other, "pieces"))),
+        }
+        for i in first..first + count {
+            let r = geometry.piece(i);
+            let mut buf = shared.buffer();
+            buf.resize((r.end - r.start) as usize, 0);
+            if let Err(e) = reader.read_exact(&mut buf) {
+                shared.recycle(buf);
+                return Err(stopped_short(e, reader.pace));
+            }
+            received += buf.len() as u64;
+            // The piece leaves this source's hands: the hashers release it.
+            inflight[0] = (i + 1, first + count - i - 1);
+            if inflight[0].1 == 0 {
+                inflight.remove(0);
+            }
+            if jobs.send(Job { piece: i, source: id, bytes: buf }).is_err() {
+                return Ok(()); // the hashers stopped: so did the download
+            }
+        }
+    }
+}
+
+/// Bytes in the pieces `first..first + count`.
+fn len_of(shared: &Shared, first: u32, count: u32) -> u64 {
+    let r = shared.geometry.pieces_range(first, count);
+    r.end - r.start
+}
+
+fn connect(addr: SocketAddr, config: &DownloadConfig) -> Result<TcpStream, End> {
+    let timeouts = ConnectTimeouts { connect: config.connect_timeout, io: config.read_timeout };
+    net::connect(addr, Service::Files, timeouts).map_err(|e| {
+        let why = match e.kind() {
+            _ if is_timeout(&e) => silent(config.read_timeout),
+            io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable => anyhow!(e).context("cannot connect"),
+            _ => anyhow!(e),
+        };
+        End::Failed { why, penalize: false }
+    })
+}
+
+/// Receives one reply frame. A stall is the source's fault; anything else is a plain
+/// failure.
+fn recv(reader: &mut Paced) -> Result<FileReply, End> {
+    wire::recv_msg::<FileReply>(reader).map_err(|e| match e.kind() {
+        io::ErrorKind::InvalidData => penalized(anyhow!("it sent a malformed reply: {e}")),
+        _ => stopped_short(e, reader.pace),
+    })
+}
+
+/// The end for a read that failed: a stall (penalized), or the connection lost.
+fn stopped_short(e: io::Error, pace: &Pace) -> End {
+    match &pace.stalled {
+        Some(why) => penalized(anyhow!("{why}")),
+        None if is_timeout(&e) => penalized(silent(pace.window)),
+        None => refused(&e).into(),
+    }
+}
+
+/// What a failed read or write on a source's connection means to the user.
+fn refused(e: &io::Error) -> anyhow::Error {
+    use io::ErrorKind::*;
+    match e.kind() {
+        UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe => {
+            anyhow!("the peer closed the connection")
+        }
+        _ => anyhow!("the connection failed: {e}"),
+    }
+}
+
+fn refusal(why: &str) -> End {
+    anyhow!("the peer refused: {}", escape(why)).into()
+}
+
+fn unexpected(reply: &FileReply, wanted: &str) -> anyhow::Error {
+    let what = match reply {
+        FileReply::Layer(_) => "a piece layer",
+        FileReply::Have(_) => "a bitfield",
+        FileReply::Data { .. } => "pieces",
+        FileReply::Error(_) => "an error",
+        FileReply::Status { .. } => "a status",
+    };
+    anyhow!("it answered with {what} when asked for {wanted}")
+}
+
+/// The error for a source that sent nothing within the stall window.
+pub(super) fn silent(window: Duration) -> anyhow::Error {
+    anyhow!("the peer sent nothing for {:.1} s", window.as_secs_f64())
+}
+
+/// The stall rule: while it has requests to answer, a source must deliver at least
+/// [`MIN_PROGRESS`] bytes within every `window` (or everything asked, if less).
+struct Pace {
+    window: Duration,
+    /// When the current window started, and the bytes received by then.
+    start: Instant,
+    at_start: u64,
+    /// Bytes received in all.
+    got: u64,
+    /// Why the source was found stalled, once it was.
+    stalled: Option<String>,
+}
+
+impl Pace {
+    fn new(window: Duration) -> Pace {
+        Pace { window, start: Instant::now(), at_start: 0, got: 0, stalled: None }
+    }
+
+    /// The source was given nothing to do for a while: that time does not count.
+    fn restart(&mut self) {
+        (self.start, self.at_start) = (Instant::now(), self.got);
+    }
+
+    /// Before a read: the read timeout to use, or (as an error) why the source is
+    /// dropped (the window that just ended fell short).
+    fn next(&mut self) -> Result<Duration, String> {
+        let now = Instant::now();
+        let end = self.start + self.window;
+        if now < end {
+            return Ok(end - now);
+        }
+        let moved = self.got - self.at_start;
+        if moved < MIN_PROGRESS {
+            let secs = self.window.as_secs_f64();
+            return Err(match moved {
+                0 => format!("the peer sent nothing for {secs:.1} s"),
+                _ => format!(
+                    "the peer sent only {moved} bytes in {secs:.1} s (at least {MIN_PROGRESS} are needed)"
+                ),
+            });
+        }
+        (self.start, self.at_start) = (now, self.got);
+        Ok(self.window)
+    }
+}
+
+/// A socket reader held to a [`Pace`]. The last piece of a file can be shorter than
+/// [`MIN_PROGRESS`]: a source that sent all it was asked for by the end of a window
+/// is never in the wrong, because a read only waits while something is owed.
+struct Paced<'a> {
+    stream: &'a TcpStream,
+    pace: &'a mut Pace,
+}
+
+impl Read for Paced<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let timeout = match self.pace.next() {
+                Ok(t) => t,
+                Err(why) => {
+                    self.pace.stalled = Some(why.clone());
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, why));
+                }
+            };
+            self.stream.set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+            match (&mut &*self.stream).read(buf) {
+                Ok(n) => {
+                    self.pace.got += n as u64;
+                    return Ok(n);
+                }
+                Err(e) if is_timeout(&e) || e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! The conversation between a downloader and a peer's file server (protocol version
+//! 2): pipelined requests about one content, named by its root, each answered in order.
+//!
+//! ```text
+//! downloader                               file server
+//!    Hello(Files, version 2)    ------>
+//!                               <------    Welcome
+//!    Layer(root)                ------>
+//!    Have(root)                 ------>
+//!    Get(root, 0, 4)            ------>     (requests need not wait for answers)
+//!    Get(root, 4, 4)            ------>
+//!                               <------    Layer(hashes)
+//!                               <------    Have(bitfield)
+//!                               <------    Data { first: 0, count: 4, len }, then `len` raw bytes
+//!                               <------    Data { first: 4, count: 4, len }, then `len` raw bytes
+//! ```
+//!
+//! An `Error` answers one request and the connection goes on; a malformed frame closes
+//! it.
+
+use super::codec::{Dec, Enc};
+use super::{DecodeError, Message};
+use crate::content::{Bitfield, Hash};
+
+/// A downloader's request to a peer's file server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileRequest {
+    /// The piece layer of the content with this root. Answered by `Layer` or `Error`.
+    Layer {
+        /// The content's root.
+        root: Hash,
+    },
+    /// Which verified pieces of this content do you hold? Answered by `Have` (every
+    /// piece for a complete file) or `Error`.
+    Have {
+        /// The content's root.
+        root: Hash,
+    },
+    /// Send the pieces `first..first + count`. Answered by `Data` and their bytes, or
+    /// by `Error` (nothing follows).
+    Get {
+        /// The content's root.
+        root: Hash,
+        /// The first piece.
+        first: u32,
+        /// How many pieces, at least 1.
+        count: u32,
+    },
+    /// How busy are you? Answered by `Status`; needs no upload slot.
+    Status,
+}
+
+/// A file server's answer to one [`FileRequest`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileReply {
+    /// The piece layer: one hash per piece, in order.
+    Layer(Vec<Hash>),
+    /// The verified pieces held.
+    Have(Bitfield),
+    /// The pieces asked for follow: exactly `len` raw bytes after this frame, outside
+    /// any frame (so the kernel can copy them).
+    Data {
+        /// The first piece.
+        first: u32,
+        /// How many pieces.
+        count: u32,
+        /// Bytes that follow.
+        len: u64,
+    },
+    /// This request is refused; the text says why. The connection goes on.
+    Error(String),
+    /// The answer to `Status`.
+    Status {
+        /// Uploads running now (not counting this question).
+        uploads: u32,
+        /// Bytes per second sent over the last few seconds.
+        bytes_per_sec: u64,
+    },
+}
+
+/// The first byte of each [`FileRequest`].
+pub mod file_request_tag {
+    /// [`super::FileRequest::Layer`]
+    pub const LAYER: u8 = 0x11;
+    /// [`super::FileRequest::Have`]
+    pub const HAVE: u8 = 0x12;
+    /// [`super::FileRequest::Get`]
+    pub const GET: u8 = 0x13;
+    /// [`super::FileRequest::Status`]
+    pub const STATUS: u8 = 0x14;
+}
+
+/// The first byte of each [`FileReply`].
+pub mod file_reply_tag {
+    /// [`super::FileReply::Layer`]
+    pub const LAYER: u8 = 0x91;
+    /// [`super::FileReply::Have`]
+    pub const HAVE: u8 = 0x92;
+    /// [`super::FileReply::Data`]
+    pub const DATA: u8 = 0x93;
+    /// [`super::FileReply::Error`]
+    pub const ERROR: u8 = 0x94;
+    /// [`super::FileReply::Status`]
+    pub const STATUS: u8 = 0x95;
+}
+
+use file_reply_tag as rp;
+use file_request_tag as rq;
+
+impl Message for FileRequest {
+    fn encode(&self) -> Vec<u8> {
+        let mut e;
+        match self {
+            FileRequest::Layer { root } => {
+                e = Enc::new(rq::LAYER);
+                e.bytes(root);
+            }
+            FileRequest::Have { root } => {
+                e = Enc::new(rq::HAVE);
+                e.bytes(root);
+            }
+            FileRequest::Get { root, first, count } => {
+                e = Enc::new(rq::GET);
+                e.bytes(root).u32(*first).u32(*count);
+            }
+            FileRequest::Status => e = Enc::new(rq::STATUS),
+        }
+        e.done()
+    }
+    fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        let mut d = Dec(payload);
+        let msg = match d.u8()? {
+            rq::LAYER => FileRequest::Layer { root: d.array()? },
+            rq::HAVE => FileRequest::Have { root: d.array()? },
+            rq::GET => FileRequest::Get { root: d.array()?, first: d.u32()?, count: d.u32()? },
+            rq::STATUS => FileRequest::Status,
+            t => return Err(DecodeError::UnknownTag(t)),
+        };
+        d.finish(msg)
+    }
+}
+
+impl Message for FileReply {
+    fn encode(&self) -> Vec<u8> {
+        let mut e;
+        match self {
+            FileReply::Layer(hashes) => {
+                e = Enc::new(rp::LAYER);
+                e.list(hashes, |e, h| {
+                    e.bytes(h);
+                });
+            }
+            FileReply::Have(bits) => {
+                e = Enc::new(rp::HAVE);
+                e.u32(bits.len()).bytes(bits.as_bytes());
+            }
+            FileReply::Data { first, count, len } => {
+                e = Enc::new(rp::DATA);
+                e.u32(*first).u32(*count).u64(*len);
+            }
+            FileReply::Error(why) => {
+                e = Enc::new(rp::ERROR);
+                e.str(why);
+            }
+            FileReply::Status { uploads, bytes_per_sec } => {
+                e = Enc::new(rp::STATUS);
+                e.u32(*uploads).u64(*bytes_per_sec);
+            }
+        }
+        e.done()
+    }
+    fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
+        let mut d = Dec(payload);
+        let msg = match d.u8()? {
+            rp::LAYER => FileReply::Layer(d.list(32, Dec::array)?),
+            rp::HAVE => {
+                let len = d.u32()?;
+                let bytes = d.take((len as usize).div_ceil(8))?;
+                FileReply::Have(Bitfield::from_bytes(len, bytes).ok_or(DecodeError::BadBitfield)?)
+            }
+            rp::DATA => FileReply::Data { first: d.u32()?, count: d.u32()?, len: d.u64()? },
+            rp::ERROR => FileReply::Error(d.str()?),
+            rp::STATUS => FileReply::Status { uploads: d.u32()?, bytes_per_sec: d.u64()? },
+            t => return Err(DecodeError::UnknownTag(t)),
+        };
+        d.finish(msg)
+    }
+}
