@@ -201,7 +201,7 @@ fn junk_from_one_source_is_never_blamed_on_the_honest_one() {
     assert_eq!(
         err,
         format!(
-            "error: cannot download \"f.bin\" from {junk}: piece {piece} failed its hash; nothing more is taken from it, and it goes to the back of the order for 10 minutes"
+            "error: cannot download \"f.bin\" from {junk}: piece {piece} failed its hash; nothing it sent is kept, and it goes to the back of the order for 10 minutes"
         )
     );
     pb.expect(Stream::Err, "error: cannot download \"f.bin\": the only peer that shares it failed");

@@ -597,7 +597,7 @@ mod tests {
             let have = crate::content::Bitfield::full(1);
             p.start(&tree.layer, &have).unwrap();
             partial::write_all_at(p.file(), b"new", 0).unwrap();
-            p.mark(0, &have).unwrap();
+            p.record(0, &have).unwrap();
             p
         };
         let layer = Arc::new(tree.layer.clone());

@@ -182,11 +182,11 @@ impl Partial {
         Ok(())
     }
 
-    /// Records that piece `i` is verified and written, given every verified piece in
-    /// `have` (which holds `i`). Call with the bitfield's lock held, so that two pieces
-    /// sharing a byte cannot undo each other.
-    pub fn mark(&mut self, i: u32, have: &Bitfield) -> io::Result<()> {
-        self.holds_any = true;
+    /// Records whether piece `i` is verified and written, as `have` (every verified
+    /// piece) says. Call with the bitfield's lock held, so that two pieces sharing a
+    /// byte cannot undo each other.
+    pub fn record(&mut self, i: u32, have: &Bitfield) -> io::Result<()> {
+        self.holds_any = !have.is_empty();
         let Some(record) = &self.record else { return Ok(()) };
         let at = RECORD_MAGIC.len() as u64 + 12 + u64::from(have.len()) * 32 + u64::from(i / 8);
         write_all_at(record, &have.as_bytes()[(i / 8) as usize..=(i / 8) as usize], at)
@@ -365,7 +365,7 @@ mod tests {
             let r = tree.geometry.piece(i);
             write_all_at(p.file(), &bytes[r.start as usize..r.end as usize], r.start).unwrap();
             have.set(i);
-            p.mark(i, &have).unwrap();
+            p.record(i, &have).unwrap();
         }
         drop(p);
         // Piece 3 is damaged behind the record's back.

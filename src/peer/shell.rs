@@ -526,7 +526,7 @@ impl Peer {
             Note::BadPiece { from, piece, more } => {
                 let next = if more { "; going on with the other peers" } else { "" };
                 crate::errln!(
-                    "error: cannot download {shown} from {from}: piece {piece} failed its hash; nothing more is taken from it, and it goes to the back of the order for {} minutes{next}",
+                    "error: cannot download {shown} from {from}: piece {piece} failed its hash; nothing it sent is kept, and it goes to the back of the order for {} minutes{next}",
                     PENALTY.as_secs() / 60
                 );
             }

@@ -448,6 +448,46 @@ pub fn fake_sender_counted(
     content: Vec<u8>,
     how: Misbehaviour,
 ) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    fake_sender_gated(content, how, Gates::default())
+}
+
+/// A condition one thread waits for and another opens: lets a test order what two
+/// fake senders do without sleeping.
+#[derive(Clone, Debug, Default)]
+pub struct Gate(std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>);
+
+impl Gate {
+    pub fn open(&self) {
+        *self.0.0.lock().unwrap() = true;
+        self.0.1.notify_all();
+    }
+
+    pub fn wait(&self) {
+        let mut open = self.0.0.lock().unwrap();
+        while !*open {
+            open = self.0.1.wait(open).unwrap();
+        }
+    }
+}
+
+/// When a [`fake_sender_gated`] waits and what it signals.
+#[derive(Clone, Debug, Default)]
+pub struct Gates {
+    /// Sends no piece bytes until this opens.
+    pub before_data: Option<Gate>,
+    /// Opened once its first run of pieces is written to the socket.
+    pub after_first_data: Option<Gate>,
+    /// Sends pieces only below this byte; asked for more, it stops answering (the
+    /// connection stays open).
+    pub up_to: Option<u64>,
+}
+
+/// [`fake_sender_counted`], ordered by `gates`.
+pub fn fake_sender_gated(
+    content: Vec<u8>,
+    how: Misbehaviour,
+    gates: Gates,
+) -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicU64>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
     let content = std::sync::Arc::new(content);
@@ -456,14 +496,21 @@ pub fn fake_sender_counted(
     thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(s) = stream else { continue };
-            let (content, sent) = (std::sync::Arc::clone(&content), std::sync::Arc::clone(&sent));
-            thread::spawn(move || misbehave(s, &content, how, &sent));
+            let (content, sent, gates) =
+                (std::sync::Arc::clone(&content), std::sync::Arc::clone(&sent), gates.clone());
+            thread::spawn(move || misbehave(s, &content, how, &sent, &gates));
         }
     });
     (addr, counter)
 }
 
-fn misbehave(mut s: TcpStream, content: &[u8], how: Misbehaviour, sent: &std::sync::atomic::AtomicU64) {
+fn misbehave(
+    mut s: TcpStream,
+    content: &[u8],
+    how: Misbehaviour,
+    sent: &std::sync::atomic::AtomicU64,
+    gates: &Gates,
+) {
     use peerdex::content::{Bitfield, Tree};
     use peerdex::wire::{FileReply, FileRequest};
     let tree = Tree::of_bytes(content);
@@ -497,6 +544,13 @@ fn misbehave(mut s: TcpStream, content: &[u8], how: Misbehaviour, sent: &std::sy
             FileRequest::Get { first, count, .. } => (first, count),
         };
         let range = tree.geometry.pieces_range(first, count);
+        if gates.up_to.is_some_and(|end| range.end > end) {
+            let _ = std::io::copy(&mut r, &mut std::io::sink());
+            return;
+        }
+        if let Some(gate) = &gates.before_data {
+            gate.wait();
+        }
         let mut body = content[range.start as usize..range.end as usize].to_vec();
         let len = match how {
             Misbehaviour::Huge => 1 << 63,
@@ -540,6 +594,9 @@ fn misbehave(mut s: TcpStream, content: &[u8], how: Misbehaviour, sent: &std::sy
             return;
         }
         sent.fetch_add(body.len() as u64, std::sync::atomic::Ordering::SeqCst);
+        if let Some(gate) = &gates.after_first_data {
+            gate.open();
+        }
     }
 }
 

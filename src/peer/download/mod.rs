@@ -16,9 +16,10 @@
 //!    ([`super::partial`]), so that a resumed download fetches only what is missing.
 //! 5. When every piece is in, the file is given its name, never over an existing file.
 //!
-//! A source whose piece fails its hash is dropped at once and named: none of its
-//! unverified bytes is kept, and it goes to the back of the order for [`PENALTY`] (a
-//! piece that matched the layer is kept whoever sent it: it is provably right). A
+//! A source whose piece fails its hash is dropped at once and named; nothing it sent
+//! in this download is kept (even its pieces that matched are fetched again: a source
+//! caught lying is trusted with nothing), and it goes to the back of the order for
+//! [`PENALTY`]. A
 //! source that stalls (less than [`super::fileserver::MIN_PROGRESS`] bytes in a stall window while it owes
 //! some) or dies is dropped too; the others finish the file.
 
@@ -293,6 +294,7 @@ impl Downloader<'_> {
                 sources: Vec::new(),
                 local: None,
                 spare: Vec::new(),
+                sent_by: vec![None; geometry.pieces() as usize],
             }),
             changed: Condvar::new(),
             stop: AtomicBool::new(false),
@@ -510,6 +512,8 @@ struct State {
     local: Option<anyhow::Error>,
     /// Piece buffers to reuse.
     spare: Vec<Vec<u8>>,
+    /// Which source sent each piece verified in this download.
+    sent_by: Vec<Option<usize>>,
 }
 
 struct SourceState {
@@ -577,6 +581,13 @@ fn hash_pieces(shared: &Shared, queue: &Mutex<mpsc::Receiver<Job>>) {
     loop {
         let job = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
         let Ok(Job { piece, source, bytes }) = job else { return };
+        if shared.lock().sources[source].bad.is_some() {
+            // Nothing more is taken from a source caught sending a bad piece.
+            let mut state = shared.lock();
+            state.scheduler.release(piece, source);
+            state.spare.push(bytes);
+            continue;
+        }
         let layer = shared.layer.get().expect("pieces are requested only once the layer is known");
         let good = merkle::piece_hash(&shared.geometry, &bytes) == layer[piece as usize];
         let already = shared.lock().scheduler.have().get(piece);
@@ -595,12 +606,31 @@ fn hash_pieces(shared: &Shared, queue: &Mutex<mpsc::Receiver<Job>>) {
                 if let Some(stream) = &s.stream {
                     let _ = stream.shutdown(Shutdown::Both);
                 }
+                // Nothing it sent is kept, not even pieces that matched: a source caught
+                // lying is trusted with nothing. (Unless the file is already complete:
+                // then every piece is proven, and the lie changed nothing.)
+                if !shared.stopped() {
+                    let theirs: Vec<u32> = (0..state.sent_by.len() as u32)
+                        .filter(|&i| state.sent_by[i as usize] == Some(source))
+                        .collect();
+                    for i in theirs {
+                        state.sent_by[i as usize] = None;
+                        state.scheduler.undo(i);
+                        let have = state.scheduler.have().clone();
+                        if let Err(e) = state.partial.record(i, &have) {
+                            log::debug!("cannot record piece {i} of a partial download: {e}");
+                        }
+                    }
+                    let s = &mut state.sources[source];
+                    (s.pieces, s.bytes) = (0, 0);
+                }
             }
             Ok(()) if state.scheduler.done(piece) => {
                 state.sources[source].pieces += 1;
                 state.sources[source].bytes += bytes.len() as u64;
+                state.sent_by[piece as usize] = Some(source);
                 let have = state.scheduler.have().clone();
-                if let Err(e) = state.partial.mark(piece, &have) {
+                if let Err(e) = state.partial.record(piece, &have) {
                     log::debug!("cannot record piece {piece} of a partial download: {e}");
                 }
             }

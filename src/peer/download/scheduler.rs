@@ -83,6 +83,11 @@ impl Scheduler {
         }
     }
 
+    /// Piece `i` is to be fetched again (its source was caught lying).
+    pub fn undo(&mut self, i: u32) {
+        self.have.unset(i);
+    }
+
     /// Piece `i` is verified and written. Returns whether it is new.
     pub fn done(&mut self, i: u32) -> bool {
         let new = !self.have.get(i);
