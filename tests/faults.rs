@@ -103,23 +103,30 @@ fn helper_sender_sends_half_then_waits() {
     let (mut s, _) = listener.accept().unwrap();
     let mut r = s.try_clone().unwrap();
     wire::server_handshake(&mut r, &mut s, Service::Files, 4096).unwrap();
-    loop {
+    // It says it holds the first half (as a peer still downloading would), and sends
+    // what it is asked for of it.
+    let half = content.len() as u64 / 2;
+    let mut sent = 0;
+    while sent < half {
         match wire::recv_msg(&mut r).unwrap() {
             FileRequest::Status => unreachable!("one source: nobody asks"),
             FileRequest::Layer { .. } => {
                 wire::send_msg(&mut s, &FileReply::Layer(tree.layer.clone())).unwrap()
             }
             FileRequest::Have { .. } => {
-                wire::send_msg(&mut s, &FileReply::Have(Bitfield::full(tree.geometry.pieces()))).unwrap()
+                let mut have = Bitfield::empty(tree.geometry.pieces());
+                for i in (0..tree.geometry.pieces()).filter(|&i| tree.geometry.piece(i).end <= half) {
+                    have.set(i);
+                }
+                wire::send_msg(&mut s, &FileReply::Have(have)).unwrap()
             }
             FileRequest::Get { first, count, .. } => {
                 let range = tree.geometry.pieces_range(first, count);
-                if range.end > content.len() as u64 / 2 {
-                    break;
-                }
+                assert!(range.end <= half, "asked for pieces it does not hold");
                 let len = range.end - range.start;
                 wire::send_msg(&mut s, &FileReply::Data { first, count, len }).unwrap();
                 s.write_all(&content[range.start as usize..range.end as usize]).unwrap();
+                sent += len;
             }
         }
     }

@@ -240,7 +240,7 @@ fn text_from_the_network_never_reaches_the_terminal_raw() {
             let name = "evil\u{202e}txt.exe";
             chunk.extend((name.len() as u16).to_be_bytes());
             chunk.extend(name.as_bytes());
-            chunk.extend([0u8; 8 + 32 + 4]);
+            chunk.extend([0u8; 8 + 32 + 4 + 4]);
             Some(chunk)
         }
         _ => None,

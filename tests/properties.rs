@@ -92,17 +92,24 @@ fn request() -> impl Strategy<Value = Request> {
         share_name().prop_map(|name| Request::Lookup { name }),
         Just(Request::Ping),
         files().prop_map(|files| Request::Add { files }),
+        files().prop_map(|files| Request::Partial { files }),
     ]
 }
 
 fn reply() -> impl Strategy<Value = Reply> {
-    let entry = (file_info(), any::<u32>()).prop_map(|(f, peers)| ListEntry {
+    let entry = (file_info(), any::<u32>(), any::<u32>()).prop_map(|(f, peers, partial)| ListEntry {
         name: f.name,
         size: f.size,
         root: f.root,
         peers,
+        partial,
     });
-    let hit = (addr(), any::<u64>(), sha()).prop_map(|(addr, size, root)| PeerHit { addr, size, root });
+    let hit = (addr(), any::<u64>(), sha(), any::<bool>()).prop_map(|(addr, size, root, complete)| PeerHit {
+        addr,
+        size,
+        root,
+        complete,
+    });
     prop_oneof![
         any::<u32>().prop_map(|files| Reply::Done { files }),
         ".{0,100}".prop_map(Reply::Error),
@@ -187,7 +194,7 @@ proptest! {
     /// Arbitrary bytes behind each real tag, so that the decoders get past the first
     /// byte: counts, lengths and names all come from the noise.
     #[test]
-    fn arbitrary_bodies_behind_real_tags(tag in prop::sample::select(vec![1u8, 3, 4, 5, 6, 8, 0x81, 0x82, 0x83, 0x85, 0x11, 0x13, 0x91, 0x92, 0x93]),
+    fn arbitrary_bodies_behind_real_tags(tag in prop::sample::select(vec![1u8, 3, 4, 5, 6, 8, 0x0b, 0x81, 0x82, 0x83, 0x85, 0x11, 0x13, 0x91, 0x92, 0x93]),
                                          body in prop::collection::vec(any::<u8>(), 0..2048)) {
         let mut bytes = vec![tag];
         bytes.extend(body);
@@ -206,7 +213,7 @@ proptest! {
 /// allocated for them (the case that would otherwise ask for hundreds of gigabytes).
 #[test]
 fn huge_counts_allocate_nothing() {
-    for tag in [1u8, 3, 4, 8] {
+    for tag in [1u8, 3, 4, 8, 0x0b] {
         let mut bytes = vec![tag];
         if tag == 1 {
             bytes.extend([0, 9]);

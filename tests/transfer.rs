@@ -273,3 +273,65 @@ fn sizes_at_the_edges_of_blocks_and_pieces_arrive_whole() {
         assert!(same_file(&a.join(&name), &b.join(&name)), "{name} differs");
     }
 }
+
+/// A registered peer that is downloading a file offers the pieces it has verified:
+/// the index lists it as holding part of the file, its file server sends those pieces
+/// and refuses the others with a reason, and a third peer completes the file from it
+/// and a seeder that has only the other half.
+#[test]
+fn a_partial_holder_serves_its_verified_pieces_to_others() {
+    let ws = workspace();
+    let content = random_bytes(4 << 20); // 256 pieces of 16 KiB
+    let tree = Tree::of_bytes(&content);
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    // The first seeder has (serves) only the first half.
+    let first = Gates { up_to: Some(2 << 20), ..Gates::default() };
+    let (front, _) = fake_sender_gated(content.clone(), Misbehaviour::Honest, first);
+    let mut front_reg = register_fake(index_addr, front.port(), info("f.bin", &content));
+
+    let b = folder(ws.path(), "b", &[]);
+    let (mut pb, b_files) = peer_with(index_addr, &b, &["--read-timeout", "600"]);
+    pb.send("register");
+    pb.expect(Stream::Out, "registered 0 files");
+    pb.send("download f.bin");
+    wait_for("B to verify the first half", || recorded_pieces(&b, &tree.root) == Some(128));
+    assert_eq!(front_reg.call(&Request::Unregister), Reply::Done { files: 0 });
+
+    // B's file server: its pieces, and a reasoned refusal for the others.
+    let mut s = common::handshaken("127.0.0.2", b_files, Service::Files);
+    wire::send_msg(&mut s, &FileRequest::Have { root: tree.root }).unwrap();
+    match wire::recv_msg::<FileReply>(&mut s).unwrap() {
+        FileReply::Have(bits) => assert_eq!(bits.ones().collect::<Vec<_>>(), (0..128).collect::<Vec<_>>()),
+        other => panic!("{other:?}"),
+    }
+    wire::send_msg(&mut s, &FileRequest::Get { root: tree.root, first: 127, count: 2 }).unwrap();
+    assert_eq!(
+        wire::recv_msg::<FileReply>(&mut s).unwrap(),
+        FileReply::Error(
+            "cannot send pieces 127..129 of \"f.bin\": this peer holds 128 of its 256 pieces (it is downloading it)".into()
+        )
+    );
+    wire::send_msg(&mut s, &FileRequest::Get { root: tree.root, first: 0, count: 1 }).unwrap();
+    assert_eq!(
+        wire::recv_msg::<FileReply>(&mut s).unwrap(),
+        FileReply::Data { first: 0, count: 1, len: 16384 }
+    );
+    let mut piece = vec![0u8; 16384];
+    s.read_exact(&mut piece).unwrap();
+    assert!(piece == content[..16384]);
+
+    // A seeder of the second half only, and a third peer: the file comes whole from
+    // the two.
+    let second = Gates { from: Some(2 << 20), ..Gates::default() };
+    let (back, _) = fake_sender_gated(content.clone(), Misbehaviour::Honest, second);
+    let _back = register_fake(index_addr, back.port(), info("f.bin", &content));
+    let c = folder(ws.path(), "c", &[]);
+    let (mut pc, _) = Proc::peer(index_addr, &c);
+    assert_eq!(pc.list(""), ["f.bin\t4194304 bytes\t1 peer, 1 downloading"]);
+    pc.send("download f.bin");
+    let done = pc.expect(Stream::Out, "downloaded f.bin");
+    let (x, y) =
+        (format!("from {b_files} and {back} (2 peers)"), format!("from {back} and {b_files} (2 peers)"));
+    assert!(done.ends_with(&x) || done.ends_with(&y), "{done}");
+    assert!(fs::read(c.join("f.bin")).unwrap() == content);
+}

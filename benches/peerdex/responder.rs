@@ -18,7 +18,12 @@ pub fn run() {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     println!("listening on {}", listener.local_addr().unwrap());
     // The same reply the index server sends for a name one peer shares.
-    let hit = PeerHit { addr: SocketAddr::from(([127, 0, 0, 1], 10_000)), size: 1000, root: [7; 32] };
+    let hit = PeerHit {
+        addr: SocketAddr::from(([127, 0, 0, 1], 10_000)),
+        size: 1000,
+        root: [7; 32],
+        complete: true,
+    };
     let payload = Reply::Peers(vec![hit]).encode();
     let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
     frame.extend_from_slice(&payload);

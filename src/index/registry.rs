@@ -115,7 +115,17 @@ pub enum RegistryError {
         /// The limit.
         max: usize,
     },
+    /// More partial downloads announced than one peer may have.
+    TooManyPartials {
+        /// The limit ([`MAX_PARTIALS_PER_PEER`]).
+        max: usize,
+    },
 }
+
+/// Most partial downloads one peer may announce at once ([`Registry::announce_partial`]):
+/// a peer downloads 4 files at a time by default; 64 leaves room for a larger setting
+/// and costs the index a few kilobytes a peer at most.
+pub const MAX_PARTIALS_PER_PEER: usize = 64;
 
 impl fmt::Display for RegistryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -135,6 +145,9 @@ impl fmt::Display for RegistryError {
             ),
             RegistryError::IndexFull { max } => {
                 write!(f, "the index is full: it holds its limit of {max} files in all")
+            }
+            RegistryError::TooManyPartials { max } => {
+                write!(f, "more than the limit of {max} partial downloads per peer")
             }
         }
     }
@@ -389,6 +402,8 @@ struct Peer {
     id: PeerId,
     /// Its files, in the order it sent them (holders point into this list).
     files: Vec<FileInfo>,
+    /// The files it is downloading and holds in part (see [`Registry::announce_partial`]).
+    partials: Vec<FileInfo>,
 }
 
 /// The registry. See the module docs.
@@ -398,6 +413,9 @@ pub struct Registry {
     ids: Slab<SocketAddr>,
     by_name: Holdings,
     names: BTreeSet<ShareName>,
+    /// Peers holding part of a file under a name, with its size and root: a few per
+    /// download running, kept apart from the complete holders.
+    partials: HashMap<ShareName, Vec<PeerId>>,
     /// Files registered per client address ([`client_key`]); addresses with none are
     /// removed.
     per_ip: HashMap<IpAddr, usize>,
@@ -426,8 +444,61 @@ impl Registry {
         self.check(&files)?;
         let before = self.peers.get(&conn).map_or(0, |p| p.files.len());
         self.check_room(conn, before, files.len())?;
+        // Downloads running go on through a new registration: their partials stay.
+        let partials = self.peers.get(&conn).map(|p| p.partials.clone()).unwrap_or_default();
         self.remove(conn);
-        Ok(self.insert(conn, port, files))
+        let count = self.insert(conn, port, files);
+        if !partials.is_empty() {
+            self.announce_partial(conn, partials).expect("they were within the limits before");
+        }
+        Ok(count)
+    }
+
+    /// Records that the registered peer on `conn` holds part of each of `files` (it is
+    /// downloading them and serves the pieces it has verified), or gives a name it
+    /// already announced a new size and root. A name it shares whole is not a partial:
+    /// those are skipped. Ends for a name with [`Registry::add`] (the download is
+    /// complete) or [`Registry::delete`]. Returns how many files it shares whole.
+    pub fn announce_partial(
+        &mut self,
+        conn: SocketAddr,
+        files: Vec<FileInfo>,
+    ) -> Result<usize, RegistryError> {
+        self.check(&files)?;
+        let peer = self.peers.get(&conn).ok_or(RegistryError::NotRegistered)?;
+        let id = peer.id;
+        let shares = |f: &FileInfo| {
+            self.by_name.get(&f.name).is_some_and(|h| h.as_slice().iter().any(|h| h.peer == id))
+        };
+        let files: Vec<FileInfo> = files.into_iter().filter(|f| !shares(f)).collect();
+        let new = files.iter().filter(|f| !peer.partials.iter().any(|p| p.name == f.name)).count();
+        if peer.partials.len() + new > MAX_PARTIALS_PER_PEER {
+            return Err(RegistryError::TooManyPartials { max: MAX_PARTIALS_PER_PEER });
+        }
+        let peer = self.peers.get_mut(&conn).expect("checked above");
+        for f in files {
+            match peer.partials.iter_mut().find(|p| p.name == f.name) {
+                Some(p) => *p = f,
+                None => {
+                    self.partials.entry(f.name.clone()).or_default().push(id);
+                    peer.partials.push(f);
+                }
+            }
+        }
+        Ok(peer.files.len())
+    }
+
+    /// Forgets that the peer `id` (at `conn`) holds part of `name`, if it did.
+    fn end_partial(&mut self, conn: SocketAddr, id: PeerId, name: &ShareName) {
+        let Some(peer) = self.peers.get_mut(&conn) else { return };
+        let Some(at) = peer.partials.iter().position(|p| p.name == *name) else { return };
+        peer.partials.swap_remove(at);
+        if let Some(ids) = self.partials.get_mut(name) {
+            ids.retain(|&p| p != id);
+            if ids.is_empty() {
+                self.partials.remove(name);
+            }
+        }
     }
 
     /// Replaces a registered peer's file list. Returns how many files it now shares.
@@ -448,6 +519,9 @@ impl Registry {
             .filter(|f| self.by_name.get(&f.name).is_none_or(|h| !h.as_slice().iter().any(|h| h.peer == id)))
             .count();
         self.check_room(conn, have, have + fresh)?;
+        for f in &new {
+            self.end_partial(conn, id, &f.name); // a finished download
+        }
         let files = &mut self.peers.get_mut(&conn).expect("checked above").files;
         for mut f in new {
             match self.by_name.entry(f.name.clone()) {
@@ -476,8 +550,12 @@ impl Registry {
     /// Removes `names` from a registered peer's list; names it does not share are
     /// ignored, so a delete can be repeated. Returns how many files it now shares.
     pub fn delete(&mut self, conn: SocketAddr, names: &[ShareName]) -> Result<usize, RegistryError> {
-        let peer = self.peers.get_mut(&conn).ok_or(RegistryError::NotRegistered)?;
-        let (id, files) = (peer.id, &mut peer.files);
+        let id = self.peers.get(&conn).ok_or(RegistryError::NotRegistered)?.id;
+        for name in names {
+            self.end_partial(conn, id, name); // an abandoned download
+        }
+        let peer = self.peers.get_mut(&conn).expect("checked above");
+        let files = &mut peer.files;
         let before = files.len();
         for name in names {
             let Some(holders) = self.by_name.get_mut(name) else { continue };
@@ -505,7 +583,15 @@ impl Registry {
 
     /// Removes a registration if there is one (a disconnect). Returns whether there was.
     pub fn remove(&mut self, conn: SocketAddr) -> bool {
-        let Some(Peer { id, files, .. }) = self.peers.remove(&conn) else { return false };
+        let Some(Peer { id, files, partials, .. }) = self.peers.remove(&conn) else { return false };
+        for p in &partials {
+            if let Some(ids) = self.partials.get_mut(&p.name) {
+                ids.retain(|&i| i != id);
+                if ids.is_empty() {
+                    self.partials.remove(&p.name);
+                }
+            }
+        }
         for f in &files {
             if let Some(holders) = self.by_name.get_mut(&f.name)
                 && holders.remove(id)
@@ -535,10 +621,26 @@ impl Registry {
     }
 
     /// Every registered peer that shares `name`: the IP of its connection, its
-    /// file-server port, and its copy's size and hash.
+    /// file-server port, and its copy's size and root; then the peers that hold part
+    /// of it (`complete` false).
     pub fn lookup(&self, name: &ShareName) -> Vec<PeerHit> {
-        let Some(holders) = self.by_name.get(name) else { return Vec::new() };
-        holders.as_slice().iter().map(|h| self.hit(*h)).collect()
+        let mut hits: Vec<PeerHit> = match self.by_name.get(name) {
+            Some(holders) => holders.as_slice().iter().map(|h| self.hit(*h)).collect(),
+            None => Vec::new(),
+        };
+        if let Some(ids) = self.partials.get(name) {
+            hits.extend(ids.iter().filter_map(|&id| self.partial_hit(id, name)));
+        }
+        hits
+    }
+
+    /// A peer holding part of `name`, as a hit.
+    fn partial_hit(&self, id: PeerId, name: &ShareName) -> Option<PeerHit> {
+        let conn = self.ids[id as usize];
+        let peer = &self.peers[&conn];
+        let f = peer.partials.iter().find(|p| p.name == *name)?;
+        let addr = SocketAddr::new(conn.ip().to_canonical(), peer.port);
+        Some(PeerHit { addr, size: f.size, root: f.root, complete: false })
     }
 
     /// The peer address and file a holder points at.
@@ -548,13 +650,19 @@ impl Registry {
         let f = &peer.files[h.idx as usize];
         // `to_canonical`: an IPv4 peer seen through a dual-stack socket is reported as
         // plain IPv4, which every client can connect to.
-        PeerHit { addr: SocketAddr::new(conn.ip().to_canonical(), peer.port), size: f.size, root: f.root }
+        PeerHit {
+            addr: SocketAddr::new(conn.ip().to_canonical(), peer.port),
+            size: f.size,
+            root: f.root,
+            complete: true,
+        }
     }
 
     /// One page of the listing seen by the peer on `asker`: files shared by every other
     /// registered peer whose name matches `pattern`, in name order, starting after
-    /// `after`. A distinct (name, size, hash) is one entry with the number of peers
-    /// that share it.
+    /// `after`. A distinct (name, size, root) is one entry with the number of peers
+    /// that share it whole and of those that hold part of it (a name that only partial
+    /// holders have is not listed: nobody can complete it for sure).
     ///
     /// The page ends after `budget.names` names have been examined, or once
     /// `budget.time` has passed, or once about `budget.names` entries are found,
@@ -577,7 +685,7 @@ impl Registry {
         let started = Instant::now();
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
         let mut last: Option<&ShareName> = None;
-        let mut contents: Vec<(u64, [u8; 32])> = Vec::new();
+        let mut contents: Vec<(u64, [u8; 32], bool)> = Vec::new();
         for (seen, name) in self.names.range((start, Bound::Unbounded)).enumerate() {
             let out_of_time = seen % 16 == 15 && started.elapsed() >= budget.time;
             if seen == max || page.entries.len() >= max || out_of_time {
@@ -593,12 +701,21 @@ impl Registry {
             contents.clear();
             contents.extend(holders.as_slice().iter().filter(|h| Some(h.peer) != asker).map(|h| {
                 let f = self.hit(*h);
-                (f.size, f.root)
+                (f.size, f.root, true)
             }));
+            if let Some(ids) = self.partials.get(name) {
+                let partial =
+                    ids.iter().filter(|&&id| Some(id) != asker).filter_map(|&id| self.partial_hit(id, name));
+                contents.extend(partial.map(|f| (f.size, f.root, false)));
+            }
             contents.sort_unstable();
-            for group in contents.chunk_by(|a, b| a == b) {
-                let (size, root) = group[0];
-                page.entries.push(ListEntry { name: name.clone(), size, root, peers: group.len() as u32 });
+            for group in contents.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
+                let (size, root, _) = group[0];
+                let peers = group.iter().filter(|c| c.2).count() as u32;
+                if peers > 0 {
+                    let partial = group.len() as u32 - peers;
+                    page.entries.push(ListEntry { name: name.clone(), size, root, peers, partial });
+                }
             }
         }
         page
@@ -623,7 +740,7 @@ impl Registry {
         }
         let count = files.len();
         files.shrink_to_fit();
-        self.peers.insert(conn, Peer { port, id, files });
+        self.peers.insert(conn, Peer { port, id, files, partials: Vec::new() });
         self.count(conn, 0, count);
         count
     }
@@ -704,6 +821,13 @@ impl Registry {
         assert_eq!(indexed, entries, "no index entry without a file");
         assert_eq!(self.ids.len(), self.peers.len());
         assert_eq!(self.total, entries);
+        let announced: usize = self.peers.values().map(|p| p.partials.len()).sum();
+        assert_eq!(self.partials.values().map(Vec::len).sum::<usize>(), announced);
+        for (name, ids) in &self.partials {
+            for &id in ids {
+                assert!(self.peers[&self.ids[id as usize]].partials.iter().any(|p| p.name == *name));
+            }
+        }
         assert_eq!(self.per_ip, per_ip);
     }
 }
@@ -764,6 +888,56 @@ mod tests {
         r.register(addr(2), 2, vec![file("x", 2)]).unwrap();
         r.register(addr(3), 3, vec![file("x", 2)]).unwrap();
         assert_eq!(all(&r, addr(9)), [("x".into(), 1, 1), ("x".into(), 2, 2)]);
+    }
+
+    #[test]
+    fn partial_holders_are_found_counted_apart_and_end_when_complete() {
+        let mut r = Registry::default();
+        assert_eq!(r.announce_partial(addr(2), vec![file("x", 5)]), Err(RegistryError::NotRegistered));
+        r.register(addr(1), 1, vec![file("x", 5)]).unwrap();
+        r.register(addr(2), 2, vec![file("mine", 1)]).unwrap();
+        r.register(addr(3), 3, vec![]).unwrap();
+        assert_eq!(
+            r.announce_partial(addr(2), vec![file("x", 5), file("mine", 1)]),
+            Ok(1),
+            "a name it has whole is no partial"
+        );
+        r.assert_consistent();
+        let hits = r.lookup(&name("x"));
+        assert_eq!(
+            hits.iter().map(|h| (h.addr.port(), h.complete)).collect::<Vec<_>>(),
+            [(1, true), (2, false)]
+        );
+        assert!(r.lookup(&name("mine")).iter().all(|h| h.complete));
+        let page = r.list_page(
+            addr(3),
+            &Pattern::new("x"),
+            None,
+            PageBudget { names: 100, time: Duration::from_secs(1) },
+        );
+        assert_eq!((page.entries[0].peers, page.entries[0].partial), (1, 1));
+        // A new registration (or an update) keeps the download; the Add that ends it
+        // makes the peer a whole holder.
+        r.update(addr(2), vec![file("other", 1)]).unwrap();
+        assert_eq!(r.lookup(&name("x")).len(), 2);
+        r.add(addr(2), vec![file("x", 5)]).unwrap();
+        r.assert_consistent();
+        assert!(r.lookup(&name("x")).iter().all(|h| h.complete));
+        // Abandoned (Delete), or gone with its connection.
+        r.announce_partial(addr(3), vec![file("y", 9)]).unwrap();
+        r.delete(addr(3), &[name("y")]).unwrap();
+        assert!(r.lookup(&name("y")).is_empty());
+        r.announce_partial(addr(3), vec![file("y", 9)]).unwrap();
+        r.remove(addr(3));
+        r.assert_consistent();
+        assert!(r.lookup(&name("y")).is_empty());
+        // Bounded per peer.
+        let many: Vec<FileInfo> = (0..=MAX_PARTIALS_PER_PEER).map(|i| file(&format!("p{i}"), 1)).collect();
+        assert_eq!(
+            r.announce_partial(addr(1), many),
+            Err(RegistryError::TooManyPartials { max: MAX_PARTIALS_PER_PEER })
+        );
+        r.assert_consistent();
     }
 
     #[test]

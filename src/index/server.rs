@@ -362,6 +362,7 @@ impl<'a> Connection<'a> {
                     Request::Update { files } => done(index.update(conn, files)),
                     Request::Delete { names } => done(index.delete(conn, &names)),
                     Request::Add { files } => done(index.add(conn, files)),
+                    Request::Partial { files } => done(index.with(|r| r.announce_partial(conn, files))),
                     Request::Lookup { name } => {
                         let hits = index.lookup(&name);
                         if hits.is_empty() { Reply::NoPeers } else { Reply::Peers(hits) }
@@ -421,6 +422,7 @@ enum Summary {
     Update(Names),
     Delete(Names),
     Add(Names),
+    Partial(Names),
     Lookup(ShareName),
     Other(&'static str),
 }
@@ -451,6 +453,7 @@ impl Summary {
             Request::Update { files } => Summary::Update(Names::files(files)),
             Request::Delete { names } => Summary::Delete(Names::of(names.len(), names.iter())),
             Request::Add { files } => Summary::Add(Names::files(files)),
+            Request::Partial { files } => Summary::Partial(Names::files(files)),
             Request::Lookup { name } => Summary::Lookup(name.clone()),
             Request::List { .. } => Summary::Other("list"),
             Request::Ping => Summary::Other("ping"),
@@ -482,6 +485,7 @@ impl fmt::Display for Summary {
             Summary::Update(files) => write!(f, "update, {files}"),
             Summary::Delete(names) => write!(f, "delete {names}"),
             Summary::Add(files) => write!(f, "add {files}"),
+            Summary::Partial(files) => write!(f, "downloading {files}"),
             Summary::Lookup(name) => write!(f, "lookup {}", Clip(name.as_str())),
             Summary::Other(what) => f.write_str(what),
         }

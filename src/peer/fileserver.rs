@@ -19,7 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use log::info;
 
-use super::folder::{OpenFile, SharedFolder};
+use super::folder::{OpenFile, PartialView, SharedFolder};
 use crate::content::{Bitfield, Geometry, Hash};
 use crate::net::{self, ConnLimits, Full, Slot, Slots, Timed, close_gently, is_timeout};
 use crate::text::{count, escape};
@@ -149,26 +149,27 @@ fn handle(shared: &Shared, stream: &TcpStream, from: SocketAddr) -> io::Result<(
             }
             FileRequest::Layer { root } | FileRequest::Have { root } | FileRequest::Get { root, .. } => root,
         };
-        if serving.as_ref().is_none_or(|s| s.open.info.root != root) {
+        if serving.as_ref().is_none_or(|s| s.root != root) {
             match shared.folder.open_root(&root) {
-                Ok(open) => serving = Some(Serving::new(open)),
-                Err(why) => {
-                    refuse(writer, from, format!("cannot send the content {}: {why}", short(&root)))?;
-                    continue;
-                }
+                Ok(open) => serving = Some(Serving::complete(open)),
+                Err(why) => match shared.folder.offered(&root) {
+                    Some(view) => serving = Some(Serving::partial(root, view)),
+                    None => {
+                        refuse(writer, from, format!("cannot send the content {}: {why}", short(&root)))?;
+                        continue;
+                    }
+                },
             }
         }
         let s = serving.as_ref().expect("set above");
         match request {
-            FileRequest::Layer { .. } => match shared.folder.layer(&s.open) {
+            FileRequest::Layer { .. } => match s.layer(&shared.folder) {
                 Ok(layer) => wire::send_msg(&mut writer, &FileReply::Layer(layer.to_vec()))?,
                 Err(why) => {
                     refuse(writer, from, format!("cannot send the piece layer of {:?}: {why}", s.name()))?
                 }
             },
-            FileRequest::Have { .. } => {
-                wire::send_msg(&mut writer, &FileReply::Have(Bitfield::full(s.geometry.pieces())))?;
-            }
+            FileRequest::Have { .. } => wire::send_msg(&mut writer, &FileReply::Have(s.have()))?,
             FileRequest::Get { first, count, .. } => {
                 let pieces = s.geometry.pieces();
                 if count == 0 || first.checked_add(count).is_none_or(|end| end > pieces) {
@@ -179,6 +180,19 @@ fn handle(shared: &Shared, stream: &TcpStream, from: SocketAddr) -> io::Result<(
                     );
                     refuse(writer, from, why)?;
                     continue;
+                }
+                if let Some(view) = &s.partial {
+                    let held = view.have.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                    if !(first..first + count).all(|i| held.get(i)) {
+                        let why = format!(
+                            "cannot send pieces {first}..{} of {:?}: this peer holds {} of its {pieces} pieces (it is downloading it)",
+                            first + count,
+                            s.name(),
+                            held.count()
+                        );
+                        refuse(writer, from, why)?;
+                        continue;
+                    }
                 }
                 if upload.is_none() {
                     match shared.uploads.take(from.ip()) {
@@ -203,7 +217,7 @@ fn handle(shared: &Shared, stream: &TcpStream, from: SocketAddr) -> io::Result<(
                 let range = s.geometry.pieces_range(first, count);
                 let len = range.end - range.start;
                 wire::send_msg(&mut writer, &FileReply::Data { first, count, len })?;
-                let n = send_body(&s.open.file, range.start, len, writer, shared)?;
+                let n = send_body(s.file(), range.start, len, writer, shared)?;
                 requests += 1;
                 sent += n;
                 if n < len {
@@ -225,19 +239,57 @@ fn handle(shared: &Shared, stream: &TcpStream, from: SocketAddr) -> io::Result<(
     result
 }
 
-/// The content a connection is asking about, opened once for all its requests.
+/// The content a connection is asking about, opened once for all its requests: a
+/// shared file, or a partial download whose verified pieces are on offer.
 struct Serving {
-    open: OpenFile,
+    root: Hash,
     geometry: Geometry,
+    open: Option<OpenFile>,
+    partial: Option<Arc<PartialView>>,
 }
 
 impl Serving {
-    fn new(open: OpenFile) -> Serving {
-        Serving { geometry: Geometry::for_size(open.info.size), open }
+    fn complete(open: OpenFile) -> Serving {
+        let geometry = Geometry::for_size(open.info.size);
+        Serving { root: open.info.root, geometry, open: Some(open), partial: None }
+    }
+
+    fn partial(root: Hash, view: Arc<PartialView>) -> Serving {
+        Serving { root, geometry: view.geometry, open: None, partial: Some(view) }
     }
 
     fn name(&self) -> &str {
-        self.open.info.name.as_str()
+        match (&self.open, &self.partial) {
+            (Some(open), _) => open.info.name.as_str(),
+            (None, Some(view)) => view.name.as_str(),
+            (None, None) => unreachable!("a Serving is one or the other"),
+        }
+    }
+
+    fn file(&self) -> &File {
+        match (&self.open, &self.partial) {
+            (Some(open), _) => &open.file,
+            (None, Some(view)) => &view.file,
+            (None, None) => unreachable!("a Serving is one or the other"),
+        }
+    }
+
+    /// The verified pieces here: all of a shared file.
+    fn have(&self) -> Bitfield {
+        match &self.partial {
+            Some(view) => view.have.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+            None => Bitfield::full(self.geometry.pieces()),
+        }
+    }
+
+    fn layer(&self, folder: &SharedFolder) -> Result<Arc<Vec<Hash>>, String> {
+        match (&self.open, &self.partial) {
+            (Some(open), _) => folder.layer(open).map_err(|e| e.to_string()),
+            (None, Some(view)) => {
+                view.layer.get().cloned().ok_or_else(|| "this peer does not have it yet".to_owned())
+            }
+            (None, None) => unreachable!("a Serving is one or the other"),
+        }
     }
 }
 

@@ -101,6 +101,23 @@ pub struct SharedFolder {
     layers: Mutex<LayerCache>,
     /// Partial downloads being written now, by root.
     partials: InUse,
+    /// Those of them whose verified pieces are offered to other peers, by root.
+    offered: Mutex<HashMap<Hash, Arc<PartialView>>>,
+}
+
+/// A partial download as the file server sees it: what it may serve of it.
+#[derive(Debug)]
+pub struct PartialView {
+    /// The name it is downloaded under.
+    pub name: ShareName,
+    /// How the file is cut.
+    pub geometry: merkle::Geometry,
+    /// The partial data file, for reading verified pieces.
+    pub file: File,
+    /// The piece layer, once known.
+    pub layer: std::sync::OnceLock<Arc<Vec<Hash>>>,
+    /// The verified pieces, kept up to date by the download.
+    pub have: Mutex<crate::content::Bitfield>,
 }
 
 /// The hash cache and whether it changed since it was last saved.
@@ -215,7 +232,13 @@ impl SharedFolder {
             return Err(io::Error::new(io::ErrorKind::NotADirectory, "not a directory"));
         }
         let hashes = Mutex::new(HashCache::load(&root));
-        Ok(SharedFolder { root, hashes, layers: Mutex::default(), partials: InUse::default() })
+        Ok(SharedFolder {
+            root,
+            hashes,
+            layers: Mutex::default(),
+            partials: InUse::default(),
+            offered: Mutex::default(),
+        })
     }
 
     /// The folder's canonical path.
@@ -456,6 +479,22 @@ impl SharedFolder {
         self.remember(name, Stamp::of(&meta), root);
         lock(&self.layers).put(root, layer);
         Ok(())
+    }
+
+    /// Offers the verified pieces of the partial download of `root` to other peers,
+    /// until [`SharedFolder::withdraw`].
+    pub fn offer(&self, root: Hash, view: Arc<PartialView>) {
+        lock(&self.offered).insert(root, view);
+    }
+
+    /// Stops offering the partial download of `root`.
+    pub fn withdraw(&self, root: &Hash) {
+        lock(&self.offered).remove(root);
+    }
+
+    /// The partial download of `root` on offer, if any.
+    pub fn offered(&self, root: &Hash) -> Option<Arc<PartialView>> {
+        lock(&self.offered).get(root).cloned()
     }
 
     /// Deletes the oldest kept partial downloads not being written now, until `needed`

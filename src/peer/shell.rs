@@ -356,7 +356,13 @@ impl Shell {
                 let mut out = io::stdout().lock();
                 let listed = peer.index.list(&pattern, limit, |e| {
                     shown += 1;
-                    let _ = writeln!(out, "{}\t{} bytes\t{}", e.name, e.size, count(e.peers, "peer"));
+                    // Peers downloading it too, when there are any: they serve what they have.
+                    let partial = match e.partial {
+                        0 => String::new(),
+                        n => format!(", {n} downloading"),
+                    };
+                    let _ =
+                        writeln!(out, "{}\t{} bytes\t{}{partial}", e.name, e.size, count(e.peers, "peer"));
                 });
                 let truncated = listed
                     .context("get_files_list failed")?
@@ -517,6 +523,10 @@ impl Peer {
             folder: &self.folder,
             config: &self.downloads,
             penalties: &self.penalties,
+            me: self
+                .registered
+                .load(Ordering::SeqCst)
+                .then(|| SocketAddr::new(self.index.local_ip(), self.port)),
         };
         let result = downloader.download(name, |note| match note {
             Note::SourceFailed { from, why, more } => {

@@ -27,8 +27,11 @@ pub struct ListEntry {
     pub size: u64,
     /// The content's root ([`crate::content::merkle`]).
     pub root: Hash,
-    /// How many registered peers (other than the asker) share this name with this content.
+    /// How many registered peers (other than the asker) share this name with this
+    /// content, whole.
     pub peers: u32,
+    /// How many more hold part of it (they are downloading it).
+    pub partial: u32,
 }
 
 /// One peer that shares a looked-up name.
@@ -41,6 +44,9 @@ pub struct PeerHit {
     pub size: u64,
     /// The root of that peer's copy.
     pub root: Hash,
+    /// Whether it has the whole file; if not, it is downloading it and serves the
+    /// pieces it has verified.
+    pub complete: bool,
 }
 
 /// A request from a peer to the index server.
@@ -97,6 +103,13 @@ pub enum Request {
     Proof {
         /// HMAC-SHA256 of the challenge, keyed by the password-derived key.
         proof: Sha256,
+    },
+    /// This registered peer holds part of these files: it is downloading them, and
+    /// serves the pieces it has verified. Ends with `Add` (complete) or `Delete`
+    /// (abandoned). Answered by `Done` or `Error`.
+    Partial {
+        /// The files being downloaded.
+        files: Vec<FileInfo>,
     },
 }
 
@@ -158,6 +171,8 @@ pub mod request_tag {
     pub const LOGIN: u8 = 0x09;
     /// [`super::Request::Proof`]
     pub const PROOF: u8 = 0x0a;
+    /// [`super::Request::Partial`]
+    pub const PARTIAL: u8 = 0x0b;
 }
 
 /// The first byte of each [`Reply`].
@@ -189,8 +204,8 @@ use request_tag as rq;
 /// a list is allocated.
 const MIN_FILE_LEN: usize = 2 + 1 + 8 + 32;
 const MIN_NAME_LEN: usize = 2 + 1;
-const MIN_HIT_LEN: usize = 1 + 4 + 2 + 8 + 32;
-const MIN_ENTRY_LEN: usize = MIN_FILE_LEN + 4;
+const MIN_HIT_LEN: usize = 1 + 4 + 2 + 8 + 32 + 1;
+const MIN_ENTRY_LEN: usize = MIN_FILE_LEN + 4 + 4;
 
 impl Enc {
     fn file(&mut self, f: &FileInfo) -> &mut Self {
@@ -235,6 +250,7 @@ impl Request {
             rq::ADD => "add",
             rq::LOGIN => "login",
             rq::PROOF => "proof",
+            rq::PARTIAL => "partial",
             _ => "unknown type",
         }
     }
@@ -286,6 +302,12 @@ impl Message for Request {
                 e = Enc::new(rq::PROOF);
                 e.bytes(proof);
             }
+            Request::Partial { files } => {
+                e = Enc::new(rq::PARTIAL);
+                e.list(files, |e, f| {
+                    e.file(f);
+                });
+            }
         }
         e.done()
     }
@@ -305,6 +327,7 @@ impl Message for Request {
             rq::ADD => Request::Add { files: d.list(MIN_FILE_LEN, Dec::file)? },
             rq::LOGIN => Request::Login { user: d.str()? },
             rq::PROOF => Request::Proof { proof: d.array()? },
+            rq::PARTIAL => Request::Partial { files: d.list(MIN_FILE_LEN, Dec::file)? },
             t => return Err(DecodeError::UnknownTag(t)),
         };
         d.finish(msg)
@@ -326,7 +349,7 @@ impl Message for Reply {
             Reply::ListChunk(entries) => {
                 e = Enc::new(rp::LIST_CHUNK);
                 e.list(entries, |e, x| {
-                    e.str(x.name.as_str()).u64(x.size).bytes(&x.root).u32(x.peers);
+                    e.str(x.name.as_str()).u64(x.size).bytes(&x.root).u32(x.peers).u32(x.partial);
                 });
             }
             Reply::ListEnd { truncated } => {
@@ -336,7 +359,7 @@ impl Message for Reply {
             Reply::Peers(hits) => {
                 e = Enc::new(rp::PEERS);
                 e.list(hits, |e, h| {
-                    e.addr(&h.addr).u64(h.size).bytes(&h.root);
+                    e.addr(&h.addr).u64(h.size).bytes(&h.root).bool(h.complete);
                 });
             }
             Reply::NoPeers => e = Enc::new(rp::NO_PEERS),
@@ -354,28 +377,27 @@ impl Message for Reply {
     }
     fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
         let mut d = Dec(payload);
-        let msg =
-            match d.u8()? {
-                rp::DONE => Reply::Done { files: d.u32()? },
-                rp::ERROR => Reply::Error(d.str()?),
-                rp::LIST_CHUNK => Reply::ListChunk(d.list(MIN_ENTRY_LEN, |d| {
-                    let FileInfo { name, size, root } = d.file()?;
-                    Ok(ListEntry { name, size, root, peers: d.u32()? })
-                })?),
-                rp::LIST_END => Reply::ListEnd { truncated: d.bool()? },
-                rp::PEERS => Reply::Peers(d.list(MIN_HIT_LEN, |d| {
-                    Ok(PeerHit { addr: d.addr()?, size: d.u64()?, root: d.array()? })
-                })?),
-                rp::NO_PEERS => Reply::NoPeers,
-                rp::PONG => Reply::Pong,
-                rp::CHALLENGE => {
-                    let len = d.u16()? as usize;
-                    let salt = d.take(len)?.to_vec();
-                    Reply::Challenge { salt, rounds: d.u32()?, nonce: d.array()? }
-                }
-                rp::LOGGED_IN => Reply::LoggedIn,
-                t => return Err(DecodeError::UnknownTag(t)),
-            };
+        let msg = match d.u8()? {
+            rp::DONE => Reply::Done { files: d.u32()? },
+            rp::ERROR => Reply::Error(d.str()?),
+            rp::LIST_CHUNK => Reply::ListChunk(d.list(MIN_ENTRY_LEN, |d| {
+                let FileInfo { name, size, root } = d.file()?;
+                Ok(ListEntry { name, size, root, peers: d.u32()?, partial: d.u32()? })
+            })?),
+            rp::LIST_END => Reply::ListEnd { truncated: d.bool()? },
+            rp::PEERS => Reply::Peers(d.list(MIN_HIT_LEN, |d| {
+                Ok(PeerHit { addr: d.addr()?, size: d.u64()?, root: d.array()?, complete: d.bool()? })
+            })?),
+            rp::NO_PEERS => Reply::NoPeers,
+            rp::PONG => Reply::Pong,
+            rp::CHALLENGE => {
+                let len = d.u16()? as usize;
+                let salt = d.take(len)?.to_vec();
+                Reply::Challenge { salt, rounds: d.u32()?, nonce: d.array()? }
+            }
+            rp::LOGGED_IN => Reply::LoggedIn,
+            t => return Err(DecodeError::UnknownTag(t)),
+        };
         d.finish(msg)
     }
 }

@@ -436,15 +436,22 @@ mod tests {
         round_trip(Request::Add { files: vec![file("new", 7)] });
         round_trip(Request::Login { user: "ann".into() });
         round_trip(Request::Proof { proof: [5; 32] });
+        round_trip(Request::Partial { files: vec![file("part", 1 << 30)] });
         round_trip(Reply::Challenge { salt: vec![1, 2, 3], rounds: 600_000, nonce: [9; 32] });
         round_trip(Reply::LoggedIn);
         round_trip(Reply::Done { files: 3 });
         round_trip(Reply::Error("nope".into()));
-        round_trip(Reply::ListChunk(vec![ListEntry { name: name("a"), size: 1, root: [9; 32], peers: 2 }]));
+        round_trip(Reply::ListChunk(vec![ListEntry {
+            name: name("a"),
+            size: 1,
+            root: [9; 32],
+            peers: 2,
+            partial: 1,
+        }]));
         round_trip(Reply::ListEnd { truncated: true });
         round_trip(Reply::Peers(vec![
-            PeerHit { addr: "127.0.0.1:9".parse().unwrap(), size: 5, root: [1; 32] },
-            PeerHit { addr: "[::1]:65535".parse().unwrap(), size: u64::MAX, root: [2; 32] },
+            PeerHit { addr: "127.0.0.1:9".parse().unwrap(), size: 5, root: [1; 32], complete: true },
+            PeerHit { addr: "[::1]:65535".parse().unwrap(), size: u64::MAX, root: [2; 32], complete: false },
         ]));
         round_trip(Reply::NoPeers);
         round_trip(Reply::Pong);

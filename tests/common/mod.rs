@@ -477,9 +477,18 @@ pub struct Gates {
     pub before_data: Option<Gate>,
     /// Opened once its first run of pieces is written to the socket.
     pub after_first_data: Option<Gate>,
-    /// Sends pieces only below this byte; asked for more, it stops answering (the
-    /// connection stays open).
+    /// Holds (says it has, and sends) only the pieces that end by this byte, as a
+    /// peer still downloading the file would.
     pub up_to: Option<u64>,
+    /// Holds only the pieces that start from this byte on.
+    pub from: Option<u64>,
+}
+
+impl Gates {
+    /// Does it hold the bytes `range`?
+    fn holds(&self, range: &std::ops::Range<u64>) -> bool {
+        self.up_to.is_none_or(|end| range.end <= end) && self.from.is_none_or(|start| range.start >= start)
+    }
 }
 
 /// [`fake_sender_counted`], ordered by `gates`.
@@ -538,15 +547,19 @@ fn misbehave(
                 continue;
             }
             FileRequest::Have { .. } => {
-                let _ = wire::send_msg(&mut s, &FileReply::Have(Bitfield::full(tree.geometry.pieces())));
+                let mut have = Bitfield::empty(tree.geometry.pieces());
+                for i in (0..tree.geometry.pieces()).filter(|&i| gates.holds(&tree.geometry.piece(i))) {
+                    have.set(i);
+                }
+                let _ = wire::send_msg(&mut s, &FileReply::Have(have));
                 continue;
             }
             FileRequest::Get { first, count, .. } => (first, count),
         };
         let range = tree.geometry.pieces_range(first, count);
-        if gates.up_to.is_some_and(|end| range.end > end) {
-            let _ = std::io::copy(&mut r, &mut std::io::sink());
-            return;
+        if !gates.holds(&range) {
+            let _ = wire::send_msg(&mut s, &FileReply::Error("this fake does not hold those pieces".into()));
+            continue;
         }
         if let Some(gate) = &gates.before_data {
             gate.wait();

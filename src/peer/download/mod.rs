@@ -40,7 +40,7 @@ use rand::seq::SliceRandom;
 
 use super::client::{IndexClient, unexpected};
 use super::fileserver::STALL_TIMEOUT;
-use super::folder::SharedFolder;
+use super::folder::{PartialView, SharedFolder};
 use super::partial::{self, Partial};
 use crate::content::{Bitfield, Geometry, Hash, merkle};
 use crate::name::ShareName;
@@ -176,6 +176,10 @@ pub struct Downloader<'a> {
     pub config: &'a DownloadConfig,
     /// Sources at the back of the order.
     pub penalties: &'a Penalties,
+    /// This peer's own file server as the index knows it, if it is registered: the
+    /// download is then announced to the index as a partial, its verified pieces are
+    /// offered to others, and this peer is never its own source.
+    pub me: Option<SocketAddr>,
 }
 
 impl Downloader<'_> {
@@ -192,6 +196,11 @@ impl Downloader<'_> {
             Reply::Error(e) => bail!("the index server refused the lookup: {}", escape(&e)),
             other => return Err(unexpected(&other).into()),
         };
+        // A partial of ours that the index knows (an earlier attempt) is no source.
+        let hits: Vec<PeerHit> = hits.into_iter().filter(|h| Some(h.addr) != self.me).collect();
+        if hits.is_empty() {
+            bail!("no other registered peer shares it");
+        }
         let tried = hits.len();
         // Most-shared content first; a name's other contents come after, in case none
         // of its sources can deliver it.
@@ -280,7 +289,56 @@ impl Downloader<'_> {
         self.make_room(name, size - resumed).map_err(Failed::Local)?;
         let data =
             partial.file().try_clone().context("cannot open the partial file").map_err(Failed::Local)?;
+        // Offered to others while it runs (swarming): the file server serves the
+        // verified pieces, and the index lists this peer as holding part of the file.
+        let view = match self.me {
+            Some(_) => {
+                let file = data.try_clone().context("cannot open the partial file").map_err(Failed::Local)?;
+                let view = Arc::new(PartialView {
+                    name: name.clone(),
+                    geometry,
+                    file,
+                    layer: OnceLock::new(),
+                    have: Mutex::new(have.clone()),
+                });
+                if let Some(layer) = &layer {
+                    let _ = view.layer.set(Arc::new(layer.clone()));
+                }
+                self.folder.offer(root, Arc::clone(&view));
+                let info = FileInfo { name: name.clone(), size, root };
+                if let Err(e) = self.index.call(&Request::Partial { files: vec![info] }) {
+                    log::debug!("cannot tell the index that {:?} is being downloaded: {e:#}", name.as_str());
+                }
+                Some(view)
+            }
+            None => None,
+        };
+        let start = Start { partial, data, layer, have, resumed, view: view.clone() };
+        let result = self.fetch_from(name, size, root, candidates, start, note);
+        if view.is_some() {
+            self.folder.withdraw(&root);
+            // A download that did not complete is no longer offered; one that did is
+            // announced whole by the caller (an `Add`), which ends the partial.
+            if result.is_err() {
+                let _ = self.index.call(&Request::Delete { names: vec![name.clone()] });
+            }
+        }
+        result
+    }
 
+    /// The body of [`Downloader::fetch`], once the partial is open.
+    fn fetch_from(
+        &self,
+        name: &ShareName,
+        size: u64,
+        root: Hash,
+        candidates: Vec<PeerHit>,
+        start: Start,
+        note: &mut impl FnMut(Note),
+    ) -> Result<Downloaded, Failed> {
+        let folder = self.folder;
+        let geometry = Geometry::for_size(size);
+        let Start { partial, data, layer, have, resumed, view } = start;
         let workers = thread::available_parallelism().map_or(1, |n| n.get());
         let (jobs, queue) = mpsc::sync_channel::<Job>(2 * workers);
         let shared = Shared {
@@ -288,8 +346,9 @@ impl Downloader<'_> {
             root,
             config: self.config,
             layer: OnceLock::new(),
+            view,
             state: Mutex::new(State {
-                scheduler: Scheduler::new(&geometry, have),
+                scheduler: Scheduler::new(&geometry, have, rand::random()),
                 partial,
                 sources: Vec::new(),
                 local: None,
@@ -502,6 +561,18 @@ pub(super) struct Shared<'a> {
     jobs: Mutex<Option<mpsc::SyncSender<Job>>>,
     /// The partial's data file, for writing verified pieces at their offsets.
     data: File,
+    /// What the file server offers of this download, kept up to date.
+    view: Option<Arc<PartialView>>,
+}
+
+/// A download's partial, opened, with what an earlier attempt left in it.
+struct Start {
+    partial: Partial,
+    data: File,
+    layer: Option<Vec<Hash>>,
+    have: Bitfield,
+    resumed: u64,
+    view: Option<Arc<PartialView>>,
 }
 
 struct State {
@@ -550,6 +621,9 @@ impl Shared<'_> {
         if self.layer.get().is_none() {
             let have = state.scheduler.have().clone();
             state.partial.start(&layer, &have).context("cannot write the record of a partial download")?;
+            if let Some(view) = &self.view {
+                let _ = view.layer.set(Arc::new(layer.clone()));
+            }
             let _ = self.layer.set(layer);
         }
         drop(state);
@@ -566,6 +640,14 @@ impl Shared<'_> {
         let mut state = self.lock();
         if state.spare.len() < 16 {
             state.spare.push(buf);
+        }
+    }
+
+    /// Offers piece `i` to other peers, or stops offering it.
+    fn offer(&self, i: u32, verified: bool) {
+        if let Some(view) = &self.view {
+            let mut have = view.have.lock().unwrap_or_else(PoisonError::into_inner);
+            if verified { have.set(i) } else { have.unset(i) }
         }
     }
 
@@ -616,6 +698,7 @@ fn hash_pieces(shared: &Shared, queue: &Mutex<mpsc::Receiver<Job>>) {
                     for i in theirs {
                         state.sent_by[i as usize] = None;
                         state.scheduler.undo(i);
+                        shared.offer(i, false);
                         let have = state.scheduler.have().clone();
                         if let Err(e) = state.partial.record(i, &have) {
                             log::debug!("cannot record piece {i} of a partial download: {e}");
@@ -629,6 +712,7 @@ fn hash_pieces(shared: &Shared, queue: &Mutex<mpsc::Receiver<Job>>) {
                 state.sources[source].pieces += 1;
                 state.sources[source].bytes += bytes.len() as u64;
                 state.sent_by[piece as usize] = Some(source);
+                shared.offer(piece, true);
                 let have = state.scheduler.have().clone();
                 if let Err(e) = state.partial.record(piece, &have) {
                     log::debug!("cannot record piece {piece} of a partial download: {e}");

@@ -1,8 +1,11 @@
 //! Which pieces to ask which source for: pure bookkeeping, no I/O.
 //!
 //! Pieces are handed out in runs of consecutive pieces (so that a request moves about
-//! [`RUN_BYTES`], and the file is written mostly in order), lowest first, each to one
-//! source at a time. A piece stays requested until it is verified or given back. When
+//! [`RUN_BYTES`]), each to one source at a time, rarest first: the piece fewest of the
+//! sources hold, so that what only a leaving peer has is fetched before it leaves, and
+//! so that downloaders of one file fetch different pieces from a seeder and can then
+//! trade them. Among equally rare pieces, the first from a position chosen at random
+//! for each download. A piece stays requested until it is verified or given back. When
 //! no piece is left unrequested, a source with nothing to do is given a piece another
 //! source is still sending (the endgame): whichever copy arrives first is kept, and
 //! the download ends without waiting for the slowest source.
@@ -23,15 +26,35 @@ pub struct Scheduler {
     requested: Vec<Vec<usize>>,
     /// Pieces per run.
     run: u32,
+    /// How many sources hold each piece.
+    available: Vec<u16>,
+    /// Where the search for the rarest piece starts.
+    start: u32,
 }
 
 impl Scheduler {
-    /// A scheduler for a file cut as `geometry` of which `have` is already verified.
-    pub fn new(geometry: &Geometry, have: Bitfield) -> Scheduler {
+    /// A scheduler for a file cut as `geometry` of which `have` is already verified;
+    /// among equally rare pieces, those from `start` on go first.
+    pub fn new(geometry: &Geometry, have: Bitfield, start: u32) -> Scheduler {
         let pieces = geometry.pieces();
         // At least 16 runs a file, so that several sources share it.
         let run = (RUN_BYTES / geometry.piece_len).min(u64::from(pieces / 16)).max(1) as u32;
-        Scheduler { requested: vec![Vec::new(); pieces as usize], have, run }
+        let n = pieces as usize;
+        Scheduler { requested: vec![Vec::new(); n], have, run, available: vec![0; n], start: start % pieces }
+    }
+
+    /// A source holding `theirs` joined (or told us it holds more).
+    pub fn holds(&mut self, theirs: &Bitfield) {
+        for i in theirs.ones() {
+            self.available[i as usize] = self.available[i as usize].saturating_add(1);
+        }
+    }
+
+    /// A source that held `theirs` left (or is about to say what it holds now).
+    pub fn left(&mut self, theirs: &Bitfield) {
+        for i in theirs.ones() {
+            self.available[i as usize] = self.available[i as usize].saturating_sub(1);
+        }
     }
 
     /// The verified pieces.
@@ -51,7 +74,11 @@ impl Scheduler {
         let wanted = |i: u32| !self.have.get(i) && theirs.get(i);
         let pieces = self.requested.len() as u32;
         let fresh = |i: u32| wanted(i) && self.requested[i as usize].is_empty();
-        let (first, count) = match (0..pieces).find(|&i| fresh(i)) {
+        let rarest = (self.start..pieces)
+            .chain(0..self.start)
+            .filter(|&i| fresh(i))
+            .min_by_key(|&i| self.available[i as usize]);
+        let (first, count) = match rarest {
             Some(first) => {
                 let mut count = 1;
                 while count < self.run && first + count < pieces && fresh(first + count) {
@@ -108,7 +135,7 @@ mod tests {
     #[test]
     fn runs_go_to_sources_in_order_and_never_twice_until_the_endgame() {
         let g = geometry(64); // runs of 4 pieces
-        let mut s = Scheduler::new(&g, Bitfield::empty(64));
+        let mut s = Scheduler::new(&g, Bitfield::empty(64), 0);
         let all = Bitfield::full(64);
         let a: Vec<_> = (0..15).map(|_| s.pick(0, &all).unwrap()).collect();
         assert_eq!(&a[..2], [(0, 4), (4, 4)]);
@@ -132,7 +159,7 @@ mod tests {
         let g = geometry(32); // runs of 2
         let mut have = Bitfield::empty(32);
         have.set(0);
-        let mut s = Scheduler::new(&g, have);
+        let mut s = Scheduler::new(&g, have, 0);
         let mut theirs = Bitfield::empty(32);
         for i in [0, 1, 2, 5] {
             theirs.set(i);
@@ -151,9 +178,31 @@ mod tests {
     }
 
     #[test]
+    fn the_rarest_pieces_go_first_then_from_the_random_start() {
+        let g = geometry(32); // runs of 2
+        let mut s = Scheduler::new(&g, Bitfield::empty(32), 20);
+        let all = Bitfield::full(32);
+        let mut few = Bitfield::empty(32);
+        for i in [7, 8, 9] {
+            few.set(i);
+        }
+        s.holds(&all);
+        s.holds(&all);
+        s.holds(&few);
+        // Pieces 7-9 are held by three sources, the rest by two: 20 comes first.
+        assert_eq!(s.pick(0, &all), Some((20, 2)));
+        assert_eq!(s.pick(0, &all), Some((22, 2)));
+        s.left(&all);
+        s.left(&all);
+        // Now 7-9 are held by one source and the rest by none that is left: the rest
+        // is rarest (0), from 24 on.
+        assert_eq!(s.pick(0, &all), Some((24, 2)));
+    }
+
+    #[test]
     fn a_one_piece_file_is_one_run() {
         let g = Geometry::for_size(0);
-        let mut s = Scheduler::new(&g, Bitfield::empty(1));
+        let mut s = Scheduler::new(&g, Bitfield::empty(1), 0);
         assert_eq!(s.pick(0, &Bitfield::full(1)), Some((0, 1)));
         assert_eq!(s.pick(0, &Bitfield::full(1)), None);
         assert_eq!(s.pick(1, &Bitfield::full(1)), Some((0, 1)), "an endgame duplicate");

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::anyhow;
 
 use super::{DownloadConfig, Job, Shared};
-use crate::content::merkle;
+use crate::content::{Bitfield, merkle};
 use crate::net::{self, ConnectTimeouts, is_timeout};
 use crate::peer::fileserver::MIN_PROGRESS;
 use crate::text::escape;
@@ -53,11 +53,15 @@ fn penalized(why: anyhow::Error) -> End {
 /// fails. Requests it still had out are given back.
 pub(super) fn run(shared: &Shared, id: usize, addr: SocketAddr) -> End {
     let mut inflight: Vec<(u32, u32)> = Vec::new();
-    let end = match fetch(shared, id, addr, &mut inflight) {
+    let mut theirs = None;
+    let end = match fetch(shared, id, addr, &mut inflight, &mut theirs) {
         Ok(()) => End::Finished,
         Err(end) => end,
     };
     let mut state = shared.lock();
+    if let Some(theirs) = &theirs {
+        state.scheduler.left(theirs);
+    }
     for (first, count) in inflight {
         for i in first..first + count {
             state.scheduler.release(i, id);
@@ -68,7 +72,17 @@ pub(super) fn run(shared: &Shared, id: usize, addr: SocketAddr) -> End {
     end
 }
 
-fn fetch(shared: &Shared, id: usize, addr: SocketAddr, inflight: &mut Vec<(u32, u32)>) -> Result<(), End> {
+/// How often a source that holds only part of the file, and has nothing we need now,
+/// is asked again what it holds.
+const HAVE_REFRESH: Duration = Duration::from_secs(2);
+
+fn fetch(
+    shared: &Shared,
+    id: usize,
+    addr: SocketAddr,
+    inflight: &mut Vec<(u32, u32)>,
+    held: &mut Option<Bitfield>,
+) -> Result<(), End> {
     let config = shared.config;
     let stream = connect(addr, config)?;
     let Some(jobs) = shared.jobs() else { return Ok(()) };
@@ -101,18 +115,10 @@ fn fetch(shared: &Shared, id: usize, addr: SocketAddr, inflight: &mut Vec<(u32, 
             other => return Err(penalized(unexpected(&other, "its piece layer"))),
         }
     }
-    let theirs = match recv(&mut reader)? {
-        FileReply::Have(bits) if bits.len() == geometry.pieces() => bits,
-        FileReply::Have(bits) => {
-            return Err(penalized(anyhow!(
-                "it sent a bitfield of {} pieces, not {}",
-                bits.len(),
-                geometry.pieces()
-            )));
-        }
-        FileReply::Error(why) => return Err(refusal(&why)),
-        other => return Err(penalized(unexpected(&other, "which pieces it holds"))),
-    };
+    let mut theirs = have(recv(&mut reader)?, geometry.pieces())?;
+    shared.lock().scheduler.holds(&theirs);
+    *held = Some(theirs.clone());
+    let mut asked_have = Instant::now();
     if shared.layer.get().is_none() {
         // Another source is fetching the layer: wait for it (pieces cannot be checked
         // without it).
@@ -143,7 +149,20 @@ fn fetch(shared: &Shared, id: usize, addr: SocketAddr, inflight: &mut Vec<(u32, 
                 .map_err(|e| refused(&e))?;
         }
         if inflight.is_empty() {
-            // Nothing to ask for now: every missing piece is on its way from others.
+            // Nothing to ask for now: every missing piece is on its way from others, or
+            // this source does not have it (yet: a partial holder is asked again).
+            if !theirs.is_full() && asked_have.elapsed() >= HAVE_REFRESH {
+                wire::send_msg(&mut &stream, &FileRequest::Have { root }).map_err(|e| refused(&e))?;
+                let now = have(recv(&mut reader)?, geometry.pieces())?;
+                let mut state = shared.lock();
+                state.scheduler.left(&theirs);
+                state.scheduler.holds(&now);
+                drop(state);
+                theirs = now;
+                *held = Some(theirs.clone());
+                asked_have = Instant::now();
+                continue;
+            }
             let state = shared.lock();
             if state.scheduler.is_complete() {
                 return Ok(());
@@ -184,6 +203,18 @@ fn fetch(shared: &Shared, id: usize, addr: SocketAddr, inflight: &mut Vec<(u32, 
                 return Ok(()); // the hashers stopped: so did the download
             }
         }
+    }
+}
+
+/// The bitfield in a `Have` answer, checked against the file's piece count.
+fn have(reply: FileReply, pieces: u32) -> Result<Bitfield, End> {
+    match reply {
+        FileReply::Have(bits) if bits.len() == pieces => Ok(bits),
+        FileReply::Have(bits) => {
+            Err(penalized(anyhow!("it sent a bitfield of {} pieces, not {pieces}", bits.len())))
+        }
+        FileReply::Error(why) => Err(refusal(&why)),
+        other => Err(penalized(unexpected(&other, "which pieces it holds"))),
     }
 }
 
