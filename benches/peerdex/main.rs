@@ -9,7 +9,9 @@
 //! ```
 //!
 //! One file per scenario: [`lookup`] (against the minimal [`responder`] and Redis in
-//! the same run), [`register`] (and list), [`transfer`] (and small, startup), [`soak`];
+//! the same run), [`register`] (and list), [`transfer`] (against curl from nginx; and
+//! small, startup), [`pieces`] (multi-source against aria2c, and the swarm, in a
+//! network namespace made by [`netns`]), [`soak`];
 //! [`load`] is the load generator they share. Each row also gives the CPU used by the
 //! generator and by the server during the measurement, so that a saturated generator
 //! cannot pass for a slow server. Processes are started and reaped by the tests'
@@ -22,6 +24,8 @@ use std::path::Path;
 mod common;
 mod load;
 mod lookup;
+mod netns;
+mod pieces;
 mod register;
 mod responder;
 mod soak;
@@ -78,7 +82,7 @@ fn main() {
             s => wanted.push(s.to_owned()),
         }
     }
-    let all = ["lookup", "register", "list", "transfer", "small", "startup", "soak"];
+    let all = ["lookup", "register", "list", "transfer", "multi", "swarm", "small", "startup", "soak"];
     // The soak runs for minutes: only when asked for by name.
     let run = |s: &str| (wanted.is_empty() && s != "soak") || wanted.iter().any(|w| w == s);
     println!("peerdex benchmark on {}", machine());
@@ -93,6 +97,8 @@ fn main() {
             "list" if !run("register") => register::run(&opts, true, false),
             "list" => {}
             "transfer" => transfer::transfer(&opts),
+            "multi" => pieces::multi(&opts),
+            "swarm" => pieces::swarm(&opts),
             "small" => transfer::small(&opts),
             "startup" => transfer::startup(&opts),
             "soak" => soak::run(&opts),

@@ -28,7 +28,7 @@ pub fn random_file(path: &Path, len: u64) {
     out.flush().unwrap();
 }
 
-fn same_content(a: &Path, b: &Path) -> bool {
+pub fn same_content(a: &Path, b: &Path) -> bool {
     let mut fa = BufReader::with_capacity(1 << 20, fs::File::open(a).unwrap());
     let mut fb = BufReader::with_capacity(1 << 20, fs::File::open(b).unwrap());
     let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
@@ -82,7 +82,47 @@ pub fn transfer(_opts: &Opts) {
         pb.expect(Stream::Out, "deleted big.bin");
     }
     speeds.sort_by(f64::total_cmp);
-    row("transfer", format!("median {:.0} MB/s", speeds[1]));
+    let ours = speeds[1];
+    // The reference, in the same run: curl fetching the same file from nginx, which
+    // sends it with sendfile and verifies nothing.
+    let reference = (|| -> Result<f64, String> {
+        crate::netns::tool("curl", "curl")?;
+        let port = crate::netns::free_port();
+        let nginx = crate::netns::Nginx::start(dir.path(), &a, &[port], |bin, args, dir| {
+            Proc::start(bin, args, dir)
+        })?;
+        let url = format!("http://127.0.0.1:{port}/big.bin");
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nginx did not start");
+        }
+        let mut runs = Vec::new();
+        for _ in 0..3 {
+            let out = b.join("curl.bin");
+            let t = Instant::now();
+            let ok =
+                std::process::Command::new("curl").args(["-sf", "-o", out.to_str().unwrap(), &url]).status();
+            let took = t.elapsed().as_secs_f64();
+            if !ok.is_ok_and(|s| s.success()) {
+                return Err("curl failed".into());
+            }
+            runs.push(size as f64 / 1e6 / took);
+            fs::remove_file(&out).unwrap();
+        }
+        drop(nginx);
+        runs.sort_by(f64::total_cmp);
+        Ok(runs[1])
+    })();
+    match reference {
+        Ok(curl) => row(
+            "transfer",
+            format!(
+                "median {ours:.0} MB/s; curl from nginx, same run, median {curl:.0} MB/s; time ratio peerdex/curl {:.2} (goal <= 1)",
+                curl / ours
+            ),
+        ),
+        Err(e) => row("transfer", format!("median {ours:.0} MB/s; no reference: {e}")),
+    }
 }
 
 pub fn small(_opts: &Opts) {
