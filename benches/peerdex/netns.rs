@@ -84,10 +84,22 @@ impl Netns {
     }
 
     /// A peer in the namespace sharing `folder`, registered; returns it and its file
-    /// server's address.
+    /// server's address. Every peer here connects from 127.0.0.1, so the limits per
+    /// client address are raised to what a swarm of ten needs (they stand for ten
+    /// machines). It logs what it sends (`-v`), for [`sent_bytes`].
     pub fn peer(&self, index: SocketAddr, folder: &Path) -> (Proc, SocketAddr) {
         let port = index.port().to_string();
-        let args = ["127.0.0.1", &port, "0", folder.to_str().unwrap()];
+        let args = [
+            "127.0.0.1",
+            &port,
+            "0",
+            folder.to_str().unwrap(),
+            "--max-uploads-per-ip",
+            "64",
+            "--max-connections-per-ip",
+            "128",
+            "-v",
+        ];
         let mut p = self.start(env!("CARGO_BIN_EXE_peer"), &args, folder.parent().unwrap());
         let line = p.expect(Stream::Out, "serving ");
         let addr = line.rsplit(" on ").next().unwrap().parse().unwrap();
@@ -176,4 +188,14 @@ impl Nginx {
             })
             .collect()
     }
+}
+
+/// Bytes a peer started by [`Netns::peer`] has logged sending so far (each connection
+/// logs once it closes).
+pub fn sent_bytes(p: &Proc) -> u64 {
+    p.lines(Stream::Err)
+        .iter()
+        .filter(|l| l.contains("] sent \""))
+        .filter_map(|l| l.rsplit(": ").next()?.split(' ').next()?.parse::<u64>().ok())
+        .sum()
 }

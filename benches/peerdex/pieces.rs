@@ -114,12 +114,16 @@ pub fn multi(_opts: &Opts) {
     let ours_text = format!("peerdex {ours:.2} s ({:.0} MB/s; {line})", mb / ours);
     match reference {
         Ok((theirs, shares)) => {
+            // aria2c asks each mirror for an open-ended range and closes the connection
+            // once its segment is in, so the mirrors send more than the file in all;
+            // their shares of what was sent show whether the load was spread.
+            let total: u64 = shares.iter().sum();
             let shares: Vec<String> =
-                shares.iter().map(|b| format!("{:.0}%", *b as f64 * 100.0 / size as f64)).collect();
+                shares.iter().map(|b| format!("{:.0}%", *b as f64 * 100.0 / total as f64)).collect();
             row(
                 "multi",
                 format!(
-                    "256 MiB from 4 sources capped at {CAP_MBIT} Mbit/s each: {ours_text}; aria2c -x4 from 4 nginx mirrors {theirs:.2} s ({:.0} MB/s; mirrors sent {}); time ratio peerdex/aria2c {:.2} (goal <= 1)",
+                    "256 MiB from 4 sources capped at {CAP_MBIT} Mbit/s each: {ours_text}; aria2c -x4 from 4 nginx mirrors {theirs:.2} s ({:.0} MB/s; mirrors' shares of the bytes sent {}); time ratio peerdex/aria2c {:.2} (goal <= 1)",
                     mb / theirs,
                     shares.join(" "),
                     ours / theirs
@@ -138,7 +142,7 @@ pub fn swarm(_opts: &Opts) {
     fs::create_dir(&seed).unwrap();
     random_file(&seed.join("f.bin"), size);
     let (_index, index) = ns.index_server(dir.path());
-    let (_seeder, seeder) = ns.peer(index, &seed);
+    let (mut seeder_proc, seeder) = ns.peer(index, &seed);
     ns.cap(seeder.port(), CAP_MBIT);
 
     // Downloaders, registered, their own uploads capped like the seeder's.
@@ -166,18 +170,30 @@ pub fn swarm(_opts: &Opts) {
     }
     let mut times = Vec::new();
     let mut lines = Vec::new();
-    for (p, folder) in &mut downloaders[1..] {
+    for (p, _) in &mut downloaders[1..] {
         lines.push(p.expect(Stream::Out, "downloaded f.bin"));
         times.push(t.elapsed().as_secs_f64());
+    }
+    for (_, folder) in &downloaders[1..] {
         assert!(crate::transfer::same_content(&seed.join("f.bin"), &folder.join("f.bin")));
     }
     let all = times.iter().copied().fold(0.0, f64::max);
     let from_peers = lines.iter().filter(|l| l.contains(" peers)")).count();
+    // What the seeder sent in all, as it logged each connection when it closed: the
+    // downloaders quit first, then the seeder, which writes out its log as it exits.
+    for (p, _) in &mut downloaders {
+        p.finish();
+    }
+    seeder_proc.finish();
+    let seeded = crate::netns::sent_bytes(&seeder_proc) as f64 / size as f64;
+    let each: Vec<String> = times.iter().map(|t| format!("{t:.1}")).collect();
     row(
         "swarm",
         format!(
-            "64 MiB, 1 seeder and 8 downloaders, every upload capped at {CAP_MBIT} Mbit/s: one alone {one:.2} s; 8 at once, all done in {all:.2} s = {:.2}x one alone (goal <= 2; {from_peers} of 8 got pieces from more than one peer)",
-            all / one
+            "64 MiB, 1 seeder and 8 downloaders, every upload capped at {CAP_MBIT} Mbit/s: one alone {one:.2} s; 8 at once, all done in {all:.2} s = {:.2}x one alone (goal <= 2; each done at {} s; {from_peers} of 8 got pieces from more than one peer; the seeder sent {seeded:.1}x the file, {:.1}x of it to the first)",
+            all / one,
+            each.join(" "),
+            seeded - 1.0
         ),
     );
 }

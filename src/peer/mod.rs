@@ -4,8 +4,10 @@
 //!   that keep every read and write inside it;
 //! - [`fileserver`]: serves the folder's files to other peers;
 //! - [`client`]: the persistent connection to the index server;
-//! - [`download`]: lookup, fetch, verify, rename;
-//! - [`partial`]: partial downloads kept for resuming: their sources, their age;
+//! - [`download`]: lookup, then pieces from several sources at once, each verified
+//!   as it arrives, offered to other peers while the download runs, then the rename;
+//! - [`partial`]: partial downloads: the data and the record of verified pieces that
+//!   lets a download resume, eviction, expiry;
 //! - [`shell`]: the command loop on stdin;
 //! - [`watch`]: folder watching, so that changes reach the index by themselves.
 

@@ -482,6 +482,30 @@ pub struct Gates {
     pub up_to: Option<u64>,
     /// Holds only the pieces that start from this byte on.
     pub from: Option<u64>,
+    /// Sends no piece bytes until every sender sharing this meeting has been asked
+    /// for pieces.
+    pub meet: Option<Meeting>,
+}
+
+/// A meeting of fake senders: none sends piece bytes until all of them have been
+/// asked for some (see [`Gates::meet`]).
+#[derive(Clone, Debug)]
+pub struct Meeting(std::sync::Arc<(std::sync::Mutex<usize>, std::sync::Condvar)>, usize);
+
+impl Meeting {
+    pub fn of(senders: usize) -> Meeting {
+        Meeting(std::sync::Arc::default(), senders)
+    }
+
+    fn arrive_and_wait(&self) {
+        let (count, all) = &*self.0;
+        let mut n = count.lock().unwrap();
+        *n += 1;
+        all.notify_all();
+        while *n < self.1 {
+            n = all.wait(n).unwrap();
+        }
+    }
 }
 
 impl Gates {
@@ -528,6 +552,7 @@ fn misbehave(
         return;
     }
     let mut corrupted = false;
+    let mut met = false;
     while let Ok(request) = wire::recv_msg::<FileRequest>(&mut r) {
         let (first, count) = match request {
             FileRequest::Status => {
@@ -563,6 +588,13 @@ fn misbehave(
         }
         if let Some(gate) = &gates.before_data {
             gate.wait();
+        }
+        if let Some(meeting) = &gates.meet
+            && sent.load(std::sync::atomic::Ordering::SeqCst) == 0
+            && !met
+        {
+            met = true;
+            meeting.arrive_and_wait();
         }
         let mut body = content[range.start as usize..range.end as usize].to_vec();
         let len = match how {

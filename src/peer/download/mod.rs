@@ -26,7 +26,7 @@
 mod scheduler;
 mod source;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -68,6 +68,16 @@ pub const STATUS_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Most candidates asked how busy they are, in parallel, for one download.
 pub const STATUS_SAMPLE: usize = 16;
+
+/// How often a download that uses fewer than [`MAX_SOURCES`] asks the index again who
+/// shares the file: peers that start sharing it, or downloading it (a swarm), join.
+pub const LOOKUP_REFRESH: Duration = Duration::from_secs(1);
+
+/// When a download first asks the index again who shares the file.
+pub const FIRST_REFRESH: Duration = Duration::from_millis(300);
+
+/// How long a source that refused for being busy waits to be asked again.
+pub const BUSY_RETRY: Duration = Duration::from_secs(3);
 
 /// How long a source that stalled or sent wrong bytes stays at the back of the order.
 pub const PENALTY: Duration = Duration::from_secs(10 * 60);
@@ -376,44 +386,83 @@ impl Downloader<'_> {
             shown(now),
             if later.is_empty() { "none".to_owned() } else { shown(later) }
         );
-        let mut reserve = candidates.into_iter();
+        let mut reserve: VecDeque<PeerHit> = candidates.into();
+        let mut known: HashSet<SocketAddr> = reserve.iter().map(|h| h.addr).collect();
         let (ended, endings) = mpsc::channel::<(usize, End)>();
         let queue = Mutex::new(queue);
         let blamed = thread::scope(|scope| {
             for _ in 0..workers {
                 scope.spawn(|| hash_pieces(&shared, &queue));
             }
-            let start = |hit: PeerHit| {
+            // Sources by id, as started (a source asked again later gets a new id).
+            let mut started: Vec<PeerHit> = Vec::new();
+            let start = |hit: &PeerHit| {
                 let id = {
                     let mut state = shared.lock();
-                    state.sources.push(SourceState {
-                        addr: hit.addr,
-                        pieces: 0,
-                        bytes: 0,
-                        bad: None,
-                        stream: None,
-                    });
+                    let s = SourceState { addr: hit.addr, pieces: 0, bytes: 0, bad: None, stream: None };
+                    state.sources.push(s);
                     state.sources.len() - 1
                 };
-                let (shared, ended) = (&shared, ended.clone());
+                let (shared, ended, addr) = (&shared, ended.clone(), hit.addr);
                 scope.spawn(move || {
-                    let end = source::run(shared, id, hit.addr);
+                    let end = source::run(shared, id, addr);
                     let _ = ended.send((id, end));
                 });
             };
             let mut running = 0;
             let mut blamed = Vec::new();
-            if !shared.stopped() {
-                for hit in reserve.by_ref().take(MAX_SOURCES) {
-                    start(hit);
-                    running += 1;
+            // Sources that were busy, each with when to ask it again.
+            let mut busy: Vec<(Instant, PeerHit)> = Vec::new();
+            let mut told_busy: HashSet<SocketAddr> = HashSet::new();
+            // The first lookup again comes sooner: peers that started downloading the
+            // file at the same moment as this one have announced themselves by then.
+            let mut last_lookup = Instant::now() - LOOKUP_REFRESH + FIRST_REFRESH;
+            let (mut pieces, mut progress_at) = (shared.lock().scheduler.have().count(), Instant::now());
+            loop {
+                self.stop_when_done(&shared);
+                let finished = shared.stopped();
+                if finished && running == 0 {
+                    break;
                 }
-            }
-            while running > 0 {
-                let Ok((id, end)) = endings.recv_timeout(Duration::from_millis(200)) else {
-                    self.stop_when_done(&shared);
-                    continue;
-                };
+                if !finished {
+                    let now = Instant::now();
+                    // Fill the places: sources due to be asked again, then the reserve.
+                    while running < MAX_SOURCES {
+                        let hit = match busy.iter().position(|(at, _)| *at <= now) {
+                            Some(i) => busy.swap_remove(i).1,
+                            None => match reserve.pop_front() {
+                                Some(hit) => hit,
+                                None => break,
+                            },
+                        };
+                        start(&hit);
+                        started.push(hit);
+                        running += 1;
+                    }
+                    // Peers that began sharing the file, or downloading it, since.
+                    if running < MAX_SOURCES && last_lookup.elapsed() >= LOOKUP_REFRESH {
+                        last_lookup = now;
+                        for hit in self.more_sources(name, size, root) {
+                            if known.insert(hit.addr) {
+                                reserve.push_back(hit);
+                            }
+                        }
+                        if !reserve.is_empty() {
+                            continue;
+                        }
+                    }
+                    let have = shared.lock().scheduler.have().count();
+                    if have != pieces {
+                        (pieces, progress_at) = (have, now);
+                    }
+                    // Nothing running and nothing to try: give up, but wait for busy
+                    // sources as long as a stall window since the last piece.
+                    let patience = progress_at.elapsed() >= self.config.read_timeout;
+                    if running == 0 && reserve.is_empty() && (busy.is_empty() || patience) {
+                        break;
+                    }
+                }
+                let Ok((id, end)) = endings.recv_timeout(Duration::from_millis(200)) else { continue };
                 running -= 1;
                 self.stop_when_done(&shared);
                 let (addr, bad) = {
@@ -421,24 +470,32 @@ impl Downloader<'_> {
                     (state.sources[id].addr, state.sources[id].bad)
                 };
                 let finished = shared.stopped();
-                // Replace a failed source from the reserve while pieces are missing.
-                if !finished && let Some(hit) = reserve.next() {
-                    start(hit);
-                    running += 1;
-                }
-                let more = running > 0 || reserve.len() > 0;
+                let more = running > 0 || !reserve.is_empty() || !busy.is_empty();
                 if let Some(piece) = bad {
                     self.penalties.penalize(addr);
                     note(Note::BadPiece { from: addr, piece, more });
                     blamed.push(id);
                     continue;
                 }
-                if let End::Failed { why, penalize } = end {
-                    if penalize {
-                        self.penalties.penalize(addr);
+                match end {
+                    End::Finished => {}
+                    End::Busy(why) if !finished => {
+                        // Asked again in a while; said once.
+                        busy.push((Instant::now() + BUSY_RETRY, started[id].clone()));
+                        if told_busy.insert(addr) {
+                            let why =
+                                why.context(format!("asking it again every {} s", BUSY_RETRY.as_secs()));
+                            note(Note::SourceFailed { from: addr, why, more: true });
+                        }
                     }
-                    if !finished {
-                        note(Note::SourceFailed { from: addr, why, more });
+                    End::Busy(_) => {}
+                    End::Failed { why, penalize } => {
+                        if penalize {
+                            self.penalties.penalize(addr);
+                        }
+                        if !finished {
+                            note(Note::SourceFailed { from: addr, why, more });
+                        }
                     }
                 }
             }
@@ -470,7 +527,8 @@ impl Downloader<'_> {
                 0 => String::new(),
                 n => format!(" ({n} of {pieces} pieces are kept, to resume from there)"),
             };
-            let why = match state.sources.len() {
+            let tried: HashSet<SocketAddr> = state.sources.iter().map(|s| s.addr).collect();
+            let why = match tried.len() {
                 0 => anyhow!("no peer that shares it could be reached{kept}"),
                 1 => anyhow!("the only peer that shares it failed{kept}"),
                 n => anyhow!("all {n} peers that share it failed{kept}"),
@@ -495,6 +553,17 @@ impl Downloader<'_> {
         let mut sources: Vec<(SocketAddr, u64)> = sources.into_iter().collect();
         sources.sort_by_key(|&(addr, bytes)| (std::cmp::Reverse(bytes), addr));
         Ok(Downloaded { info: FileInfo { name: name.clone(), size, root }, sources, resumed })
+    }
+
+    /// Peers the index now names for this content, other than this one.
+    fn more_sources(&self, name: &ShareName, size: u64, root: Hash) -> Vec<PeerHit> {
+        match self.index.call(&Request::Lookup { name: name.clone() }) {
+            Ok(Reply::Peers(hits)) => hits
+                .into_iter()
+                .filter(|h| (h.size, h.root) == (size, root) && Some(h.addr) != self.me)
+                .collect(),
+            _ => Vec::new(),
+        }
     }
 
     /// When every piece is in: stops the sources, closing their connections so that

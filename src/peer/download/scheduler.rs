@@ -10,7 +10,17 @@
 //! source is still sending (the endgame): whichever copy arrives first is kept, and
 //! the download ends without waiting for the slowest source.
 
+use std::time::{Duration, Instant};
+
 use crate::content::{Bitfield, Geometry};
+
+/// The endgame starts when no more than this is missing: a few requests' worth,
+/// about what the slowest sources hold when the rest is in.
+pub const ENDGAME_BYTES: u64 = 4 << 20;
+
+/// A piece is asked of a second source only once the first has had it this long: well
+/// past a piece's time on any link that moves files, short beside a stall window.
+pub const ENDGAME_AGE: Duration = Duration::from_secs(1);
 
 /// Bytes one request asks for, at most (but at least one piece): large enough that a
 /// request's overhead is nothing beside its bytes, small enough that several sources
@@ -24,6 +34,8 @@ pub struct Scheduler {
     /// The sources each piece is requested from (or being checked from): one, or
     /// several in the endgame.
     requested: Vec<Vec<usize>>,
+    /// When each piece was first requested, while it is.
+    since: Vec<Option<Instant>>,
     /// Pieces per run.
     run: u32,
     /// How many sources hold each piece.
@@ -40,7 +52,14 @@ impl Scheduler {
         // At least 16 runs a file, so that several sources share it.
         let run = (RUN_BYTES / geometry.piece_len).min(u64::from(pieces / 16)).max(1) as u32;
         let n = pieces as usize;
-        Scheduler { requested: vec![Vec::new(); n], have, run, available: vec![0; n], start: start % pieces }
+        Scheduler {
+            requested: vec![Vec::new(); n],
+            since: vec![None; n],
+            have,
+            run,
+            available: vec![0; n],
+            start: start % pieces,
+        }
     }
 
     /// A source holding `theirs` joined (or told us it holds more).
@@ -67,38 +86,58 @@ impl Scheduler {
         self.have.is_full()
     }
 
-    /// The next run for `source`, which holds `theirs`, as (first piece, count);
-    /// `None` if there is nothing this source can help with now. The run is counted as
-    /// requested from it until [`Scheduler::release`].
-    pub fn pick(&mut self, source: usize, theirs: &Bitfield) -> Option<(u32, u32)> {
+    /// The next run of fresh pieces (requested from nobody) for `source`, which holds
+    /// `theirs`, as (first piece, count), of at most `most` pieces (a slow source gets
+    /// shorter runs, so that it does not sit on pieces others could bring sooner);
+    /// `None` if it holds none. The run is counted as requested from it until
+    /// [`Scheduler::release`].
+    pub fn pick(&mut self, source: usize, theirs: &Bitfield, most: u32) -> Option<(u32, u32)> {
         let wanted = |i: u32| !self.have.get(i) && theirs.get(i);
         let pieces = self.requested.len() as u32;
         let fresh = |i: u32| wanted(i) && self.requested[i as usize].is_empty();
-        let rarest = (self.start..pieces)
+        let first = (self.start..pieces)
             .chain(0..self.start)
             .filter(|&i| fresh(i))
-            .min_by_key(|&i| self.available[i as usize]);
-        let (first, count) = match rarest {
-            Some(first) => {
-                let mut count = 1;
-                while count < self.run && first + count < pieces && fresh(first + count) {
-                    count += 1;
-                }
-                (first, count)
-            }
-            None => {
-                // Endgame: the piece with the fewest sources on it, among those this
-                // source is not already sending.
-                let i = (0..pieces)
-                    .filter(|&i| wanted(i) && !self.requested[i as usize].contains(&source))
-                    .min_by_key(|&i| self.requested[i as usize].len())?;
-                (i, 1)
-            }
-        };
+            .min_by_key(|&i| self.available[i as usize])?;
+        let mut count = 1;
+        while count < self.run.min(most) && first + count < pieces && fresh(first + count) {
+            count += 1;
+        }
+        let now = Instant::now();
         for i in first..first + count {
             self.requested[i as usize].push(source);
+            self.since[i as usize] = Some(now);
         }
         Some((first, count))
+    }
+
+    /// The endgame, for a source with nothing else to do: once no more than
+    /// [`ENDGAME_BYTES`] are missing, one piece another source has been sending for at
+    /// least [`ENDGAME_AGE`] by `now` (the one with the fewest sources on it), so that
+    /// the download does not wait for the slowest source. Whichever copy arrives first
+    /// is kept. Otherwise `None`: a duplicate takes a sender's upload from other
+    /// downloaders, and nothing cancels it once asked.
+    pub fn pick_duplicate(
+        &mut self,
+        source: usize,
+        theirs: &Bitfield,
+        piece_len: u64,
+        now: Instant,
+    ) -> Option<u32> {
+        let missing = u64::from(self.have.len() - self.have.count());
+        if missing * piece_len > ENDGAME_BYTES {
+            return None;
+        }
+        let pieces = self.requested.len() as u32;
+        let slow =
+            |i: u32| self.since[i as usize].is_some_and(|t| now.saturating_duration_since(t) >= ENDGAME_AGE);
+        let i = (0..pieces)
+            .filter(|&i| {
+                !self.have.get(i) && theirs.get(i) && slow(i) && !self.requested[i as usize].contains(&source)
+            })
+            .min_by_key(|&i| self.requested[i as usize].len())?;
+        self.requested[i as usize].push(source);
+        Some(i)
     }
 
     /// `source`'s request for piece `i` is over (arrived and checked, or abandoned).
@@ -107,6 +146,9 @@ impl Scheduler {
             && let Some(at) = on.iter().position(|&s| s == source)
         {
             on.swap_remove(at);
+            if on.is_empty() {
+                self.since[i as usize] = None;
+            }
         }
     }
 
@@ -128,6 +170,11 @@ mod tests {
     use super::*;
     use crate::content::merkle::BLOCK_LEN;
 
+    /// A moment when every request made so far is older than [`ENDGAME_AGE`].
+    fn later() -> Instant {
+        Instant::now() + ENDGAME_AGE
+    }
+
     fn geometry(pieces: u64) -> Geometry {
         Geometry { size: pieces * BLOCK_LEN, piece_len: BLOCK_LEN }
     }
@@ -137,21 +184,30 @@ mod tests {
         let g = geometry(64); // runs of 4 pieces
         let mut s = Scheduler::new(&g, Bitfield::empty(64), 0);
         let all = Bitfield::full(64);
-        let a: Vec<_> = (0..15).map(|_| s.pick(0, &all).unwrap()).collect();
+        let a: Vec<_> = (0..15).map(|_| s.pick(0, &all, u32::MAX).unwrap()).collect();
         assert_eq!(&a[..2], [(0, 4), (4, 4)]);
-        assert_eq!(s.pick(1, &all), Some((60, 4)), "the last fresh run");
-        // Everything is requested: the endgame hands out pieces another source has,
-        // never one this source is already sending.
-        assert_eq!(s.pick(1, &all), Some((0, 1)));
-        assert_eq!(s.pick(1, &all), Some((1, 1)));
+        assert_eq!(s.pick(1, &all, u32::MAX), Some((60, 4)), "the last fresh run");
+        assert_eq!(s.pick(1, &all, u32::MAX), None, "nothing fresh is left");
+        // 1 MiB missing: the endgame hands out pieces another source has had for a
+        // while, never one this source is already sending.
+        assert_eq!(s.pick_duplicate(1, &all, BLOCK_LEN, Instant::now()), None, "not yet");
+        assert_eq!(s.pick_duplicate(1, &all, BLOCK_LEN, later()), Some(0));
+        assert_eq!(s.pick_duplicate(1, &all, BLOCK_LEN, later()), Some(1));
         for _ in 2..60 {
-            s.pick(1, &all).unwrap();
+            s.pick_duplicate(1, &all, BLOCK_LEN, later()).unwrap();
         }
-        assert_eq!(s.pick(1, &all), None, "source 1 has every piece requested");
-        assert_eq!(s.pick(0, &all), Some((60, 1)), "source 0 duplicates source 1's run");
+        assert_eq!(s.pick_duplicate(1, &all, BLOCK_LEN, later()), None, "source 1 has every piece requested");
+        assert_eq!(
+            s.pick_duplicate(0, &all, BLOCK_LEN, later()),
+            Some(60),
+            "source 0 duplicates source 1's run"
+        );
+        // With more than ENDGAME_BYTES missing, no duplicates.
+        assert_eq!(s.pick_duplicate(2, &all, 1 << 20, later()), None);
+        assert_eq!(s.pick(3, &Bitfield::full(64), 2), None, "nothing fresh, whatever the length");
         // A piece given back by everyone is fresh again and goes out as a run of its own.
         s.release(61, 1);
-        assert_eq!(s.pick(2, &all), Some((61, 1)));
+        assert_eq!(s.pick(2, &all, u32::MAX), Some((61, 1)));
     }
 
     #[test]
@@ -164,17 +220,18 @@ mod tests {
         for i in [0, 1, 2, 5] {
             theirs.set(i);
         }
-        assert_eq!(s.pick(0, &theirs), Some((1, 2)));
-        assert_eq!(s.pick(0, &theirs), Some((5, 1)));
+        assert_eq!(s.pick(0, &theirs, u32::MAX), Some((1, 2)));
+        assert_eq!(s.pick(0, &theirs, u32::MAX), Some((5, 1)));
         // Nothing fresh left that it holds, and it is sending all of it.
-        assert_eq!(s.pick(0, &theirs), None);
-        assert_eq!(s.pick(1, &theirs), Some((1, 1)), "another source duplicates");
+        assert_eq!(s.pick(0, &theirs, u32::MAX), None);
+        assert_eq!(s.pick_duplicate(0, &theirs, BLOCK_LEN, later()), None);
+        assert_eq!(s.pick_duplicate(1, &theirs, BLOCK_LEN, later()), Some(1), "another source duplicates");
         for i in 1..32 {
             assert!(s.done(i));
         }
         assert!(!s.done(5), "a duplicate is not new");
         assert!(s.is_complete());
-        assert_eq!(s.pick(2, &Bitfield::full(32)), None);
+        assert_eq!(s.pick(2, &Bitfield::full(32), u32::MAX), None);
     }
 
     #[test]
@@ -190,21 +247,25 @@ mod tests {
         s.holds(&all);
         s.holds(&few);
         // Pieces 7-9 are held by three sources, the rest by two: 20 comes first.
-        assert_eq!(s.pick(0, &all), Some((20, 2)));
-        assert_eq!(s.pick(0, &all), Some((22, 2)));
+        assert_eq!(s.pick(0, &all, u32::MAX), Some((20, 2)));
+        assert_eq!(s.pick(0, &all, u32::MAX), Some((22, 2)));
         s.left(&all);
         s.left(&all);
         // Now 7-9 are held by one source and the rest by none that is left: the rest
         // is rarest (0), from 24 on.
-        assert_eq!(s.pick(0, &all), Some((24, 2)));
+        assert_eq!(s.pick(0, &all, u32::MAX), Some((24, 2)));
     }
 
     #[test]
     fn a_one_piece_file_is_one_run() {
         let g = Geometry::for_size(0);
         let mut s = Scheduler::new(&g, Bitfield::empty(1), 0);
-        assert_eq!(s.pick(0, &Bitfield::full(1)), Some((0, 1)));
-        assert_eq!(s.pick(0, &Bitfield::full(1)), None);
-        assert_eq!(s.pick(1, &Bitfield::full(1)), Some((0, 1)), "an endgame duplicate");
+        assert_eq!(s.pick(0, &Bitfield::full(1), u32::MAX), Some((0, 1)));
+        assert_eq!(s.pick(0, &Bitfield::full(1), u32::MAX), None);
+        assert_eq!(
+            s.pick_duplicate(1, &Bitfield::full(1), BLOCK_LEN, later()),
+            Some(0),
+            "an endgame duplicate"
+        );
     }
 }

@@ -16,9 +16,11 @@ use crate::peer::fileserver::MIN_PROGRESS;
 use crate::text::escape;
 use crate::wire::{self, FileReply, FileRequest, Service};
 
-/// Bytes kept requested from one source at first; then as many as it sends in
-/// [`DEPTH_WINDOW`], within [`MAX_DEPTH_BYTES`].
-const MIN_DEPTH_BYTES: u64 = 2 << 20;
+/// Bytes kept requested from one source at least; then as many as it sends in
+/// [`DEPTH_WINDOW`], within [`MAX_DEPTH_BYTES`]. Small, so that a slow source (a
+/// seeder shared by a swarm) is not asked for pieces long before it can send them,
+/// while others could.
+const MIN_DEPTH_BYTES: u64 = 256 << 10;
 
 /// How far ahead a source is kept busy: about a round trip on a slow path plus the
 /// time to turn a request around, so that it never waits for our next request.
@@ -37,6 +39,8 @@ pub(super) enum End {
     Finished,
     /// It failed; `penalize` if it stalled, lied or sent bytes that are wrong.
     Failed { why: anyhow::Error, penalize: bool },
+    /// It refused for being busy (no upload slot): worth asking again later.
+    Busy(anyhow::Error),
 }
 
 impl<E: Into<anyhow::Error>> From<E> for End {
@@ -72,9 +76,8 @@ pub(super) fn run(shared: &Shared, id: usize, addr: SocketAddr) -> End {
     end
 }
 
-/// How often a source that holds only part of the file, and has nothing we need now,
-/// is asked again what it holds.
-const HAVE_REFRESH: Duration = Duration::from_secs(2);
+/// How often a source that holds only part of the file is asked again what it holds.
+const HAVE_REFRESH: Duration = Duration::from_millis(500);
 
 fn fetch(
     shared: &Shared,
@@ -119,6 +122,8 @@ fn fetch(
     shared.lock().scheduler.holds(&theirs);
     *held = Some(theirs.clone());
     let mut asked_have = Instant::now();
+    // Runs whose answers come before that of a `Have` sent meanwhile, if one was.
+    let mut have_after: Option<usize> = None;
     if shared.layer.get().is_none() {
         // Another source is fetching the layer: wait for it (pieces cannot be checked
         // without it).
@@ -140,8 +145,10 @@ fn fetch(
         let rate = received as f64 / started.elapsed().as_secs_f64().max(0.001);
         let depth = ((rate * DEPTH_WINDOW.as_secs_f64()) as u64).clamp(MIN_DEPTH_BYTES, MAX_DEPTH_BYTES);
         let mut asked = inflight.iter().map(|&(f, c)| len_of(shared, f, c)).sum::<u64>();
+        // Runs of half the depth at most (at least a piece).
+        let most = u32::try_from((depth / 2 / geometry.piece_len).max(1)).unwrap_or(u32::MAX);
         while asked < depth || inflight.is_empty() {
-            let next = shared.lock().scheduler.pick(id, &theirs);
+            let next = shared.lock().scheduler.pick(id, &theirs, most);
             let Some((first, count)) = next else { break };
             inflight.push((first, count));
             asked += len_of(shared, first, count);
@@ -149,20 +156,37 @@ fn fetch(
                 .map_err(|e| refused(&e))?;
         }
         if inflight.is_empty() {
-            // Nothing to ask for now: every missing piece is on its way from others, or
-            // this source does not have it (yet: a partial holder is asked again).
-            if !theirs.is_full() && asked_have.elapsed() >= HAVE_REFRESH {
-                wire::send_msg(&mut &stream, &FileRequest::Have { root }).map_err(|e| refused(&e))?;
-                let now = have(recv(&mut reader)?, geometry.pieces())?;
-                let mut state = shared.lock();
-                state.scheduler.left(&theirs);
-                state.scheduler.holds(&now);
-                drop(state);
-                theirs = now;
-                *held = Some(theirs.clone());
-                asked_have = Instant::now();
-                continue;
+            // Nothing fresh for this source: near the end, one piece another source is
+            // still sending (the endgame).
+            let dup = shared.lock().scheduler.pick_duplicate(id, &theirs, geometry.piece_len, Instant::now());
+            if let Some(first) = dup {
+                inflight.push((first, 1));
+                wire::send_msg(&mut &stream, &FileRequest::Get { root, first, count: 1 })
+                    .map_err(|e| refused(&e))?;
             }
+        }
+        // A partial holder is asked again what it holds, between the other requests,
+        // so that this download knows which pieces it can have from it (and which are
+        // rare) as that grows.
+        if !theirs.is_full() && have_after.is_none() && asked_have.elapsed() >= HAVE_REFRESH {
+            wire::send_msg(&mut &stream, &FileRequest::Have { root }).map_err(|e| refused(&e))?;
+            have_after = Some(inflight.len());
+            asked_have = Instant::now();
+        }
+        if have_after == Some(0) {
+            let now = have(recv(&mut reader)?, geometry.pieces())?;
+            let mut state = shared.lock();
+            state.scheduler.left(&theirs);
+            state.scheduler.holds(&now);
+            drop(state);
+            theirs = now;
+            *held = Some(theirs.clone());
+            have_after = None;
+            continue;
+        }
+        if inflight.is_empty() {
+            // Nothing to ask for now: every missing piece is on its way from others, or
+            // this source does not have it (yet).
             let state = shared.lock();
             if state.scheduler.is_complete() {
                 return Ok(());
@@ -198,6 +222,9 @@ fn fetch(
             inflight[0] = (i + 1, first + count - i - 1);
             if inflight[0].1 == 0 {
                 inflight.remove(0);
+                if let Some(n) = &mut have_after {
+                    *n -= 1;
+                }
             }
             if jobs.send(Job { piece: i, source: id, bytes: buf }).is_err() {
                 return Ok(()); // the hashers stopped: so did the download
@@ -268,7 +295,9 @@ fn refused(e: &io::Error) -> anyhow::Error {
 }
 
 fn refusal(why: &str) -> End {
-    anyhow!("the peer refused: {}", escape(why)).into()
+    let e = anyhow!("the peer refused: {}", escape(why));
+    // "busy: ..." is how a file server says it has no upload slot (see fileserver.rs).
+    if why.starts_with("busy: ") { End::Busy(e) } else { e.into() }
 }
 
 fn unexpected(reply: &FileReply, wanted: &str) -> anyhow::Error {
