@@ -155,9 +155,15 @@ impl Partial {
     }
 
     /// Starts (or continues) the record with `layer` (checked against the root by the
-    /// caller) and `have`, and gives the data file its full size.
+    /// caller) and `have`, and gives the data file its full size. A one-piece file
+    /// gets no record.
     pub fn start(&mut self, layer: &[Hash], have: &Bitfield) -> io::Result<()> {
         self.data.set_len(self.geometry.size)?;
+        if self.geometry.pieces() == 1 {
+            // Nothing to resume part of: a one-piece file is whole or nothing. (This
+            // spares small files a record's creation and removal.)
+            return Ok(());
+        }
         let path = record_path(&self.data_path);
         let mut bytes =
             Vec::with_capacity(RECORD_MAGIC.len() + 12 + layer.len() * 32 + have.as_bytes().len());

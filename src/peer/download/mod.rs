@@ -301,8 +301,9 @@ impl Downloader<'_> {
             partial.file().try_clone().context("cannot open the partial file").map_err(Failed::Local)?;
         // Offered to others while it runs (swarming): the file server serves the
         // verified pieces, and the index lists this peer as holding part of the file.
+        // (A one-piece file has nothing to offer until it is complete.)
         let view = match self.me {
-            Some(_) => {
+            Some(_) if geometry.pieces() > 1 => {
                 let file = data.try_clone().context("cannot open the partial file").map_err(Failed::Local)?;
                 let view = Arc::new(PartialView {
                     name: name.clone(),
@@ -321,7 +322,7 @@ impl Downloader<'_> {
                 }
                 Some(view)
             }
-            None => None,
+            _ => None,
         };
         let start = Start { partial, data, layer, have, resumed, view: view.clone() };
         let result = self.fetch_from(name, size, root, candidates, start, note);
