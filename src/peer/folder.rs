@@ -124,8 +124,10 @@ pub struct PartialView {
 #[derive(Debug, Default)]
 struct HashCache {
     map: HashMap<ShareName, (Stamp, Hash)>,
-    /// A name that had each root when it was hashed: where to serve a root from. Checked
-    /// against `map` when used, so a stale entry costs a search, never a wrong file.
+    /// A name that had each root when it was hashed: where to serve a root from.
+    /// Rebuilt at every scan and kept up as files are hashed; checked against `map`
+    /// when used, so a stale entry is a refusal, never a wrong file (and a root nobody
+    /// has costs one probe, not a search: a downloader cannot make us walk the cache).
     by_root: HashMap<Hash, ShareName>,
     dirty: bool,
 }
@@ -293,6 +295,7 @@ impl SharedFolder {
         let mut cache = lock(&self.hashes);
         let before = cache.map.len();
         cache.map.retain(|name, _| files.binary_search_by(|f| f.name.cmp(name)).is_ok());
+        cache.by_root = cache.map.iter().map(|(name, (_, root))| (*root, name.clone())).collect();
         if cache.dirty || cache.map.len() != before {
             cache.dirty = true;
             if let Err(e) = cache.save(self) {
@@ -359,10 +362,11 @@ impl SharedFolder {
     pub fn open_root(&self, root: &Hash) -> Result<OpenFile, OpenError> {
         let known = {
             let cache = lock(&self.hashes);
-            match cache.by_root.get(root) {
-                Some(name) if cache.map.get(name).is_some_and(|(_, r)| r == root) => Some(name.clone()),
-                _ => cache.map.iter().find(|(_, (_, r))| r == root).map(|(name, _)| name.clone()),
-            }
+            cache
+                .by_root
+                .get(root)
+                .filter(|name| cache.map.get(*name).is_some_and(|(_, r)| r == root))
+                .cloned()
         };
         let name = known.ok_or(OpenError::NotFound)?;
         let open = self.open(&name)?;

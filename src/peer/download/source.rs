@@ -14,7 +14,7 @@ use crate::content::{Bitfield, merkle};
 use crate::net::{self, ConnectTimeouts, is_timeout};
 use crate::peer::fileserver::MIN_PROGRESS;
 use crate::text::escape;
-use crate::wire::{self, FileReply, FileRequest, Service};
+use crate::wire::{self, FileReply, FileRequest, Message, Service};
 
 /// Bytes kept requested from one source at least; then as many as it sends in
 /// [`DEPTH_WINDOW`], within [`MAX_DEPTH_BYTES`]. Small, so that a slow source (a
@@ -28,6 +28,10 @@ const DEPTH_WINDOW: Duration = Duration::from_millis(100);
 
 /// The most bytes requested from one source at once.
 const MAX_DEPTH_BYTES: u64 = 32 << 20;
+
+/// Largest reply frame taken from a source: a piece layer of 4,096 hashes is the
+/// largest a true source sends (128 KiB and a few bytes).
+const MAX_REPLY_LEN: usize = 256 << 10;
 
 /// How long a source with nothing to do waits before looking for work again (it is
 /// woken sooner when a piece is verified or given back).
@@ -268,7 +272,11 @@ fn connect(addr: SocketAddr, config: &DownloadConfig) -> Result<TcpStream, End> 
 /// Receives one reply frame. A stall is the source's fault; anything else is a plain
 /// failure.
 fn recv(reader: &mut Paced) -> Result<FileReply, End> {
-    wire::recv_msg::<FileReply>(reader).map_err(|e| match e.kind() {
+    let received = wire::recv_all(reader, MAX_REPLY_LEN).and_then(|frame| {
+        let frame = frame.ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        Ok(FileReply::decode(&frame)?)
+    });
+    received.map_err(|e| match e.kind() {
         io::ErrorKind::InvalidData => penalized(anyhow!("it sent a malformed reply: {e}")),
         _ => stopped_short(e, reader.pace),
     })
