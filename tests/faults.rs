@@ -95,14 +95,7 @@ fn a_size_of_2_pow_63_is_refused_before_a_byte_is_written() {
 #[test]
 #[ignore = "a helper process, started by another test"]
 fn helper_sender_sends_half_then_waits() {
-    let Some(path) = std::env::var_os("PEERDEX_HELPER_FILE") else { return };
-    let content = fs::read(path).unwrap();
-    let tree = Tree::of_bytes(&content);
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    println!("helper listening on {}", listener.local_addr().unwrap());
-    let (mut s, _) = listener.accept().unwrap();
-    let mut r = s.try_clone().unwrap();
-    wire::server_handshake(&mut r, &mut s, Service::Files, 4096).unwrap();
+    let Some((content, tree, mut r, mut s)) = common::helper_connection() else { return };
     // It says it holds the first half (as a peer still downloading would), and sends
     // what it is asked for of it.
     let half = content.len() as u64 / 2;

@@ -7,7 +7,7 @@ mod common;
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::thread;
@@ -103,14 +103,7 @@ fn a_corrupt_piece_is_caught_at_once_and_the_others_finish() {
 #[test]
 #[ignore = "a helper process, started by another test"]
 fn helper_sender_serves_half_then_waits() {
-    let Some(path) = std::env::var_os("PEERDEX_HELPER_FILE") else { return };
-    let content = fs::read(path).unwrap();
-    let tree = Tree::of_bytes(&content);
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    println!("helper listening on {}", listener.local_addr().unwrap());
-    let (mut s, _) = listener.accept().unwrap();
-    let mut r = s.try_clone().unwrap();
-    wire::server_handshake(&mut r, &mut s, Service::Files, 4096).unwrap();
+    let Some((content, tree, mut r, mut s)) = common::helper_connection() else { return };
     let mut told = false;
     while let Ok(request) = wire::recv_msg::<FileRequest>(&mut r) {
         match request {

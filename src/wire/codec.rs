@@ -94,6 +94,10 @@ impl<'a> Dec<'a> {
         self.0 = rest;
         Ok(head)
     }
+    /// The handshake's magic, or `BadMagic`.
+    pub(crate) fn magic(&mut self, magic: &[u8]) -> Result<(), DecodeError> {
+        if self.take(magic.len()).ok() == Some(magic) { Ok(()) } else { Err(DecodeError::BadMagic) }
+    }
     pub(crate) fn array<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
         Ok(self.take(N)?.try_into().expect("take returns N bytes"))
     }

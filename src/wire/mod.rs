@@ -294,9 +294,7 @@ impl Message for Hello {
     }
     fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
         let mut d = Dec(payload);
-        if d.take(MAGIC.len()).ok() != Some(&MAGIC[..]) {
-            return Err(DecodeError::BadMagic);
-        }
+        d.magic(&MAGIC)?;
         let version = d.u16()?;
         let service = match d.u8()? {
             1 => Service::Index,
@@ -344,9 +342,7 @@ impl Message for Welcome {
     }
     fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
         let mut d = Dec(payload);
-        if d.take(MAGIC.len()).ok() != Some(&MAGIC[..]) {
-            return Err(DecodeError::BadMagic);
-        }
+        d.magic(&MAGIC)?;
         let version = d.u16()?;
         let refusal = if d.bool()? { Some(d.str()?) } else { None };
         d.finish(Welcome { version, refusal })

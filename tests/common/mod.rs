@@ -729,3 +729,20 @@ pub fn index_server_with_ann(dir: &Path) -> (Proc, SocketAddr) {
     adduser(dir, &users, "ann", "s3cret");
     Proc::index_server_with(dir, &["127.0.0.1", "0", "--users", users.to_str().unwrap()])
 }
+
+/// For a helper process (a test binary started again to play a sender that a test can
+/// kill with SIGKILL): reads the file named by `PEERDEX_HELPER_FILE`, listens on
+/// 127.0.0.1, prints `helper listening on ADDR`, accepts one downloader and shakes
+/// hands. Returns the content, its tree and the connection (twice: to read and to
+/// write); `None` when not started as a helper.
+pub fn helper_connection() -> Option<(Vec<u8>, peerdex::content::Tree, TcpStream, TcpStream)> {
+    let path = std::env::var_os("PEERDEX_HELPER_FILE")?;
+    let content = std::fs::read(path).unwrap();
+    let tree = peerdex::content::Tree::of_bytes(&content);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    println!("helper listening on {}", listener.local_addr().unwrap());
+    let (mut s, _) = listener.accept().unwrap();
+    let mut r = s.try_clone().unwrap();
+    wire::server_handshake(&mut r, &mut s, Service::Files, 4096).unwrap();
+    Some((content, tree, r, s))
+}
