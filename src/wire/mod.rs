@@ -28,7 +28,7 @@
 //!   and after a `FileReply::Data` the pieces' bytes follow raw, outside any frame
 //!   (so the kernel can copy them).
 //!
-//! The modules: [`codec`] (the encoding of integers, strings and lists), [`index`]
+//! The modules: `codec` (the encoding of integers, strings and lists), [`index`]
 //! (the index's messages) and [`files`] (the file server's). Each message's first byte
 //! is its tag, a named constant beside it.
 
@@ -158,7 +158,7 @@ pub enum DecodeError {
     BadMagic,
     /// A string field that is not UTF-8.
     InvalidUtf8,
-    /// A file name that is not a valid [`ShareName`]; carries the name (lossily
+    /// A file name that is not a valid [`crate::name::ShareName`]; carries the name (lossily
     /// decoded) and the reason.
     BadName(String, NameError),
     /// An address family other than 4 or 6, or a service byte we do not know.

@@ -8,9 +8,10 @@
 //!    candidates than that, the least loaded are chosen by asking them how busy they
 //!    are ([`PeerChoice`]), and the rest wait in reserve to replace sources that fail.
 //! 3. The piece layer comes from the first source that answers and is checked against
-//!    the root. Each source ([`source`]) is then kept a few runs of pieces ahead, more
-//!    for a faster one; the [`scheduler`] hands out runs, lowest first, and at the end
-//!    gives the last pieces to several sources, keeping the first copy that arrives.
+//!    the root. Each source (`source.rs`) is then kept a few runs of pieces ahead, more
+//!    for a faster one; the scheduler (`scheduler.rs`) hands out runs, rarest first, and
+//!    at the end (the last few MiB) gives a source with nothing else to do a piece
+//!    another has been sending for a second, keeping the first copy that arrives.
 //! 4. Pieces are verified on a pool of hashing threads, one per core, written at their
 //!    offsets in the partial file, and recorded in its record of pieces
 //!    ([`super::partial`]), so that a resumed download fetches only what is missing.
