@@ -20,9 +20,14 @@
 //! A source whose piece fails its hash is dropped at once and named; nothing it sent
 //! in this download is kept (even its pieces that matched are fetched again: a source
 //! caught lying is trusted with nothing), and it goes to the back of the order for
-//! [`PENALTY`]. A
-//! source that stalls (less than [`super::fileserver::MIN_PROGRESS`] bytes in a stall window while it owes
-//! some) or dies is dropped too; the others finish the file.
+//! [`PENALTY`]. A source that stalls (less than [`super::fileserver::MIN_PROGRESS`]
+//! bytes in a stall window while it owes some) or dies is dropped too; the others
+//! finish the file.
+//!
+//! Swarming: a registered peer announces the download to the index as a partial and
+//! offers its verified pieces through its file server ([`super::folder::PartialView`])
+//! while the download runs; downloaders ask the index again for sources every second,
+//! so peers downloading the same file find each other.
 
 mod scheduler;
 mod source;
