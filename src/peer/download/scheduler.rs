@@ -42,6 +42,11 @@ pub struct Scheduler {
     available: Vec<u16>,
     /// Where the search for the rarest piece starts.
     start: u32,
+    /// Sources holding pieces now (as told by [`Scheduler::holds`] and
+    /// [`Scheduler::left`]).
+    holders: u32,
+    /// A xorshift state: with several sources, each search starts somewhere new.
+    rng: u64,
 }
 
 impl Scheduler {
@@ -59,11 +64,14 @@ impl Scheduler {
             run,
             available: vec![0; n],
             start: start % pieces,
+            holders: 0,
+            rng: u64::from(start) | 1,
         }
     }
 
     /// A source holding `theirs` joined (or told us it holds more).
     pub fn holds(&mut self, theirs: &Bitfield) {
+        self.holders += 1;
         for i in theirs.ones() {
             self.available[i as usize] = self.available[i as usize].saturating_add(1);
         }
@@ -71,6 +79,7 @@ impl Scheduler {
 
     /// A source that held `theirs` left (or is about to say what it holds now).
     pub fn left(&mut self, theirs: &Bitfield) {
+        self.holders = self.holders.saturating_sub(1);
         for i in theirs.ones() {
             self.available[i as usize] = self.available[i as usize].saturating_sub(1);
         }
@@ -95,8 +104,20 @@ impl Scheduler {
         let wanted = |i: u32| !self.have.get(i) && theirs.get(i);
         let pieces = self.requested.len() as u32;
         let fresh = |i: u32| wanted(i) && self.requested[i as usize].is_empty();
-        let first = (self.start..pieces)
-            .chain(0..self.start)
+        // With one source, runs follow each other through the file. With several (a
+        // swarm), each search starts at a random place: downloaders of one file that
+        // all went through it in order would soon be asking a seeder for the very
+        // pieces another has just asked it for.
+        let start = if self.holders > 1 {
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            (self.rng % u64::from(pieces)) as u32
+        } else {
+            self.start
+        };
+        let first = (start..pieces)
+            .chain(0..start)
             .filter(|&i| fresh(i))
             .min_by_key(|&i| self.available[i as usize])?;
         let mut count = 1;
@@ -235,7 +256,7 @@ mod tests {
     }
 
     #[test]
-    fn the_rarest_pieces_go_first_then_from_the_random_start() {
+    fn the_rarest_pieces_go_first() {
         let g = geometry(32); // runs of 2
         let mut s = Scheduler::new(&g, Bitfield::empty(32), 20);
         let all = Bitfield::full(32);
@@ -243,17 +264,28 @@ mod tests {
         for i in [7, 8, 9] {
             few.set(i);
         }
+        s.holds(&few);
+        // One source: from the start, in order.
+        assert_eq!(s.pick(0, &few, u32::MAX), Some((7, 2)));
+        s.left(&few);
         s.holds(&all);
         s.holds(&all);
         s.holds(&few);
-        // Pieces 7-9 are held by three sources, the rest by two: 20 comes first.
-        assert_eq!(s.pick(0, &all, u32::MAX), Some((20, 2)));
-        assert_eq!(s.pick(0, &all, u32::MAX), Some((22, 2)));
-        s.left(&all);
-        s.left(&all);
-        // Now 7-9 are held by one source and the rest by none that is left: the rest
-        // is rarest (0), from 24 on.
-        assert_eq!(s.pick(0, &all, u32::MAX), Some((24, 2)));
+        // Pieces 7-9 are held by three sources, the rest by two: never 7-9 while any
+        // other is fresh, and never a piece twice.
+        let mut taken = Bitfield::empty(32);
+        taken.set(7);
+        taken.set(8);
+        while let Some((first, count)) = s.pick(1, &all, u32::MAX) {
+            for i in first..first + count {
+                assert!(!taken.get(i), "piece {i} twice");
+                taken.set(i);
+            }
+            if first == 9 {
+                assert_eq!(taken.count(), 32, "9 came last");
+            }
+        }
+        assert!(taken.is_full());
     }
 
     #[test]
