@@ -29,8 +29,10 @@
 //! while the download runs; downloaders ask the index again for sources every second,
 //! so peers downloading the same file find each other.
 
-mod scheduler;
-mod source;
+mod choice; // asking many sharers how busy they are
+mod scheduler; // which pieces from which source
+mod source; // one source's connection
+mod verify; // the hashing threads and the writer
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
@@ -47,12 +49,11 @@ use rand::seq::SliceRandom;
 use super::client::{IndexClient, unexpected};
 use super::fileserver::STALL_TIMEOUT;
 use super::folder::{PartialView, SharedFolder};
-use super::partial::{self, Partial};
-use crate::content::{Bitfield, Geometry, Hash, merkle};
+use super::partial::Partial;
+use crate::content::{Bitfield, Geometry, Hash};
 use crate::name::ShareName;
-use crate::net::{self, ConnectTimeouts, Timed, is_timeout};
 use crate::text::escape;
-use crate::wire::{self, FileInfo, FileReply, FileRequest, PeerHit, Reply, Request, Service};
+use crate::wire::{FileInfo, PeerHit, Reply, Request};
 use scheduler::Scheduler;
 use source::End;
 
@@ -252,7 +253,7 @@ impl Downloader<'_> {
             // A popular file can have thousands of sharers: ask a random sample of them
             // (one thread each); the others stay behind, in random order, as a reserve.
             let reserve = hits.split_off(hits.len().min(STATUS_SAMPLE));
-            let (ranked, dead) = rank(hits, self.config);
+            let (ranked, dead) = choice::rank(hits, self.config);
             let more = !ranked.is_empty() || !reserve.is_empty();
             for (hit, why) in dead {
                 note(Note::SourceFailed { from: hit.addr, why, more });
@@ -405,10 +406,10 @@ impl Downloader<'_> {
             let (shared_ref, queue_ref) = (&shared, &queue);
             for _ in 0..workers {
                 let to_writer = to_writer.clone();
-                scope.spawn(move || hash_pieces(shared_ref, queue_ref, to_writer));
+                scope.spawn(move || verify::hash_pieces(shared_ref, queue_ref, to_writer));
             }
             drop(to_writer);
-            scope.spawn(move || write_pieces(shared_ref, writes));
+            scope.spawn(move || verify::write_pieces(shared_ref, writes));
             // Sources by id, as started (a source asked again later gets a new id).
             let mut started: Vec<PeerHit> = Vec::new();
             let start = |hit: &PeerHit| {
@@ -738,143 +739,5 @@ impl Shared<'_> {
     /// A sender of pieces to the hashers; `None` once the download is over.
     fn jobs(&self) -> Option<mpsc::SyncSender<Job>> {
         self.jobs.lock().unwrap_or_else(PoisonError::into_inner).clone()
-    }
-}
-
-/// A hashing thread: checks each piece against the layer and passes a good one to the
-/// writer; a bad one marks its source bad, and undoes every piece it sent.
-fn hash_pieces(shared: &Shared, queue: &Mutex<mpsc::Receiver<Job>>, writer: mpsc::SyncSender<Job>) {
-    loop {
-        let job = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
-        let Ok(job) = job else { return };
-        let Job { piece, source, .. } = job;
-        let skip = shared.lock().sources[source].bad.is_some();
-        if !skip {
-            let layer = shared.layer.get().expect("pieces are requested only once the layer is known");
-            if merkle::piece_hash(&shared.geometry, &job.bytes) == layer[piece as usize] {
-                if writer.send(job).is_err() {
-                    return;
-                }
-                continue;
-            }
-        }
-        let mut state = shared.lock();
-        state.scheduler.release(piece, source);
-        // Nothing more is taken from a source caught sending a bad piece.
-        if !skip {
-            let s = &mut state.sources[source];
-            s.bad.get_or_insert(piece);
-            if let Some(stream) = &s.stream {
-                let _ = stream.shutdown(Shutdown::Both);
-            }
-            // Nothing it sent is kept, not even pieces that matched: a source caught
-            // lying is trusted with nothing. (Unless the file is already complete: then
-            // every piece is proven, and the lie changed nothing.)
-            if !shared.stopped() {
-                let theirs: Vec<u32> = (0..state.sent_by.len() as u32)
-                    .filter(|&i| state.sent_by[i as usize] == Some(source))
-                    .collect();
-                for i in theirs {
-                    state.sent_by[i as usize] = None;
-                    state.scheduler.undo(i);
-                    shared.offer(i, false);
-                    let have = state.scheduler.have().clone();
-                    if let Err(e) = state.partial.record(i, &have) {
-                        log::debug!("cannot record piece {i} of a partial download: {e}");
-                    }
-                }
-                let s = &mut state.sources[source];
-                (s.pieces, s.bytes) = (0, 0);
-            }
-        }
-        if state.spare.len() < 16 {
-            state.spare.push(job.bytes);
-        }
-        drop(state);
-        shared.changed.notify_all();
-    }
-}
-
-/// The writing thread: writes each verified piece at its offset and records it, unless
-/// it is already in (an endgame duplicate) or its source was caught lying meanwhile.
-fn write_pieces(shared: &Shared, pieces: mpsc::Receiver<Job>) {
-    for Job { piece, source, bytes } in pieces {
-        let skip = {
-            let state = shared.lock();
-            state.scheduler.have().get(piece) || state.sources[source].bad.is_some()
-        };
-        let written = if skip {
-            Ok(())
-        } else {
-            partial::write_all_at(&shared.data, &bytes, shared.geometry.piece(piece).start)
-        };
-        let mut state = shared.lock();
-        state.scheduler.release(piece, source);
-        match written {
-            Err(e) => state.local = Some(anyhow!(e).context("cannot write to the shared folder")),
-            Ok(()) if !skip && state.sources[source].bad.is_none() && state.scheduler.done(piece) => {
-                state.sources[source].pieces += 1;
-                state.sources[source].bytes += bytes.len() as u64;
-                state.sent_by[piece as usize] = Some(source);
-                shared.offer(piece, true);
-                let have = state.scheduler.have().clone();
-                if let Err(e) = state.partial.record(piece, &have) {
-                    log::debug!("cannot record piece {piece} of a partial download: {e}");
-                }
-            }
-            Ok(()) => {}
-        }
-        if state.spare.len() < 16 {
-            state.spare.push(bytes);
-        }
-        drop(state);
-        shared.changed.notify_all();
-    }
-}
-
-/// Asks every candidate how busy it is, in parallel. Returns those that answered,
-/// least loaded first (the order of `hits`, already random, breaks ties), each with
-/// its answer, and those that did not, with why.
-#[allow(clippy::type_complexity)]
-fn rank(
-    hits: Vec<PeerHit>,
-    config: &DownloadConfig,
-) -> (Vec<(PeerHit, (u32, u64))>, Vec<(PeerHit, anyhow::Error)>) {
-    let answers: Vec<anyhow::Result<Load>> = thread::scope(|scope| {
-        let asks: Vec<_> = hits.iter().map(|hit| scope.spawn(|| status(hit.addr, config))).collect();
-        asks.into_iter().map(|a| a.join().expect("asking does not panic")).collect()
-    });
-    let (mut ranked, mut dead) = (Vec::new(), Vec::new());
-    for (hit, answer) in hits.into_iter().zip(answers) {
-        match answer {
-            Ok(load) => ranked.push((hit, load)),
-            Err(e) => dead.push((hit, anyhow!("{e:#} (when asked how busy it is)"))),
-        }
-    }
-    // Fewest uploads first; among equals, the one that has been sending fastest.
-    ranked.sort_by_key(|(_, (uploads, rate))| (*uploads, std::cmp::Reverse(*rate)));
-    (ranked, dead)
-}
-
-/// One peer's answer to "how busy are you?": (uploads running, recent bytes per second).
-type Load = (u32, u64);
-
-/// Asks one peer how busy it is.
-fn status(addr: SocketAddr, config: &DownloadConfig) -> anyhow::Result<Load> {
-    let timeouts =
-        ConnectTimeouts { connect: STATUS_TIMEOUT.min(config.connect_timeout), io: STATUS_TIMEOUT };
-    let answer = net::connect(addr, Service::Files, timeouts).and_then(|stream| {
-        wire::send_msg(&mut &stream, &FileRequest::Status)?;
-        wire::recv_msg(&mut Timed::deadline(&stream, Instant::now() + STATUS_TIMEOUT))
-    });
-    let answer = answer.map_err(|e| match e.kind() {
-        _ if is_timeout(&e) => anyhow!("the peer sent nothing for {:.1} s", STATUS_TIMEOUT.as_secs_f64()),
-        io::ErrorKind::ConnectionRefused => anyhow!(e).context("cannot connect"),
-        _ => anyhow!(e),
-    })?;
-    match answer {
-        FileReply::Status { uploads, bytes_per_sec } => Ok((uploads, bytes_per_sec)),
-        FileReply::Error(e) => bail!("the peer refused: {}", escape(&e)),
-        _ => bail!("the peer answered something else"),
     }
 }
