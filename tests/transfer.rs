@@ -98,39 +98,44 @@ fn a_corrupt_piece_is_caught_at_once_and_the_others_finish() {
 
 /// Not a test: the body of a separate sender process for
 /// [`killing_one_of_two_sources_mid_transfer_still_completes`], which starts this test
-/// binary again and kills it with SIGKILL. It serves `PEERDEX_HELPER_FILE`'s pieces
-/// below its middle, then waits to be killed with requests unanswered.
+/// binary again and kills it with SIGKILL. It holds `PEERDEX_HELPER_FILE`'s first half,
+/// sends a quarter of the file, then waits to be killed with requests unanswered.
 #[test]
 #[ignore = "a helper process, started by another test"]
 fn helper_sender_serves_half_then_waits() {
     let Some((content, tree, mut r, mut s)) = common::helper_connection() else { return };
-    let mut told = false;
+    // It holds (says it has) the first half, and answers requests, in order, until it
+    // has sent a quarter of the file; then it answers nothing more.
+    let half = content.len() as u64 / 2;
+    let mut sent = 0;
     while let Ok(request) = wire::recv_msg::<FileRequest>(&mut r) {
         match request {
             FileRequest::Layer { .. } => {
                 wire::send_msg(&mut s, &FileReply::Layer(tree.layer.clone())).unwrap()
             }
             FileRequest::Have { .. } => {
-                wire::send_msg(&mut s, &FileReply::Have(Bitfield::full(tree.geometry.pieces()))).unwrap()
+                let mut have = Bitfield::empty(tree.geometry.pieces());
+                for i in (0..tree.geometry.pieces()).filter(|&i| tree.geometry.piece(i).end <= half) {
+                    have.set(i);
+                }
+                wire::send_msg(&mut s, &FileReply::Have(have)).unwrap()
             }
             FileRequest::Get { first, count, .. } => {
                 let range = tree.geometry.pieces_range(first, count);
-                if range.end > content.len() as u64 / 2 {
-                    if !told {
-                        println!("helper is half way");
-                        told = true;
-                    }
-                    continue; // never answered
-                }
                 let len = range.end - range.start;
                 wire::send_msg(&mut s, &FileReply::Data { first, count, len }).unwrap();
                 s.write_all(&content[range.start as usize..range.end as usize]).unwrap();
+                sent += len;
+                if sent >= half / 2 {
+                    break;
+                }
             }
             FileRequest::Status => unreachable!(),
         }
     }
+    println!("helper is half way");
     loop {
-        thread::park(); // until SIGKILL
+        thread::park(); // until SIGKILL, with requests unanswered
     }
 }
 

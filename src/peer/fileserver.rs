@@ -5,8 +5,9 @@
 //!
 //! What one client can take is bounded: connections per client address (the accept
 //! loop, [`crate::net::serve`]), uploads per client address (a connection takes an
-//! upload slot with its first `Get` and keeps it until it closes; a `Get` over the
-//! limit is refused with a reason; a `Status` needs no upload slot, so it is answered
+//! upload slot with its first `Get`, or its first `Layer` of a shared file, which may
+//! mean hashing the file again, and keeps it until it closes; a request over the limit
+//! is refused with a reason; a `Status` needs no upload slot, so it is answered
 //! even when every slot is busy), and time: a downloader that takes less than
 //! [`MIN_PROGRESS`] bytes in any `stall_timeout` is dropped, and a connection that asks
 //! nothing for a stall window is closed.
@@ -163,6 +164,24 @@ fn handle(shared: &Shared, stream: &TcpStream, from: SocketAddr) -> io::Result<(
         }
         let s = serving.as_ref().expect("set above");
         match request {
+            // A layer may have to be computed again by hashing the whole file: that is
+            // work like an upload's, so it takes an upload slot too (a client cannot
+            // make us hash more files at once than it may download).
+            FileRequest::Layer { .. } if upload.is_none() && s.partial.is_none() => {
+                match take_upload(shared, from) {
+                    Ok(slot) => upload = Some(slot),
+                    Err(why) => {
+                        refuse(writer, from, why)?;
+                        continue;
+                    }
+                }
+                match s.layer(&shared.folder) {
+                    Ok(layer) => wire::send_msg(&mut writer, &FileReply::Layer(layer.to_vec()))?,
+                    Err(why) => {
+                        refuse(writer, from, format!("cannot send the piece layer of {:?}: {why}", s.name()))?
+                    }
+                }
+            }
             FileRequest::Layer { .. } => match s.layer(&shared.folder) {
                 Ok(layer) => wire::send_msg(&mut writer, &FileReply::Layer(layer.to_vec()))?,
                 Err(why) => {
@@ -195,20 +214,9 @@ fn handle(shared: &Shared, stream: &TcpStream, from: SocketAddr) -> io::Result<(
                     }
                 }
                 if upload.is_none() {
-                    match shared.uploads.take(from.ip()) {
+                    match take_upload(shared, from) {
                         Ok(slot) => upload = Some(slot),
-                        Err(Full::All(max)) => {
-                            refuse(
-                                writer,
-                                from,
-                                format!("busy: {max} uploads already running; try another peer"),
-                            )?;
-                            continue;
-                        }
-                        Err(Full::ThisAddress(max)) => {
-                            let why = format!(
-                                "busy: {max} uploads to your address already running (the most allowed)"
-                            );
+                        Err(why) => {
                             refuse(writer, from, why)?;
                             continue;
                         }
@@ -291,6 +299,17 @@ impl Serving {
             (None, None) => unreachable!("a Serving is one or the other"),
         }
     }
+}
+
+/// An upload slot for `from`, or why there is none (a refusal starting with "busy: ",
+/// which downloaders take as a reason to ask again later).
+fn take_upload(shared: &Shared, from: SocketAddr) -> Result<Slot, String> {
+    shared.uploads.take(from.ip()).map_err(|full| match full {
+        Full::All(max) => format!("busy: {max} uploads already running; try another peer"),
+        Full::ThisAddress(max) => {
+            format!("busy: {max} uploads to your address already running (the most allowed)")
+        }
+    })
 }
 
 /// A root as a person reads it: its first 8 hex digits.

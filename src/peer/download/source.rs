@@ -128,16 +128,8 @@ fn fetch(
     let mut asked_have = Instant::now();
     // Runs whose answers come before that of a `Have` sent meanwhile, if one was.
     let mut have_after: Option<usize> = None;
-    if shared.layer.get().is_none() {
-        // Another source is fetching the layer: wait for it (pieces cannot be checked
-        // without it).
-        let mut state = shared.lock();
-        while shared.layer.get().is_none() && !shared.stopped() {
-            state = shared.changed.wait_timeout(state, IDLE_WAIT).expect("no panics under the lock").0;
-        }
-        drop(state);
-        reader.pace.restart();
-    }
+    // The layer is known from here on: this source fetched it, or it was known when
+    // this source started (it is never unset).
 
     let started = Instant::now();
     let mut received = 0u64;
