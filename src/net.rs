@@ -38,8 +38,21 @@ enum Phase {
     /// Everything must arrive by this instant.
     Fixed(Instant),
     /// Waiting for a frame: its first byte within `idle`; then, from that byte, the
-    /// rest by `deadline` (set when the first byte arrives).
-    Frame { idle: Duration, read: Duration, deadline: Option<Instant> },
+    /// rest within `read`.
+    Frame { idle: Duration, read: Duration, got: Got },
+}
+
+/// How far a frame has come.
+#[derive(Debug, Clone, Copy)]
+enum Got {
+    /// Nothing yet.
+    Nothing,
+    /// Its first bytes. Most frames arrive whole in the read that brings their first
+    /// byte, so the clock is not read for them: a deadline is only set if another
+    /// read is needed (a microsecond later, not a read timeout later).
+    Started,
+    /// More reads were needed: the rest must come by then.
+    Until(Instant),
 }
 
 impl<'a> Timed<'a> {
@@ -51,14 +64,15 @@ impl<'a> Timed<'a> {
     /// Starts waiting for the next frame: its first byte may take up to `idle`, the
     /// whole frame up to `read` after that.
     pub fn await_frame(&mut self, idle: Duration, read: Duration) {
-        self.phase = Phase::Frame { idle, read, deadline: None };
+        self.phase = Phase::Frame { idle, read, got: Got::Nothing };
     }
 
     /// The instant by which the frame being read must be complete, once one started.
     pub fn frame_deadline(&self) -> Option<Instant> {
         match self.phase {
-            Phase::Fixed(at) | Phase::Frame { deadline: Some(at), .. } => Some(at),
-            Phase::Frame { deadline: None, .. } => None,
+            Phase::Fixed(at) | Phase::Frame { got: Got::Until(at), .. } => Some(at),
+            Phase::Frame { got: Got::Started, read, .. } => Some(Instant::now() + read),
+            Phase::Frame { got: Got::Nothing, .. } => None,
         }
     }
 
@@ -75,18 +89,22 @@ impl<'a> Timed<'a> {
 
 impl Read for Timed<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let timeout = match self.phase {
-            Phase::Frame { idle, deadline: None, .. } => idle,
-            Phase::Frame { deadline: Some(at), .. } | Phase::Fixed(at) => {
+        let timeout = match &mut self.phase {
+            Phase::Frame { idle, got: Got::Nothing, .. } => *idle,
+            Phase::Frame { read, got: got @ Got::Started, .. } => {
+                *got = Got::Until(Instant::now() + *read);
+                *read
+            }
+            Phase::Frame { got: Got::Until(at), .. } | Phase::Fixed(at) => {
                 at.checked_duration_since(Instant::now()).ok_or(io::ErrorKind::TimedOut)?
             }
         };
         self.set_timeout(timeout)?;
         let n = (&mut &*self.stream).read(buf)?;
-        if let Phase::Frame { read, deadline: deadline @ None, .. } = &mut self.phase
+        if let Phase::Frame { got: got @ Got::Nothing, .. } = &mut self.phase
             && n > 0
         {
-            *deadline = Some(Instant::now() + *read);
+            *got = Got::Started;
         }
         Ok(n)
     }

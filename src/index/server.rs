@@ -247,11 +247,15 @@ impl<'a> Connection<'a> {
                     continue;
                 }
             }
-            let deadline =
-                reader.get_ref().frame_deadline().unwrap_or_else(|| Instant::now() + config.read_timeout);
             let booked = match len {
                 ..=UNBOOKED_FRAME => None,
-                _ => Some(self.budget.book(len, deadline)),
+                _ => {
+                    let deadline = reader.get_ref().frame_deadline();
+                    Some(
+                        self.budget
+                            .book(len, deadline.unwrap_or_else(|| Instant::now() + config.read_timeout)),
+                    )
+                }
             };
             if let Some(None) = booked {
                 let why = format!(
