@@ -38,8 +38,9 @@ struct Args {
     /// Seconds to wait for another peer to accept a download connection.
     #[arg(long, value_name = "SECS", default_value = "5", value_parser = cli::parse_secs)]
     connect_timeout: Duration,
-    /// Seconds within which a sending peer must deliver at least 64 KiB (or the rest of
-    /// the file), or be dropped for the next peer.
+    /// Seconds within which a source must deliver at least 64 KiB while it owes bytes,
+    /// or be dropped (the other sources go on); also how long a download waits for
+    /// busy sources without progress.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = cli::parse_secs)]
     read_timeout: Duration,
     /// Downloads run at once; more are queued.
@@ -67,8 +68,9 @@ struct Args {
     /// Seconds between pings to the index when idle (it drops silent peers after 180).
     #[arg(long, value_name = "SECS", default_value = "60", value_parser = cli::parse_secs)]
     keepalive: Duration,
-    /// How to choose among the peers that share a file: least-loaded asks each how
-    /// busy it is and takes the least busy; random is the original design.
+    /// How to choose among the peers that share a file when there are more than a
+    /// download uses at once (8): least-loaded asks each how busy it is and takes the
+    /// least busy; random takes them in random order.
     #[arg(long, value_name = "HOW", default_value = "least-loaded")]
     peer_choice: PeerChoice,
     /// Log in to the index server as this user at start; the password comes from the
