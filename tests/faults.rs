@@ -4,10 +4,9 @@
 
 mod common;
 
-use std::ffi::OsStr;
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
 use std::thread;
@@ -16,7 +15,7 @@ use common::{
     Misbehaviour, Proc, Stream, entries, fake_sender, fake_sender_counted, folder, info, peer_with,
     random_bytes, register_fake, workspace,
 };
-use peerdex::content::{Bitfield, Tree};
+use peerdex::content::Tree;
 use peerdex::wire::{self, FileInfo, FileReply, FileRequest, Service};
 
 #[test]
@@ -95,34 +94,7 @@ fn a_size_of_2_pow_63_is_refused_before_a_byte_is_written() {
 #[test]
 #[ignore = "a helper process, started by another test"]
 fn helper_sender_sends_half_then_waits() {
-    let Some((content, tree, mut r, mut s)) = common::helper_connection() else { return };
-    // It says it holds the first half (as a peer still downloading would), and sends
-    // what it is asked for of it.
-    let half = content.len() as u64 / 2;
-    let mut sent = 0;
-    while sent < half {
-        match wire::recv_msg(&mut r).unwrap() {
-            FileRequest::Status => unreachable!("one source: nobody asks"),
-            FileRequest::Layer { .. } => {
-                wire::send_msg(&mut s, &FileReply::Layer(tree.layer.clone())).unwrap()
-            }
-            FileRequest::Have { .. } => {
-                let mut have = Bitfield::empty(tree.geometry.pieces());
-                for i in (0..tree.geometry.pieces()).filter(|&i| tree.geometry.piece(i).end <= half) {
-                    have.set(i);
-                }
-                wire::send_msg(&mut s, &FileReply::Have(have)).unwrap()
-            }
-            FileRequest::Get { first, count, .. } => {
-                let range = tree.geometry.pieces_range(first, count);
-                assert!(range.end <= half, "asked for pieces it does not hold");
-                let len = range.end - range.start;
-                wire::send_msg(&mut s, &FileReply::Data { first, count, len }).unwrap();
-                s.write_all(&content[range.start as usize..range.end as usize]).unwrap();
-                sent += len;
-            }
-        }
-    }
+    let Some((mut r, s)) = common::helper_first_half(1) else { return };
     // Ends its side after the half; once the downloader has read all of it and
     // closed, the test is told, and kills this process.
     s.shutdown(std::net::Shutdown::Write).unwrap();
@@ -145,13 +117,8 @@ fn a_sender_killed_mid_transfer_is_resumed_from_another_peer() {
     let a = folder(ws.path(), "a", &[("f.bin", &content)]);
     let (_index, index_addr) = Proc::index_server(ws.path());
 
-    let me = std::env::current_exe().unwrap();
-    let args = ["--ignored", "--exact", "helper_sender_sends_half_then_waits", "--nocapture"];
-    let env = [("PEERDEX_HELPER_FILE", a.join("f.bin").into_os_string())];
-    let env: Vec<(&str, &OsStr)> = env.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
-    let mut helper = Proc::start_with_env(me.to_str().unwrap(), &args, ws.path(), &env);
-    let line = helper.expect(Stream::Out, "helper listening on ");
-    let helper_addr: SocketAddr = line.trim_start_matches("helper listening on ").parse().unwrap();
+    let (mut helper, helper_addr) =
+        common::start_helper("helper_sender_sends_half_then_waits", &a.join("f.bin"), ws.path());
     let fake = register_fake(index_addr, helper_addr.port(), info("f.bin", &content));
 
     let b = folder(ws.path(), "b", &[]);

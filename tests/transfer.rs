@@ -4,10 +4,8 @@
 
 mod common;
 
-use std::ffi::OsStr;
 use std::fs;
-use std::io::{Read, Write};
-use std::net::SocketAddr;
+use std::io::Read;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::thread;
@@ -16,7 +14,7 @@ use common::{
     Gate, Gates, Misbehaviour, Proc, Stream, entries, fake_sender_gated, folder, info, peer_with,
     random_bytes, register_fake, wait_for, workspace,
 };
-use peerdex::content::{Bitfield, Hash, Tree};
+use peerdex::content::{Hash, Tree};
 use peerdex::wire::{self, FileReply, FileRequest, Reply, Request, Service};
 
 /// How many pieces the record of the partial download of `root` in `dir` lists as
@@ -103,36 +101,7 @@ fn a_corrupt_piece_is_caught_at_once_and_the_others_finish() {
 #[test]
 #[ignore = "a helper process, started by another test"]
 fn helper_sender_serves_half_then_waits() {
-    let Some((content, tree, mut r, mut s)) = common::helper_connection() else { return };
-    // It holds (says it has) the first half, and answers requests, in order, until it
-    // has sent a quarter of the file; then it answers nothing more.
-    let half = content.len() as u64 / 2;
-    let mut sent = 0;
-    while let Ok(request) = wire::recv_msg::<FileRequest>(&mut r) {
-        match request {
-            FileRequest::Layer { .. } => {
-                wire::send_msg(&mut s, &FileReply::Layer(tree.layer.clone())).unwrap()
-            }
-            FileRequest::Have { .. } => {
-                let mut have = Bitfield::empty(tree.geometry.pieces());
-                for i in (0..tree.geometry.pieces()).filter(|&i| tree.geometry.piece(i).end <= half) {
-                    have.set(i);
-                }
-                wire::send_msg(&mut s, &FileReply::Have(have)).unwrap()
-            }
-            FileRequest::Get { first, count, .. } => {
-                let range = tree.geometry.pieces_range(first, count);
-                let len = range.end - range.start;
-                wire::send_msg(&mut s, &FileReply::Data { first, count, len }).unwrap();
-                s.write_all(&content[range.start as usize..range.end as usize]).unwrap();
-                sent += len;
-                if sent >= half / 2 {
-                    break;
-                }
-            }
-            FileRequest::Status => unreachable!(),
-        }
-    }
+    let Some(_connection) = common::helper_first_half(2) else { return };
     println!("helper is half way");
     loop {
         thread::park(); // until SIGKILL, with requests unanswered
@@ -145,13 +114,8 @@ fn killing_one_of_two_sources_mid_transfer_still_completes() {
     let content = random_bytes(4 << 20);
     let a = folder(ws.path(), "a", &[("f.bin", &content)]);
     let (_index, index_addr) = Proc::index_server(ws.path());
-    let me = std::env::current_exe().unwrap();
-    let args = ["--ignored", "--exact", "helper_sender_serves_half_then_waits", "--nocapture"];
-    let env = [("PEERDEX_HELPER_FILE", a.join("f.bin").into_os_string())];
-    let env: Vec<(&str, &OsStr)> = env.iter().map(|(k, v)| (*k, v.as_os_str())).collect();
-    let mut helper = Proc::start_with_env(me.to_str().unwrap(), &args, ws.path(), &env);
-    let line = helper.expect(Stream::Out, "helper listening on ");
-    let helper_addr: SocketAddr = line.trim_start_matches("helper listening on ").parse().unwrap();
+    let (mut helper, helper_addr) =
+        common::start_helper("helper_sender_serves_half_then_waits", &a.join("f.bin"), ws.path());
     let _h = register_fake(index_addr, helper_addr.port(), info("f.bin", &content));
     // The other source waits until the helper is dead.
     let dead = Gate::default();

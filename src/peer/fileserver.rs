@@ -164,15 +164,17 @@ fn handle(shared: &Shared, stream: &TcpStream, from: SocketAddr) -> io::Result<(
         }
         let s = serving.as_ref().expect("set above");
         match request {
-            // A layer may have to be computed again by hashing the whole file: that is
-            // work like an upload's, so it takes an upload slot too (a client cannot
-            // make us hash more files at once than it may download).
-            FileRequest::Layer { .. } if upload.is_none() && s.partial.is_none() => {
-                match take_upload(shared, from) {
-                    Ok(slot) => upload = Some(slot),
-                    Err(why) => {
-                        refuse(writer, from, why)?;
-                        continue;
+            FileRequest::Layer { .. } => {
+                // A shared file's layer may have to be computed again by hashing the
+                // whole file: work like an upload's, so it takes an upload slot too (a
+                // client cannot make us hash more files at once than it may download).
+                if upload.is_none() && s.partial.is_none() {
+                    match take_upload(shared, from) {
+                        Ok(slot) => upload = Some(slot),
+                        Err(why) => {
+                            refuse(writer, from, why)?;
+                            continue;
+                        }
                     }
                 }
                 match s.layer(&shared.folder) {
@@ -182,12 +184,6 @@ fn handle(shared: &Shared, stream: &TcpStream, from: SocketAddr) -> io::Result<(
                     }
                 }
             }
-            FileRequest::Layer { .. } => match s.layer(&shared.folder) {
-                Ok(layer) => wire::send_msg(&mut writer, &FileReply::Layer(layer.to_vec()))?,
-                Err(why) => {
-                    refuse(writer, from, format!("cannot send the piece layer of {:?}: {why}", s.name()))?
-                }
-            },
             FileRequest::Have { .. } => wire::send_msg(&mut writer, &FileReply::Have(s.have()))?,
             FileRequest::Get { first, count, .. } => {
                 let pieces = s.geometry.pieces();

@@ -730,19 +730,59 @@ pub fn index_server_with_ann(dir: &Path) -> (Proc, SocketAddr) {
     Proc::index_server_with(dir, &["127.0.0.1", "0", "--users", users.to_str().unwrap()])
 }
 
-/// For a helper process (a test binary started again to play a sender that a test can
-/// kill with SIGKILL): reads the file named by `PEERDEX_HELPER_FILE`, listens on
-/// 127.0.0.1, prints `helper listening on ADDR`, accepts one downloader and shakes
-/// hands. Returns the content, its tree and the connection (twice: to read and to
-/// write); `None` when not started as a helper.
-pub fn helper_connection() -> Option<(Vec<u8>, peerdex::content::Tree, TcpStream, TcpStream)> {
+/// Starts this test binary again as a helper process running the ignored test `test`
+/// (which calls [`helper_first_half`]) with `file` to serve; returns it and the address
+/// it listens on.
+pub fn start_helper(test: &str, file: &Path, dir: &Path) -> (Proc, SocketAddr) {
+    let me = std::env::current_exe().unwrap();
+    let args = ["--ignored", "--exact", test, "--nocapture"];
+    let env = [("PEERDEX_HELPER_FILE", file.as_os_str())];
+    let mut helper = Proc::start_with_env(me.to_str().unwrap(), &args, dir, &env);
+    let line = helper.expect(Stream::Out, "helper listening on ");
+    (helper, line.trim_start_matches("helper listening on ").parse().unwrap())
+}
+
+/// The body of a helper process (see [`start_helper`]): a sender that a test can kill
+/// with SIGKILL. It reads the file named by `PEERDEX_HELPER_FILE`, listens on
+/// 127.0.0.1, prints `helper listening on ADDR`, accepts one downloader, says it holds
+/// the file's first half (as a peer still downloading it would), and answers requests,
+/// in order, until it has sent `half / divisor` bytes of pieces. Returns the
+/// connection (to read, to write); `None` when not started as a helper.
+pub fn helper_first_half(divisor: u64) -> Option<(TcpStream, TcpStream)> {
+    use peerdex::content::{Bitfield, Tree};
+    use peerdex::wire::{FileReply, FileRequest};
     let path = std::env::var_os("PEERDEX_HELPER_FILE")?;
     let content = std::fs::read(path).unwrap();
-    let tree = peerdex::content::Tree::of_bytes(&content);
+    let tree = Tree::of_bytes(&content);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     println!("helper listening on {}", listener.local_addr().unwrap());
     let (mut s, _) = listener.accept().unwrap();
     let mut r = s.try_clone().unwrap();
     wire::server_handshake(&mut r, &mut s, Service::Files, 4096).unwrap();
-    Some((content, tree, r, s))
+    let half = content.len() as u64 / 2;
+    let mut sent = 0;
+    while sent < half / divisor {
+        match wire::recv_msg(&mut r).unwrap() {
+            FileRequest::Status => unreachable!("one downloader, which does not ask"),
+            FileRequest::Layer { .. } => {
+                wire::send_msg(&mut s, &FileReply::Layer(tree.layer.clone())).unwrap()
+            }
+            FileRequest::Have { .. } => {
+                let mut have = Bitfield::empty(tree.geometry.pieces());
+                for i in (0..tree.geometry.pieces()).filter(|&i| tree.geometry.piece(i).end <= half) {
+                    have.set(i);
+                }
+                wire::send_msg(&mut s, &FileReply::Have(have)).unwrap()
+            }
+            FileRequest::Get { first, count, .. } => {
+                let range = tree.geometry.pieces_range(first, count);
+                assert!(range.end <= half, "asked for pieces it does not hold");
+                let len = range.end - range.start;
+                wire::send_msg(&mut s, &FileReply::Data { first, count, len }).unwrap();
+                s.write_all(&content[range.start as usize..range.end as usize]).unwrap();
+                sent += len;
+            }
+        }
+    }
+    Some((r, s))
 }

@@ -6,7 +6,7 @@ use std::sync::{Mutex, PoisonError, mpsc};
 
 use anyhow::anyhow;
 
-use super::{Job, Shared};
+use super::{Job, Shared, State};
 use crate::content::merkle;
 use crate::peer::partial;
 
@@ -51,8 +51,8 @@ pub(super) fn hash_pieces(
                     state.sent_by[i as usize] = None;
                     state.scheduler.undo(i);
                     shared.offer(i, false);
-                    let have = state.scheduler.have().clone();
-                    if let Err(e) = state.partial.record(i, &have) {
+                    let State { scheduler, partial, .. } = &mut *state;
+                    if let Err(e) = partial.record(i, scheduler.have()) {
                         log::debug!("cannot record piece {i} of a partial download: {e}");
                     }
                 }
@@ -90,8 +90,8 @@ pub(super) fn write_pieces(shared: &Shared, pieces: mpsc::Receiver<Job>) {
                 state.sources[source].bytes += bytes.len() as u64;
                 state.sent_by[piece as usize] = Some(source);
                 shared.offer(piece, true);
-                let have = state.scheduler.have().clone();
-                if let Err(e) = state.partial.record(piece, &have) {
+                let State { scheduler, partial, .. } = &mut *state;
+                if let Err(e) = partial.record(piece, scheduler.have()) {
                     log::debug!("cannot record piece {piece} of a partial download: {e}");
                 }
             }
