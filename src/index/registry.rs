@@ -628,7 +628,11 @@ impl Registry {
             Some(holders) => holders.as_slice().iter().map(|h| self.hit(*h)).collect(),
             None => Vec::new(),
         };
-        if let Some(ids) = self.partials.get(name) {
+        // Most of the time nobody is downloading anything: then a lookup does not hash
+        // the name a second time for the partials' table.
+        if !self.partials.is_empty()
+            && let Some(ids) = self.partials.get(name)
+        {
             hits.extend(ids.iter().filter_map(|&id| self.partial_hit(id, name)));
         }
         hits
@@ -703,7 +707,9 @@ impl Registry {
                 let f = self.hit(*h);
                 (f.size, f.root, true)
             }));
-            if let Some(ids) = self.partials.get(name) {
+            if !self.partials.is_empty()
+                && let Some(ids) = self.partials.get(name)
+            {
                 let partial =
                     ids.iter().filter(|&&id| Some(id) != asker).filter_map(|&id| self.partial_hit(id, name));
                 contents.extend(partial.map(|f| (f.size, f.root, false)));
