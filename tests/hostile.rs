@@ -143,13 +143,13 @@ fn a_file_server_refuses_everything_outside_its_folder() {
     }
     assert!(read_to_close(&mut s).is_empty());
 
-    // A version 1 downloader is told why it cannot be served.
+    // A downloader of an earlier version is told why it cannot be served.
     let mut s = connect(files);
-    wire::send_msg(&mut s, &Hello { version: 1, service: Service::Files }).unwrap();
+    wire::send_msg(&mut s, &Hello { version: 2, service: Service::Files }).unwrap();
     let welcome: Welcome = wire::recv_msg(&mut s).unwrap();
     assert_eq!(
         welcome.refusal.as_deref(),
-        Some("protocol version 1 is not supported (this server speaks version 2)")
+        Some("protocol version 2 is not supported (this server speaks version 3)")
     );
 }
 

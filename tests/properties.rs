@@ -175,6 +175,8 @@ proptest! {
         round_trips(&FileRequest::Have { root })?;
         round_trips(&FileRequest::Get { root, first, count })?;
         round_trips(&FileRequest::Status)?;
+        round_trips(&FileRequest::Cancel { root, first, count })?;
+        round_trips(&FileReply::Cancelled { first, count })?;
         round_trips(&FileReply::Status { uploads: version.into(), bytes_per_sec: size })?;
         round_trips(&FileReply::Layer(layer))?;
         let mut have = Bitfield::empty(bits.len() as u32);

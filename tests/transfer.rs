@@ -1,6 +1,7 @@
-//! Transfers (protocol version 2) with the real binaries: pieces from several sources at
+//! Transfers (protocol version 3) with the real binaries: pieces from several sources at
 //! once, each verified as it arrives; a source that corrupts a piece, one that dies;
-//! a downloader that dies and resumes; sizes at the edges of blocks and pieces.
+//! a downloader that dies and resumes; sizes at the edges of blocks and pieces; the
+//! endgame's duplicate requests cancelled, and a file server's answers to `Cancel`.
 
 mod common;
 
@@ -290,4 +291,156 @@ fn a_partial_holder_serves_its_verified_pieces_to_others() {
         (format!("from {b_files} and {back} (2 peers)"), format!("from {back} and {b_files} (2 peers)"));
     assert!(done.ends_with(&x) || done.ends_with(&y), "{done}");
     assert!(fs::read(c.join("f.bin")).unwrap() == content);
+}
+
+/// A file server reads every request that has arrived before it answers the next: a
+/// `Get` cancelled before it began is answered `Cancelled` and sends nothing, in its
+/// turn; a `Cancel` that names no waiting `Get` (another count, or one already
+/// answered) changes nothing, and the connection goes on.
+#[test]
+fn a_file_server_answers_a_cancelled_get_with_cancelled_in_its_turn() {
+    let ws = workspace();
+    let content = random_bytes(1 << 20); // 64 pieces of 16 KiB
+    let shared = folder(ws.path(), "shared", &[("f.bin", &content)]);
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    let (_p, files) = Proc::registered_peer(index_addr, &shared, 1);
+    let root = Tree::of_bytes(&content).root;
+    let mut s = common::handshaken("127.0.0.1", files, Service::Files);
+    let piece = |i: usize, n: usize| &content[i << 14..(i + n) << 14];
+    let read_data = |s: &mut std::net::TcpStream, first: u32, count: u32| {
+        let len = u64::from(count) << 14;
+        assert_eq!(wire::recv_msg::<FileReply>(s).unwrap(), FileReply::Data { first, count, len });
+        let mut body = vec![0; len as usize];
+        s.read_exact(&mut body).unwrap();
+        body
+    };
+
+    // All in one write: the server has them all before it answers the first.
+    let mut batch = Vec::new();
+    for request in [
+        FileRequest::Get { root, first: 0, count: 4 },
+        FileRequest::Get { root, first: 10, count: 2 },
+        FileRequest::Cancel { root, first: 10, count: 2 },
+        FileRequest::Get { root, first: 20, count: 1 },
+        FileRequest::Cancel { root, first: 20, count: 2 },
+        FileRequest::Status,
+    ] {
+        wire::send_msg(&mut batch, &request).unwrap();
+    }
+    std::io::Write::write_all(&mut s, &batch).unwrap();
+    assert!(read_data(&mut s, 0, 4) == piece(0, 4));
+    assert_eq!(wire::recv_msg::<FileReply>(&mut s).unwrap(), FileReply::Cancelled { first: 10, count: 2 });
+    assert!(read_data(&mut s, 20, 1) == piece(20, 1), "a Cancel of another count leaves a Get alone");
+    assert!(matches!(wire::recv_msg::<FileReply>(&mut s).unwrap(), FileReply::Status { .. }));
+
+    // Cancelling a Get already answered does nothing; the connection goes on.
+    wire::send_msg(&mut s, &FileRequest::Cancel { root, first: 20, count: 1 }).unwrap();
+    wire::send_msg(&mut s, &FileRequest::Get { root, first: 63, count: 1 }).unwrap();
+    assert!(read_data(&mut s, 63, 1) == piece(63, 1));
+}
+
+/// The requests a [`hoarder`] read, in order.
+type Seen = std::sync::Arc<std::sync::Mutex<Vec<FileRequest>>>;
+
+/// A source that says it holds all of `content` and never sends a piece: it reads and
+/// keeps every request (opening `asked` at its first `Get`), and answers a cancelled
+/// `Get` with `Cancelled` once every `Get` before it is cancelled too (requests are
+/// answered in order).
+fn hoarder(content: &[u8], asked: Gate) -> (std::net::SocketAddr, Seen) {
+    let tree = Tree::of_bytes(content);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Seen::default();
+    let log = std::sync::Arc::clone(&seen);
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            let (tree, log, asked) = (tree.clone(), std::sync::Arc::clone(&log), asked.clone());
+            thread::spawn(move || {
+                let mut r = s.try_clone().unwrap();
+                if wire::server_handshake(&mut r, &mut s, Service::Files, 4096).is_err() {
+                    return;
+                }
+                // Gets not answered, each with whether it was cancelled.
+                let mut waiting: Vec<(u32, u32, bool)> = Vec::new();
+                while let Ok(request) = wire::recv_msg::<FileRequest>(&mut r) {
+                    log.lock().unwrap().push(request.clone());
+                    let reply = match request {
+                        FileRequest::Layer { .. } => FileReply::Layer(tree.layer.clone()),
+                        FileRequest::Have { .. } => {
+                            FileReply::Have(peerdex::content::Bitfield::full(tree.geometry.pieces()))
+                        }
+                        FileRequest::Status => FileReply::Status { uploads: 0, bytes_per_sec: 0 },
+                        FileRequest::Get { first, count, .. } => {
+                            waiting.push((first, count, false));
+                            asked.open();
+                            continue;
+                        }
+                        FileRequest::Cancel { first, count, .. } => {
+                            if let Some(w) = waiting.iter_mut().find(|w| (w.0, w.1) == (first, count)) {
+                                w.2 = true;
+                            }
+                            while waiting.first().is_some_and(|w| w.2) {
+                                let (first, count, _) = waiting.remove(0);
+                                if wire::send_msg(&mut s, &FileReply::Cancelled { first, count }).is_err() {
+                                    return;
+                                }
+                            }
+                            continue;
+                        }
+                    };
+                    if wire::send_msg(&mut s, &reply).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// The endgame: pieces asked of a source that sends nothing are asked of another too,
+/// once they have been out a while; when every piece of a request has come from the
+/// other source, the first is told with a `Cancel` of exactly that request (before
+/// the download ends). The file is whole, and all of it came from the one that sent.
+#[test]
+fn endgame_duplicates_are_cancelled_at_the_slow_source() {
+    let ws = workspace();
+    let content = random_bytes(2 << 20);
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    // The honest source sends nothing until the hoarder has been asked for pieces.
+    let asked = Gate::default();
+    let (slow, seen) = hoarder(&content, asked.clone());
+    let patient = Gates { before_data: Some(asked), ..Gates::default() };
+    let (honest, sent) = fake_sender_gated(content.clone(), Misbehaviour::Honest, patient);
+    let _s = register_fake(index_addr, slow.port(), info("f.bin", &content));
+    let _h = register_fake(index_addr, honest.port(), info("f.bin", &content));
+
+    let d = folder(ws.path(), "d", &[]);
+    let (mut pd, _) = Proc::peer(index_addr, &d);
+    pd.send("download f.bin");
+    let done = pd.expect(Stream::Out, "downloaded f.bin");
+    assert_eq!(done, format!("downloaded f.bin (2097152 bytes) from {honest}"));
+    assert!(fs::read(d.join("f.bin")).unwrap() == content, "the file differs");
+    assert_eq!(sent.load(Ordering::SeqCst), 2 << 20, "every byte came from the honest source");
+    let requests = seen.lock().unwrap().clone();
+    let gets: Vec<(u32, u32)> = requests
+        .iter()
+        .filter_map(|r| match *r {
+            FileRequest::Get { first, count, .. } => Some((first, count)),
+            _ => None,
+        })
+        .collect();
+    let cancels: Vec<(u32, u32)> = requests
+        .iter()
+        .filter_map(|r| match *r {
+            FileRequest::Cancel { first, count, .. } => Some((first, count)),
+            _ => None,
+        })
+        .collect();
+    assert!(!gets.is_empty(), "{requests:?}");
+    assert!(!cancels.is_empty(), "no request was cancelled: {requests:?}");
+    assert!(cancels.iter().all(|c| gets.contains(c)), "a Cancel names exactly a Get: {requests:?}");
+    assert!(pd.finish().success());
+    assert!(pd.lines(Stream::Err).is_empty(), "{}", pd.dump());
 }

@@ -21,7 +21,7 @@ fn decode_all(bytes: &[u8]) {
     if let Ok(m) = Reply::decode(bytes) {
         assert_eq!(Reply::decode(&m.encode()).as_ref(), Ok(&m), "re-encoding changes a reply");
     }
-    // Version 2's file messages (Layer, Have with its bitfield, Get, Data, ...) too.
+    // The file messages (Layer, Have with its bitfield, Get, Data, Cancel, Cancelled, ...) too.
     if let Ok(m) = FileRequest::decode(bytes) {
         assert_eq!(FileRequest::decode(&m.encode()).as_ref(), Ok(&m), "re-encoding changes a file request");
     }

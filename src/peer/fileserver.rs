@@ -12,6 +12,7 @@
 //! [`MIN_PROGRESS`] bytes in any `stall_timeout` is dropped, and a connection that asks
 //! nothing for a stall window is closed.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -118,26 +119,35 @@ fn handle(shared: &Shared, stream: &TcpStream, from: SocketAddr) -> io::Result<(
     let mut upload = None;
     let mut serving: Option<Serving> = None;
     let (mut requests, mut sent) = (0u64, 0u64);
+    let mut queue = Queue::default();
     let result = loop {
-        // Between requests a downloader may wait for its other sources (a stall window);
-        // once a request starts, it must arrive whole within the request timeout.
-        reader.get_mut().await_frame(config.stall_timeout, config.request_timeout);
-        let frame = match wire::recv_all(&mut reader, MAX_REQUEST_LEN) {
-            Ok(Some(frame)) => frame,
-            Ok(None) => break Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                refuse(writer, from, format!("request refused: {e}"))?;
-                break Err(e);
+        // Every request that has arrived is read before the next answer, so that a
+        // `Cancel` finds the `Get` it names still waiting.
+        if let Err(e) = queue.read_ahead(&mut reader, stream, config.request_timeout) {
+            break Err(e);
+        }
+        let request = match queue.items.pop_front() {
+            Some(Queued::Request { request: FileRequest::Get { first, count, .. }, cancelled: true }) => {
+                wire::send_msg(&mut writer, &FileReply::Cancelled { first, count })?;
+                continue;
             }
-            Err(e) if is_timeout(&e) && reader.get_ref().frame_deadline().is_none() => break Ok(()), // idle
-            Err(e) => break Err(e),
-        };
-        let request = match FileRequest::decode(&frame) {
-            Ok(request) => request,
-            Err(e) => {
+            Some(Queued::Request { request, .. }) => request,
+            Some(Queued::Malformed { why, error }) => {
                 // The stream may not be what we think it is any more: answer, then close.
-                refuse(writer, from, format!("malformed request: {e}"))?;
-                break Err(e.into());
+                refuse(writer, from, why)?;
+                break Err(error);
+            }
+            None if queue.done => break Ok(()),
+            None => {
+                // Between requests a downloader may wait for its other sources (a
+                // stall window); once a request starts, it must arrive whole within the
+                // request timeout.
+                reader.get_mut().await_frame(config.stall_timeout, config.request_timeout);
+                match queue.read(&mut reader) {
+                    Ok(()) => continue,
+                    Err(e) if is_timeout(&e) && reader.get_ref().frame_deadline().is_none() => break Ok(()), // idle
+                    Err(e) => break Err(e),
+                }
             }
         };
         let root = match request {
@@ -148,6 +158,7 @@ fn handle(shared: &Shared, stream: &TcpStream, from: SocketAddr) -> io::Result<(
                 wire::send_msg(&mut writer, &reply)?;
                 continue;
             }
+            FileRequest::Cancel { .. } => unreachable!("a Cancel is never queued"),
             FileRequest::Layer { root } | FileRequest::Have { root } | FileRequest::Get { root, .. } => root,
         };
         if serving.as_ref().is_none_or(|s| s.root != root) {
@@ -232,7 +243,7 @@ fn handle(shared: &Shared, stream: &TcpStream, from: SocketAddr) -> io::Result<(
                     ));
                 }
             }
-            FileRequest::Status => unreachable!("answered above"),
+            FileRequest::Status | FileRequest::Cancel { .. } => unreachable!("answered above"),
         }
     };
     if let Some(s) = &serving
@@ -241,6 +252,96 @@ fn handle(shared: &Shared, stream: &TcpStream, from: SocketAddr) -> io::Result<(
         info!("sent {:?} to {from}: {sent} bytes in {}", s.name(), count(requests, "request"));
     }
     result
+}
+
+/// Most requests read but not yet answered on one connection. A downloader keeps
+/// about 100 ms of a source's bytes asked for, in runs of up to 1 MiB: a few dozen
+/// requests. Past this many the server reads no further ahead (the rest waits in the
+/// socket), which bounds a connection's memory however many requests it sends.
+pub const MAX_QUEUED: usize = 256;
+
+/// Requests read ahead of their answers, in order.
+#[derive(Default)]
+struct Queue {
+    items: VecDeque<Queued>,
+    /// Nothing more is to be read: the client closed its side, or sent something that
+    /// was not a request (the stream may be out of step).
+    done: bool,
+}
+
+enum Queued {
+    /// A request to answer in its turn; a `Get` may have been cancelled meanwhile.
+    Request { request: FileRequest, cancelled: bool },
+    /// A frame that was not a request: refused with `why` in its turn, and then the
+    /// connection ends with `error`.
+    Malformed { why: String, error: io::Error },
+}
+
+impl Queue {
+    /// Reads the requests that have arrived, without waiting for more. One whose first
+    /// bytes arrived must arrive whole within `timeout`.
+    fn read_ahead(
+        &mut self,
+        reader: &mut BufReader<Timed>,
+        stream: &TcpStream,
+        timeout: Duration,
+    ) -> io::Result<()> {
+        while !self.done
+            && self.items.len() < MAX_QUEUED
+            && (!reader.buffer().is_empty() || readable(stream)?)
+        {
+            reader.get_mut().await_frame(timeout, timeout);
+            self.read(reader)?;
+        }
+        Ok(())
+    }
+
+    /// Reads one request (waiting for it as `reader` is set to): a `Cancel` marks the
+    /// `Get` it names; anything else joins the queue.
+    fn read(&mut self, reader: &mut BufReader<Timed>) -> io::Result<()> {
+        let frame = match wire::recv_all(reader, MAX_REQUEST_LEN) {
+            Ok(Some(frame)) => frame,
+            Ok(None) => {
+                self.done = true;
+                return Ok(());
+            }
+            Err(error) if error.kind() == io::ErrorKind::InvalidData => {
+                self.malformed(format!("request refused: {error}"), error);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        match FileRequest::decode(&frame) {
+            Ok(FileRequest::Cancel { root, first, count }) => {
+                let named = FileRequest::Get { root, first, count };
+                let waiting = self.items.iter_mut().find_map(|q| match q {
+                    Queued::Request { request, cancelled: cancelled @ false } if *request == named => {
+                        Some(cancelled)
+                    }
+                    _ => None,
+                });
+                if let Some(cancelled) = waiting {
+                    *cancelled = true;
+                }
+            }
+            Ok(request) => self.items.push_back(Queued::Request { request, cancelled: false }),
+            Err(e) => self.malformed(format!("malformed request: {e}"), e.into()),
+        }
+        Ok(())
+    }
+
+    fn malformed(&mut self, why: String, error: io::Error) {
+        self.items.push_back(Queued::Malformed { why, error });
+        self.done = true;
+    }
+}
+
+/// Has `stream` bytes (or an end) to read now?
+fn readable(stream: &TcpStream) -> io::Result<bool> {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let mut fds = [PollFd::new(stream, PollFlags::IN)];
+    let now = Timespec { tv_sec: 0, tv_nsec: 0 };
+    Ok(poll(&mut fds, Some(&now))? > 0)
 }
 
 /// The content a connection is asking about, opened once for all its requests: a

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! downloader                               file server
-//!    Hello(Files, version 2)    ------>
+//!    Hello(Files, version 3)    ------>
 //!                               <------    Welcome
 //!    Layer(root)                ------>
 //!    Have(root)                 ------>
@@ -16,7 +16,18 @@
 //! ```
 //!
 //! An `Error` answers one request and the connection goes on; a malformed frame closes
-//! it.
+//! it. A `Cancel` has no answer of its own: the `Get` it names is answered by
+//! `Cancelled` instead of `Data` if the server had not begun it, as BitTorrent's Fast
+//! Extension (BEP 6) answers a cancelled request by a reject or the piece, so that
+//! every `Get` still gets exactly one answer and both sides keep count.
+//!
+//! ```text
+//!    Get(root, 8, 16)           ------>
+//!    Get(root, 30, 1)           ------>    (the endgame: piece 30 is also on its way from another source)
+//!    Cancel(root, 30, 1)        ------>    (it came from there first)
+//!                               <------    Data { first: 8, count: 16, len }, bytes
+//!                               <------    Cancelled { first: 30, count: 1 }
+//! ```
 
 use super::codec::{Dec, Enc};
 use super::{DecodeError, Message};
@@ -48,6 +59,18 @@ pub enum FileRequest {
     },
     /// How busy are you? Answered by `Status`; needs no upload slot.
     Status,
+    /// The pieces of an earlier `Get` with exactly this root, `first` and `count` are
+    /// no longer wanted. Not answered itself: that `Get` is answered by `Cancelled`
+    /// if the server had not begun to send it, by its `Data` otherwise. A `Cancel`
+    /// that names no unanswered `Get` is ignored.
+    Cancel {
+        /// The content's root.
+        root: Hash,
+        /// The first piece of the `Get`.
+        first: u32,
+        /// Its count of pieces.
+        count: u32,
+    },
 }
 
 /// A file server's answer to one [`FileRequest`].
@@ -76,6 +99,13 @@ pub enum FileReply {
         /// Bytes per second sent over the last few seconds.
         bytes_per_sec: u64,
     },
+    /// The answer to a `Get` cancelled before the server began it: no bytes follow.
+    Cancelled {
+        /// The first piece of the `Get`.
+        first: u32,
+        /// Its count of pieces.
+        count: u32,
+    },
 }
 
 /// The first byte of each [`FileRequest`].
@@ -88,6 +118,8 @@ pub mod file_request_tag {
     pub const GET: u8 = 0x13;
     /// [`super::FileRequest::Status`]
     pub const STATUS: u8 = 0x14;
+    /// [`super::FileRequest::Cancel`]
+    pub const CANCEL: u8 = 0x15;
 }
 
 /// The first byte of each [`FileReply`].
@@ -102,6 +134,8 @@ pub mod file_reply_tag {
     pub const ERROR: u8 = 0x94;
     /// [`super::FileReply::Status`]
     pub const STATUS: u8 = 0x95;
+    /// [`super::FileReply::Cancelled`]
+    pub const CANCELLED: u8 = 0x96;
 }
 
 use file_reply_tag as rp;
@@ -124,6 +158,10 @@ impl Message for FileRequest {
                 e.bytes(root).u32(*first).u32(*count);
             }
             FileRequest::Status => e = Enc::new(rq::STATUS),
+            FileRequest::Cancel { root, first, count } => {
+                e = Enc::new(rq::CANCEL);
+                e.bytes(root).u32(*first).u32(*count);
+            }
         }
         e.done()
     }
@@ -134,6 +172,7 @@ impl Message for FileRequest {
             rq::HAVE => FileRequest::Have { root: d.array()? },
             rq::GET => FileRequest::Get { root: d.array()?, first: d.u32()?, count: d.u32()? },
             rq::STATUS => FileRequest::Status,
+            rq::CANCEL => FileRequest::Cancel { root: d.array()?, first: d.u32()?, count: d.u32()? },
             t => return Err(DecodeError::UnknownTag(t)),
         };
         d.finish(msg)
@@ -166,6 +205,10 @@ impl Message for FileReply {
                 e = Enc::new(rp::STATUS);
                 e.u32(*uploads).u64(*bytes_per_sec);
             }
+            FileReply::Cancelled { first, count } => {
+                e = Enc::new(rp::CANCELLED);
+                e.u32(*first).u32(*count);
+            }
         }
         e.done()
     }
@@ -181,6 +224,7 @@ impl Message for FileReply {
             rp::DATA => FileReply::Data { first: d.u32()?, count: d.u32()?, len: d.u64()? },
             rp::ERROR => FileReply::Error(d.str()?),
             rp::STATUS => FileReply::Status { uploads: d.u32()?, bytes_per_sec: d.u64()? },
+            rp::CANCELLED => FileReply::Cancelled { first: d.u32()?, count: d.u32()? },
             t => return Err(DecodeError::UnknownTag(t)),
         };
         d.finish(msg)

@@ -57,9 +57,10 @@ pub const MAX_FILES_PER_PEER: usize = 50_000;
 
 /// Version of this protocol, sent in every [`Hello`] and [`Welcome`]. Version 2
 /// names contents by their Merkle root instead of their SHA-256, and the file server
-/// serves pieces, pipelined; a version 1 client or server is refused with both
+/// serves pieces, pipelined; version 3 adds `Cancel` (a version 2 server would close
+/// the connection on it). A client or server of another version is refused with both
 /// versions named.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// First bytes of every [`Hello`] and [`Welcome`]; tells a peerdex connection apart
 /// from anything else that happens to connect.
@@ -455,6 +456,8 @@ mod tests {
         round_trip(FileRequest::Have { root: [5; 32] });
         round_trip(FileRequest::Get { root: [6; 32], first: 7, count: u32::MAX });
         round_trip(FileRequest::Status);
+        round_trip(FileRequest::Cancel { root: [8; 32], first: 30, count: 1 });
+        round_trip(FileReply::Cancelled { first: 30, count: 1 });
         round_trip(FileReply::Status { uploads: 3, bytes_per_sec: 1 << 30 });
         round_trip(FileReply::Layer(vec![[1; 32], [2; 32]]));
         round_trip(FileReply::Layer(vec![]));
@@ -519,10 +522,10 @@ mod tests {
             Hello::check(&hello, Service::Files),
             Err("this is a peer's file server, not an index server".into())
         );
-        let old = Hello { version: 1, service: Service::Files }.encode();
+        let old = Hello { version: 2, service: Service::Files }.encode();
         assert_eq!(
             Hello::check(&old, Service::Files).unwrap_err(),
-            "protocol version 1 is not supported (this server speaks version 2)"
+            "protocol version 2 is not supported (this server speaks version 3)"
         );
 
         // Server side over in-memory streams: the refusal is written before the error.

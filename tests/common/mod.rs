@@ -580,6 +580,9 @@ fn misbehave(
                 continue;
             }
             FileRequest::Get { first, count, .. } => (first, count),
+            // Requests are answered one by one as they come: a Get is always answered
+            // before a Cancel of it is read, so there is never one to cancel.
+            FileRequest::Cancel { .. } => continue,
         };
         let range = tree.geometry.pieces_range(first, count);
         if !gates.holds(&range) {
@@ -782,6 +785,7 @@ pub fn helper_first_half(divisor: u64) -> Option<(TcpStream, TcpStream)> {
                 s.write_all(&content[range.start as usize..range.end as usize]).unwrap();
                 sent += len;
             }
+            FileRequest::Cancel { .. } => {} // answered already (requests are taken one by one)
         }
     }
     Some((r, s))

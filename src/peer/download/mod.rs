@@ -37,7 +37,7 @@ mod verify; // the hashing threads and the writer
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io;
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, mpsc};
 use std::thread;
@@ -415,7 +415,7 @@ impl Downloader<'_> {
             let start = |hit: &PeerHit| {
                 let id = {
                     let mut state = shared.lock();
-                    let s = SourceState { addr: hit.addr, pieces: 0, bytes: 0, bad: None, stream: None };
+                    let s = SourceState { addr: hit.addr, pieces: 0, bytes: 0, bad: None, link: None };
                     state.sources.push(s);
                     state.sources.len() - 1
                 };
@@ -589,10 +589,8 @@ impl Downloader<'_> {
         if (state.scheduler.is_complete() || state.local.is_some())
             && !shared.stop.swap(true, Ordering::SeqCst)
         {
-            for s in &state.sources {
-                if let Some(stream) = &s.stream {
-                    let _ = stream.shutdown(Shutdown::Both);
-                }
+            for link in state.sources.iter().filter_map(|s| s.link.as_ref()) {
+                link.close();
             }
             drop(state);
             shared.changed.notify_all();
@@ -679,8 +677,8 @@ struct SourceState {
     bytes: u64,
     /// The first piece it sent that failed its hash.
     bad: Option<u32>,
-    /// Its connection, to close when the download ends.
-    stream: Option<TcpStream>,
+    /// Its connection, to close when the download ends and to cancel requests on.
+    link: Option<Arc<source::Link>>,
 }
 
 /// A piece received, for a hasher to check.

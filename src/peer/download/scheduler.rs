@@ -6,9 +6,9 @@
 //! so that downloaders of one file fetch different pieces from a seeder and can then
 //! trade them. Among equally rare pieces, the first from a position chosen at random
 //! for each download. A piece stays requested until it is verified or given back. When
-//! no piece is left unrequested, a source with nothing to do is given a piece another
-//! source is still sending (the endgame): whichever copy arrives first is kept, and
-//! the download ends without waiting for the slowest source.
+//! no piece is left unrequested, a source with room is given a piece another source is
+//! still sending (the endgame): whichever copy arrives first is kept, the other
+//! request is cancelled, and the download ends without waiting for the slowest source.
 
 use std::time::{Duration, Instant};
 
@@ -132,12 +132,12 @@ impl Scheduler {
         Some((first, count))
     }
 
-    /// The endgame, for a source with nothing else to do: once no more than
-    /// [`ENDGAME_BYTES`] are missing, one piece another source has been sending for at
-    /// least [`ENDGAME_AGE`] by `now` (the one with the fewest sources on it), so that
-    /// the download does not wait for the slowest source. Whichever copy arrives first
-    /// is kept. Otherwise `None`: a duplicate takes a sender's upload from other
-    /// downloaders, and nothing cancels it once asked.
+    /// The endgame, for a source with room and no fresh piece to fetch: once no more
+    /// than [`ENDGAME_BYTES`] are missing, one piece another source has been sending
+    /// for at least [`ENDGAME_AGE`] by `now` (the one with the fewest sources on it),
+    /// so that the download does not wait for the slowest source. Whichever copy
+    /// arrives first is kept and the other requests are cancelled. Otherwise `None`:
+    /// a duplicate the sender has begun takes its upload from other downloaders.
     pub fn pick_duplicate(
         &mut self,
         source: usize,
@@ -159,6 +159,11 @@ impl Scheduler {
             .min_by_key(|&i| self.requested[i as usize].len())?;
         self.requested[i as usize].push(source);
         Some(i)
+    }
+
+    /// The sources piece `i` is requested from now.
+    pub fn requesters(&self, i: u32) -> &[usize] {
+        &self.requested[i as usize]
     }
 
     /// `source`'s request for piece `i` is over (arrived and checked, or abandoned).

@@ -3,14 +3,16 @@
 //! few runs of pieces requested at once, more for a faster source, handing each piece
 //! as it arrives to the hashing threads.
 
-use std::io::{self, Read};
-use std::net::{SocketAddr, TcpStream};
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 
 use super::{DownloadConfig, Job, Shared};
-use crate::content::{Bitfield, merkle};
+use crate::content::{Bitfield, Hash, merkle};
 use crate::net::{self, ConnectTimeouts, is_timeout};
 use crate::peer::fileserver::MIN_PROGRESS;
 use crate::text::escape;
@@ -91,23 +93,23 @@ fn fetch(
     held: &mut Option<Bitfield>,
 ) -> Result<(), End> {
     let config = shared.config;
-    let stream = connect(addr, config)?;
+    let root = shared.root;
+    let link = Arc::new(Link::new(connect(addr, config)?, root));
     let Some(jobs) = shared.jobs() else { return Ok(()) };
-    shared.lock().sources[id].stream = stream.try_clone().ok();
+    shared.lock().sources[id].link = Some(Arc::clone(&link));
     if shared.stopped() {
         return Ok(()); // stopped while we connected: the stop could not reach us
     }
     let geometry = shared.geometry;
     let mut pace = Pace::new(config.read_timeout);
-    let mut reader = Paced { stream: &stream, pace: &mut pace };
-    let root = shared.root;
+    let mut reader = Paced { stream: &link.stream, pace: &mut pace };
 
     // The piece layer, if nobody has it yet, and what this source holds.
     let want_layer = shared.layer.get().is_none();
     if want_layer {
-        wire::send_msg(&mut &stream, &FileRequest::Layer { root }).map_err(|e| refused(&e))?;
+        link.send(&FileRequest::Layer { root })?;
     }
-    wire::send_msg(&mut &stream, &FileRequest::Have { root }).map_err(|e| refused(&e))?;
+    link.send(&FileRequest::Have { root })?;
     if want_layer {
         match recv(&mut reader)? {
             FileReply::Layer(layer) => {
@@ -144,28 +146,25 @@ fn fetch(
         // Runs of half the depth at most (at least a piece).
         let most = u32::try_from((depth / 2 / geometry.piece_len).max(1)).unwrap_or(u32::MAX);
         while asked < depth || inflight.is_empty() {
-            let next = shared.lock().scheduler.pick(id, &theirs, most);
+            let mut state = shared.lock();
+            let next = state.scheduler.pick(id, &theirs, most).or_else(|| {
+                // Nothing fresh for this source: near the end, a piece another source
+                // is still sending (the endgame). A request whose pieces all came
+                // from elsewhere first is cancelled (see `verify::write_pieces`).
+                let now = Instant::now();
+                state.scheduler.pick_duplicate(id, &theirs, geometry.piece_len, now).map(|i| (i, 1))
+            });
+            drop(state);
             let Some((first, count)) = next else { break };
             inflight.push((first, count));
             asked += len_of(shared, first, count);
-            wire::send_msg(&mut &stream, &FileRequest::Get { root, first, count })
-                .map_err(|e| refused(&e))?;
-        }
-        if inflight.is_empty() {
-            // Nothing fresh for this source: near the end, one piece another source is
-            // still sending (the endgame).
-            let dup = shared.lock().scheduler.pick_duplicate(id, &theirs, geometry.piece_len, Instant::now());
-            if let Some(first) = dup {
-                inflight.push((first, 1));
-                wire::send_msg(&mut &stream, &FileRequest::Get { root, first, count: 1 })
-                    .map_err(|e| refused(&e))?;
-            }
+            link.send(&FileRequest::Get { root, first, count })?;
         }
         // A partial holder is asked again what it holds, between the other requests,
         // so that this download knows which pieces it can have from it (and which are
         // rare) as that grows.
         if !theirs.is_full() && have_after.is_none() && asked_have.elapsed() >= HAVE_REFRESH {
-            wire::send_msg(&mut &stream, &FileRequest::Have { root }).map_err(|e| refused(&e))?;
+            link.send(&FileRequest::Have { root })?;
             have_after = Some(inflight.len());
             asked_have = Instant::now();
         }
@@ -193,8 +192,24 @@ fn fetch(
         }
         let (first, count) = inflight[0];
         let want = len_of(shared, first, count);
-        match recv(&mut reader)? {
+        let reply = recv(&mut reader)?;
+        let cancelled = link.answered();
+        match reply {
             FileReply::Data { first: f, count: c, len } if (f, c, len) == (first, count, want) => {}
+            FileReply::Cancelled { first: f, count: c } if (f, c) == (first, count) && cancelled => {
+                // Its pieces came from other sources first.
+                inflight.remove(0);
+                if let Some(n) = &mut have_after {
+                    *n -= 1;
+                }
+                let mut state = shared.lock();
+                for i in first..first + count {
+                    state.scheduler.release(i, id);
+                }
+                drop(state);
+                shared.changed.notify_all();
+                continue;
+            }
             FileReply::Data { first: f, count: c, len } => {
                 return Err(penalized(anyhow!(
                     "it sent {len} bytes of pieces {f}..{} when pieces {first}..{} ({want} bytes) were next",
@@ -226,6 +241,85 @@ fn fetch(
                 return Ok(()); // the hashers stopped: so did the download
             }
         }
+    }
+}
+
+/// A source's connection as the other threads of its download use it: to close it
+/// when the download ends or the source is caught lying, and to cancel a request whose
+/// pieces all came from other sources first (the endgame). Requests are written under
+/// its lock, so that frames from two threads never interleave.
+pub(super) struct Link {
+    stream: TcpStream,
+    root: Hash,
+    out: Mutex<Out>,
+}
+
+/// The `Get`s on a [`Link`] whose answers have not begun.
+#[derive(Default)]
+struct Out {
+    /// Runs asked for, as (first piece, count), in order.
+    waiting: VecDeque<(u32, u32)>,
+    /// Those of them cancelled.
+    cancelled: Vec<(u32, u32)>,
+}
+
+impl Link {
+    fn new(stream: TcpStream, root: Hash) -> Link {
+        Link { stream, root, out: Mutex::default() }
+    }
+
+    fn out(&self) -> MutexGuard<'_, Out> {
+        self.out.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn send(&self, request: &FileRequest) -> Result<(), End> {
+        let mut out = self.out();
+        wire::send_msg(&mut &self.stream, request).map_err(|e| End::from(refused(&e)))?;
+        if let FileRequest::Get { first, count, .. } = *request {
+            out.waiting.push_back((first, count));
+        }
+        Ok(())
+    }
+
+    /// The run asked for on this link, not yet begun, that holds piece `i`. `None`
+    /// too while the source's thread is writing a request: the caller holds the
+    /// download's lock and must not wait on one source's socket.
+    pub(super) fn waiting_with(&self, i: u32) -> Option<(u32, u32)> {
+        let out = self.out.try_lock().ok()?;
+        out.waiting.iter().copied().find(|&(first, count)| (first..first + count).contains(&i))
+    }
+
+    /// Cancels the `Get` of `run`, unless its answer has begun. Called by the thread
+    /// that writes pieces, which must not wait on one source: if the source's thread
+    /// is writing a request, or the socket cannot take the few bytes at once, the
+    /// request is left to be answered (and its pieces dropped).
+    pub(super) fn cancel(&self, (first, count): (u32, u32)) {
+        use rustix::net::{SendFlags, send};
+        let Ok(mut out) = self.out.try_lock() else { return };
+        if !out.waiting.contains(&(first, count)) || out.cancelled.contains(&(first, count)) {
+            return;
+        }
+        let payload = FileRequest::Cancel { root: self.root, first, count }.encode();
+        let mut frame = (payload.len() as u32).to_be_bytes().to_vec();
+        frame.extend(payload);
+        match send(&self.stream, &frame, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+            // Part of a frame cannot be left in the stream: the rest is written whole.
+            Ok(n) if (&self.stream).write_all(&frame[n..]).is_ok() => out.cancelled.push((first, count)),
+            _ => {}
+        }
+    }
+
+    /// The answer to the first `Get` waiting has begun: was it cancelled?
+    fn answered(&self) -> bool {
+        let mut out = self.out();
+        let Some(run) = out.waiting.pop_front() else { return false };
+        let at = out.cancelled.iter().position(|&c| c == run);
+        at.map(|at| out.cancelled.swap_remove(at)).is_some()
+    }
+
+    /// Ends the connection: the source thread's read returns at once.
+    pub(super) fn close(&self) {
+        let _ = self.stream.shutdown(Shutdown::Both);
     }
 }
 
@@ -307,6 +401,7 @@ fn unexpected(reply: &FileReply, wanted: &str) -> anyhow::Error {
         FileReply::Data { .. } => "pieces",
         FileReply::Error(_) => "an error",
         FileReply::Status { .. } => "a status",
+        FileReply::Cancelled { .. } => "a cancel of a request that was not cancelled",
     };
     anyhow!("it answered with {what} when asked for {wanted}")
 }

@@ -1,11 +1,11 @@
 //! The threads that check pieces and put them in the file: hashers on every core, and
 //! one writer (concurrent writes to one file spin on its inode's lock).
 
-use std::net::Shutdown;
-use std::sync::{Mutex, PoisonError, mpsc};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
 
 use anyhow::anyhow;
 
+use super::source::Link;
 use super::{Job, Shared, State};
 use crate::content::merkle;
 use crate::peer::partial;
@@ -37,8 +37,8 @@ pub(super) fn hash_pieces(
         if !skip {
             let s = &mut state.sources[source];
             s.bad.get_or_insert(piece);
-            if let Some(stream) = &s.stream {
-                let _ = stream.shutdown(Shutdown::Both);
+            if let Some(link) = &s.link {
+                link.close();
             }
             // Nothing it sent is kept, not even pieces that matched: a source caught
             // lying is trusted with nothing. (Unless the file is already complete: then
@@ -71,6 +71,7 @@ pub(super) fn hash_pieces(
 /// The writing thread: writes each verified piece at its offset and records it, unless
 /// it is already in (an endgame duplicate) or its source was caught lying meanwhile.
 pub(super) fn write_pieces(shared: &Shared, pieces: mpsc::Receiver<Job>) {
+    let mut cancel: Vec<(Arc<Link>, (u32, u32))> = Vec::new();
     for Job { piece, source, bytes } in pieces {
         let skip = {
             let state = shared.lock();
@@ -86,6 +87,16 @@ pub(super) fn write_pieces(shared: &Shared, pieces: mpsc::Receiver<Job>) {
         match written {
             Err(e) => state.local = Some(anyhow!(e).context("cannot write to the shared folder")),
             Ok(()) if !skip && state.sources[source].bad.is_none() && state.scheduler.done(piece) => {
+                // Others were asked for it too (the endgame): a request of theirs
+                // whose every piece is now in is not needed.
+                for &other in state.scheduler.requesters(piece) {
+                    let Some(link) = &state.sources[other].link else { continue };
+                    if let Some((first, count)) = link.waiting_with(piece)
+                        && (first..first + count).all(|i| state.scheduler.have().get(i))
+                    {
+                        cancel.push((Arc::clone(link), (first, count)));
+                    }
+                }
                 state.sources[source].pieces += 1;
                 state.sources[source].bytes += bytes.len() as u64;
                 state.sent_by[piece as usize] = Some(source);
@@ -101,6 +112,11 @@ pub(super) fn write_pieces(shared: &Shared, pieces: mpsc::Receiver<Job>) {
             state.spare.push(bytes);
         }
         drop(state);
+        // Before the others are told: the last piece in ends the download, and then
+        // the connections close.
+        for (link, run) in cancel.drain(..) {
+            link.cancel(run);
+        }
         shared.changed.notify_all();
     }
 }
