@@ -18,7 +18,6 @@ use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use log::debug;
-use rand::RngExt;
 
 use super::partial::{self, InUse, Partial};
 use crate::content::merkle::{self, Hash};
@@ -195,9 +194,12 @@ impl HashCache {
             let line = format!("{} {} {time} {} {name}\n", hex::encode(root), stamp.size, stamp.inode);
             text.push_str(&line);
         }
-        let mut temp = folder.create_temp()?;
-        temp.file().write_all(text.as_bytes())?;
-        temp.replace(&folder.root.join(CACHE_FILE))?;
+        // Written whole beside it, then renamed over it: a crash leaves the old cache
+        // or the new one, never half of one. The temporary's name has the reserved
+        // prefix, so it is never listed or served, and it is removed if writing fails.
+        let mut temp = tempfile::Builder::new().prefix(TEMP_PREFIX).tempfile_in(&folder.root)?;
+        temp.write_all(text.as_bytes())?;
+        temp.persist(folder.root.join(CACHE_FILE)).map_err(|e| e.error)?;
         self.dirty = false;
         Ok(())
     }
@@ -453,15 +455,6 @@ impl SharedFolder {
         Ok(())
     }
 
-    /// Creates a new, empty temporary file in the folder. It is removed when dropped
-    /// unless it replaced its target.
-    pub fn create_temp(&self) -> io::Result<TempFile> {
-        let suffix: u64 = rand::rng().random();
-        let path = self.root.join(format!("{TEMP_PREFIX}{suffix:016x}"));
-        let file = OpenOptions::new().write(true).create_new(true).open(&path)?;
-        Ok(TempFile { path, file: Some(file) })
-    }
-
     /// The partial download of the content with root `root` and size `size`, claimed
     /// for one download (see [`super::partial`]); `None` if another download in this
     /// process is writing it now.
@@ -506,67 +499,6 @@ impl SharedFolder {
     pub fn evict_partials(&self, needed: u64) -> io::Result<(u64, usize)> {
         let in_use = lock(&self.partials).clone();
         partial::evict(&self.root, needed, &in_use)
-    }
-}
-
-/// A temporary file in the shared folder (the hash cache being rewritten), never
-/// listed or served (its name starts with [`TEMP_PREFIX`]), removed on drop unless it
-/// replaced its target.
-#[derive(Debug)]
-pub struct TempFile {
-    path: PathBuf,
-    file: Option<File>,
-}
-
-impl TempFile {
-    /// The open file, for writing.
-    pub fn file(&mut self) -> &mut File {
-        self.file.as_mut().expect("the file is only taken by replace")
-    }
-
-    /// Renames the temporary file over `target`, replacing it: for peerdex's own files
-    /// only, never for a shared file (see [`SharedFolder::commit`]).
-    fn replace(mut self, target: &Path) -> io::Result<()> {
-        self.file.take().expect("the temporary is closed once").flush()?;
-        fs::rename(&self.path, target)?;
-        self.path = PathBuf::new();
-        Ok(())
-    }
-}
-
-/// Renames `from` to `to` unless `to` exists (`AlreadyExists`), atomically: a plain
-/// rename would replace a file that appeared meanwhile.
-///
-/// Linux's `renameat2(RENAME_NOREPLACE)` does it in one step. Elsewhere, or on a
-/// filesystem without it, a hard link (which also fails if the name exists) and an
-/// unlink of the old name do the same in two; on ext4 that unlink is the slowest part
-/// of a small download (about 0.3 ms), hence the first choice.
-pub(super) fn no_replace_rename(from: &Path, to: &Path) -> io::Result<()> {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    {
-        use rustix::fs::{CWD, RenameFlags, renameat_with};
-        use rustix::io::Errno;
-        match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
-            Ok(()) => return Ok(()),
-            Err(Errno::EXIST) => return Err(io::ErrorKind::AlreadyExists.into()),
-            Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {} // not supported here
-            Err(e) => return Err(e.into()),
-        }
-    }
-    match fs::hard_link(from, to) {
-        Ok(()) => fs::remove_file(from),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(e),
-        // No hard links either (FAT, some network filesystems): check, then rename.
-        Err(_) if fs::symlink_metadata(to).is_ok() => Err(io::ErrorKind::AlreadyExists.into()),
-        Err(_) => fs::rename(from, to),
-    }
-}
-
-impl Drop for TempFile {
-    fn drop(&mut self) {
-        if !self.path.as_os_str().is_empty() {
-            let _ = fs::remove_file(&self.path);
-        }
     }
 }
 
@@ -652,7 +584,6 @@ mod tests {
         assert_eq!(fs::read(dir.path().join("fresh")).unwrap(), b"new");
         assert_eq!(folder.open_root(&tree.root).unwrap().info.name.as_str(), "fresh");
 
-        drop(folder.create_temp().unwrap());
         let left: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(left.len(), 2, "only taken and fresh remain: {left:?}");
     }

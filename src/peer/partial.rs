@@ -208,7 +208,14 @@ impl Partial {
     /// `AlreadyExists`) and removes its record.
     pub fn commit(mut self, to: &Path) -> io::Result<fs::Metadata> {
         self.data.flush()?;
-        super::folder::no_replace_rename(&self.data_path, to)?;
+        // `renameat2(RENAME_NOREPLACE)` where the kernel and filesystem have it, else a
+        // hard link and an unlink: either fails if `to` exists. On failure the partial
+        // stays where it is (`keep` disarms the delete-on-drop of `TempPath`).
+        let data = tempfile::TempPath::try_from_path(&self.data_path)?;
+        if let Err(e) = data.persist_noclobber(to) {
+            let _ = e.path.keep();
+            return Err(e.error);
+        }
         let _ = remove_if_there(&record_path(&self.data_path));
         self.done = true;
         self.data.metadata()
