@@ -444,3 +444,42 @@ fn endgame_duplicates_are_cancelled_at_the_slow_source() {
     assert!(pd.finish().success());
     assert!(pd.lines(Stream::Err).is_empty(), "{}", pd.dump());
 }
+
+/// Super-seeding: while two downloaders fetch one shared file at once, the file server
+/// tells each it holds only the pieces nobody has asked for yet (and still sends any
+/// piece asked for); alone, or once every piece has been asked for, it lists them all.
+#[test]
+fn a_seeder_lists_only_pieces_nobody_asked_for_while_several_fetch_a_file() {
+    let ws = workspace();
+    let content = random_bytes(256 << 10); // 16 pieces of 16 KiB
+    let shared = folder(ws.path(), "shared", &[("f.bin", &content)]);
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    let (_p, files) = Proc::registered_peer(index_addr, &shared, 1);
+    let root = Tree::of_bytes(&content).root;
+    let have = |s: &mut std::net::TcpStream| -> Vec<u32> {
+        wire::send_msg(s, &FileRequest::Have { root }).unwrap();
+        match wire::recv_msg::<FileReply>(s).unwrap() {
+            FileReply::Have(bits) => bits.ones().collect(),
+            other => panic!("{other:?}"),
+        }
+    };
+    let get = |s: &mut std::net::TcpStream, first: u32, count: u32| {
+        wire::send_msg(s, &FileRequest::Get { root, first, count }).unwrap();
+        let len = u64::from(count) << 14;
+        assert_eq!(wire::recv_msg::<FileReply>(s).unwrap(), FileReply::Data { first, count, len });
+        let mut body = vec![0; len as usize];
+        s.read_exact(&mut body).unwrap();
+        assert!(body == content[(first as usize) << 14..((first + count) as usize) << 14]);
+    };
+    let all: Vec<u32> = (0..16).collect();
+    let mut one = common::handshaken("127.0.0.1", files, Service::Files);
+    assert_eq!(have(&mut one), all, "alone, a downloader is told every piece");
+    get(&mut one, 0, 4);
+    let mut two = common::handshaken("127.0.0.2", files, Service::Files);
+    assert_eq!(have(&mut two), (4..16).collect::<Vec<_>>(), "the pieces nobody asked for");
+    get(&mut two, 4, 10);
+    assert_eq!(have(&mut one), [14, 15]);
+    get(&mut two, 0, 2); // asked for already: sent all the same
+    get(&mut one, 14, 2);
+    assert_eq!(have(&mut two), all, "every piece was asked for: the round is over");
+}

@@ -190,7 +190,7 @@ pub fn swarm(_opts: &Opts) {
     row(
         "swarm",
         format!(
-            "64 MiB, 1 seeder and 8 downloaders, every upload capped at {CAP_MBIT} Mbit/s: one alone {one:.2} s; 8 at once, all done in {all:.2} s = {:.2}x one alone (goal <= 2; each done at {} s; {from_peers} of 8 got pieces from more than one peer; the seeder sent {seeded:.1}x the file, {:.1}x of it to the first)",
+            "64 MiB, 1 seeder and 8 downloaders, every upload capped at {CAP_MBIT} Mbit/s: one alone {one:.2} s; 8 at once, all done in {all:.2} s = {:.2}x one alone (goal <= 2; each done at {} s; {from_peers} of 8 got pieces from more than one peer; the seeder sent {seeded:.1}x the file: 1x to the one alone, {:.1}x to the eight)",
             all / one,
             each.join(" "),
             seeded - 1.0

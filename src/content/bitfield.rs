@@ -82,6 +82,13 @@ impl Bitfield {
         }
     }
 
+    /// The pieces not held.
+    pub fn complement(&self) -> Bitfield {
+        let mut b = Bitfield { bytes: self.bytes.iter().map(|b| !b).collect(), len: self.len };
+        b.clear_spare();
+        b
+    }
+
     /// The pieces held, in order.
     pub fn ones(&self) -> impl Iterator<Item = u32> + '_ {
         (0..self.len).filter(|&i| self.get(i))
@@ -97,6 +104,18 @@ impl fmt::Debug for Bitfield {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_complement_holds_exactly_the_other_pieces_and_no_spare_bit() {
+        let mut b = Bitfield::empty(11);
+        b.set(0);
+        b.set(9);
+        let c = b.complement();
+        assert_eq!(c.ones().collect::<Vec<_>>(), [1, 2, 3, 4, 5, 6, 7, 8, 10]);
+        assert_eq!(Bitfield::from_bytes(11, c.as_bytes()), Some(c.clone()), "spare bits stay zero");
+        assert_eq!(c.complement(), b);
+        assert!(Bitfield::empty(11).complement().is_full());
+    }
 
     #[test]
     fn bits_are_laid_out_high_bit_first() {

@@ -11,8 +11,16 @@
 //! even when every slot is busy), and time: a downloader that takes less than
 //! [`MIN_PROGRESS`] bytes in any `stall_timeout` is dropped, and a connection that asks
 //! nothing for a stall window is closed.
+//!
+//! Super-seeding (BitTorrent's BEP 16, done with `Have`): while several downloaders
+//! fetch one shared file from this peer at once, each is told it holds only the pieces
+//! nobody has asked it for yet in this round, so that each piece leaves this peer
+//! once and the downloaders trade the rest among themselves; once every piece has been
+//! asked for, or with one downloader, every piece is listed. Any piece asked for is
+//! sent: the list only steers what downloaders ask (they ask a source that lists
+//! fewer than all pieces again every half second).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -90,13 +98,77 @@ struct Shared {
     config: FileServerConfig,
     uploads: Slots,
     throughput: Throughput,
+    rounds: Rounds,
+}
+
+/// The super-seeding rounds of the shared files being served (see the module docs),
+/// by root; a file's round ends when its last connection does.
+#[derive(Clone, Default)]
+struct Rounds(Arc<Mutex<HashMap<Hash, Round>>>);
+
+struct Round {
+    /// Connections asking about this file now.
+    connections: usize,
+    /// Its pieces asked for (by a `Get` on any of them) in this round.
+    asked: Bitfield,
+}
+
+/// One connection's place in a file's [`Round`], left when dropped.
+struct InRound {
+    rounds: Rounds,
+    root: Hash,
+}
+
+impl Rounds {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Hash, Round>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn join(&self, root: Hash, pieces: u32) -> InRound {
+        let mut rounds = self.lock();
+        let round =
+            rounds.entry(root).or_insert_with(|| Round { connections: 0, asked: Bitfield::empty(pieces) });
+        round.connections += 1;
+        InRound { rounds: self.clone(), root }
+    }
+}
+
+impl InRound {
+    /// What this file's server tells a downloader it holds: the pieces not yet asked
+    /// for while others fetch it too, otherwise all.
+    fn have(&self, pieces: u32) -> Bitfield {
+        let rounds = self.rounds.lock();
+        match rounds.get(&self.root) {
+            Some(round) if round.connections > 1 && !round.asked.is_full() => round.asked.complement(),
+            _ => Bitfield::full(pieces),
+        }
+    }
+
+    fn asked(&self, first: u32, count: u32) {
+        if let Some(round) = self.rounds.lock().get_mut(&self.root) {
+            (first..first + count).for_each(|i| round.asked.set(i));
+        }
+    }
+}
+
+impl Drop for InRound {
+    fn drop(&mut self) {
+        let mut rounds = self.rounds.lock();
+        if let Some(round) = rounds.get_mut(&self.root) {
+            round.connections -= 1;
+            if round.connections == 0 {
+                rounds.remove(&self.root);
+            }
+        }
+    }
 }
 
 /// Serves files from `folder` on an already-bound listener, forever.
 pub fn serve(listener: TcpListener, folder: Arc<SharedFolder>, config: FileServerConfig) -> io::Result<()> {
     let limits = config.connections;
     let uploads = Slots::new(config.uploads.max, config.uploads.per_ip);
-    let shared = Arc::new(Shared { folder, config, uploads, throughput: Throughput::default() });
+    let rounds = Rounds::default();
+    let shared = Arc::new(Shared { folder, config, uploads, throughput: Throughput::default(), rounds });
     net::serve(listener, "files", limits, move |stream, from, _slot: Slot| {
         if let Err(e) = handle(&shared, &stream, from) {
             info!("upload to {from} failed: {e}");
@@ -163,7 +235,7 @@ fn handle(shared: &Shared, stream: &TcpStream, from: SocketAddr) -> io::Result<(
         };
         if serving.as_ref().is_none_or(|s| s.root != root) {
             match shared.folder.open_root(&root) {
-                Ok(open) => serving = Some(Serving::complete(open)),
+                Ok(open) => serving = Some(Serving::complete(open, &shared.rounds)),
                 Err(why) => match shared.folder.offered(&root) {
                     Some(view) => serving = Some(Serving::partial(root, view)),
                     None => {
@@ -228,6 +300,9 @@ fn handle(shared: &Shared, stream: &TcpStream, from: SocketAddr) -> io::Result<(
                             continue;
                         }
                     }
+                }
+                if let Some(round) = &s.round {
+                    round.asked(first, count);
                 }
                 let range = s.geometry.pieces_range(first, count);
                 let len = range.end - range.start;
@@ -351,16 +426,19 @@ struct Serving {
     geometry: Geometry,
     open: Option<OpenFile>,
     partial: Option<Arc<PartialView>>,
+    /// A shared file's super-seeding round.
+    round: Option<InRound>,
 }
 
 impl Serving {
-    fn complete(open: OpenFile) -> Serving {
+    fn complete(open: OpenFile, rounds: &Rounds) -> Serving {
         let geometry = Geometry::for_size(open.info.size);
-        Serving { root: open.info.root, geometry, open: Some(open), partial: None }
+        let round = Some(rounds.join(open.info.root, geometry.pieces()));
+        Serving { root: open.info.root, geometry, open: Some(open), partial: None, round }
     }
 
     fn partial(root: Hash, view: Arc<PartialView>) -> Serving {
-        Serving { root, geometry: view.geometry, open: None, partial: Some(view) }
+        Serving { root, geometry: view.geometry, open: None, partial: Some(view), round: None }
     }
 
     fn name(&self) -> &str {
@@ -379,11 +457,13 @@ impl Serving {
         }
     }
 
-    /// The verified pieces here: all of a shared file.
+    /// The verified pieces here, as told to a downloader: of a shared file, all, or
+    /// those nobody asked for yet while others fetch it too (super-seeding).
     fn have(&self) -> Bitfield {
-        match &self.partial {
-            Some(view) => view.have.lock().unwrap_or_else(PoisonError::into_inner).clone(),
-            None => Bitfield::full(self.geometry.pieces()),
+        match (&self.partial, &self.round) {
+            (Some(view), _) => view.have.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+            (None, Some(round)) => round.have(self.geometry.pieces()),
+            (None, None) => Bitfield::full(self.geometry.pieces()),
         }
     }
 
