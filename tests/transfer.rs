@@ -301,19 +301,9 @@ fn a_partial_holder_serves_its_verified_pieces_to_others() {
 fn a_file_server_answers_a_cancelled_get_with_cancelled_in_its_turn() {
     let ws = workspace();
     let content = random_bytes(1 << 20); // 64 pieces of 16 KiB
-    let shared = folder(ws.path(), "shared", &[("f.bin", &content)]);
-    let (_index, index_addr) = Proc::index_server(ws.path());
-    let (_p, files) = Proc::registered_peer(index_addr, &shared, 1);
-    let root = Tree::of_bytes(&content).root;
+    let (_processes, files, root) = one_seeder(ws.path(), &content);
     let mut s = common::handshaken("127.0.0.1", files, Service::Files);
-    let piece = |i: usize, n: usize| &content[i << 14..(i + n) << 14];
-    let read_data = |s: &mut std::net::TcpStream, first: u32, count: u32| {
-        let len = u64::from(count) << 14;
-        assert_eq!(wire::recv_msg::<FileReply>(s).unwrap(), FileReply::Data { first, count, len });
-        let mut body = vec![0; len as usize];
-        s.read_exact(&mut body).unwrap();
-        body
-    };
+    let read_data = |s: &mut std::net::TcpStream, first, count| read_run(s, &content, first, count);
 
     // All in one write: the server has them all before it answers the first.
     let mut batch = Vec::new();
@@ -328,15 +318,34 @@ fn a_file_server_answers_a_cancelled_get_with_cancelled_in_its_turn() {
         wire::send_msg(&mut batch, &request).unwrap();
     }
     std::io::Write::write_all(&mut s, &batch).unwrap();
-    assert!(read_data(&mut s, 0, 4) == piece(0, 4));
+    read_data(&mut s, 0, 4);
     assert_eq!(wire::recv_msg::<FileReply>(&mut s).unwrap(), FileReply::Cancelled { first: 10, count: 2 });
-    assert!(read_data(&mut s, 20, 1) == piece(20, 1), "a Cancel of another count leaves a Get alone");
+    read_data(&mut s, 20, 1); // a Cancel of another count leaves a Get alone
     assert!(matches!(wire::recv_msg::<FileReply>(&mut s).unwrap(), FileReply::Status { .. }));
 
     // Cancelling a Get already answered does nothing; the connection goes on.
     wire::send_msg(&mut s, &FileRequest::Cancel { root, first: 20, count: 1 }).unwrap();
     wire::send_msg(&mut s, &FileRequest::Get { root, first: 63, count: 1 }).unwrap();
-    assert!(read_data(&mut s, 63, 1) == piece(63, 1));
+    read_data(&mut s, 63, 1);
+}
+
+/// An index server and a registered peer sharing `content` as `f.bin` in `dir`; the
+/// peer's file server's address, and the content's root.
+fn one_seeder(dir: &Path, content: &[u8]) -> ([Proc; 2], std::net::SocketAddr, Hash) {
+    let shared = folder(dir, "shared", &[("f.bin", content)]);
+    let (index, index_addr) = Proc::index_server(dir);
+    let (peer, files) = Proc::registered_peer(index_addr, &shared, 1);
+    ([index, peer], files, Tree::of_bytes(content).root)
+}
+
+/// Reads the answer to a `Get` of the 16 KiB pieces `first..first + count` of
+/// `content`: a `Data` header saying so, then exactly those bytes.
+fn read_run(s: &mut std::net::TcpStream, content: &[u8], first: u32, count: u32) {
+    let len = u64::from(count) << 14;
+    assert_eq!(wire::recv_msg::<FileReply>(s).unwrap(), FileReply::Data { first, count, len });
+    let mut body = vec![0; len as usize];
+    s.read_exact(&mut body).unwrap();
+    assert!(body == content[(first as usize) << 14..((first + count) as usize) << 14], "wrong bytes");
 }
 
 /// The requests a [`hoarder`] read, in order.
@@ -452,10 +461,7 @@ fn endgame_duplicates_are_cancelled_at_the_slow_source() {
 fn a_seeder_lists_only_pieces_nobody_asked_for_while_several_fetch_a_file() {
     let ws = workspace();
     let content = random_bytes(256 << 10); // 16 pieces of 16 KiB
-    let shared = folder(ws.path(), "shared", &[("f.bin", &content)]);
-    let (_index, index_addr) = Proc::index_server(ws.path());
-    let (_p, files) = Proc::registered_peer(index_addr, &shared, 1);
-    let root = Tree::of_bytes(&content).root;
+    let (_processes, files, root) = one_seeder(ws.path(), &content);
     let have = |s: &mut std::net::TcpStream| -> Vec<u32> {
         wire::send_msg(s, &FileRequest::Have { root }).unwrap();
         match wire::recv_msg::<FileReply>(s).unwrap() {
@@ -463,13 +469,9 @@ fn a_seeder_lists_only_pieces_nobody_asked_for_while_several_fetch_a_file() {
             other => panic!("{other:?}"),
         }
     };
-    let get = |s: &mut std::net::TcpStream, first: u32, count: u32| {
+    let get = |s: &mut std::net::TcpStream, first, count| {
         wire::send_msg(s, &FileRequest::Get { root, first, count }).unwrap();
-        let len = u64::from(count) << 14;
-        assert_eq!(wire::recv_msg::<FileReply>(s).unwrap(), FileReply::Data { first, count, len });
-        let mut body = vec![0; len as usize];
-        s.read_exact(&mut body).unwrap();
-        assert!(body == content[(first as usize) << 14..((first + count) as usize) << 14]);
+        read_run(s, &content, first, count);
     };
     let all: Vec<u32> = (0..16).collect();
     let mut one = common::handshaken("127.0.0.1", files, Service::Files);
