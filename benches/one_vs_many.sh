@@ -5,8 +5,9 @@
 #   benches/one_vs_many.sh [GIB]     # default 8; needs 2 x GIB of disk in $TMPDIR
 #
 # Builds the release binaries, writes GIB GiB of random bytes as one file and as GIB x
-# 1,024 files of 1 MiB, and registers each folder twice, without the hash cache and
-# with the files in the page cache (so that the disk is not what is measured).
+# 1,024 files of 1 MiB, and registers each folder three times, without the hash cache and
+# with the files in the page cache (so that the disk is not what is measured), three
+# rounds alternating.
 set -euo pipefail
 gib=${1:-8}
 cd "$(dirname "$0")/.."
@@ -21,7 +22,7 @@ split -b 1048576 -a 5 -d "$work/one/big.bin" "$work/many/part-"
 idx=$!
 until grep -q listening "$work/index.out"; do :; done
 port=$(head -1 "$work/index.out" | grep -o '[0-9]*$')
-for d in one many one many; do
+for d in one many one many one many; do
   rm -f "$work/$d/.peerdex-hashes"
   cat "$work/$d"/* > /dev/null
   start=$(date +%s.%N)

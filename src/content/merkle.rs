@@ -118,12 +118,24 @@ fn reduce(mut layer: Vec<Hash>, mut pad_hash: Hash) -> Hash {
 /// The hash of one piece of a file with geometry `geo`, given its bytes (all of them:
 /// [`Geometry::piece`] long). The last piece's missing leaves are zero.
 pub fn piece_hash(geo: &Geometry, bytes: &[u8]) -> Hash {
-    let mut leaves: Vec<Hash> = bytes.chunks(BLOCK_LEN as usize).map(|b| Sha256::digest(b).into()).collect();
+    let mut leaves = Vec::with_capacity(geo.leaves_per_piece() as usize);
+    push_leaves(&mut leaves, bytes);
+    piece_of_leaves(geo, leaves, bytes.len())
+}
+
+/// Appends the leaves of `bytes` (whole 16 KiB blocks, but perhaps the file's last)
+/// to `leaves`.
+fn push_leaves(leaves: &mut Vec<Hash>, bytes: &[u8]) {
+    leaves.extend(bytes.chunks(BLOCK_LEN as usize).map(|b| -> Hash { Sha256::digest(b).into() }));
+}
+
+/// The hash of a piece of `len` bytes whose blocks' leaves are `leaves`.
+fn piece_of_leaves(geo: &Geometry, mut leaves: Vec<Hash>, len: usize) -> Hash {
     if leaves.is_empty() {
         leaves.push(Sha256::digest([]).into()); // the empty file's one empty block
     }
     let lpp = geo.leaves_per_piece() as usize;
-    debug_assert!(leaves.len() <= lpp, "a piece of {} bytes", bytes.len());
+    debug_assert!(leaves.len() <= lpp, "a piece of {len} bytes");
     leaves.resize(lpp, [0; 32]);
     reduce(leaves, [0; 32])
 }
@@ -195,6 +207,12 @@ impl Tree {
     }
 }
 
+/// Bytes of a piece read at once by [`hash_file`]: a multiple of [`BLOCK_LEN`], small
+/// enough that the copy out of the page cache is still in the core's cache when it is
+/// hashed. Registering one 4 GiB file on the 2-core EPYC: 256 KiB reads 2.72 s (the
+/// copy as costly as the hashing), 64 KiB 1.73-1.85 s, 16 KiB 1.86-2.02 s.
+const READ_CHUNK: u64 = 64 << 10;
+
 /// The tree of the first `size` bytes of `file`, its pieces read (`pread`) and hashed
 /// on every core: one SHA-256 stream runs on one core, but pieces are independent.
 /// Fails with `UnexpectedEof` if the file is shorter than `size`.
@@ -211,16 +229,25 @@ pub fn hash_file(file: &File, size: u64) -> io::Result<Tree> {
     let layer = Mutex::new(vec![[0u8; 32]; pieces]);
     let next = AtomicUsize::new(0);
     let work = || -> io::Result<()> {
-        let mut buf = vec![0u8; geometry.piece_len as usize];
+        // A piece is read a chunk at a time (see READ_CHUNK): read whole, a 2 MiB piece
+        // (a file of 8 GiB) went through memory twice, and one 8 GiB file took 4.8 s to
+        // register against 3.5 s for 8,192 files of 1 MiB.
+        let mut buf = vec![0u8; geometry.piece_len.min(READ_CHUNK) as usize];
+        let mut leaves = Vec::with_capacity(geometry.leaves_per_piece() as usize);
         loop {
             let i = next.fetch_add(1, Ordering::Relaxed);
             if i >= pieces {
                 return Ok(());
             }
             let r = geometry.piece(i as u32);
-            let bytes = &mut buf[..(r.end - r.start) as usize];
-            read_exact_at(file, bytes, r.start)?;
-            let h = piece_hash(&geometry, bytes);
+            let mut at = r.start;
+            while at < r.end {
+                let bytes = &mut buf[..(r.end - at).min(READ_CHUNK) as usize];
+                read_exact_at(file, bytes, at)?;
+                push_leaves(&mut leaves, bytes);
+                at += bytes.len() as u64;
+            }
+            let h = piece_of_leaves(&geometry, std::mem::take(&mut leaves), (r.end - r.start) as usize);
             layer.lock().unwrap_or_else(std::sync::PoisonError::into_inner)[i] = h;
         }
     };
