@@ -10,7 +10,7 @@
 //! - [`auth`]: accounts (the users file) and the challenge-response login;
 //! - [`content`]: a file's identity (size and the root of a SHA-256 Merkle tree over
 //!   its 16 KiB blocks, as in BitTorrent v2), its piece layer, and bitfields of pieces;
-//! - [`name`]: [`name::ShareName`], a shared file's name, checked once so that it can
+//! - [`name`]: [`name::SharePath`], a shared file's name, checked once so that it can
 //!   never be a path;
 //! - [`wire`]: the protocol: length-prefixed frames ([`wire::send_all`],
 //!   [`wire::recv_all`]) and every message, encoded and decoded without sockets;

@@ -6,7 +6,7 @@
 //! bidirectional override can make text read differently from what it is. So every
 //! string that did not come from this program is printed through [`escape`] (or
 //! `{:?}`, which escapes the same characters), and file names may not hold them at
-//! all ([`crate::name::ShareName`]).
+//! all ([`crate::name::SharePath`]).
 
 use std::borrow::Cow;
 use std::fmt::{self, Write as _};

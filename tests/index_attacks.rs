@@ -13,13 +13,13 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{Proc, RawIndexClient, Stream, TIMEOUT, connect_from, folder, handshaken, workspace};
-use peerdex::name::ShareName;
+use peerdex::name::SharePath;
 use peerdex::wire::{self, FileInfo, Hello, PROTOCOL_VERSION, Reply, Request, Service, Welcome};
 
 const MIB: u64 = 1 << 20;
 
-fn name(s: &str) -> ShareName {
-    ShareName::parse(s).unwrap()
+fn name(s: &str) -> SharePath {
+    SharePath::parse(s).unwrap()
 }
 
 /// The honest peer at `from` registers `tag.txt` and another client finds it. The

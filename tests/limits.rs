@@ -11,7 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{Proc, RawIndexClient, TIMEOUT, wait_for, workspace};
-use peerdex::name::ShareName;
+use peerdex::name::SharePath;
 use peerdex::wire::{self, FileInfo, Hello, Message, PROTOCOL_VERSION, Reply, Request, Service, Welcome};
 
 fn connect(addr: SocketAddr) -> TcpStream {
@@ -42,7 +42,7 @@ fn read_until_closed(s: &mut TcpStream) -> Option<Vec<u8>> {
 }
 
 fn file(name: &str, size: u64) -> FileInfo {
-    FileInfo { name: ShareName::parse(name).unwrap(), size, root: [7; 32] }
+    FileInfo { name: SharePath::parse(name).unwrap(), size, root: [7; 32] }
 }
 
 /// A normal peer process registers and another client finds its file: the server is
@@ -53,7 +53,7 @@ fn assert_still_serving(ws: &std::path::Path, index: SocketAddr, tag: &str) {
     fs::write(folder.join(format!("{tag}.txt")), tag).unwrap();
     let (_p, files_addr) = Proc::registered_peer(index, &folder, 1);
     let mut c = RawIndexClient::connect(index);
-    let name = ShareName::parse(&format!("{tag}.txt")).unwrap();
+    let name = SharePath::parse(&format!("{tag}.txt")).unwrap();
     match c.call(&Request::Lookup { name }) {
         Reply::Peers(hits) => assert_eq!(hits[0].addr, files_addr),
         other => panic!("the server no longer serves: {other:?}"),
@@ -87,7 +87,7 @@ fn malformed_requests_leave_nothing_half_registered() {
     let ws = workspace();
     let (_index, addr) = Proc::index_server(ws.path());
     let lookup =
-        |c: &mut RawIndexClient, n: &str| c.call(&Request::Lookup { name: ShareName::parse(n).unwrap() });
+        |c: &mut RawIndexClient, n: &str| c.call(&Request::Lookup { name: SharePath::parse(n).unwrap() });
 
     // A registration cut short by the end of the stream.
     let mut cut = RawIndexClient::connect(addr);
@@ -164,12 +164,13 @@ fn bad_registrations_are_refused_by_name_and_store_nothing() {
         p
     };
     let ten_mb = vec![b'a'; 10_000_000];
-    let cases: [(Vec<u8>, &str); 8] = [
+    let cases: [(Vec<u8>, &str); 9] = [
         (raw_register(&ten_mb), "malformed request: invalid file name \"aaaa"),
-        (raw_register(&[b'b'; 300]), "the name is longer than 255 bytes"),
-        (raw_register(b"a/b"), "path separator"),
-        (raw_register(b"..\\x"), "path separator"),
-        (raw_register(b".."), "are not file names"),
+        (raw_register(&[b'b'; 300]), "a part of the name is longer than 255 bytes"),
+        (raw_register(b"a//b"), "empty part"),
+        (raw_register(b"/etc/passwd"), "empty part"),
+        (raw_register(b"..\\x"), "backslash"),
+        (raw_register(b"a/../.."), "are not file or folder names"),
         (raw_register(b"nul\0byte"), "control character"),
         (raw_register(b"bell\x07"), "control character"),
         (raw_register(b"\xff\xfe"), "not valid UTF-8"),
@@ -218,7 +219,7 @@ fn slowloris_connections_are_closed_and_others_served() {
     hello.extend(Hello { version: PROTOCOL_VERSION, service: Service::Index }.encode());
     let slow_hello = dribble(connect(addr), hello);
     let c = RawIndexClient::connect(addr);
-    let mut lookup = Request::Lookup { name: ShareName::parse("slowly-requested-name").unwrap() }.encode();
+    let mut lookup = Request::Lookup { name: SharePath::parse("slowly-requested-name").unwrap() }.encode();
     let mut framed = (lookup.len() as u32).to_be_bytes().to_vec();
     framed.append(&mut lookup);
     let slow_request = dribble(c.stream, framed);
@@ -289,7 +290,7 @@ fn a_client_that_never_reads_is_dropped_and_others_are_unaffected() {
         .contains(&format!("{stuck_addr} disconnected"))
     {
         assert!(started.elapsed() < TIMEOUT, "the stuck client was never dropped");
-        match c.call(&Request::Lookup { name: ShareName::parse("p3-00042").unwrap() }) {
+        match c.call(&Request::Lookup { name: SharePath::parse("p3-00042").unwrap() }) {
             Reply::Peers(hits) => assert_eq!(hits.len(), 1),
             other => panic!("{other:?}"),
         }

@@ -36,7 +36,7 @@ fn zeros(path: &Path, len: u64) {
 /// The root and size of `name` as the index has it, as a downloader learns them.
 fn content_of(index: SocketAddr, name: &str) -> (Hash, u64) {
     let mut c = common::RawIndexClient::connect(index);
-    match c.call(&Request::Lookup { name: peerdex::name::ShareName::parse(name).unwrap() }) {
+    match c.call(&Request::Lookup { name: peerdex::name::SharePath::parse(name).unwrap() }) {
         Reply::Peers(hits) => (hits[0].root, hits[0].size),
         other => panic!("{other:?}"),
     }

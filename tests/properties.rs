@@ -7,7 +7,7 @@ use std::cell::Cell;
 use std::net::SocketAddr;
 
 use peerdex::content::Bitfield;
-use peerdex::name::ShareName;
+use peerdex::name::SharePath;
 use peerdex::wire::{
     self, FileInfo, FileReply, FileRequest, Hello, ListEntry, MAX_FRAME_LEN, Message, PeerHit, Reply,
     Request, Service, Welcome,
@@ -59,8 +59,8 @@ fn peak_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
     (out, PEAK.with(Cell::get))
 }
 
-fn share_name() -> impl Strategy<Value = ShareName> {
-    "[a-zA-Z0-9 _.é✓-]{1,40}".prop_filter_map("not a valid name", |s| ShareName::parse(&s).ok())
+fn share_name() -> impl Strategy<Value = SharePath> {
+    "[a-zA-Z0-9 _.é✓-]{1,40}".prop_filter_map("not a valid name", |s| SharePath::parse(&s).ok())
 }
 
 fn sha() -> impl Strategy<Value = [u8; 32]> {

@@ -8,14 +8,14 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::{Proc, RawIndexClient, workspace};
-use peerdex::name::ShareName;
+use peerdex::name::SharePath;
 use peerdex::wire::{FileInfo, Reply, Request};
 use rand::RngExt;
 
 const CLIENTS: usize = 200;
 
-fn name(s: &str) -> ShareName {
-    ShareName::parse(s).unwrap()
+fn name(s: &str) -> SharePath {
+    SharePath::parse(s).unwrap()
 }
 
 fn file(n: &str, size: u64) -> FileInfo {

@@ -10,7 +10,7 @@ use std::fs;
 use std::time::Duration;
 
 use common::{Proc, RawIndexClient, Stream, folder, workspace};
-use peerdex::name::ShareName;
+use peerdex::name::SharePath;
 use peerdex::wire::{Reply, Request};
 
 #[test]
@@ -78,7 +78,7 @@ fn downloads_between_registrations_are_never_lost_from_the_index() {
     // Every file B downloaded is at B in the index, after all those registrations.
     let mut c = RawIndexClient::connect(index_addr);
     for (name, _) in &files {
-        match c.call(&Request::Lookup { name: ShareName::parse(name).unwrap() }) {
+        match c.call(&Request::Lookup { name: SharePath::parse(name).unwrap() }) {
             Reply::Peers(hits) => {
                 assert!(hits.iter().any(|h| h.addr == b_files), "{name} is not at B: {hits:?}")
             }

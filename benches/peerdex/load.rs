@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use peerdex::name::ShareName;
+use peerdex::name::SharePath;
 use peerdex::wire::{self, FileInfo, Message, Reply, Request, Service};
 use rand::{RngExt, SeedableRng};
 
@@ -52,8 +52,8 @@ impl Client {
     }
 }
 
-pub fn name(s: &str) -> ShareName {
-    ShareName::parse(s).unwrap()
+pub fn name(s: &str) -> SharePath {
+    SharePath::parse(s).unwrap()
 }
 
 pub fn file(n: String, i: u64) -> FileInfo {

@@ -68,9 +68,10 @@ struct Args {
     /// Most files in the whole index.
     #[arg(long, value_name = "N", default_value_t = registry::MAX_FILES_TOTAL)]
     max_files: usize,
-    /// Longest file name accepted, in bytes (at most 255).
-    #[arg(long, value_name = "BYTES", default_value_t = name::MAX_NAME_LEN as u16,
-          value_parser = clap::value_parser!(u16).range(1..=name::MAX_NAME_LEN as i64))]
+    /// Longest file name accepted, in bytes: a path in the peer's folder, such as
+    /// "album/01 intro.flac" (at most 4096).
+    #[arg(long, value_name = "BYTES", default_value_t = registry::MAX_NAME_BYTES as u16,
+          value_parser = clap::value_parser!(u16).range(1..=name::MAX_PATH_LEN as i64))]
     max_name_len: u16,
     /// Seconds a new connection has to complete its handshake.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = cli::parse_secs)]

@@ -80,6 +80,12 @@ struct Args {
     /// Do not watch the folder: changes reach the index only by `update`.
     #[arg(long)]
     no_watch: bool,
+    /// Do not share what matches PATTERN (gitignore syntax: `*.tmp`, `cache/`,
+    /// `/only-at-the-top`); may be given several times. The folder's own
+    /// `.peerdexignore` adds more, and .DS_Store, Thumbs.db, desktop.ini and @eaDir/
+    /// are never shared.
+    #[arg(long, value_name = "PATTERN")]
+    exclude: Vec<String>,
     /// Log more about what the peer does (repeat for more): -v for uploads, -vv for
     /// debugging.
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -131,6 +137,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
         },
         keepalive: args.keepalive,
         watch: !args.no_watch,
+        excludes: args.exclude,
         user: args.user,
     })
 }

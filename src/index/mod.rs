@@ -12,7 +12,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 pub use registry::{Limits, ListPage, PageBudget, Pattern, Registry, RegistryError};
 pub use server::{Config, serve};
 
-use crate::name::ShareName;
+use crate::name::SharePath;
 use crate::wire::{FileInfo, PeerHit};
 
 /// A cheap-to-clone handle on the shared registry; every connection thread has one.
@@ -70,7 +70,7 @@ impl Index {
     }
 
     /// [`Registry::delete`].
-    pub fn delete(&self, conn: SocketAddr, names: &[ShareName]) -> Changed {
+    pub fn delete(&self, conn: SocketAddr, names: &[SharePath]) -> Changed {
         self.with(|r| r.delete(conn, names))
     }
 
@@ -90,7 +90,7 @@ impl Index {
     }
 
     /// [`Registry::lookup`].
-    pub fn lookup(&self, name: &ShareName) -> Vec<PeerHit> {
+    pub fn lookup(&self, name: &SharePath) -> Vec<PeerHit> {
         self.read(|r| r.lookup(name))
     }
 
@@ -99,7 +99,7 @@ impl Index {
         &self,
         asker: SocketAddr,
         pattern: &Pattern,
-        after: Option<&ShareName>,
+        after: Option<&SharePath>,
         budget: PageBudget,
     ) -> ListPage {
         self.read(|r| r.list_page(asker, pattern, after, budget))

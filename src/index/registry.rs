@@ -19,7 +19,7 @@
 //!
 //! Beside them, the counts that the limits need: files per client address and in all.
 //!
-//! Names are [`ShareName`]s, whose text is reference-counted: a name is stored once,
+//! Names are [`SharePath`]s, whose text is reference-counted: a name is stored once,
 //! shared by the peer's list and the index (and by every peer that shares it).
 //!
 //! Memory per entry (a file at a peer), measured at ten million: 195 bytes. By
@@ -40,10 +40,16 @@ use std::time::{Duration, Instant};
 use memchr::memmem;
 use slab::Slab;
 
-use crate::name::{MAX_NAME_LEN, ShareName};
+use crate::name::{MAX_PATH_LEN, SharePath};
 use crate::net::client_key;
 use crate::text::Clip;
 use crate::wire::{FileInfo, ListEntry, MAX_FILES_PER_PEER, PeerHit};
+
+/// Longest name (a file's path in its peer's folder) the index accepts by default, in
+/// bytes: paths longer than Windows' 260 characters are rare, and with
+/// [`MAX_FILES_PER_IP`] of them one address holds at most about 300 MB of the index's
+/// memory. Up to [`MAX_PATH_LEN`] (4,096) with `--max-name-len`.
+pub const MAX_NAME_BYTES: usize = 1024;
 
 /// Most files registered from one client address, over all its connections: five
 /// peers of [`MAX_FILES_PER_PEER`] files, and at about 400 bytes of memory per entry
@@ -65,7 +71,8 @@ pub struct Limits {
     pub files_per_ip: usize,
     /// Files in the whole index: [`MAX_FILES_TOTAL`].
     pub files_total: usize,
-    /// Longest name accepted, in bytes (at most [`MAX_NAME_LEN`]).
+    /// Longest name (a path) accepted, in bytes: [`MAX_NAME_BYTES`], at most
+    /// [`MAX_PATH_LEN`].
     pub name_len: usize,
 }
 
@@ -75,7 +82,7 @@ impl Default for Limits {
             files_per_peer: MAX_FILES_PER_PEER,
             files_per_ip: MAX_FILES_PER_IP,
             files_total: MAX_FILES_TOTAL,
-            name_len: MAX_NAME_LEN,
+            name_len: MAX_NAME_BYTES,
         }
     }
 }
@@ -88,11 +95,11 @@ pub enum RegistryError {
     /// Port 0 cannot be connected to.
     PortZero,
     /// The same name appears twice in one list.
-    DuplicateName(ShareName),
+    DuplicateName(SharePath),
     /// A name longer than this server accepts.
     NameTooLong {
         /// The name.
-        name: ShareName,
+        name: SharePath,
         /// The limit, in bytes.
         max: usize,
     },
@@ -161,7 +168,7 @@ pub struct ListPage {
     /// Matching entries, in name order.
     pub entries: Vec<ListEntry>,
     /// Where the next page starts (exclusive), or `None` if the listing is complete.
-    pub next: Option<ShareName>,
+    pub next: Option<SharePath>,
 }
 
 /// What a listing looks for: names containing a text, ignoring ASCII case.
@@ -181,7 +188,7 @@ impl Pattern {
     pub fn new(text: &str) -> Pattern {
         let lower = text.to_ascii_lowercase();
         Pattern {
-            impossible: lower.len() > MAX_NAME_LEN,
+            impossible: lower.len() > MAX_PATH_LEN,
             finder: (!lower.is_empty()).then(|| memmem::Finder::new(lower.as_bytes()).into_owned()),
         }
     }
@@ -197,8 +204,8 @@ impl Pattern {
             return false;
         }
         let Some(finder) = &self.finder else { return true };
-        let mut lower = [0u8; MAX_NAME_LEN];
-        let name = &name.as_bytes()[..name.len().min(MAX_NAME_LEN)];
+        let mut lower = [0u8; MAX_PATH_LEN];
+        let name = &name.as_bytes()[..name.len().min(MAX_PATH_LEN)];
         let lower = &mut lower[..name.len()];
         lower.copy_from_slice(name);
         lower.make_ascii_lowercase();
@@ -287,7 +294,7 @@ pub const SHARDS: usize = 64;
 #[derive(Clone, Debug)]
 struct Key {
     hash: u64,
-    name: ShareName,
+    name: SharePath,
 }
 
 impl PartialEq for Key {
@@ -344,7 +351,7 @@ impl Default for Holdings {
 }
 
 impl Holdings {
-    fn key(&self, name: &ShareName) -> Key {
+    fn key(&self, name: &SharePath) -> Key {
         use std::hash::BuildHasher;
         Key { hash: self.hasher.hash_one(name), name: name.clone() }
     }
@@ -354,28 +361,28 @@ impl Holdings {
         (key.hash >> 58) as usize % SHARDS
     }
 
-    fn get(&self, name: &ShareName) -> Option<&Holders> {
+    fn get(&self, name: &SharePath) -> Option<&Holders> {
         let key = self.key(name);
         self.shards[Self::shard(&key)].get(&key)
     }
 
-    fn get_mut(&mut self, name: &ShareName) -> Option<&mut Holders> {
+    fn get_mut(&mut self, name: &SharePath) -> Option<&mut Holders> {
         let key = self.key(name);
         self.shards[Self::shard(&key)].get_mut(&key)
     }
 
-    fn entry(&mut self, name: ShareName) -> Entry<'_, Key, Holders> {
+    fn entry(&mut self, name: SharePath) -> Entry<'_, Key, Holders> {
         let key = self.key(&name);
         self.shards[Self::shard(&key)].entry(key)
     }
 
-    fn remove(&mut self, name: &ShareName) -> Option<Holders> {
+    fn remove(&mut self, name: &SharePath) -> Option<Holders> {
         let key = self.key(name);
         self.shards[Self::shard(&key)].remove(&key)
     }
 
     #[cfg(test)]
-    fn iter(&self) -> impl Iterator<Item = (&ShareName, &Holders)> {
+    fn iter(&self) -> impl Iterator<Item = (&SharePath, &Holders)> {
         self.shards.iter().flatten().map(|(k, h)| (&k.name, h))
     }
 
@@ -385,10 +392,10 @@ impl Holdings {
     }
 }
 
-impl std::ops::Index<&ShareName> for Holdings {
+impl std::ops::Index<&SharePath> for Holdings {
     type Output = Holders;
 
-    fn index(&self, name: &ShareName) -> &Holders {
+    fn index(&self, name: &SharePath) -> &Holders {
         self.get(name).expect("every name in the index has holders")
     }
 }
@@ -412,10 +419,10 @@ pub struct Registry {
     peers: HashMap<SocketAddr, Peer>,
     ids: Slab<SocketAddr>,
     by_name: Holdings,
-    names: BTreeSet<ShareName>,
+    names: BTreeSet<SharePath>,
     /// Peers holding part of a file under a name, with its size and root: a few per
     /// download running, kept apart from the complete holders.
-    partials: HashMap<ShareName, Vec<PeerId>>,
+    partials: HashMap<SharePath, Vec<PeerId>>,
     /// Files registered per client address ([`client_key`]); addresses with none are
     /// removed.
     per_ip: HashMap<IpAddr, usize>,
@@ -489,7 +496,7 @@ impl Registry {
     }
 
     /// Forgets that the peer `id` (at `conn`) holds part of `name`, if it did.
-    fn end_partial(&mut self, conn: SocketAddr, id: PeerId, name: &ShareName) {
+    fn end_partial(&mut self, conn: SocketAddr, id: PeerId, name: &SharePath) {
         let Some(peer) = self.peers.get_mut(&conn) else { return };
         let Some(at) = peer.partials.iter().position(|p| p.name == *name) else { return };
         peer.partials.swap_remove(at);
@@ -549,7 +556,7 @@ impl Registry {
 
     /// Removes `names` from a registered peer's list; names it does not share are
     /// ignored, so a delete can be repeated. Returns how many files it now shares.
-    pub fn delete(&mut self, conn: SocketAddr, names: &[ShareName]) -> Result<usize, RegistryError> {
+    pub fn delete(&mut self, conn: SocketAddr, names: &[SharePath]) -> Result<usize, RegistryError> {
         let id = self.peers.get(&conn).ok_or(RegistryError::NotRegistered)?.id;
         for name in names {
             self.end_partial(conn, id, name); // an abandoned download
@@ -623,7 +630,7 @@ impl Registry {
     /// Every registered peer that shares `name`: the IP of its connection, its
     /// file-server port, and its copy's size and root; then the peers that hold part
     /// of it (`complete` false).
-    pub fn lookup(&self, name: &ShareName) -> Vec<PeerHit> {
+    pub fn lookup(&self, name: &SharePath) -> Vec<PeerHit> {
         let mut hits: Vec<PeerHit> = match self.by_name.get(name) {
             Some(holders) => holders.as_slice().iter().map(|h| self.hit(*h)).collect(),
             None => Vec::new(),
@@ -639,7 +646,7 @@ impl Registry {
     }
 
     /// A peer holding part of `name`, as a hit.
-    fn partial_hit(&self, id: PeerId, name: &ShareName) -> Option<PeerHit> {
+    fn partial_hit(&self, id: PeerId, name: &SharePath) -> Option<PeerHit> {
         let conn = self.ids[id as usize];
         let peer = &self.peers[&conn];
         let f = peer.partials.iter().find(|p| p.name == *name)?;
@@ -677,7 +684,7 @@ impl Registry {
         &self,
         asker: SocketAddr,
         pattern: &Pattern,
-        after: Option<&ShareName>,
+        after: Option<&SharePath>,
         budget: PageBudget,
     ) -> ListPage {
         let mut page = ListPage::default();
@@ -688,7 +695,7 @@ impl Registry {
         let max = budget.names.max(1);
         let started = Instant::now();
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let mut last: Option<&ShareName> = None;
+        let mut last: Option<&SharePath> = None;
         let mut contents: Vec<(u64, [u8; 32], bool)> = Vec::new();
         for (seen, name) in self.names.range((start, Bound::Unbounded)).enumerate() {
             let out_of_time = seen % 16 == 15 && started.elapsed() >= budget.time;
@@ -759,7 +766,7 @@ impl Registry {
         if let Some(f) = files.iter().find(|f| f.name.as_str().len() > self.limits.name_len) {
             return Err(RegistryError::NameTooLong { name: f.name.clone(), max: self.limits.name_len });
         }
-        let mut names: Vec<&ShareName> = files.iter().map(|f| &f.name).collect();
+        let mut names: Vec<&SharePath> = files.iter().map(|f| &f.name).collect();
         names.sort_unstable();
         match names.windows(2).find(|w| w[0] == w[1]) {
             Some(w) => Err(RegistryError::DuplicateName(w[0].clone())),
@@ -847,8 +854,8 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], 50_000 + n))
     }
 
-    fn name(s: &str) -> ShareName {
-        ShareName::parse(s).unwrap()
+    fn name(s: &str) -> SharePath {
+        SharePath::parse(s).unwrap()
     }
 
     fn file(s: &str, size: u64) -> FileInfo {
@@ -868,7 +875,7 @@ mod tests {
         // The per-entry memory budget in the module docs depends on these.
         assert_eq!(std::mem::size_of::<Holders>(), 16);
         assert_eq!(std::mem::size_of::<FileInfo>(), 48);
-        assert_eq!(std::mem::size_of::<ShareName>(), 8);
+        assert_eq!(std::mem::size_of::<SharePath>(), 8);
     }
 
     #[test]
@@ -1065,7 +1072,7 @@ mod tests {
         }
         assert_eq!(pages, 5, "5,000 names, 1,000 examined per page");
         // A pattern longer than any name: nothing is examined at all.
-        let impossible = Pattern::new(&"x".repeat(300));
+        let impossible = Pattern::new(&"x".repeat(MAX_PATH_LEN + 1));
         assert!(impossible.matches_nothing());
         assert!(r.list_page(addr(2), &impossible, None, budget).next.is_none());
         // A page that runs out of time ends early, and the listing still covers it all.
@@ -1241,7 +1248,7 @@ mod tests {
                                 }
                             }
                             2 => {
-                                let gone: Vec<ShareName> = pick.keys().map(|n| name(n)).collect();
+                                let gone: Vec<SharePath> = pick.keys().map(|n| name(n)).collect();
                                 if index.delete(conn, &gone).is_ok() {
                                     let m = mine.as_mut().unwrap();
                                     pick.keys().for_each(|n| {

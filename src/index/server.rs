@@ -20,7 +20,7 @@ use super::budget::{Budget, RECEIVE_BUDGET, SMALL_FRAME, UNBOOKED_FRAME};
 use super::login::{Accounts, ProofStep, Session};
 use super::{Index, PageBudget, Pattern};
 use crate::logging::RateLimit;
-use crate::name::ShareName;
+use crate::name::SharePath;
 use crate::net::{self, ConnLimits, Slot, Timed, close_gently, is_timeout};
 use crate::text::{Clip, count};
 use crate::wire::{self, FileInfo, MAX_FRAME_LEN, Message, Reply, Request, Service};
@@ -427,18 +427,18 @@ enum Summary {
     Delete(Names),
     Add(Names),
     Partial(Names),
-    Lookup(ShareName),
+    Lookup(SharePath),
     Other(&'static str),
 }
 
 /// How many names, and the first few of them.
 struct Names {
     count: usize,
-    first: [Option<ShareName>; NAMES_LOGGED],
+    first: [Option<SharePath>; NAMES_LOGGED],
 }
 
 impl Names {
-    fn of<'n>(count: usize, mut names: impl Iterator<Item = &'n ShareName>) -> Names {
+    fn of<'n>(count: usize, mut names: impl Iterator<Item = &'n SharePath>) -> Names {
         Names { count, first: std::array::from_fn(|_| names.next().cloned()) }
     }
 
@@ -539,7 +539,7 @@ mod tests {
 
     #[test]
     fn log_summaries_name_a_few_files_and_count_the_rest() {
-        let file = |n: &str| FileInfo { name: ShareName::parse(n).unwrap(), size: 1, root: [0; 32] };
+        let file = |n: &str| FileInfo { name: SharePath::parse(n).unwrap(), size: 1, root: [0; 32] };
         let files: Vec<FileInfo> = (0..5).map(|i| file(&format!("f{i}"))).collect();
         let request = Request::Update { files };
         assert_eq!(Summary::of(&request).to_string(), "update, 5 files: \"f0\", \"f1\", \"f2\" and 2 more");
@@ -547,7 +547,7 @@ mod tests {
         assert_eq!(Summary::of(&one).to_string(), "add 1 file: \"only one.txt\"");
         let none = Request::Delete { names: vec![] };
         assert_eq!(Summary::of(&none).to_string(), "delete 0 files");
-        let long = Request::Lookup { name: ShareName::parse(&"y".repeat(255)).unwrap() };
+        let long = Request::Lookup { name: SharePath::parse(&"y".repeat(255)).unwrap() };
         assert!(Summary::of(&long).to_string().ends_with("\"... (255 bytes)"));
     }
 }

@@ -58,6 +58,9 @@ pub struct PeerConfig {
     pub watch: bool,
     /// Log in as this user at start (the password from `PEERDEX_PASSWORD` or asked for).
     pub user: Option<String>,
+    /// What not to share, in gitignore syntax, besides the defaults and the folder's
+    /// `.peerdexignore` ([`folder::walk::rules`]).
+    pub excludes: Vec<String>,
 }
 
 /// Where the file server listens unless told otherwise, given `seen`, the local address
@@ -78,7 +81,8 @@ pub fn default_bind_ip(seen: IpAddr) -> IpAddr {
 /// whether every command succeeded.
 pub fn run(config: PeerConfig) -> anyhow::Result<bool> {
     let shown = config.folder.display();
-    let folder = SharedFolder::new(&config.folder).with_context(|| format!("cannot share folder {shown}"))?;
+    let folder = SharedFolder::excluding(&config.folder, config.excludes.clone())
+        .with_context(|| format!("cannot share folder {shown}"))?;
     match partial::remove_stale(folder.root(), partial::MAX_AGE) {
         Ok(0) => {}
         Ok(n) => crate::errln!("note: deleted {n} partial downloads untouched for 7 days or more"),

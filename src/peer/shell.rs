@@ -22,7 +22,7 @@ use super::client::{IndexClient, Watch};
 use super::download::{DownloadConfig, Downloader, Note, PENALTY, Penalties};
 use super::folder::SharedFolder;
 use crate::auth;
-use crate::name::ShareName;
+use crate::name::SharePath;
 use crate::text::{count, escape};
 use crate::wire::{MAX_FILES_PER_PEER, Request};
 
@@ -60,9 +60,9 @@ pub enum Command {
         limit: Option<u32>,
     },
     /// Download a file.
-    Download(ShareName),
+    Download(SharePath),
     /// Delete a file from the folder.
-    Delete(ShareName),
+    Delete(SharePath),
     /// Rescan the folder and send the list.
     Update,
     /// Log in to the index server as this user.
@@ -113,7 +113,7 @@ impl Command {
 }
 
 /// The one file name after `word`: see [`Command::parse`].
-fn one_name(word: &str, rest: &str) -> Result<ShareName, String> {
+fn one_name(word: &str, rest: &str) -> Result<SharePath, String> {
     if rest.is_empty() {
         return Err(format!("{word} needs a file name, as in: {word} notes.txt"));
     }
@@ -129,7 +129,7 @@ fn one_name(word: &str, rest: &str) -> Result<ShareName, String> {
     } else {
         rest.to_owned()
     };
-    ShareName::parse(&name).map_err(|why| format!("invalid file name {name:?}: {why}"))
+    SharePath::parse(&name).map_err(|why| format!("invalid file name {name:?}: {why}"))
 }
 
 /// The arguments of `get_files_list`: see [`Command::parse`].
@@ -215,7 +215,7 @@ struct Peer {
     /// Set once any command has failed; decides the exit status.
     failed: AtomicBool,
     /// Names queued or being downloaded, so one name is not fetched twice at once.
-    in_flight: Mutex<HashSet<ShareName>>,
+    in_flight: Mutex<HashSet<SharePath>>,
     /// Downloads waiting for a worker, and how many workers run.
     queue: Mutex<Queue>,
     /// Taken around each change sent to the index: a rescan and the `Update` it feeds
@@ -229,7 +229,7 @@ struct Peer {
 
 #[derive(Default)]
 struct Queue {
-    waiting: VecDeque<ShareName>,
+    waiting: VecDeque<SharePath>,
     workers: usize,
 }
 
@@ -337,8 +337,9 @@ impl Shell {
         let peer = &self.peer;
         match command {
             Command::Register => {
-                let count = peer.register().context("register failed")?;
-                crate::outln!("registered {} with the index server {}", files(count), peer.index.server());
+                let (count, skipped) = peer.register().context("register failed")?;
+                let server = peer.index.server();
+                crate::outln!("registered {} with the index server {server}{skipped}", files(count));
             }
             Command::Unregister => {
                 peer.index.change(&Request::Unregister).context("unregister failed")?;
@@ -347,9 +348,9 @@ impl Shell {
             }
             Command::Update => {
                 let _in_order = peer.updates.lock().unwrap_or_else(PoisonError::into_inner);
-                let list = scan(&peer.folder)?;
+                let (list, skipped) = scan(&peer.folder)?;
                 let count = peer.index.change(&Request::Update { files: list }).context("update failed")?;
-                crate::outln!("updated: {} registered", files(count as usize));
+                crate::outln!("updated: {} registered{skipped}", files(count as usize));
             }
             Command::List { pattern, limit } => {
                 let mut shown = 0u64;
@@ -389,7 +390,7 @@ impl Shell {
 
     /// Queues a download and starts a worker for it if fewer than
     /// [`DownloadConfig::max_parallel`] run.
-    fn queue_download(&mut self, name: ShareName) -> anyhow::Result<()> {
+    fn queue_download(&mut self, name: SharePath) -> anyhow::Result<()> {
         if !self.peer.in_flight.lock().unwrap_or_else(PoisonError::into_inner).insert(name.clone()) {
             bail!("cannot download {:?}: already downloading it", name.as_str());
         }
@@ -410,16 +411,17 @@ impl Peer {
         report_failure(&self.failed, why);
     }
 
-    /// Scans the folder and registers it. Returns the number of files registered.
-    /// The one way to register, for the command and for a reconnection alike: it holds
-    /// the lock that orders the folder's changes, so a download's `Add` cannot be lost.
-    fn register(&self) -> anyhow::Result<usize> {
+    /// Scans the folder and registers it. Returns the number of files registered, and
+    /// what was skipped as [`scan`] says it. The one way to register, for the command
+    /// and for a reconnection alike: it holds the lock that orders the folder's
+    /// changes, so a download's `Add` cannot be lost.
+    fn register(&self) -> anyhow::Result<(usize, String)> {
         let _in_order = self.updates.lock().unwrap_or_else(PoisonError::into_inner);
-        let files = scan(&self.folder)?;
+        let (files, skipped) = scan(&self.folder)?;
         let count = files.len();
         self.index.change(&Request::Register { port: self.port, files })?;
         self.registered.store(true, Ordering::SeqCst);
-        Ok(count)
+        Ok((count, skipped))
     }
 
     /// After a change in the folder: if registered, rescans it, leaving out files still
@@ -430,7 +432,7 @@ impl Peer {
         }
         let _in_order = self.updates.lock().unwrap_or_else(PoisonError::into_inner);
         let (files, unsettled) = match self.folder.scan_settled(Some(super::watch::SETTLE)) {
-            Ok(scanned) => scanned,
+            Ok(scanned) => (scanned.files, scanned.unsettled),
             Err(e) => {
                 crate::errln!("error: cannot rescan the shared folder {}: {e}", self.folder.root().display());
                 return false;
@@ -485,7 +487,7 @@ impl Peer {
                         continue;
                     }
                     match self.register() {
-                        Ok(n) => crate::errln!(
+                        Ok((n, _)) => crate::errln!(
                             "note: reconnected to the index server {server}; registered {} again",
                             files(n)
                         ),
@@ -516,7 +518,7 @@ impl Peer {
     }
 
     /// One download, reported on stdout or stderr, then announced to the index.
-    fn fetch(&self, name: &ShareName) {
+    fn fetch(&self, name: &SharePath) {
         let shown = format!("{:?}", name.as_str());
         let downloader = Downloader {
             index: &self.index,
@@ -604,15 +606,25 @@ pub fn files(n: usize) -> String {
 }
 
 /// Scans the folder for registration, refusing a folder with more files than the
-/// index accepts rather than letting the index refuse it.
-fn scan(folder: &SharedFolder) -> anyhow::Result<Vec<crate::wire::FileInfo>> {
-    let files = folder
+/// index accepts rather than letting the index refuse it. Returns the files, and what
+/// was skipped as the end of a sentence ("; skipped 3 (2 symlinks outside the folder,
+/// 1 unreadable)", or nothing); with `-v`, each skipped path is named in the log.
+fn scan(folder: &SharedFolder) -> anyhow::Result<(Vec<crate::wire::FileInfo>, String)> {
+    let scanned = folder
         .scan()
         .with_context(|| format!("cannot read the shared folder {}", folder.root().display()))?;
+    let files = scanned.files;
     if files.len() > MAX_FILES_PER_PEER {
         bail!("the folder has {} files; at most {MAX_FILES_PER_PEER} can be shared", files.len());
     }
-    Ok(files)
+    for (path, why) in &scanned.skipped {
+        log::info!("not sharing {:?}: {why}", escape(path));
+    }
+    let skipped = match scanned.skipped.len() {
+        0 => String::new(),
+        _ => format!("; skipped {}", super::folder::walk::summary(&scanned.skipped)),
+    };
+    Ok((files, skipped))
 }
 
 #[cfg(test)]
@@ -629,7 +641,7 @@ mod tests {
         assert_eq!(parse("   "), Ok(None));
         assert_eq!(
             parse("download  a b.txt \r\n"),
-            Ok(Some(Command::Download(ShareName::parse("a b.txt").unwrap())))
+            Ok(Some(Command::Download(SharePath::parse("a b.txt").unwrap())))
         );
         assert_eq!(parse("get_files_list"), Ok(Some(Command::List { pattern: "".into(), limit: None })));
         assert_eq!(
@@ -658,12 +670,12 @@ mod tests {
 
     #[test]
     fn quoted_names_keep_their_spaces() {
-        let name = |s: &str| Ok(Some(Command::Download(ShareName::parse(s).unwrap())));
+        let name = |s: &str| Ok(Some(Command::Download(SharePath::parse(s).unwrap())));
         assert_eq!(parse("download \" lead.txt\""), name(" lead.txt"));
         assert_eq!(parse("download 'trail.txt  '"), name("trail.txt  "));
         assert_eq!(parse("download it's fine.txt"), name("it's fine.txt"), "a quote inside is a character");
         assert_eq!(parse("download  a  b.txt "), name("a  b.txt"), "unquoted: the rest of the line as it is");
-        assert_eq!(parse("delete 'a b'"), Ok(Some(Command::Delete(ShareName::parse("a b").unwrap()))));
+        assert_eq!(parse("delete 'a b'"), Ok(Some(Command::Delete(SharePath::parse("a b").unwrap()))));
         assert!(parse("download \"a.txt\" b.txt").unwrap_err().contains("takes one name"));
         assert!(parse("download \"open").unwrap_err().contains("unmatched quote"));
     }
@@ -676,7 +688,9 @@ mod tests {
         );
         assert_eq!(parse("register now"), Err("register takes no arguments".into()));
         assert!(parse("download").unwrap_err().contains("needs a file name"));
-        assert!(parse("download ../../etc/passwd").unwrap_err().contains("path separator"));
+        assert!(parse("download ../../etc/passwd").unwrap_err().contains("are not file or folder names"));
+        assert!(parse("download /etc/passwd").unwrap_err().contains("empty part"));
+        assert!(parse("download a\\b").unwrap_err().contains("backslash"));
         assert!(parse("delete ..").unwrap_err().contains("invalid file name"));
         assert!(parse("get_files_list --limit x").unwrap_err().contains("--limit needs a number"));
     }

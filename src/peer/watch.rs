@@ -1,8 +1,10 @@
 //! Folder watching: while the peer is registered, changes to its folder reach the
 //! index by themselves, within about a second.
 //!
-//! A thread waits for the operating system's change events on the folder (`notify`:
-//! inotify on Linux). Events are debounced: after the first, the thread waits until
+//! A thread waits for the operating system's change events on the folder and every
+//! folder under it (`notify`: inotify on Linux, one watch per folder, new folders
+//! watched as they appear; a folder created, moved in or deleted is picked up whole
+//! by the rescan it causes). Events are debounced: after the first, the thread waits until
 //! the folder has been quiet for [`DEBOUNCE`], then the peer rescans and sends its
 //! list. Files modified less than [`SETTLE`] ago are left out of that list (and not
 //! hashed): a copy in progress keeps touching its file, so it is advertised only once
@@ -62,7 +64,7 @@ pub fn watch(folder: &Path, mut sync: impl FnMut() -> bool) {
             _ => drop(tx.send(())),
         }
     })
-    .and_then(|mut w| w.watch(folder, RecursiveMode::NonRecursive).map(|()| w));
+    .and_then(|mut w| w.watch(folder, RecursiveMode::Recursive).map(|()| w));
     // The fallback must work where watching cannot; this lets the tests (and anyone
     // curious) take it on a machine where watching works.
     let watcher = match std::env::var_os(NO_WATCH_VAR) {

@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::DecodeError;
-use crate::name::ShareName;
+use crate::name::SharePath;
 
 /// Builds one message's payload.
 pub(crate) struct Enc(Vec<u8>);
@@ -128,11 +128,11 @@ impl<'a> Dec<'a> {
         let bytes = self.take(len)?;
         String::from_utf8(bytes.to_vec()).map_err(|_| DecodeError::InvalidUtf8)
     }
-    pub(crate) fn name(&mut self) -> Result<ShareName, DecodeError> {
+    pub(crate) fn name(&mut self) -> Result<SharePath, DecodeError> {
         let len = self.u16()? as usize;
         let bytes = self.take(len)?;
         let text = std::str::from_utf8(bytes).map_err(|_| DecodeError::InvalidUtf8)?;
-        ShareName::parse(text).map_err(|why| {
+        SharePath::parse(text).map_err(|why| {
             let mut shown: String = text.chars().take(64).collect();
             if shown.len() < text.len() {
                 shown.push_str("...");

@@ -4,14 +4,14 @@
 use super::codec::{Dec, Enc};
 use super::{DecodeError, Message, Sha256};
 use crate::content::Hash;
-use crate::name::ShareName;
+use crate::name::SharePath;
 use std::net::SocketAddr;
 
 /// A shared file as the index knows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileInfo {
     /// The file's name in its peer's folder.
-    pub name: ShareName,
+    pub name: SharePath,
     /// Size in bytes.
     pub size: u64,
     /// The content's root ([`crate::content::merkle`]).
@@ -22,7 +22,7 @@ pub struct FileInfo {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ListEntry {
     /// The file's name.
-    pub name: ShareName,
+    pub name: SharePath,
     /// Size in bytes.
     pub size: u64,
     /// The content's root ([`crate::content::merkle`]).
@@ -71,7 +71,7 @@ pub enum Request {
     /// ignored). Answered by `Done` or `Error`.
     Delete {
         /// Names to remove.
-        names: Vec<ShareName>,
+        names: Vec<SharePath>,
     },
     /// List files shared by the other registered peers, in name order. Answered by
     /// zero or more `ListChunk`s and one `ListEnd`, or by `Error`.
@@ -84,7 +84,7 @@ pub enum Request {
     /// Which registered peers share this name? Answered by `Peers` or `NoPeers`.
     Lookup {
         /// The name looked up.
-        name: ShareName,
+        name: SharePath,
     },
     /// Keeps an idle connection from timing out. Answered by `Pong`.
     Ping,

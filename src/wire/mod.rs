@@ -159,7 +159,7 @@ pub enum DecodeError {
     BadMagic,
     /// A string field that is not UTF-8.
     InvalidUtf8,
-    /// A file name that is not a valid [`crate::name::ShareName`]; carries the name (lossily
+    /// A file name that is not a valid [`crate::name::SharePath`]; carries the name (lossily
     /// decoded) and the reason.
     BadName(String, NameError),
     /// An address family other than 4 or 6, or a service byte we do not know.
@@ -354,10 +354,10 @@ impl Message for Welcome {
 mod tests {
     use super::*;
     use crate::content::Bitfield;
-    use crate::name::ShareName;
+    use crate::name::SharePath;
 
-    fn name(s: &str) -> ShareName {
-        ShareName::parse(s).unwrap()
+    fn name(s: &str) -> SharePath {
+        SharePath::parse(s).unwrap()
     }
 
     fn file(s: &str, size: u64) -> FileInfo {
@@ -555,7 +555,7 @@ mod tests {
         traversal.str("../etc/passwd");
         assert_eq!(
             Request::decode(&traversal.done()),
-            Err(DecodeError::BadName("../etc/passwd".into(), NameError::Separator))
+            Err(DecodeError::BadName("../etc/passwd".into(), NameError::Dots))
         );
         let mut not_utf8 = Enc::new(0x06);
         not_utf8.u16(2).bytes(&[0xff, 0xfe]);

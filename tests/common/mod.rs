@@ -690,7 +690,7 @@ impl FakeIndex {
 /// A file's name, size and root, as the index knows it.
 pub fn info(name: &str, content: &[u8]) -> peerdex::wire::FileInfo {
     peerdex::wire::FileInfo {
-        name: peerdex::name::ShareName::parse(name).unwrap(),
+        name: peerdex::name::SharePath::parse(name).unwrap(),
         size: content.len() as u64,
         root: peerdex::content::Tree::of_bytes(content).root,
     }

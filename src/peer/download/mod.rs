@@ -51,7 +51,7 @@ use super::fileserver::STALL_TIMEOUT;
 use super::folder::{PartialView, SharedFolder};
 use super::partial::Partial;
 use crate::content::{Bitfield, Geometry, Hash};
-use crate::name::ShareName;
+use crate::name::SharePath;
 use crate::text::escape;
 use crate::wire::{FileInfo, PeerHit, Reply, Request};
 use scheduler::Scheduler;
@@ -203,7 +203,7 @@ impl Downloader<'_> {
     /// Downloads `name` into the folder. `note` hears about each failed source as it
     /// happens. Fails if the name exists in the folder (checked before anything is
     /// fetched), if no peer shares it, or if every one fails.
-    pub fn download(&self, name: &ShareName, mut note: impl FnMut(Note)) -> anyhow::Result<Downloaded> {
+    pub fn download(&self, name: &SharePath, mut note: impl FnMut(Note)) -> anyhow::Result<Downloaded> {
         if self.folder.contains(name) {
             bail!("a file of that name is already in the shared folder (delete it first)");
         }
@@ -245,7 +245,7 @@ impl Downloader<'_> {
     }
 
     /// The candidates in the order to use them: see the module docs.
-    fn order(&self, name: &ShareName, mut hits: Vec<PeerHit>, note: &mut impl FnMut(Note)) -> Vec<PeerHit> {
+    fn order(&self, name: &SharePath, mut hits: Vec<PeerHit>, note: &mut impl FnMut(Note)) -> Vec<PeerHit> {
         hits.shuffle(&mut rand::rng());
         // With no more candidates than sources used at once, all are used: asking them
         // how busy they are would only cost a round trip.
@@ -280,7 +280,7 @@ impl Downloader<'_> {
     /// gives it `name`.
     fn fetch(
         &self,
-        name: &ShareName,
+        name: &SharePath,
         size: u64,
         root: Hash,
         candidates: Vec<PeerHit>,
@@ -347,7 +347,7 @@ impl Downloader<'_> {
     /// The body of [`Downloader::fetch`], once the partial is open.
     fn fetch_from(
         &self,
-        name: &ShareName,
+        name: &SharePath,
         size: u64,
         root: Hash,
         candidates: Vec<PeerHit>,
@@ -572,7 +572,7 @@ impl Downloader<'_> {
     }
 
     /// Peers the index now names for this content, other than this one.
-    fn more_sources(&self, name: &ShareName, size: u64, root: Hash) -> Vec<PeerHit> {
+    fn more_sources(&self, name: &SharePath, size: u64, root: Hash) -> Vec<PeerHit> {
         match self.index.call(&Request::Lookup { name: name.clone() }) {
             Ok(Reply::Peers(hits)) => hits
                 .into_iter()
@@ -599,7 +599,7 @@ impl Downloader<'_> {
 
     /// Makes sure `needed` more bytes fit in the folder, deleting the oldest kept
     /// partials if that is what it takes.
-    fn make_room(&self, name: &ShareName, needed: u64) -> anyhow::Result<()> {
+    fn make_room(&self, name: &SharePath, needed: u64) -> anyhow::Result<()> {
         let folder = self.folder;
         let mut free = folder.free_space().unwrap_or(u64::MAX);
         if needed > free

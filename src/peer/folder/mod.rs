@@ -2,14 +2,17 @@
 //! the only ways the peer reads or writes inside it.
 //!
 //! A file is shared if and only if [`SharedFolder::open`] accepts it: a regular file
-//! whose real location is directly inside the folder. Listing and serving go through
-//! the same check, so nothing is ever listed that would not be served, or served that
-//! is not listed. The check is made on the opened file itself, not only on the path,
-//! so swapping a file for a symlink between a check and the open cannot escape.
+//! whose real location is inside the folder, reached without passing through a
+//! symlinked folder ([`gate`]). Listing and serving go through the same check, so
+//! nothing is ever listed that would not be served, or served that is not listed. The
+//! check is made on the opened file itself, not only on the path, so swapping a file
+//! or folder for a symlink between a check and the open cannot escape. What is looked
+//! at in the first place is the [`walk`]'s business: every file under the folder, but
+//! what the exclusion rules leave out.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
-use std::fs::{self, File, Metadata, OpenOptions};
+use std::fs::{self, File, Metadata};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,8 +24,12 @@ use log::debug;
 
 use super::partial::{self, InUse, Partial};
 use crate::content::merkle::{self, Hash};
-use crate::name::{ShareName, TEMP_PREFIX};
+use crate::name::{SharePath, TEMP_PREFIX};
 use crate::wire::FileInfo;
+pub use walk::Skip;
+
+mod gate;
+pub mod walk;
 
 /// Bytes of piece layers kept in memory for serving (each at most 128 KiB): a layer not
 /// kept is computed again, by hashing the file, when a downloader asks for it.
@@ -35,8 +42,10 @@ pub enum OpenError {
     NotFound,
     /// A directory, FIFO, socket or device: only regular files are shared.
     NotRegular,
-    /// A symlink whose target is outside the shared folder.
+    /// A symlink whose target is outside the shared folder (or is peerdex's own).
     Outside,
+    /// A folder on its path is a symlink: never followed.
+    ThroughSymlink,
     /// Modified a moment ago: probably still being written.
     Unsettled,
     /// Its content is no longer the one asked for: it changed since it was hashed.
@@ -51,6 +60,9 @@ impl fmt::Display for OpenError {
             OpenError::NotFound => f.write_str("no such file in the shared folder"),
             OpenError::NotRegular => f.write_str("not a regular file"),
             OpenError::Outside => f.write_str("it resolves outside the shared folder"),
+            OpenError::ThroughSymlink => {
+                f.write_str("a folder on its path is a symlink, which is never followed")
+            }
             OpenError::Unsettled => f.write_str("it is still being written"),
             OpenError::Changed => f.write_str("the file changed since it was registered"),
             OpenError::Io(e) => write!(f, "{e}"),
@@ -102,13 +114,26 @@ pub struct SharedFolder {
     partials: InUse,
     /// Those of them whose verified pieces are offered to other peers, by root.
     offered: Mutex<HashMap<Hash, Arc<PartialView>>>,
+    /// Exclusion patterns given on the command line (see [`walk::rules`]).
+    excludes: Vec<String>,
+}
+
+/// What a scan found.
+#[derive(Debug, Default)]
+pub struct Scanned {
+    /// The files shared, in name order.
+    pub files: Vec<FileInfo>,
+    /// Files left out because they were modified a moment ago.
+    pub unsettled: usize,
+    /// What is not shared, and why, by path.
+    pub skipped: Vec<(String, Skip)>,
 }
 
 /// A partial download as the file server sees it: what it may serve of it.
 #[derive(Debug)]
 pub struct PartialView {
     /// The name it is downloaded under.
-    pub name: ShareName,
+    pub name: SharePath,
     /// How the file is cut.
     pub geometry: merkle::Geometry,
     /// The partial data file, for reading verified pieces.
@@ -122,12 +147,12 @@ pub struct PartialView {
 /// The hash cache and whether it changed since it was last saved.
 #[derive(Debug, Default)]
 struct HashCache {
-    map: HashMap<ShareName, (Stamp, Hash)>,
+    map: HashMap<SharePath, (Stamp, Hash)>,
     /// A name that had each root when it was hashed: where to serve a root from.
     /// Rebuilt at every scan and kept up as files are hashed; checked against `map`
     /// when used, so a stale entry is a refusal, never a wrong file (and a root nobody
     /// has costs one probe, not a search: a downloader cannot make us walk the cache).
-    by_root: HashMap<Hash, ShareName>,
+    by_root: HashMap<Hash, SharePath>,
     dirty: bool,
 }
 
@@ -177,7 +202,7 @@ impl HashCache {
         if lines.next() != Some(CACHE_HEADER) {
             return HashCache::default();
         }
-        let map: HashMap<ShareName, (Stamp, Hash)> = lines.filter_map(parse_cache_line).collect();
+        let map: HashMap<SharePath, (Stamp, Hash)> = lines.filter_map(parse_cache_line).collect();
         let by_root = map.iter().map(|(name, (_, root))| (*root, name.clone())).collect();
         HashCache { map, by_root, dirty: false }
     }
@@ -205,7 +230,7 @@ impl HashCache {
     }
 }
 
-fn parse_cache_line(line: &str) -> Option<(ShareName, (Stamp, Hash))> {
+fn parse_cache_line(line: &str) -> Option<(SharePath, (Stamp, Hash))> {
     let mut fields = line.splitn(6, ' ');
     let root = hex::decode(fields.next()?).ok()?.try_into().ok()?;
     let size = fields.next()?.parse().ok()?;
@@ -215,7 +240,7 @@ fn parse_cache_line(line: &str) -> Option<(ShareName, (Stamp, Hash))> {
         _ => None,
     };
     let inode = fields.next()?.parse().ok()?;
-    let name = ShareName::parse(fields.next()?).ok()?;
+    let name = SharePath::parse(fields.next()?).ok()?;
     Some((name, (Stamp { size, modified, inode }, root)))
 }
 
@@ -231,10 +256,18 @@ pub struct OpenFile {
 impl SharedFolder {
     /// Opens the folder at `path`, which must be an existing directory.
     pub fn new(path: &Path) -> io::Result<SharedFolder> {
+        SharedFolder::excluding(path, Vec::new())
+    }
+
+    /// Opens the folder at `path`, leaving out what the gitignore-style `excludes`
+    /// match (besides the defaults and the folder's `.peerdexignore`). A pattern that
+    /// does not parse is an error that names it.
+    pub fn excluding(path: &Path, excludes: Vec<String>) -> io::Result<SharedFolder> {
         let root = fs::canonicalize(path)?;
         if !fs::metadata(&root)?.is_dir() {
             return Err(io::Error::new(io::ErrorKind::NotADirectory, "not a directory"));
         }
+        walk::rules(&root, &excludes).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         let hashes = Mutex::new(HashCache::load(&root));
         Ok(SharedFolder {
             root,
@@ -242,6 +275,7 @@ impl SharedFolder {
             layers: Mutex::default(),
             partials: InUse::default(),
             offered: Mutex::default(),
+            excludes,
         })
     }
 
@@ -250,29 +284,29 @@ impl SharedFolder {
         &self.root
     }
 
-    /// Every shared file: the regular files directly inside the folder that
-    /// [`SharedFolder::open`] accepts, in name order. Names that cannot be shared (not
-    /// UTF-8, control characters, peerdex's own files) are skipped.
+    /// Every shared file: the regular files under the folder, in subfolders too, that
+    /// the [`walk`] finds and [`SharedFolder::open`] accepts, in name order; and what
+    /// was skipped, with why (peerdex's own files and what the exclusion rules match
+    /// are left out without a word).
     ///
     /// Files are opened and, when not cached, hashed by one thread per core. If any
     /// hash was computed or any file is gone, the cache file is rewritten.
-    pub fn scan(&self) -> io::Result<Vec<FileInfo>> {
-        Ok(self.scan_settled(None)?.0)
+    pub fn scan(&self) -> io::Result<Scanned> {
+        self.scan_settled(None)
     }
 
     /// Like [`SharedFolder::scan`], but with `settle`, leaves out (without hashing)
     /// the files modified less than `settle` ago: most likely still being written, by
-    /// a copy or an editor. Returns the files and how many were left out.
-    pub fn scan_settled(&self, settle: Option<Duration>) -> io::Result<(Vec<FileInfo>, usize)> {
-        let unsettled = AtomicUsize::new(0);
-        let mut names = Vec::new();
-        for entry in fs::read_dir(&self.root)? {
-            let entry = entry?;
-            match entry.file_name().to_str().and_then(|n| ShareName::parse(n).ok()) {
-                Some(name) => names.push(name),
-                None => debug!("not sharing {:?}: not a shareable name", entry.file_name()),
-            }
+    /// a copy or an editor, and counts them.
+    pub fn scan_settled(&self, settle: Option<Duration>) -> io::Result<Scanned> {
+        let rules = walk::rules(&self.root, &self.excludes)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        if !fs::metadata(&self.root)?.is_dir() {
+            return Err(io::Error::new(io::ErrorKind::NotADirectory, "not a directory"));
         }
+        let (names, walked) = walk::walk(&self.root, &rules);
+        let skipped = Mutex::new(walked);
+        let unsettled = AtomicUsize::new(0);
         let next = AtomicUsize::new(0);
         let workers = thread::available_parallelism().map_or(1, |n| n.get()).min(names.len().max(1));
         let mut files: Vec<FileInfo> = thread::scope(|scope| {
@@ -281,11 +315,23 @@ impl SharedFolder {
                     scope.spawn(|| {
                         let mut found = Vec::new();
                         while let Some(name) = names.get(next.fetch_add(1, Ordering::Relaxed)) {
-                            match self.open_settled(name, settle) {
-                                Ok(open) => found.push(open.info),
-                                Err(OpenError::Unsettled) => drop(unsettled.fetch_add(1, Ordering::Relaxed)),
-                                Err(e) => debug!("not sharing {name:?}: {e}"),
-                            }
+                            let why = match self.open_settled(name, settle) {
+                                Ok(open) => {
+                                    found.push(open.info);
+                                    continue;
+                                }
+                                Err(OpenError::Unsettled) => {
+                                    unsettled.fetch_add(1, Ordering::Relaxed);
+                                    continue;
+                                }
+                                Err(OpenError::Outside) => Skip::Outside,
+                                Err(OpenError::ThroughSymlink) => Skip::LinkedFolder,
+                                Err(OpenError::NotRegular) => Skip::NotRegular,
+                                Err(OpenError::NotFound | OpenError::Changed | OpenError::Io(_)) => {
+                                    Skip::Unreadable
+                                }
+                            };
+                            lock(&skipped).push((name.to_string(), why));
                         }
                         found
                     })
@@ -294,6 +340,8 @@ impl SharedFolder {
             handles.into_iter().flat_map(|h| h.join().expect("opening files does not panic")).collect()
         });
         files.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut skipped = skipped.into_inner().unwrap_or_else(PoisonError::into_inner);
+        skipped.sort();
         let mut cache = lock(&self.hashes);
         let before = cache.map.len();
         cache.map.retain(|name, _| files.binary_search_by(|f| f.name.cmp(name)).is_ok());
@@ -305,38 +353,25 @@ impl SharedFolder {
                 debug!("cannot save the hash cache in {}: {e}", self.root.display());
             }
         }
-        Ok((files, unsettled.into_inner()))
+        Ok(Scanned { files, unsettled: unsettled.into_inner(), skipped })
     }
 
     /// Opens a shared file for reading, with its size and root (from the cache when
     /// the file is unchanged). Refuses anything that is not a regular file whose real
-    /// location is directly in the folder.
-    pub fn open(&self, name: &ShareName) -> Result<OpenFile, OpenError> {
+    /// location is in the folder, and any path through a symlinked folder.
+    pub fn open(&self, name: &SharePath) -> Result<OpenFile, OpenError> {
         self.open_settled(name, None)
     }
 
     /// [`SharedFolder::open`], refusing with [`OpenError::Unsettled`] a file modified
     /// less than `settle` ago (checked before hashing it).
-    fn open_settled(&self, name: &ShareName, settle: Option<Duration>) -> Result<OpenFile, OpenError> {
-        let path = self.root.join(name);
-        let mut options = OpenOptions::new();
-        options.read(true);
-        #[cfg(unix)]
-        {
-            // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer
-            // forever. It changes nothing for the regular files we go on to read.
-            use std::os::unix::fs::OpenOptionsExt;
-            let flags = rustix::fs::OFlags::NONBLOCK | rustix::fs::OFlags::NOCTTY;
-            options.custom_flags(flags.bits() as i32);
-        }
-        let file = options.open(&path)?;
+    fn open_settled(&self, name: &SharePath, settle: Option<Duration>) -> Result<OpenFile, OpenError> {
+        let file = gate::open_file(&self.root, name)?;
         let meta = file.metadata()?;
         if !meta.is_file() {
             return Err(OpenError::NotRegular);
         }
-        if self.real_parent(&file, &path)? != self.root {
-            return Err(OpenError::Outside);
-        }
+        gate::inside(&self.root, &file)?;
         let stamp = Stamp::of(&meta);
         let cached = self.cached(name, stamp);
         // A file whose hash we already hold for this very stamp is complete (a verified
@@ -398,30 +433,12 @@ impl SharedFolder {
         Ok(layer)
     }
 
-    /// The directory that really holds the opened `file`. On Linux this is read from
-    /// the open descriptor itself, so it is where the bytes we will read live, whatever
-    /// happened to `path` since the open.
-    fn real_parent(&self, file: &File, path: &Path) -> io::Result<PathBuf> {
-        #[cfg(target_os = "linux")]
-        let real = {
-            use std::os::fd::AsRawFd;
-            let _ = path;
-            fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))?
-        };
-        #[cfg(not(target_os = "linux"))]
-        let real = {
-            let _ = file;
-            fs::canonicalize(path)?
-        };
-        Ok(real.parent().map(Path::to_path_buf).unwrap_or_default())
-    }
-
-    fn cached(&self, name: &ShareName, stamp: Stamp) -> Option<Hash> {
+    fn cached(&self, name: &SharePath, stamp: Stamp) -> Option<Hash> {
         let cache = lock(&self.hashes);
         cache.map.get(name).filter(|(s, _)| *s == stamp).map(|(_, root)| *root)
     }
 
-    fn remember(&self, name: &ShareName, stamp: Stamp, root: Hash) {
+    fn remember(&self, name: &SharePath, stamp: Stamp, root: Hash) {
         let mut cache = lock(&self.hashes);
         cache.map.insert(name.clone(), (stamp, root));
         cache.by_root.insert(root, name.clone());
@@ -435,19 +452,16 @@ impl SharedFolder {
         Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
     }
 
-    /// Is there anything (file, directory, dangling symlink) called `name` in the folder?
-    pub fn contains(&self, name: &ShareName) -> bool {
-        fs::symlink_metadata(self.root.join(name)).is_ok()
+    /// Is there anything (file, directory, dangling symlink) at `name` in the folder,
+    /// or a symlinked folder on its way?
+    pub fn contains(&self, name: &SharePath) -> bool {
+        gate::exists(&self.root, name)
     }
 
     /// Deletes the file `name` from the folder. A symlink is removed, never its target;
-    /// a directory is refused.
-    pub fn delete(&self, name: &ShareName) -> Result<(), OpenError> {
-        let path = self.root.join(name);
-        if fs::symlink_metadata(&path)?.is_dir() {
-            return Err(OpenError::NotRegular);
-        }
-        fs::remove_file(&path)?;
+    /// a directory is refused, as is a path through a symlinked folder.
+    pub fn delete(&self, name: &SharePath) -> Result<(), OpenError> {
+        gate::remove(&self.root, name)?;
         let mut cache = lock(&self.hashes);
         if cache.map.remove(name).is_some() {
             cache.dirty = true;
@@ -463,16 +477,18 @@ impl SharedFolder {
     }
 
     /// Gives a complete, verified partial its name in the folder and records its root,
-    /// so it is not hashed again when it is shared. Never replaces an existing file:
-    /// if `name` exists, fails with `AlreadyExists` and the partial is kept.
+    /// so it is not hashed again when it is shared. Makes the folders on its path that
+    /// are missing, never through a symlink. Never replaces an existing file: if
+    /// `name` exists, fails with `AlreadyExists` and the partial is kept.
     pub fn commit(
         &self,
         partial: Partial,
-        name: &ShareName,
+        name: &SharePath,
         root: Hash,
         layer: Arc<Vec<Hash>>,
     ) -> io::Result<()> {
-        let meta = partial.commit(&self.root.join(name))?;
+        let dir = gate::make_parent(&self.root, name)?;
+        let meta = partial.commit(&gate::in_dir(&dir, name.file_name()))?;
         self.remember(name, Stamp::of(&meta), root);
         lock(&self.layers).put(root, layer);
         Ok(())
@@ -510,8 +526,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
-    fn name(s: &str) -> ShareName {
-        ShareName::parse(s).unwrap()
+    fn name(s: &str) -> SharePath {
+        SharePath::parse(s).unwrap()
     }
 
     #[test]
@@ -531,7 +547,8 @@ mod tests {
             symlink(dir.path().join("a b.txt"), dir.path().join("link-in")).unwrap();
         }
         let folder = SharedFolder::new(dir.path()).unwrap();
-        let names: Vec<String> = folder.scan().unwrap().into_iter().map(|f| f.name.to_string()).collect();
+        let names: Vec<String> =
+            folder.scan().unwrap().files.into_iter().map(|f| f.name.to_string()).collect();
         #[cfg(unix)]
         assert_eq!(names, ["a b.txt", "empty", "link-in"]);
         let a = folder.open(&name("a b.txt")).unwrap();
@@ -593,7 +610,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("kept"), b"same").unwrap();
         fs::write(dir.path().join("changed"), b"before").unwrap();
-        let first = SharedFolder::new(dir.path()).unwrap().scan().unwrap();
+        let first = SharedFolder::new(dir.path()).unwrap().scan().unwrap().files;
         assert_eq!(first.len(), 2, "the cache file itself is not shared");
 
         // Plant a recognisable hash for "kept" in the cache: if a new instance reports
@@ -606,14 +623,14 @@ mod tests {
         fs::write(&cache, text.replace(&real, &"ab".repeat(32))).unwrap();
         fs::write(dir.path().join("changed"), b"after, longer").unwrap();
 
-        let second = SharedFolder::new(dir.path()).unwrap().scan().unwrap();
+        let second = SharedFolder::new(dir.path()).unwrap().scan().unwrap().files;
         assert_eq!(second[1].root, [0xab; 32], "unchanged file: hash from the cache");
         let fresh = crate::content::Tree::of_bytes(b"after, longer").root;
         assert_eq!(second[0].root, fresh, "changed file: hashed again");
 
         // A damaged cache is ignored, not trusted.
         fs::write(&cache, "garbage\n").unwrap();
-        let third = SharedFolder::new(dir.path()).unwrap().scan().unwrap();
+        let third = SharedFolder::new(dir.path()).unwrap().scan().unwrap().files;
         assert_eq!(third[1].root, first[1].root);
     }
 }
