@@ -363,7 +363,7 @@ fn bad_input_lines_are_reported_and_the_loop_goes_on() {
     assert_eq!(
         p.lines(Stream::Err),
         [
-            "error: line longer than 4096 bytes ignored",
+            "error: line longer than 8192 bytes ignored",
             "error: line is not valid UTF-8; ignored",
             "error: unknown command \"frobnicate\" (type help for the list)",
             "error: unregister takes no arguments",

@@ -219,7 +219,10 @@ fn the_index_survives_garbage_and_oversized_frames() {
     let reply: Reply = wire::recv_msg(&mut c.stream).unwrap();
     assert_eq!(
         reply,
-        Reply::Error("malformed request: invalid file name \"../up\": \".\" and \"..\" are not file or folder names".into())
+        Reply::Error(
+            "malformed request: invalid file name \"../up\": \".\" and \"..\" are not file or folder names"
+                .into()
+        )
     );
     assert_eq!(
         c.call(&Request::Register { port: 0, files: vec![] }),

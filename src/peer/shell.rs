@@ -5,7 +5,7 @@
 //! (or `quit`) the shell waits for them. The exit status says whether every command,
 //! downloads included, succeeded, so a script can pipe commands in and trust it.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fmt::Display;
 use std::io::{self, BufRead, IsTerminal, Write};
 use std::net::SocketAddr;
@@ -22,13 +22,14 @@ use super::client::{IndexClient, Watch};
 use super::download::{DownloadConfig, Downloader, Note, PENALTY, Penalties};
 use super::folder::SharedFolder;
 use crate::auth;
+use crate::content::Hash;
 use crate::name::SharePath;
 use crate::text::{count, escape};
-use crate::wire::{MAX_FILES_PER_PEER, Request};
+use crate::wire::{ListEntry, MAX_FILES_PER_PEER, Request};
 
-/// Longest command line accepted, in bytes: a command and a 255-byte name need far
-/// less; the cap keeps a runaway input from being buffered whole.
-pub const MAX_LINE_LEN: usize = 4096;
+/// Longest command line accepted, in bytes: a command and the longest name (a path of
+/// 4,096 bytes) need less; the cap keeps a runaway input from being buffered whole.
+pub const MAX_LINE_LEN: usize = 8192;
 
 /// The help text printed by `help`.
 pub const HELP: &str = "\
@@ -36,7 +37,11 @@ commands:
   register                          share this folder's files with the index
   unregister                        stop sharing
   get_files_list [--limit N] [TEXT] list files at other peers (names containing TEXT)
+  get_files_list --dirs [FOLDER]    list one level of FOLDER (the top if none):
+                                    folders first, with their file counts and sizes
   download NAME                     fetch NAME from a peer into this folder
+                                    (album/01.flac: into the folder album, made if need be)
+  download FOLDER/                  fetch every file listed under FOLDER, with its folders
   delete NAME                       delete NAME from this folder (and from the index)
                                     (quote a name with spaces at its ends: \" a.txt\")
   update                            rescan this folder and send the new list
@@ -54,13 +59,18 @@ pub enum Command {
     Unregister,
     /// List files at other peers.
     List {
-        /// Only names containing this text (ASCII case ignored); empty for all.
+        /// Only names containing this text (ASCII case ignored); empty for all. With
+        /// `dirs`, the folder to list instead (empty for the top).
         pattern: String,
         /// At most this many lines.
         limit: Option<u32>,
+        /// List one level of a folder, folders first, with their file counts and sizes.
+        dirs: bool,
     },
     /// Download a file.
     Download(SharePath),
+    /// Download every file the index lists under a folder (`download album/`).
+    DownloadFolder(SharePath),
     /// Delete a file from the folder.
     Delete(SharePath),
     /// Rescan the folder and send the list.
@@ -98,8 +108,17 @@ impl Command {
             "update" => no_args(Command::Update),
             "help" => no_args(Command::Help),
             "quit" | "exit" => no_args(Command::Quit),
-            "download" => one_name(word, rest).map(|n| Some(Command::Download(n))),
-            "delete" => one_name(word, rest).map(|n| Some(Command::Delete(n))),
+            "download" => match one_name(word, rest)? {
+                // A trailing '/': the folder, not a file.
+                name if name.ends_with('/') => {
+                    let folder = name.trim_end_matches('/');
+                    SharePath::parse(folder)
+                        .map(|f| Some(Command::DownloadFolder(f)))
+                        .map_err(|why| format!("invalid folder name {name:?}: {why}"))
+                }
+                name => checked(&name).map(|n| Some(Command::Download(n))),
+            },
+            "delete" => checked(&one_name(word, rest)?).map(|n| Some(Command::Delete(n))),
             "login" => {
                 if rest.is_empty() {
                     return Err("login needs a user name, as in: login ann".into());
@@ -112,8 +131,13 @@ impl Command {
     }
 }
 
-/// The one file name after `word`: see [`Command::parse`].
-fn one_name(word: &str, rest: &str) -> Result<SharePath, String> {
+/// `name` as a [`SharePath`], or an error that names it.
+fn checked(name: &str) -> Result<SharePath, String> {
+    SharePath::parse(name).map_err(|why| format!("invalid file name {name:?}: {why}"))
+}
+
+/// The one file name after `word`, unquoted: see [`Command::parse`].
+fn one_name(word: &str, rest: &str) -> Result<String, String> {
     if rest.is_empty() {
         return Err(format!("{word} needs a file name, as in: {word} notes.txt"));
     }
@@ -129,7 +153,7 @@ fn one_name(word: &str, rest: &str) -> Result<SharePath, String> {
     } else {
         rest.to_owned()
     };
-    SharePath::parse(&name).map_err(|why| format!("invalid file name {name:?}: {why}"))
+    Ok(name)
 }
 
 /// The arguments of `get_files_list`: see [`Command::parse`].
@@ -137,7 +161,7 @@ fn list(rest: &str) -> Result<Command, String> {
     let words = shell_words::split(rest).map_err(|_| {
         format!("unmatched quote in {rest:?}: put the text in double quotes, as in: get_files_list \"don't\"")
     })?;
-    let (mut limit, mut pattern, mut options) = (None, Vec::new(), true);
+    let (mut limit, mut pattern, mut options, mut dirs) = (None, Vec::new(), true, false);
     let mut words = words.into_iter();
     while let Some(w) = words.next() {
         if options && w == "--" {
@@ -148,13 +172,22 @@ fn list(rest: &str) -> Result<Command, String> {
                 None => words.next().ok_or("--limit needs a number, as in: --limit 10")?,
             };
             limit = Some(n.parse::<u32>().map_err(|_| format!("--limit needs a number, not {n:?}"))?);
+        } else if options && w == "--dirs" {
+            dirs = true;
         } else if options && w.starts_with("--") {
             return Err(format!("unknown option {w:?} (put -- before text that starts with --)"));
         } else {
             pattern.push(w);
         }
     }
-    Ok(Command::List { pattern: pattern.join(" "), limit })
+    let pattern = pattern.join(" ");
+    if dirs {
+        let folder = pattern.trim_end_matches('/');
+        if !folder.is_empty() {
+            SharePath::parse(folder).map_err(|why| format!("invalid folder name {pattern:?}: {why}"))?;
+        }
+    }
+    Ok(Command::List { pattern, limit, dirs })
 }
 
 /// What one line of input turned out to be.
@@ -352,18 +385,14 @@ impl Shell {
                 let count = peer.index.change(&Request::Update { files: list }).context("update failed")?;
                 crate::outln!("updated: {} registered{skipped}", files(count as usize));
             }
-            Command::List { pattern, limit } => {
+            Command::List { pattern, limit, dirs: true } => self.list_folder(&pattern, limit)?,
+            Command::DownloadFolder(folder) => self.download_folder(&folder)?,
+            Command::List { pattern, limit, dirs: false } => {
                 let mut shown = 0u64;
                 let mut out = io::stdout().lock();
                 let listed = peer.index.list(&pattern, limit, |e| {
                     shown += 1;
-                    // Peers downloading it too, when there are any: they serve what they have.
-                    let partial = match e.partial {
-                        0 => String::new(),
-                        n => format!(", {n} downloading"),
-                    };
-                    let _ =
-                        writeln!(out, "{}\t{} bytes\t{}{partial}", e.name, e.size, count(e.peers, "peer"));
+                    let _ = writeln!(out, "{}", listing_line(&e));
                 });
                 let truncated = listed
                     .context("get_files_list failed")?
@@ -384,6 +413,90 @@ impl Shell {
             Command::Download(name) => self.queue_download(name)?,
             Command::Help => crate::outln!("{HELP}"),
             Command::Quit | Command::Login(_) => unreachable!("handled by the loop"),
+        }
+        Ok(())
+    }
+
+    /// `get_files_list --dirs FOLDER`: one level of `folder` (empty: the top) as the
+    /// index lists it, its subfolders first (each with its file count and bytes), then
+    /// its files as `get_files_list` shows them.
+    fn list_folder(&self, folder: &str, limit: Option<u32>) -> anyhow::Result<()> {
+        let folder = folder.trim_end_matches('/');
+        let prefix = if folder.is_empty() { String::new() } else { format!("{folder}/") };
+        let mut folders: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        let mut here = Vec::new();
+        // The index matches text anywhere in a name, ignoring case: keep what is
+        // really under the folder.
+        let listed = self.peer.index.list(&prefix, None, |e| {
+            let Some(rest) = e.name.as_str().strip_prefix(&prefix) else { return };
+            match rest.split_once('/') {
+                Some((sub, _)) => {
+                    let f = folders.entry(sub.to_owned()).or_default();
+                    (f.0, f.1) = (f.0 + 1, f.1 + e.size);
+                }
+                None => here.push(e),
+            }
+        });
+        listed
+            .context("get_files_list failed")?
+            .map_err(|e| anyhow!("get_files_list failed: the index server says: {e}"))?;
+        here.sort_by(|a, b| a.name.cmp(&b.name));
+        let limit = limit.map_or(usize::MAX, |n| n as usize);
+        let mut out = io::stdout().lock();
+        let (mut shown, total) = (0, folders.len() + here.len());
+        for (sub, (n, bytes)) in folders.iter().take(limit) {
+            let _ = writeln!(out, "{prefix}{sub}/	{bytes} bytes	{}", files(*n as usize));
+            shown += 1;
+        }
+        for e in here.iter().take(limit - shown) {
+            let _ = writeln!(out, "{}", listing_line(e));
+            shown += 1;
+        }
+        let more = if shown < total { " (more not shown)" } else { "" };
+        let where_ = if prefix.is_empty() { "at the top".to_owned() } else { format!("in {prefix}") };
+        let (n_folders, n_files) = (folders.len() as u64, here.len());
+        let _ = writeln!(
+            out,
+            "{} and {} {where_} at other peers{more}",
+            count(n_folders, "folder"),
+            files(n_files)
+        );
+        Ok(())
+    }
+
+    /// `download FOLDER/`: queues every file the index lists under `folder`, to be
+    /// fetched into the same place here, several at once. A file already here with
+    /// the same content is passed over; any other that cannot be fetched is an error.
+    fn download_folder(&mut self, folder: &SharePath) -> anyhow::Result<()> {
+        let prefix = format!("{folder}/");
+        let mut contents: BTreeMap<SharePath, Vec<(u64, Hash)>> = BTreeMap::new();
+        let listed = self.peer.index.list(&prefix, None, |e| {
+            if e.name.as_str().starts_with(&prefix) {
+                contents.entry(e.name).or_default().push((e.size, e.root));
+            }
+        });
+        listed
+            .context("cannot list the folder")?
+            .map_err(|e| anyhow!("cannot list the folder: the index server says: {e}"))?;
+        if contents.is_empty() {
+            bail!("cannot download {prefix:?}: no registered peer shares a file under it");
+        }
+        let mut todo = Vec::new();
+        for (name, offers) in contents {
+            if let Ok(open) = self.peer.folder.open(&name)
+                && offers.contains(&(open.info.size, open.info.root))
+            {
+                crate::outln!("already here: {name}");
+            } else {
+                todo.push(name);
+            }
+        }
+        // Said before any of them can finish, so the lines come in this order.
+        crate::outln!("downloading {} under {prefix}", files(todo.len()));
+        for name in todo {
+            if let Err(e) = self.queue_download(name) {
+                self.peer.fail(format!("{e:#}"));
+            }
         }
         Ok(())
     }
@@ -600,6 +713,16 @@ fn from_sources(sources: &[(SocketAddr, u64)]) -> String {
     }
 }
 
+/// A listing entry as `get_files_list` shows it: `NAME<TAB>SIZE bytes<TAB>3 peers`,
+/// and the peers downloading it too, when there are any (they serve what they have).
+fn listing_line(e: &ListEntry) -> String {
+    let partial = match e.partial {
+        0 => String::new(),
+        n => format!(", {n} downloading"),
+    };
+    format!("{}\t{} bytes\t{}{partial}", e.name, e.size, count(e.peers, "peer"))
+}
+
 /// "1 file", "2 files".
 pub fn files(n: usize) -> String {
     count(n as u64, "file")
@@ -643,26 +766,42 @@ mod tests {
             parse("download  a b.txt \r\n"),
             Ok(Some(Command::Download(SharePath::parse("a b.txt").unwrap())))
         );
-        assert_eq!(parse("get_files_list"), Ok(Some(Command::List { pattern: "".into(), limit: None })));
+        assert_eq!(
+            parse("get_files_list"),
+            Ok(Some(Command::List { pattern: "".into(), limit: None, dirs: false }))
+        );
         assert_eq!(
             parse("get_files_list --limit 5 mp3 song"),
-            Ok(Some(Command::List { pattern: "mp3 song".into(), limit: Some(5) }))
+            Ok(Some(Command::List { pattern: "mp3 song".into(), limit: Some(5), dirs: false }))
         );
         assert_eq!(
             parse("get_files_list big --limit 1"),
-            Ok(Some(Command::List { pattern: "big".into(), limit: Some(1) }))
+            Ok(Some(Command::List { pattern: "big".into(), limit: Some(1), dirs: false }))
         );
         assert_eq!(
             parse("get_files_list rock --limit=3 roll"),
-            Ok(Some(Command::List { pattern: "rock roll".into(), limit: Some(3) }))
+            Ok(Some(Command::List { pattern: "rock roll".into(), limit: Some(3), dirs: false }))
         );
         assert_eq!(
             parse("get_files_list -- --limit 2"),
-            Ok(Some(Command::List { pattern: "--limit 2".into(), limit: None }))
+            Ok(Some(Command::List { pattern: "--limit 2".into(), limit: None, dirs: false }))
         );
         assert_eq!(
             parse("get_files_list \"two  spaces\""),
-            Ok(Some(Command::List { pattern: "two  spaces".into(), limit: None }))
+            Ok(Some(Command::List { pattern: "two  spaces".into(), limit: None, dirs: false }))
+        );
+        assert_eq!(
+            parse("get_files_list --dirs album/"),
+            Ok(Some(Command::List { pattern: "album/".into(), limit: None, dirs: true }))
+        );
+        assert!(parse("get_files_list --dirs ../x").unwrap_err().contains("invalid folder name"));
+        assert_eq!(
+            parse("download album/disc 1/"),
+            Ok(Some(Command::DownloadFolder(SharePath::parse("album/disc 1").unwrap())))
+        );
+        assert_eq!(
+            parse("download album/01 intro.flac"),
+            Ok(Some(Command::Download(SharePath::parse("album/01 intro.flac").unwrap())))
         );
         assert!(parse("get_files_list --limitless").unwrap_err().contains("unknown option"));
         assert!(parse("get_files_list don't").unwrap_err().contains("unmatched quote"));

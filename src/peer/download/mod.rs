@@ -204,8 +204,8 @@ impl Downloader<'_> {
     /// happens. Fails if the name exists in the folder (checked before anything is
     /// fetched), if no peer shares it, or if every one fails.
     pub fn download(&self, name: &SharePath, mut note: impl FnMut(Note)) -> anyhow::Result<Downloaded> {
-        if self.folder.contains(name) {
-            bail!("a file of that name is already in the shared folder (delete it first)");
+        if let Err(why) = self.folder.vacant(name) {
+            bail!("{why}");
         }
         let hits = match self.index.call(&Request::Lookup { name: name.clone() })? {
             Reply::Peers(hits) => hits,

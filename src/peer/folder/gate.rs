@@ -22,6 +22,47 @@ use crate::name::{SharePath, check_component};
 
 const DIR: OFlags = OFlags::DIRECTORY.union(OFlags::NOFOLLOW).union(OFlags::RDONLY).union(OFlags::CLOEXEC);
 
+/// Why a folder on a path could not be opened.
+enum Blocked {
+    /// Nothing of that name.
+    Missing,
+    /// A symlink: never followed.
+    Symlink,
+    /// Something that is not a folder.
+    File,
+    Io(io::Error),
+}
+
+/// Opens the folder `part` in `dir`, not following a symlink. (Linux answers
+/// `O_NOFOLLOW | O_DIRECTORY` on a symlink with `ENOTDIR`, as for a file, or `ELOOP`:
+/// a second look tells them apart, and whatever it sees, nothing was opened.)
+fn open_folder(dir: &OwnedFd, part: &str) -> Result<OwnedFd, Blocked> {
+    match openat(dir, part, DIR, Mode::empty()) {
+        Ok(fd) => Ok(fd),
+        Err(Errno::NOENT) => Err(Blocked::Missing),
+        Err(Errno::LOOP) => Err(Blocked::Symlink),
+        Err(Errno::NOTDIR) => match rustix::fs::statat(dir, part, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink => {
+                Err(Blocked::Symlink)
+            }
+            _ => Err(Blocked::File),
+        },
+        Err(e) => Err(Blocked::Io(e.into())),
+    }
+}
+
+impl Blocked {
+    /// What stops a download at the folder `so_far`.
+    fn why(self, so_far: &str) -> String {
+        match self {
+            Blocked::Missing => format!("the folder {so_far:?} vanished"),
+            Blocked::Symlink => format!("{so_far:?} is a symlink, and downloads never go through one"),
+            Blocked::File => format!("{so_far:?} is a file, not a folder"),
+            Blocked::Io(e) => format!("cannot open the folder {so_far:?}: {e}"),
+        }
+    }
+}
+
 /// The folder `root` itself.
 pub(super) fn open_root(root: &Path) -> io::Result<OwnedFd> {
     Ok(rustix::fs::open(root, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?)
@@ -31,11 +72,11 @@ pub(super) fn open_root(root: &Path) -> io::Result<OwnedFd> {
 pub(super) fn open_parent(root: &Path, name: &SharePath) -> Result<OwnedFd, OpenError> {
     let mut dir = open_root(root)?;
     for part in name.folders() {
-        dir = match openat(&dir, part, DIR, Mode::empty()) {
+        dir = match open_folder(&dir, part) {
             Ok(fd) => fd,
-            Err(Errno::LOOP) => return Err(OpenError::ThroughSymlink),
-            Err(Errno::NOENT | Errno::NOTDIR) => return Err(OpenError::NotFound),
-            Err(e) => return Err(io::Error::from(e).into()),
+            Err(Blocked::Symlink) => return Err(OpenError::ThroughSymlink),
+            Err(Blocked::Missing | Blocked::File) => return Err(OpenError::NotFound),
+            Err(Blocked::Io(e)) => return Err(e.into()),
         };
     }
     Ok(dir)
@@ -51,21 +92,15 @@ pub(super) fn make_parent(root: &Path, name: &SharePath) -> io::Result<OwnedFd> 
             so_far.push('/');
         }
         so_far.push_str(part);
-        let next = match openat(&dir, part, DIR, Mode::empty()) {
-            Err(Errno::NOENT) => match rustix::fs::mkdirat(&dir, part, Mode::from_raw_mode(0o755)) {
+        let next = match open_folder(&dir, part) {
+            Err(Blocked::Missing) => match rustix::fs::mkdirat(&dir, part, Mode::from_raw_mode(0o755)) {
                 // Made by someone else meanwhile: open what is there, with the same checks.
-                Ok(()) | Err(Errno::EXIST) => openat(&dir, part, DIR, Mode::empty()),
-                Err(e) => Err(e),
+                Ok(()) | Err(Errno::EXIST) => open_folder(&dir, part),
+                Err(e) => Err(Blocked::Io(e.into())),
             },
             other => other,
         };
-        dir = next.map_err(|e| match e {
-            Errno::LOOP => {
-                io::Error::other(format!("{so_far:?} is a symlink, and downloads never go through one"))
-            }
-            Errno::NOTDIR => io::Error::other(format!("{so_far:?} is a file, not a folder")),
-            e => io::Error::other(format!("cannot make the folder {so_far:?}: {}", io::Error::from(e))),
-        })?;
+        dir = next.map_err(|b| io::Error::other(b.why(&so_far)))?;
     }
     Ok(dir)
 }
@@ -80,13 +115,26 @@ pub(super) fn open_file(root: &Path, name: &SharePath) -> Result<File, OpenError
     Ok(File::from(fd))
 }
 
-/// Is anything (a file, a folder, a dangling symlink) at `name`? A folder on the way
-/// that is a symlink counts as something in the way.
-pub(super) fn exists(root: &Path, name: &SharePath) -> bool {
-    match open_parent(root, name) {
-        Ok(dir) => rustix::fs::statat(&dir, name.file_name(), AtFlags::SYMLINK_NOFOLLOW).is_ok(),
-        Err(OpenError::NotFound) => false,
-        Err(_) => true,
+/// Can a file be put at `name`: is nothing (a file, a folder, a dangling symlink)
+/// there, and is nothing in the way of the folders it needs (a symlink, a file)?
+/// Missing folders are no obstacle: [`make_parent`] makes them.
+pub(super) fn vacant(root: &Path, name: &SharePath) -> Result<(), String> {
+    let mut dir = open_root(root).map_err(|e| e.to_string())?;
+    let mut so_far = String::new();
+    for part in name.folders() {
+        if !so_far.is_empty() {
+            so_far.push('/');
+        }
+        so_far.push_str(part);
+        dir = match open_folder(&dir, part) {
+            Ok(fd) => fd,
+            Err(Blocked::Missing) => return Ok(()),
+            Err(b) => return Err(b.why(&so_far)),
+        };
+    }
+    match rustix::fs::statat(&dir, name.file_name(), AtFlags::SYMLINK_NOFOLLOW) {
+        Err(Errno::NOENT) => Ok(()),
+        _ => Err("a file of that name is already in the shared folder (delete it first)".into()),
     }
 }
 

@@ -452,10 +452,10 @@ impl SharedFolder {
         Ok(stat.f_bavail.saturating_mul(stat.f_frsize))
     }
 
-    /// Is there anything (file, directory, dangling symlink) at `name` in the folder,
-    /// or a symlinked folder on its way?
-    pub fn contains(&self, name: &SharePath) -> bool {
-        gate::exists(&self.root, name)
+    /// Can a download be put at `name`: nothing there (no file, folder or dangling
+    /// symlink), and no symlink or file where it needs a folder? Otherwise, why not.
+    pub fn vacant(&self, name: &SharePath) -> Result<(), String> {
+        gate::vacant(&self.root, name)
     }
 
     /// Deletes the file `name` from the folder. A symlink is removed, never its target;

@@ -1,0 +1,247 @@
+//! Folders, with the real binaries: a whole tree is shared under relative paths, what
+//! is skipped is said, exclusions hold; a file server never reads through a symlinked
+//! folder, even one swapped in while it serves; downloads make their folders and never
+//! go through a symlink; a folder is downloaded whole and listed a level at a time.
+
+mod common;
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::Path;
+
+use common::{Proc, Stream, peer_with, random_bytes, workspace};
+use peerdex::content::Tree;
+use peerdex::wire::{self, FileReply, FileRequest, Service};
+
+/// Writes `content` at `path` under `root`, making its folders.
+fn put(root: &Path, path: &str, content: &[u8]) {
+    let path = root.join(path);
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, content).unwrap();
+}
+
+/// Every file under a tree is shared under its path; symlinked folders are not
+/// followed, links that lead out are refused, and both are reported; exclusions
+/// (defaults, .peerdexignore, --exclude) are left out silently; with -v each skipped
+/// path is named.
+#[test]
+fn a_tree_is_shared_under_paths_and_what_is_skipped_is_said() {
+    let ws = workspace();
+    let shared = ws.path().join("shared");
+    put(&shared, "album/disc 1/01 intro.flac", b"intro");
+    put(&shared, "album/cover.jpg", b"cover");
+    put(&shared, "top.txt", b"top");
+    put(&shared, "album/.DS_Store", b"junk");
+    put(&shared, "@eaDir/top.txt/thumb", b"junk");
+    put(&shared, "notes.tmp", b"excluded by --exclude");
+    put(&shared, "deep/x.log", b"excluded by .peerdexignore");
+    put(&shared, ".peerdexignore", b"*.log\n");
+    put(ws.path(), "outside/secret", b"secret");
+    symlink(ws.path().join("outside/secret"), shared.join("album/leak")).unwrap();
+    symlink(ws.path().join("outside"), shared.join("outdir")).unwrap();
+    symlink(shared.join("album"), shared.join("loop")).unwrap();
+    symlink(shared.join("top.txt"), shared.join("album/top-link.txt")).unwrap();
+
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    let (mut p, _) = peer_with(index_addr, &shared, &["--exclude", "*.tmp", "-v"]);
+    p.send("register");
+    let line = p.expect(Stream::Out, "registered ");
+    assert_eq!(
+        line,
+        format!(
+            "registered 4 files with the index server {index_addr}; skipped 3 (1 symlink outside the folder, 2 symlinks to a folder (not followed))"
+        )
+    );
+    let err = p.read_until(Stream::Err, "\"outdir\"").join("\n");
+    assert!(err.contains("not sharing \"album/leak\": a symlink that leads outside the folder"), "{err}");
+
+    let other = ws.path().join("other");
+    fs::create_dir(&other).unwrap();
+    let (mut q, _) = Proc::peer(index_addr, &other);
+    let names: Vec<String> = q.list("").iter().map(|l| l.split('\t').next().unwrap().to_owned()).collect();
+    assert_eq!(names, ["album/cover.jpg", "album/disc 1/01 intro.flac", "album/top-link.txt", "top.txt"]);
+}
+
+/// A file server opens a shared file's path a folder at a time, never through a
+/// symlink: with the file's folder swapped for a symlink to a look-alike outside, over
+/// and over while a downloader asks for the file, every answer is the true file or a
+/// refusal that names the symlink; the look-alike is never read (its content would be
+/// refused as "changed", a different refusal).
+#[test]
+fn a_folder_swapped_for_a_symlink_is_never_read_through() {
+    let ws = workspace();
+    let shared = ws.path().join("shared");
+    let content = random_bytes(20_000);
+    put(&shared, "a/x.bin", &content);
+    let mut lookalike = content.clone();
+    lookalike[0] ^= 1;
+    put(ws.path(), "outside/x.bin", &lookalike);
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    let (_p, files) = Proc::registered_peer(index_addr, &shared, 1);
+    let root = Tree::of_bytes(&content).root;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (stop, shared, outside) = (stop.clone(), shared.clone(), ws.path().join("outside"));
+        std::thread::spawn(move || {
+            let mut swaps = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                fs::rename(shared.join("a"), shared.join("a.real")).unwrap();
+                symlink(&outside, shared.join("a")).unwrap();
+                fs::remove_file(shared.join("a")).unwrap();
+                fs::rename(shared.join("a.real"), shared.join("a")).unwrap();
+                swaps += 1;
+            }
+            swaps
+        })
+    };
+    let (mut served, mut through) = (0, 0);
+    for _ in 0..2000 {
+        // A connection opens the file once for all its requests: one each, to open it
+        // each time.
+        let mut s = common::handshaken("127.0.0.1", files, Service::Files);
+        wire::send_msg(&mut s, &FileRequest::Get { root, first: 0, count: 2 }).unwrap();
+        match wire::recv_msg::<FileReply>(&mut s).unwrap() {
+            FileReply::Data { len, .. } => {
+                let mut body = vec![0; len as usize];
+                std::io::Read::read_exact(&mut s, &mut body).unwrap();
+                assert!(body == content, "only the true file is ever sent");
+                served += 1;
+            }
+            FileReply::Error(e)
+                if e.ends_with("a folder on its path is a symlink, which is never followed") =>
+            {
+                through += 1
+            }
+            FileReply::Error(e) => assert!(e.ends_with("no such file in the shared folder"), "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let swaps = swapper.join().unwrap();
+    println!("served {served}, refused for the symlink {through}, {swaps} swaps");
+    assert!(swaps > 0 && served > 0, "served {served}, refused for the symlink {through}, {swaps} swaps");
+}
+
+/// `download album/disc 1/01.flac` makes the folders it needs; one that is a symlink
+/// in this peer's folder is never gone through (nothing is written outside), and a
+/// file where a folder is needed is named; `download album/` fetches the rest of the
+/// folder with its structure, passing over what is already here, and exits 0;
+/// `get_files_list --dirs` lists a level, folders first.
+#[test]
+fn downloads_make_their_folders_and_a_folder_comes_whole() {
+    let ws = workspace();
+    let a = ws.path().join("a");
+    let (intro, cover, x) = (random_bytes(70_000), random_bytes(1000), random_bytes(10));
+    put(&a, "album/disc 1/01 intro.flac", &intro);
+    put(&a, "album/cover.jpg", &cover);
+    put(&a, "album/empty", b"");
+    put(&a, "linked/x", &x);
+    put(&a, "blocked/y", &x);
+    put(&a, "top.txt", b"top");
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    let (_pa, _) = Proc::registered_peer(index_addr, &a, 6);
+
+    let b = ws.path().join("b");
+    fs::create_dir(&b).unwrap();
+    fs::create_dir(ws.path().join("elsewhere")).unwrap();
+    symlink(ws.path().join("elsewhere"), b.join("linked")).unwrap();
+    fs::write(b.join("blocked"), b"a file").unwrap();
+    let (mut pb, _) = Proc::peer(index_addr, &b);
+    assert_eq!(
+        pb.list("--dirs"),
+        [
+            "album/\t71000 bytes\t3 files",
+            "blocked/\t10 bytes\t1 file",
+            "linked/\t10 bytes\t1 file",
+            "top.txt\t3 bytes\t1 peer",
+        ]
+    );
+    assert_eq!(
+        pb.list("--dirs album"),
+        [
+            "album/disc 1/\t70000 bytes\t1 file",
+            "album/cover.jpg\t1000 bytes\t1 peer",
+            "album/empty\t0 bytes\t1 peer"
+        ]
+    );
+
+    pb.send("download album/disc 1/01 intro.flac");
+    pb.expect(Stream::Out, "downloaded album/disc 1/01 intro.flac (70000 bytes) from ");
+    assert!(fs::read(b.join("album/disc 1/01 intro.flac")).unwrap() == intro);
+
+    pb.send("download linked/x");
+    let err = pb.expect(Stream::Err, "linked");
+    assert_eq!(
+        err,
+        "error: cannot download \"linked/x\": \"linked\" is a symlink, and downloads never go through one"
+    );
+    pb.send("download blocked/y");
+    let err = pb.expect(Stream::Err, "blocked");
+    assert_eq!(err, "error: cannot download \"blocked/y\": \"blocked\" is a file, not a folder");
+    assert_eq!(fs::read_dir(ws.path().join("elsewhere")).unwrap().count(), 0, "nothing written outside");
+
+    let (mut pc, _) = Proc::peer(index_addr, &b);
+    pc.send("download album/");
+    pc.expect(Stream::Out, "already here: album/disc 1/01 intro.flac");
+    pc.expect(Stream::Out, "downloading 2 files under album/");
+    let mut done = vec![pc.expect(Stream::Out, "downloaded "), pc.expect(Stream::Out, "downloaded ")];
+    done.sort();
+    assert!(done[0].starts_with("downloaded album/cover.jpg (1000 bytes) from "), "{done:?}");
+    assert!(done[1].starts_with("downloaded album/empty (0 bytes) from "), "{done:?}");
+    assert!(fs::read(b.join("album/cover.jpg")).unwrap() == cover);
+    assert_eq!(fs::read(b.join("album/empty")).unwrap(), b"");
+    assert!(pc.finish().success(), "{}", pc.dump());
+
+    pb.send("download nothing/");
+    let err = pb.expect(Stream::Err, "nothing/");
+    assert_eq!(err, "error: cannot download \"nothing/\": no registered peer shares a file under it");
+    assert!(!pb.finish().success());
+}
+
+/// Paths that could leave the folder or mean something else are refused at the command
+/// line with the reason, and by the index on the wire; nothing outside is touched.
+#[test]
+fn traversal_paths_are_refused_everywhere() {
+    let ws = workspace();
+    let shared = ws.path().join("shared");
+    put(&shared, "a/b", b"b");
+    put(ws.path(), "x", b"outside");
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    let (mut p, _) = Proc::peer(index_addr, &shared);
+    let bad = [
+        ("a/../../x", "\".\" and \"..\" are not file or folder names"),
+        ("/etc/passwd", "empty part"),
+        ("a//b", "empty part"),
+        ("a/./b", "\".\" and \"..\" are not file or folder names"),
+        ("a\\b", "backslash"),
+    ];
+    for (path, why) in bad {
+        for command in ["download", "delete"] {
+            p.send(&format!("{command} {path}"));
+            let err = p.expect(Stream::Err, "invalid file name");
+            assert!(
+                err.starts_with(&format!("error: invalid file name {path:?}: ")) && err.contains(why),
+                "{err}"
+            );
+        }
+    }
+    p.send("delete a");
+    let err = p.expect(Stream::Err, "cannot delete");
+    assert_eq!(err, "error: cannot delete \"a\": not a regular file");
+    assert_eq!(fs::read(ws.path().join("x")).unwrap(), b"outside");
+    assert_eq!(fs::read(shared.join("a/b")).unwrap(), b"b");
+
+    let mut raw = common::RawIndexClient::connect(index_addr);
+    for (path, why) in bad {
+        let mut payload = vec![0x01, 0, 9, 0, 0, 0, 1];
+        payload.extend((path.len() as u16).to_be_bytes());
+        payload.extend(path.as_bytes());
+        payload.extend([0u8; 40]);
+        wire::send_all(&mut raw.stream, &payload).unwrap();
+        match wire::recv_msg::<peerdex::wire::Reply>(&mut raw.stream).unwrap() {
+            peerdex::wire::Reply::Error(e) => assert!(e.contains(why), "{e}"),
+            other => panic!("{other:?}"),
+        }
+    }
+}
