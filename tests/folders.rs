@@ -9,7 +9,7 @@ use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::Path;
 
-use common::{Proc, Stream, peer_with, random_bytes, workspace};
+use common::{Proc, Stream, peer_with, random_bytes, wait_for, workspace};
 use peerdex::content::Tree;
 use peerdex::wire::{self, FileReply, FileRequest, Service};
 
@@ -244,4 +244,48 @@ fn traversal_paths_are_refused_everywhere() {
             other => panic!("{other:?}"),
         }
     }
+}
+
+/// A watched tree: a file written deep in a new folder, a folder moved in whole, a file
+/// in a subfolder changed, and a folder deleted all reach the index by themselves.
+#[test]
+fn a_watched_tree_reaches_the_index_by_itself() {
+    let ws = workspace();
+    let a = ws.path().join("a");
+    put(&a, "top.txt", b"1");
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    let (_pa, _) = Proc::registered_peer(index_addr, &a, 1);
+    let b = ws.path().join("b");
+    fs::create_dir(&b).unwrap();
+    let (mut pb, _) = Proc::peer(index_addr, &b);
+    let names = |pb: &mut Proc| -> Vec<String> {
+        pb.list("").iter().map(|l| l.split('\t').take(2).collect::<Vec<_>>().join(" ")).collect()
+    };
+
+    put(&a, "new/deeper/x.txt", b"xx");
+    wait_for("a file in new folders to be listed", || {
+        names(&mut pb) == ["new/deeper/x.txt 2 bytes", "top.txt 1 bytes"]
+    });
+    put(ws.path(), "staging/album/01.flac", b"one");
+    put(ws.path(), "staging/album/02.flac", b"two!");
+    fs::rename(ws.path().join("staging/album"), a.join("album")).unwrap();
+    wait_for("a folder moved in to be listed whole", || {
+        names(&mut pb)
+            == [
+                "album/01.flac 3 bytes",
+                "album/02.flac 4 bytes",
+                "new/deeper/x.txt 2 bytes",
+                "top.txt 1 bytes",
+            ]
+    });
+    // Nothing changes at the top: only a watch on the subfolder sees this.
+    fs::write(a.join("new/deeper/x.txt"), b"changed").unwrap();
+    wait_for("a change in a subfolder to be listed", || {
+        names(&mut pb)
+            == ["album/01.flac 3 bytes", "album/02.flac 4 bytes", "new/deeper/x.txt 7 bytes", "top.txt 1 bytes"]
+    });
+    fs::remove_dir_all(a.join("new")).unwrap();
+    wait_for("a deleted folder to be listed", || {
+        names(&mut pb) == ["album/01.flac 3 bytes", "album/02.flac 4 bytes", "top.txt 1 bytes"]
+    });
 }
