@@ -282,10 +282,40 @@ fn a_watched_tree_reaches_the_index_by_itself() {
     fs::write(a.join("new/deeper/x.txt"), b"changed").unwrap();
     wait_for("a change in a subfolder to be listed", || {
         names(&mut pb)
-            == ["album/01.flac 3 bytes", "album/02.flac 4 bytes", "new/deeper/x.txt 7 bytes", "top.txt 1 bytes"]
+            == [
+                "album/01.flac 3 bytes",
+                "album/02.flac 4 bytes",
+                "new/deeper/x.txt 7 bytes",
+                "top.txt 1 bytes",
+            ]
     });
     fs::remove_dir_all(a.join("new")).unwrap();
     wait_for("a deleted folder to be listed", || {
         names(&mut pb) == ["album/01.flac 3 bytes", "album/02.flac 4 bytes", "top.txt 1 bytes"]
     });
+}
+
+/// A list of files too large for one request (7,000 paths of 969 bytes: 7 MB of
+/// entries, to an index that takes frames of 5 MB) is sent in parts, and all of it is
+/// registered and found.
+#[test]
+fn a_list_larger_than_one_request_is_registered_whole() {
+    let ws = workspace();
+    let shared = ws.path().join("shared");
+    let long = vec!["d".repeat(240); 4].join("/");
+    fs::create_dir_all(shared.join(&long)).unwrap();
+    for i in 0..7000 {
+        fs::write(shared.join(format!("{long}/{i:04}")), i.to_string()).unwrap();
+    }
+    let (_index, index_addr) =
+        Proc::index_server_with(ws.path(), &["127.0.0.1", "0", "--max-frame", "5000000"]);
+    let (_p, files) = Proc::registered_peer(index_addr, &shared, 7000);
+    let mut c = common::RawIndexClient::connect(index_addr);
+    for i in [0, 6999] {
+        let name = peerdex::name::SharePath::parse(&format!("{long}/{i:04}")).unwrap();
+        match c.call(&peerdex::wire::Request::Lookup { name }) {
+            peerdex::wire::Reply::Peers(hits) => assert_eq!(hits[0].addr, files),
+            other => panic!("{other:?}"),
+        }
+    }
 }

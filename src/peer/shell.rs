@@ -25,7 +25,7 @@ use crate::auth;
 use crate::content::Hash;
 use crate::name::SharePath;
 use crate::text::{count, escape};
-use crate::wire::{ListEntry, MAX_FILES_PER_PEER, Request};
+use crate::wire::{FileInfo, LIST_PART_BYTES, ListEntry, MAX_FILES_PER_PEER, Request};
 
 /// Longest command line accepted, in bytes: a command and the longest name (a path of
 /// 4,096 bytes) need less; the cap keeps a runaway input from being buffered whole.
@@ -255,7 +255,7 @@ struct Peer {
     /// are one step, so a download's `Add` cannot fall between them and be undone.
     updates: Mutex<()>,
     /// The list the folder watcher last sent, so an unchanged folder sends nothing.
-    last_watched: Mutex<Option<Vec<crate::wire::FileInfo>>>,
+    last_watched: Mutex<Option<Vec<FileInfo>>>,
     /// Sources that stalled or sent wrong bytes, at the back of the order for a while.
     penalties: Penalties,
 }
@@ -382,7 +382,8 @@ impl Shell {
             Command::Update => {
                 let _in_order = peer.updates.lock().unwrap_or_else(PoisonError::into_inner);
                 let (list, skipped) = scan(&peer.folder)?;
-                let count = peer.index.change(&Request::Update { files: list }).context("update failed")?;
+                let count =
+                    peer.send_list(list, |files| Request::Update { files }).context("update failed")?;
                 crate::outln!("updated: {} registered{skipped}", files(count as usize));
             }
             Command::List { pattern, limit, dirs: true } => self.list_folder(&pattern, limit)?,
@@ -531,10 +532,40 @@ impl Peer {
     fn register(&self) -> anyhow::Result<(usize, String)> {
         let _in_order = self.updates.lock().unwrap_or_else(PoisonError::into_inner);
         let (files, skipped) = scan(&self.folder)?;
-        let count = files.len();
-        self.index.change(&Request::Register { port: self.port, files })?;
+        let port = self.port;
+        let count = self.send_list(files, |files| Request::Register { port, files })?;
         self.registered.store(true, Ordering::SeqCst);
-        Ok((count, skipped))
+        Ok((count as usize, skipped))
+    }
+
+    /// Sends the folder's list as `first` (a `Register` or `Update`) of its first part
+    /// and an `Add` of each other part, in parts of at most [`LIST_PART_BYTES`] of
+    /// entries, so that any list fits the index's frames. Returns the files the index
+    /// then holds for this peer. (Between the parts, a lookup may find only some of
+    /// the files: a list that large takes a moment to send anyway.)
+    fn send_list(
+        &self,
+        files: Vec<FileInfo>,
+        first: impl FnOnce(Vec<FileInfo>) -> Request,
+    ) -> anyhow::Result<u32> {
+        let mut parts: Vec<Vec<FileInfo>> = vec![Vec::new()];
+        let mut bytes = 0;
+        for f in files {
+            // A name's u16 length, its bytes, its size and root.
+            let entry = 2 + f.name.as_str().len() + 8 + 32;
+            if bytes + entry > LIST_PART_BYTES && !parts[parts.len() - 1].is_empty() {
+                parts.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += entry;
+            parts.last_mut().expect("one at least").push(f);
+        }
+        let mut parts = parts.into_iter();
+        let mut count = self.index.change(&first(parts.next().unwrap_or_default()))?;
+        for files in parts {
+            count = self.index.change(&Request::Add { files })?;
+        }
+        Ok(count)
     }
 
     /// After a change in the folder: if registered, rescans it, leaving out files still
@@ -556,7 +587,7 @@ impl Peer {
         if last.as_ref() == Some(&files) {
             return unsettled > 0;
         }
-        match self.index.change(&Request::Update { files: files.clone() }) {
+        match self.send_list(files.clone(), |files| Request::Update { files }) {
             Ok(_) => *last = Some(files),
             Err(e) => log::warn!("sending the folder's changes to the index failed: {e:#}"),
         }
@@ -732,7 +763,7 @@ pub fn files(n: usize) -> String {
 /// index accepts rather than letting the index refuse it. Returns the files, and what
 /// was skipped as the end of a sentence ("; skipped 3 (2 symlinks outside the folder,
 /// 1 unreadable)", or nothing); with `-v`, each skipped path is named in the log.
-fn scan(folder: &SharedFolder) -> anyhow::Result<(Vec<crate::wire::FileInfo>, String)> {
+fn scan(folder: &SharedFolder) -> anyhow::Result<(Vec<FileInfo>, String)> {
     let scanned = folder
         .scan()
         .with_context(|| format!("cannot read the shared folder {}", folder.root().display()))?;

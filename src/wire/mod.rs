@@ -45,15 +45,21 @@ pub use index::{FileInfo, ListEntry, PeerHit, Reply, Request};
 
 use crate::name::NameError;
 
-/// Largest frame payload accepted by default, in bytes: 16 MiB. A registration of the
-/// maximum number of files with the longest names fits (see
-/// [`MAX_FILES_PER_PEER`]); Redis's request limit is 512 MB, but nothing in our protocol
-/// needs more than this, and a smaller cap bounds what a stranger can make us buffer.
+/// Largest frame payload accepted by default, in bytes: 16 MiB. A peer sends a list of
+/// files larger than [`LIST_PART_BYTES`] in parts (see [`MAX_FILES_PER_PEER`]); Redis's
+/// request limit is 512 MB, but nothing in our protocol needs more than this, and a
+/// smaller cap bounds what a stranger can make us buffer.
 pub const MAX_FRAME_LEN: usize = 16 << 20;
 
-/// Most files one peer can register. A registration of this many files with
-/// 255-byte names is 50,000 x 298 bytes = 14.2 MiB, which fits [`MAX_FRAME_LEN`].
-pub const MAX_FILES_PER_PEER: usize = 50_000;
+/// Most files one peer can register: a large music collection, within the
+/// [`crate::index::registry::MAX_FILES_PER_IP`] of one address. Such a list does not
+/// fit one frame: a peer sends it in parts of at most [`LIST_PART_BYTES`], a
+/// `Register` (or `Update`) with the first part and an `Add` with each other.
+pub const MAX_FILES_PER_PEER: usize = 200_000;
+
+/// Most bytes of file entries a peer puts in one `Register`, `Update` or `Add`: 4 MiB,
+/// a quarter of [`MAX_FRAME_LEN`], about 40,000 entries of typical paths.
+pub const LIST_PART_BYTES: usize = 4 << 20;
 
 /// Version of this protocol, sent in every [`Hello`] and [`Welcome`]. Version 2
 /// names contents by their Merkle root instead of their SHA-256, and the file server
