@@ -11,7 +11,8 @@
 //! One file per scenario: [`lookup`] (against the minimal [`responder`] and Redis in
 //! the same run), [`register`] (and list), [`transfer`] (against curl from nginx; and
 //! small, startup), [`pieces`] (multi-source against aria2c, and the swarm, in a
-//! network namespace made by [`netns`]), [`soak`];
+//! network namespace made by [`netns`]), [`folders`] (a tree registered, a folder
+//! downloaded, against cp -r and rsync), [`soak`];
 //! [`load`] is the load generator they share. Each row also gives the CPU used by the
 //! generator and by the server during the measurement, so that a saturated generator
 //! cannot pass for a slow server. Processes are started and reaped by the tests'
@@ -22,6 +23,7 @@ use std::path::Path;
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+mod folders;
 mod load;
 mod lookup;
 mod netns;
@@ -82,7 +84,8 @@ fn main() {
             s => wanted.push(s.to_owned()),
         }
     }
-    let all = ["lookup", "register", "list", "transfer", "multi", "swarm", "small", "startup", "soak"];
+    let all =
+        ["lookup", "register", "list", "transfer", "multi", "swarm", "small", "startup", "folders", "soak"];
     // The soak runs for minutes: only when asked for by name.
     let run = |s: &str| (wanted.is_empty() && s != "soak") || wanted.iter().any(|w| w == s);
     println!("peerdex benchmark on {}", machine());
@@ -101,6 +104,7 @@ fn main() {
             "swarm" => pieces::swarm(&opts),
             "small" => transfer::small(&opts),
             "startup" => transfer::startup(&opts),
+            "folders" => folders::run(&opts),
             "soak" => soak::run(&opts),
             _ => unreachable!(),
         }
