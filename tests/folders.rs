@@ -216,6 +216,7 @@ fn traversal_paths_are_refused_everywhere() {
         ("a/./b", "\".\" and \"..\" are not file or folder names"),
         ("a\\b", "backslash"),
     ];
+    let on_the_wire = [bad.as_slice(), &[("a/b/", "empty part")]].concat();
     for (path, why) in bad {
         for command in ["download", "delete"] {
             p.send(&format!("{command} {path}"));
@@ -226,6 +227,11 @@ fn traversal_paths_are_refused_everywhere() {
             );
         }
     }
+    // A trailing '/' names a folder: `download a/` fetches one (see below), but no
+    // file has such a name.
+    p.send("delete a/");
+    let err = p.expect(Stream::Err, "invalid file name");
+    assert!(err.starts_with("error: invalid file name \"a/\": ") && err.contains("empty part"), "{err}");
     p.send("delete a");
     let err = p.expect(Stream::Err, "cannot delete");
     assert_eq!(err, "error: cannot delete \"a\": not a regular file");
@@ -233,7 +239,7 @@ fn traversal_paths_are_refused_everywhere() {
     assert_eq!(fs::read(shared.join("a/b")).unwrap(), b"b");
 
     let mut raw = common::RawIndexClient::connect(index_addr);
-    for (path, why) in bad {
+    for (path, why) in on_the_wire {
         let mut payload = vec![0x01, 0, 9, 0, 0, 0, 1];
         payload.extend((path.len() as u16).to_be_bytes());
         payload.extend(path.as_bytes());

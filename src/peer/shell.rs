@@ -657,7 +657,6 @@ impl Peer {
             };
             let Some(name) = next else { return };
             self.fetch(&name);
-            self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).remove(&name);
         }
     }
 
@@ -687,6 +686,9 @@ impl Peer {
                 );
             }
         });
+        // Before any line about it is out: a script that reads the line may ask for the
+        // name again at once.
+        self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).remove(name);
         let got = match result {
             Ok(got) => got,
             Err(e) => return self.fail(format!("cannot download {shown}: {e:#}")),
