@@ -12,6 +12,7 @@ use peerdex::cli;
 use peerdex::net::ConnLimits;
 use peerdex::peer::download::{self, DownloadConfig, PeerChoice};
 use peerdex::peer::fileserver::{self, FileServerConfig};
+use peerdex::peer::printer::Printer;
 use peerdex::peer::{self, PeerConfig};
 
 /// A peerdex peer: shares a folder's files with other peers and downloads theirs.
@@ -86,6 +87,10 @@ struct Args {
     /// are never shared.
     #[arg(long, value_name = "PATTERN")]
     exclude: Vec<String>,
+    /// Print every result as one JSON object a line on stdout (each with a "type";
+    /// the README lists them), errors included, and nothing else there.
+    #[arg(long)]
+    json: bool,
     /// Log more about what the peer does (repeat for more): -v for uploads, -vv for
     /// debugging.
     #[arg(short, long, action = clap::ArgAction::Count)]
@@ -138,6 +143,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
         keepalive: args.keepalive,
         watch: !args.no_watch,
         excludes: args.exclude,
+        printer: if args.json { Printer::Json } else { Printer::Text },
         user: args.user,
     })
 }

@@ -15,7 +15,9 @@ pub mod client;
 pub mod download;
 pub mod fileserver;
 pub mod folder;
+pub mod node;
 pub mod partial;
+pub mod printer;
 pub mod shell;
 pub mod watch;
 
@@ -33,6 +35,8 @@ use client::IndexClient;
 use download::DownloadConfig;
 use fileserver::FileServerConfig;
 use folder::SharedFolder;
+use node::Node;
+use printer::{Event, Printer};
 use shell::Shell;
 
 /// Everything a peer needs to start.
@@ -61,6 +65,8 @@ pub struct PeerConfig {
     /// What not to share, in gitignore syntax, besides the defaults and the folder's
     /// `.peerdexignore` ([`folder::walk::rules`]).
     pub excludes: Vec<String>,
+    /// How results are printed: lines, or JSON objects (`--json`).
+    pub printer: Printer,
 }
 
 /// Where the file server listens unless told otherwise, given `seen`, the local address
@@ -85,7 +91,9 @@ pub fn run(config: PeerConfig) -> anyhow::Result<bool> {
         .with_context(|| format!("cannot share folder {shown}"))?;
     match partial::remove_stale(folder.root(), partial::MAX_AGE) {
         Ok(0) => {}
-        Ok(n) => crate::errln!("note: deleted {n} partial downloads untouched for 7 days or more"),
+        Ok(n) => config
+            .printer
+            .emit(&Event::Note(&format!("deleted {n} partial downloads untouched for 7 days or more"))),
         Err(e) => log::warn!("cannot look for old partial downloads in {shown}: {e}"),
     }
     let index = Arc::new(IndexClient::connect(&config.index_addrs)?);
@@ -93,7 +101,7 @@ pub fn run(config: PeerConfig) -> anyhow::Result<bool> {
     let listener = TcpListener::bind((bind, config.port))
         .with_context(|| format!("cannot listen on {}", SocketAddr::new(bind, config.port)))?;
     let local = listener.local_addr()?;
-    crate::outln!("serving {shown} on {local}");
+    config.printer.emit(&Event::Serving { folder: &shown.to_string(), addr: local });
 
     let folder = Arc::new(folder);
     let serving = Arc::clone(&folder);
@@ -107,11 +115,15 @@ pub fn run(config: PeerConfig) -> anyhow::Result<bool> {
         let interactive = io::stdin().is_terminal();
         let password = || shell::password_for(user, interactive, &mut io::stdin().lock());
         index.login(user, password).with_context(|| format!("cannot log in as {user}"))?;
-        crate::outln!("logged in as {user}");
+        config.printer.emit(&Event::LoggedIn { user });
     }
-    let shell = Shell::new(index, folder, local.port(), config.downloads);
+    let node = Node::start(index, folder, local.port(), config.downloads, config.printer)?;
     if config.watch {
-        shell.start_watching()?;
+        let watcher = Arc::clone(&node);
+        thread::Builder::new().name("watch".into()).spawn(move || {
+            let root = watcher.folder.root().to_path_buf();
+            watch::watch(&root, || watcher.sync_watched())
+        })?;
     }
-    Ok(shell.run(io::stdin().lock(), config.keepalive))
+    Ok(Shell::new(node).run(io::stdin().lock(), config.keepalive))
 }

@@ -5,27 +5,22 @@
 //! (or `quit`) the shell waits for them. The exit status says whether every command,
 //! downloads included, succeeded, so a script can pipe commands in and trust it.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::fmt::Display;
+use std::collections::BTreeMap;
 use std::io::{self, BufRead, IsTerminal, Write};
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::thread::{self, JoinHandle};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
-use log::debug;
-use rand::RngExt;
 
-use super::client::{IndexClient, Watch};
-use super::download::{DownloadConfig, Downloader, Note, PENALTY, Penalties};
-use super::folder::SharedFolder;
+use super::node::Node;
+use super::printer::{Event, Printer};
 use crate::auth;
 use crate::content::Hash;
 use crate::name::SharePath;
-use crate::text::{count, escape};
-use crate::wire::{FileInfo, LIST_PART_BYTES, ListEntry, MAX_FILES_PER_PEER, Request};
+use crate::text::count;
+use crate::wire::Request;
 
 /// Longest command line accepted, in bytes: a command and the longest name (a path of
 /// 4,096 bytes) need less; the cap keeps a runaway input from being buffered whole.
@@ -231,81 +226,15 @@ fn read_line(input: &mut impl BufRead) -> io::Result<Line> {
     }
 }
 
-/// First wait before reconnecting to a lost index; doubled after each failure.
-pub const RECONNECT_FIRST: Duration = Duration::from_millis(100);
-
-/// Longest wait between reconnection attempts.
-pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
-
-/// What the shell and its download workers share.
-struct Peer {
-    index: Arc<IndexClient>,
-    folder: Arc<SharedFolder>,
-    /// The file server's port, sent with `register`.
-    port: u16,
-    downloads: DownloadConfig,
-    registered: AtomicBool,
-    /// Set once any command has failed; decides the exit status.
-    failed: AtomicBool,
-    /// Names queued or being downloaded, so one name is not fetched twice at once.
-    in_flight: Mutex<HashSet<SharePath>>,
-    /// Downloads waiting for a worker, and how many workers run.
-    queue: Mutex<Queue>,
-    /// Taken around each change sent to the index: a rescan and the `Update` it feeds
-    /// are one step, so a download's `Add` cannot fall between them and be undone.
-    updates: Mutex<()>,
-    /// The list the folder watcher last sent, so an unchanged folder sends nothing.
-    last_watched: Mutex<Option<Vec<FileInfo>>>,
-    /// Sources that stalled or sent wrong bytes, at the back of the order for a while.
-    penalties: Penalties,
-}
-
-#[derive(Default)]
-struct Queue {
-    waiting: VecDeque<SharePath>,
-    workers: usize,
-}
-
 /// The command loop. See the module docs.
 pub struct Shell {
-    peer: Arc<Peer>,
-    /// Download workers started so far; each exits when the queue is empty.
-    workers: Vec<JoinHandle<()>>,
+    node: Arc<Node>,
 }
 
 impl Shell {
-    /// A shell for a peer whose file server listens on `port`.
-    pub fn new(
-        index: Arc<IndexClient>,
-        folder: Arc<SharedFolder>,
-        port: u16,
-        downloads: DownloadConfig,
-    ) -> Shell {
-        let peer = Peer {
-            index,
-            folder,
-            port,
-            downloads,
-            registered: AtomicBool::new(false),
-            failed: AtomicBool::new(false),
-            in_flight: Mutex::default(),
-            queue: Mutex::default(),
-            updates: Mutex::default(),
-            last_watched: Mutex::default(),
-            penalties: Penalties::default(),
-        };
-        Shell { peer: Arc::new(peer), workers: Vec::new() }
-    }
-
-    /// Starts the thread that watches the folder and, while the peer is registered,
-    /// sends the index each change (see [`super::watch`]).
-    pub fn start_watching(&self) -> io::Result<()> {
-        let peer = Arc::clone(&self.peer);
-        thread::Builder::new().name("watch".into()).spawn(move || {
-            let root = peer.folder.root().to_path_buf();
-            super::watch::watch(&root, || peer.sync_watched())
-        })?;
-        Ok(())
+    /// A shell over `node`.
+    pub fn new(node: Arc<Node>) -> Shell {
+        Shell { node }
     }
 
     /// Runs commands from `input` until it ends or `quit`, then waits for downloads.
@@ -313,15 +242,15 @@ impl Shell {
     /// connection is lost, reconnects and registers again. Returns true if every
     /// command succeeded.
     pub fn run(mut self, mut input: impl BufRead, keepalive: Duration) -> bool {
-        let supervisor = Arc::clone(&self.peer);
+        let supervisor = Arc::clone(&self.node);
         let spawned =
             thread::Builder::new().name("supervisor".into()).spawn(move || supervisor.supervise(keepalive));
         if let Err(e) = spawned {
-            self.peer.fail(format!("cannot start the supervisor thread: {e}"));
+            self.node.fail(format!("cannot start the supervisor thread: {e}"));
         }
         let interactive = io::stdin().is_terminal();
         loop {
-            if interactive {
+            if interactive && self.node.printer == Printer::Text {
                 print!("peerdex> ");
                 let _ = io::stdout().flush();
             }
@@ -329,11 +258,11 @@ impl Shell {
                 Ok(Line::End) => break,
                 Ok(Line::Text(line)) => line,
                 Ok(Line::Bad(why)) => {
-                    self.peer.fail(why);
+                    self.node.fail(why);
                     continue;
                 }
                 Err(e) => {
-                    self.peer.fail(format!("cannot read input: {e}"));
+                    self.node.fail(format!("cannot read input: {e}"));
                     break;
                 }
             };
@@ -344,75 +273,67 @@ impl Shell {
                     // The server is asked first; only then the password, which may have
                     // to be read from this same input.
                     let password = || password_for(&user, interactive, &mut input);
-                    match self.peer.index.login(&user, password) {
-                        Ok(()) => crate::outln!("logged in as {user}"),
-                        Err(e) => self.peer.fail(format!("login failed: {e:#}")),
+                    match self.node.index.login(&user, password) {
+                        Ok(()) => self.node.emit(&Event::LoggedIn { user: &user }),
+                        Err(e) => self.node.fail(format!("login failed: {e:#}")),
                     }
                 }
                 Ok(Some(command)) => {
                     if let Err(e) = self.execute(command) {
-                        self.peer.fail(format!("{e:#}"));
+                        self.node.fail(format!("{e:#}"));
                     }
                 }
-                Err(why) => self.peer.fail(why),
+                Err(why) => self.node.fail(why),
             }
         }
         // No more downloads can be queued: every worker ends once the queue is empty.
-        for handle in self.workers.drain(..) {
-            if handle.join().is_err() {
-                self.peer.failed.store(true, Ordering::SeqCst);
-            }
-        }
-        !self.peer.failed.load(Ordering::SeqCst)
+        self.node.finish();
+        self.node.succeeded()
     }
 
     fn execute(&mut self, command: Command) -> anyhow::Result<()> {
-        let peer = &self.peer;
+        let node = &self.node;
         match command {
             Command::Register => {
-                let (count, skipped) = peer.register().context("register failed")?;
-                let server = peer.index.server();
-                crate::outln!("registered {} with the index server {server}{skipped}", files(count));
+                let (files, skipped) = node.register().context("register failed")?;
+                let server = node.index.server();
+                node.emit(&Event::Registered { files, server, skipped: &skipped, updated: false });
             }
             Command::Unregister => {
-                peer.index.change(&Request::Unregister).context("unregister failed")?;
-                peer.registered.store(false, Ordering::SeqCst);
-                crate::outln!("unregistered");
+                node.index.change(&Request::Unregister).context("unregister failed")?;
+                node.registered.store(false, Ordering::SeqCst);
+                node.emit(&Event::Unregistered);
             }
             Command::Update => {
-                let _in_order = peer.updates.lock().unwrap_or_else(PoisonError::into_inner);
-                let (list, skipped) = scan(&peer.folder)?;
-                let count =
-                    peer.send_list(list, |files| Request::Update { files }).context("update failed")?;
-                crate::outln!("updated: {} registered{skipped}", files(count as usize));
+                let (files, skipped) = node.update().context("update failed")?;
+                let server = node.index.server();
+                node.emit(&Event::Registered { files, server, skipped: &skipped, updated: true });
             }
             Command::List { pattern, limit, dirs: true } => self.list_folder(&pattern, limit)?,
             Command::DownloadFolder(folder) => self.download_folder(&folder)?,
             Command::List { pattern, limit, dirs: false } => {
-                let mut shown = 0u64;
-                let mut out = io::stdout().lock();
-                let listed = peer.index.list(&pattern, limit, |e| {
+                let mut shown = 0;
+                let listed = node.index.list(&pattern, limit, |e| {
                     shown += 1;
-                    let _ = writeln!(out, "{}", listing_line(&e));
+                    node.emit(&Event::Entry(&e));
                 });
                 let truncated = listed
                     .context("get_files_list failed")?
                     .map_err(|e| anyhow!("get_files_list failed: the index server says: {e}"))?;
-                let more = if truncated { " (more not shown)" } else { "" };
-                let _ = writeln!(out, "{} at other peers{more}", files(shown as usize));
+                node.emit(&Event::ListEnd { files: shown, folders: None, place: None, truncated });
             }
             Command::Delete(name) => {
-                peer.folder.delete(&name).map_err(|e| anyhow!("cannot delete {:?}: {e}", name.as_str()))?;
-                if peer.registered.load(Ordering::SeqCst) {
-                    peer.index
+                node.folder.delete(&name).map_err(|e| anyhow!("cannot delete {:?}: {e}", name.as_str()))?;
+                if node.registered.load(Ordering::SeqCst) {
+                    node.index
                         .change(&Request::Delete { names: vec![name.clone()] })
                         .context("the file is deleted, but the index was not told")?;
                 }
                 // Only now: once this line is out, no other peer is offered the file.
-                crate::outln!("deleted {name}");
+                node.emit(&Event::Deleted { name: name.as_str() });
             }
-            Command::Download(name) => self.queue_download(name)?,
-            Command::Help => crate::outln!("{HELP}"),
+            Command::Download(name) => node.queue_download(name)?,
+            Command::Help => node.emit(&Event::Help(HELP)),
             Command::Quit | Command::Login(_) => unreachable!("handled by the loop"),
         }
         Ok(())
@@ -428,7 +349,7 @@ impl Shell {
         let mut here = Vec::new();
         // The index matches text anywhere in a name, ignoring case: keep what is
         // really under the folder.
-        let listed = self.peer.index.list(&prefix, None, |e| {
+        let listed = self.node.index.list(&prefix, None, |e| {
             let Some(rest) = e.name.as_str().strip_prefix(&prefix) else { return };
             match rest.split_once('/') {
                 Some((sub, _)) => {
@@ -443,25 +364,19 @@ impl Shell {
             .map_err(|e| anyhow!("get_files_list failed: the index server says: {e}"))?;
         here.sort_by(|a, b| a.name.cmp(&b.name));
         let limit = limit.map_or(usize::MAX, |n| n as usize);
-        let mut out = io::stdout().lock();
         let (mut shown, total) = (0, folders.len() + here.len());
-        for (sub, (n, bytes)) in folders.iter().take(limit) {
-            let _ = writeln!(out, "{prefix}{sub}/	{bytes} bytes	{}", files(*n as usize));
+        for (sub, (files, bytes)) in folders.iter().take(limit) {
+            let path = format!("{prefix}{sub}");
+            self.node.emit(&Event::Folder { path: &path, files: *files, bytes: *bytes });
             shown += 1;
         }
         for e in here.iter().take(limit - shown) {
-            let _ = writeln!(out, "{}", listing_line(e));
+            self.node.emit(&Event::Entry(e));
             shown += 1;
         }
-        let more = if shown < total { " (more not shown)" } else { "" };
-        let where_ = if prefix.is_empty() { "at the top".to_owned() } else { format!("in {prefix}") };
-        let (n_folders, n_files) = (folders.len() as u64, here.len());
-        let _ = writeln!(
-            out,
-            "{} and {} {where_} at other peers{more}",
-            count(n_folders, "folder"),
-            files(n_files)
-        );
+        let place = Some(prefix.as_str());
+        let (folders, files) = (Some(folders.len()), here.len());
+        self.node.emit(&Event::ListEnd { files, folders, place, truncated: shown < total });
         Ok(())
     }
 
@@ -471,7 +386,7 @@ impl Shell {
     fn download_folder(&mut self, folder: &SharePath) -> anyhow::Result<()> {
         let prefix = format!("{folder}/");
         let mut contents: BTreeMap<SharePath, Vec<(u64, Hash)>> = BTreeMap::new();
-        let listed = self.peer.index.list(&prefix, None, |e| {
+        let listed = self.node.index.list(&prefix, None, |e| {
             if e.name.as_str().starts_with(&prefix) {
                 contents.entry(e.name).or_default().push((e.size, e.root));
             }
@@ -484,231 +399,22 @@ impl Shell {
         }
         let mut todo = Vec::new();
         for (name, offers) in contents {
-            if let Ok(open) = self.peer.folder.open(&name)
+            if let Ok(open) = self.node.folder.open(&name)
                 && offers.contains(&(open.info.size, open.info.root))
             {
-                crate::outln!("already here: {name}");
+                self.node.emit(&Event::AlreadyHere { name: name.as_str() });
             } else {
                 todo.push(name);
             }
         }
         // Said before any of them can finish, so the lines come in this order.
-        crate::outln!("downloading {} under {prefix}", files(todo.len()));
+        self.node.emit(&Event::FolderQueued { folder: folder.as_str(), files: todo.len() });
         for name in todo {
-            if let Err(e) = self.queue_download(name) {
-                self.peer.fail(format!("{e:#}"));
+            if let Err(e) = self.node.queue_download(name) {
+                self.node.fail(format!("{e:#}"));
             }
         }
         Ok(())
-    }
-
-    /// Queues a download and starts a worker for it if fewer than
-    /// [`DownloadConfig::max_parallel`] run.
-    fn queue_download(&mut self, name: SharePath) -> anyhow::Result<()> {
-        if !self.peer.in_flight.lock().unwrap_or_else(PoisonError::into_inner).insert(name.clone()) {
-            bail!("cannot download {:?}: already downloading it", name.as_str());
-        }
-        let mut queue = self.peer.queue.lock().unwrap_or_else(PoisonError::into_inner);
-        queue.waiting.push_back(name);
-        if queue.workers < self.peer.downloads.max_parallel.max(1) {
-            let peer = Arc::clone(&self.peer);
-            let worker = thread::Builder::new().name("download".into()).spawn(move || peer.work())?;
-            queue.workers += 1;
-            self.workers.push(worker);
-        }
-        Ok(())
-    }
-}
-
-impl Peer {
-    fn fail(&self, why: impl Display) {
-        report_failure(&self.failed, why);
-    }
-
-    /// Scans the folder and registers it. Returns the number of files registered, and
-    /// what was skipped as [`scan`] says it. The one way to register, for the command
-    /// and for a reconnection alike: it holds the lock that orders the folder's
-    /// changes, so a download's `Add` cannot be lost.
-    fn register(&self) -> anyhow::Result<(usize, String)> {
-        let _in_order = self.updates.lock().unwrap_or_else(PoisonError::into_inner);
-        let (files, skipped) = scan(&self.folder)?;
-        let port = self.port;
-        let count = self.send_list(files, |files| Request::Register { port, files })?;
-        self.registered.store(true, Ordering::SeqCst);
-        Ok((count as usize, skipped))
-    }
-
-    /// Sends the folder's list as `first` (a `Register` or `Update`) of its first part
-    /// and an `Add` of each other part, in parts of at most [`LIST_PART_BYTES`] of
-    /// entries, so that any list fits the index's frames. Returns the files the index
-    /// then holds for this peer. (Between the parts, a lookup may find only some of
-    /// the files: a list that large takes a moment to send anyway.)
-    fn send_list(
-        &self,
-        files: Vec<FileInfo>,
-        first: impl FnOnce(Vec<FileInfo>) -> Request,
-    ) -> anyhow::Result<u32> {
-        let mut parts: Vec<Vec<FileInfo>> = vec![Vec::new()];
-        let mut bytes = 0;
-        for f in files {
-            // A name's u16 length, its bytes, its size and root.
-            let entry = 2 + f.name.as_str().len() + 8 + 32;
-            if bytes + entry > LIST_PART_BYTES && !parts[parts.len() - 1].is_empty() {
-                parts.push(Vec::new());
-                bytes = 0;
-            }
-            bytes += entry;
-            parts.last_mut().expect("one at least").push(f);
-        }
-        let mut parts = parts.into_iter();
-        let mut count = self.index.change(&first(parts.next().unwrap_or_default()))?;
-        for files in parts {
-            count = self.index.change(&Request::Add { files })?;
-        }
-        Ok(count)
-    }
-
-    /// After a change in the folder: if registered, rescans it, leaving out files still
-    /// being written, and sends the list. Returns whether some file was left out.
-    fn sync_watched(&self) -> bool {
-        if !self.registered.load(Ordering::SeqCst) {
-            return false;
-        }
-        let _in_order = self.updates.lock().unwrap_or_else(PoisonError::into_inner);
-        let (files, unsettled) = match self.folder.scan_settled(Some(super::watch::SETTLE)) {
-            Ok(scanned) => (scanned.files, scanned.unsettled),
-            Err(e) => {
-                crate::errln!("error: cannot rescan the shared folder {}: {e}", self.folder.root().display());
-                return false;
-            }
-        };
-        // Nothing new since the last look (a rescan without a change): say nothing.
-        let mut last = self.last_watched.lock().unwrap_or_else(PoisonError::into_inner);
-        if last.as_ref() == Some(&files) {
-            return unsettled > 0;
-        }
-        match self.send_list(files.clone(), |files| Request::Update { files }) {
-            Ok(_) => *last = Some(files),
-            Err(e) => log::warn!("sending the folder's changes to the index failed: {e:#}"),
-        }
-        unsettled > 0
-    }
-
-    /// Keeps the connection to the index alive: pings it every `keepalive`; when the
-    /// connection is lost, reconnects with exponential backoff (with jitter, so that
-    /// many peers do not all knock at once when an index comes back) and, if this peer
-    /// was registered, registers again. Runs for as long as the process does.
-    fn supervise(&self, keepalive: Duration) {
-        loop {
-            match self.index.watch(keepalive) {
-                Watch::Quiet => {
-                    // A failed ping drops the connection; the next watch sees that.
-                    let _ = self.index.call(&Request::Ping);
-                }
-                Watch::Lost(why) => {
-                    let server = self.index.server();
-                    crate::errln!(
-                        "note: lost the connection to the index server {server} ({why}); reconnecting"
-                    );
-                    let mut wait = RECONNECT_FIRST;
-                    loop {
-                        let jitter = rand::rng().random_range(0.5..1.5);
-                        thread::sleep(wait.mul_f64(jitter));
-                        match self.index.reconnect() {
-                            Ok(()) => break,
-                            Err(e) => debug!("reconnecting to the index server failed: {e:#}"),
-                        }
-                        wait = (wait * 2).min(RECONNECT_MAX);
-                    }
-                    let server = self.index.server();
-                    match self.index.login_again() {
-                        Ok(Some(user)) => crate::errln!("note: logged in again as {user}"),
-                        Ok(None) => {}
-                        Err(e) => crate::errln!("error: reconnected, but logging in again failed: {e:#}"),
-                    }
-                    if !self.registered.load(Ordering::SeqCst) {
-                        crate::errln!("note: reconnected to the index server {server}");
-                        continue;
-                    }
-                    match self.register() {
-                        Ok((n, _)) => crate::errln!(
-                            "note: reconnected to the index server {server}; registered {} again",
-                            files(n)
-                        ),
-                        Err(e) => crate::errln!(
-                            "error: reconnected to the index server {server}, but registering again failed: {e:#}"
-                        ),
-                    }
-                }
-            }
-        }
-    }
-
-    /// A download worker: takes queued names until there are none left.
-    fn work(&self) {
-        loop {
-            let next = {
-                let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-                let next = queue.waiting.pop_front();
-                if next.is_none() {
-                    queue.workers -= 1;
-                }
-                next
-            };
-            let Some(name) = next else { return };
-            self.fetch(&name);
-        }
-    }
-
-    /// One download, reported on stdout or stderr, then announced to the index.
-    fn fetch(&self, name: &SharePath) {
-        let shown = format!("{:?}", name.as_str());
-        let downloader = Downloader {
-            index: &self.index,
-            folder: &self.folder,
-            config: &self.downloads,
-            penalties: &self.penalties,
-            me: self
-                .registered
-                .load(Ordering::SeqCst)
-                .then(|| SocketAddr::new(self.index.local_ip(), self.port)),
-        };
-        let result = downloader.download(name, |note| match note {
-            Note::SourceFailed { from, why, more } => {
-                let next = if more { "; going on with the other peers" } else { "" };
-                crate::errln!("error: cannot download {shown} from {from}: {}{next}", escape(&format!("{why:#}")));
-            }
-            Note::BadPiece { from, piece, more } => {
-                let next = if more { "; going on with the other peers" } else { "" };
-                crate::errln!(
-                    "error: cannot download {shown} from {from}: piece {piece} failed its hash; nothing it sent is kept, and it goes to the back of the order for {} minutes{next}",
-                    PENALTY.as_secs() / 60
-                );
-            }
-        });
-        // Before any line about it is out: a script that reads the line may ask for the
-        // name again at once.
-        self.in_flight.lock().unwrap_or_else(PoisonError::into_inner).remove(name);
-        let got = match result {
-            Ok(got) => got,
-            Err(e) => return self.fail(format!("cannot download {shown}: {e:#}")),
-        };
-        // The index hears of the new file first, so that once the line below is out,
-        // other peers can already find the file here.
-        let announced = if self.registered.load(Ordering::SeqCst) {
-            let _in_order = self.updates.lock().unwrap_or_else(PoisonError::into_inner);
-            self.index.change(&Request::Add { files: vec![got.info.clone()] }).map(drop)
-        } else {
-            Ok(())
-        };
-        let resumed = match got.resumed {
-            0 => String::new(),
-            n => format!(", {n} bytes of it already here"),
-        };
-        crate::outln!("downloaded {name} ({} bytes) {}{resumed}", got.info.size, from_sources(&got.sources));
-        if let Err(e) = announced {
-            self.fail(format!("downloaded {shown}, but the index was not updated: {e:#}"));
-        }
     }
 }
 
@@ -728,59 +434,9 @@ pub fn password_for(user: &str, interactive: bool, input: &mut impl BufRead) -> 
 /// The environment variable a peer's password can be given in.
 pub const PASSWORD_VAR: &str = "PEERDEX_PASSWORD";
 
-fn report_failure(failed: &AtomicBool, why: impl Display) {
-    failed.store(true, Ordering::SeqCst);
-    // Errors can carry text from the network; the escaping is idempotent.
-    crate::errln!("error: {}", escape(&why.to_string()));
-}
-
-/// Where a download came from: "from A", "from A and B (2 peers)", "from A, B, C and
-/// 2 more (5 peers)": up to three peers, the ones that sent the most first.
-fn from_sources(sources: &[(SocketAddr, u64)]) -> String {
-    let named: Vec<String> = sources.iter().take(3).map(|(addr, _)| addr.to_string()).collect();
-    match sources.len() {
-        0 => "from the partial download already here".to_owned(),
-        1 => format!("from {}", named[0]),
-        n @ (2 | 3) => format!("from {} and {} ({n} peers)", named[..n - 1].join(", "), named[n - 1]),
-        n => format!("from {} and {} more ({n} peers)", named.join(", "), n - 3),
-    }
-}
-
-/// A listing entry as `get_files_list` shows it: `NAME<TAB>SIZE bytes<TAB>3 peers`,
-/// and the peers downloading it too, when there are any (they serve what they have).
-fn listing_line(e: &ListEntry) -> String {
-    let partial = match e.partial {
-        0 => String::new(),
-        n => format!(", {n} downloading"),
-    };
-    format!("{}\t{} bytes\t{}{partial}", e.name, e.size, count(e.peers, "peer"))
-}
-
 /// "1 file", "2 files".
 pub fn files(n: usize) -> String {
     count(n as u64, "file")
-}
-
-/// Scans the folder for registration, refusing a folder with more files than the
-/// index accepts rather than letting the index refuse it. Returns the files, and what
-/// was skipped as the end of a sentence ("; skipped 3 (2 symlinks outside the folder,
-/// 1 unreadable)", or nothing); with `-v`, each skipped path is named in the log.
-fn scan(folder: &SharedFolder) -> anyhow::Result<(Vec<FileInfo>, String)> {
-    let scanned = folder
-        .scan()
-        .with_context(|| format!("cannot read the shared folder {}", folder.root().display()))?;
-    let files = scanned.files;
-    if files.len() > MAX_FILES_PER_PEER {
-        bail!("the folder has {} files; at most {MAX_FILES_PER_PEER} can be shared", files.len());
-    }
-    for (path, why) in &scanned.skipped {
-        log::info!("not sharing {:?}: {why}", escape(path));
-    }
-    let skipped = match scanned.skipped.len() {
-        0 => String::new(),
-        _ => format!("; skipped {}", super::folder::walk::summary(&scanned.skipped)),
-    };
-    Ok((files, skipped))
 }
 
 #[cfg(test)]

@@ -1,0 +1,349 @@
+//! The peer's state, whatever front end drives it: the registration, the order of
+//! the folder's changes sent to the index, the download queue (a fixed pool of
+//! workers on a channel), the folder watcher's syncs and the connection's supervisor.
+//! It says what happens as [`Event`]s through its [`Printer`]; the shell parses
+//! commands and calls it.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use log::debug;
+use rand::RngExt;
+
+use super::client::{IndexClient, Watch};
+use super::download::{DownloadConfig, Downloader, Note, Penalties};
+use super::folder::{SharedFolder, Skip};
+use super::printer::{Event, Printer};
+use crate::name::SharePath;
+use crate::text::escape;
+use crate::wire::{FileInfo, LIST_PART_BYTES, MAX_FILES_PER_PEER, Request};
+
+/// What a scan skipped: each path with why.
+pub type Skipped = Vec<(String, Skip)>;
+
+/// First wait before reconnecting to a lost index; doubled after each failure.
+pub const RECONNECT_FIRST: Duration = Duration::from_millis(100);
+
+/// Longest wait between reconnection attempts.
+pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
+
+/// The peer's state. See the module docs.
+pub struct Node {
+    pub(super) index: Arc<IndexClient>,
+    pub(super) folder: Arc<SharedFolder>,
+    /// The file server's port, sent with `register`.
+    port: u16,
+    downloads: DownloadConfig,
+    pub(super) registered: AtomicBool,
+    /// Set once any command has failed; decides the exit status.
+    failed: AtomicBool,
+    /// Names queued or being downloaded, so one name is not fetched twice at once.
+    in_flight: Mutex<HashSet<SharePath>>,
+    /// Where queued downloads go; `None` once no more can come.
+    queue: Mutex<Option<mpsc::Sender<SharePath>>>,
+    /// The download workers.
+    workers: Mutex<Vec<JoinHandle<()>>>,
+    /// Taken around each change sent to the index: a rescan and the `Update` it feeds
+    /// are one step, so a download's `Add` cannot fall between them and be undone.
+    pub(super) updates: Mutex<()>,
+    /// The list the folder watcher last sent, so an unchanged folder sends nothing.
+    last_watched: Mutex<Option<Vec<FileInfo>>>,
+    /// Sources that stalled or sent wrong bytes, at the back of the order for a while.
+    penalties: Penalties,
+    /// How what happens is shown.
+    pub printer: Printer,
+}
+
+impl Node {
+    /// A node for a peer whose file server listens on `port`, with its download workers
+    /// ([`DownloadConfig::max_parallel`] of them) started.
+    pub fn start(
+        index: Arc<IndexClient>,
+        folder: Arc<SharedFolder>,
+        port: u16,
+        downloads: DownloadConfig,
+        printer: Printer,
+    ) -> anyhow::Result<Arc<Node>> {
+        let (queue, jobs) = mpsc::channel::<SharePath>();
+        let workers = downloads.max_parallel.max(1);
+        let node = Arc::new(Node {
+            index,
+            folder,
+            port,
+            downloads,
+            registered: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+            in_flight: Mutex::default(),
+            queue: Mutex::new(Some(queue)),
+            workers: Mutex::default(),
+            updates: Mutex::default(),
+            last_watched: Mutex::default(),
+            penalties: Penalties::default(),
+            printer,
+        });
+        let jobs = Arc::new(Mutex::new(jobs));
+        for _ in 0..workers {
+            let (me, jobs) = (Arc::clone(&node), Arc::clone(&jobs));
+            let worker = thread::Builder::new()
+                .name("download".into())
+                .spawn(move || {
+                    loop {
+                        let next = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                        let Ok(name) = next else { return };
+                        me.fetch(&name);
+                    }
+                })
+                .context("cannot start a download worker")?;
+            lock(&node.workers).push(worker);
+        }
+        Ok(node)
+    }
+
+    /// Prints `event`.
+    pub fn emit(&self, event: &Event) {
+        self.printer.emit(event);
+    }
+
+    /// Reports a failed command: the exit status will be 1.
+    pub fn fail(&self, why: impl std::fmt::Display) {
+        self.failed.store(true, Ordering::SeqCst);
+        self.emit(&Event::Error(&why.to_string()));
+    }
+
+    /// Whether every command so far succeeded.
+    pub fn succeeded(&self) -> bool {
+        !self.failed.load(Ordering::SeqCst)
+    }
+
+    /// No more downloads can be queued: waits for the queued ones to end.
+    pub fn finish(&self) {
+        lock(&self.queue).take();
+        let workers: Vec<_> = lock(&self.workers).drain(..).collect();
+        for handle in workers {
+            if handle.join().is_err() {
+                self.failed.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Queues a download of `name`.
+    pub fn queue_download(&self, name: SharePath) -> anyhow::Result<()> {
+        if !lock(&self.in_flight).insert(name.clone()) {
+            bail!("cannot download {:?}: already downloading it", name.as_str());
+        }
+        self.emit(&Event::Queued { name: name.as_str() });
+        let sent = lock(&self.queue).as_ref().map(|q| q.send(name.clone()));
+        if sent.is_none_or(|r| r.is_err()) {
+            lock(&self.in_flight).remove(&name);
+            bail!("cannot download {:?}: the peer is stopping", name.as_str());
+        }
+        Ok(())
+    }
+
+    /// Scans the folder and registers it. Returns the number of files registered, and
+    /// what was skipped. The one way to register, for the command and for a
+    /// reconnection alike: it holds the lock that orders the folder's changes, so a
+    /// download's `Add` cannot be lost.
+    pub fn register(&self) -> anyhow::Result<(usize, Skipped)> {
+        let _in_order = lock(&self.updates);
+        let (files, skipped) = scan(&self.folder)?;
+        let port = self.port;
+        let count = self.send_list(files, |files| Request::Register { port, files })?;
+        self.registered.store(true, Ordering::SeqCst);
+        Ok((count as usize, skipped))
+    }
+
+    /// Rescans the folder and sends the new list (the peer must be registered).
+    pub fn update(&self) -> anyhow::Result<(usize, Skipped)> {
+        let _in_order = lock(&self.updates);
+        let (list, skipped) = scan(&self.folder)?;
+        let count = self.send_list(list, |files| Request::Update { files })?;
+        Ok((count as usize, skipped))
+    }
+
+    /// Sends the folder's list as `first` (a `Register` or `Update`) of its first part
+    /// and an `Add` of each other part, in parts of at most [`LIST_PART_BYTES`] of
+    /// entries, so that any list fits the index's frames. Returns the files the index
+    /// then holds for this peer. (Between the parts, a lookup may find only some of
+    /// the files: a list that large takes a moment to send anyway.)
+    fn send_list(
+        &self,
+        files: Vec<FileInfo>,
+        first: impl FnOnce(Vec<FileInfo>) -> Request,
+    ) -> anyhow::Result<u32> {
+        let mut parts: Vec<Vec<FileInfo>> = vec![Vec::new()];
+        let mut bytes = 0;
+        for f in files {
+            // A name's u16 length, its bytes, its size and root.
+            let entry = 2 + f.name.as_str().len() + 8 + 32;
+            if bytes + entry > LIST_PART_BYTES && !parts[parts.len() - 1].is_empty() {
+                parts.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += entry;
+            parts.last_mut().expect("one at least").push(f);
+        }
+        let mut parts = parts.into_iter();
+        let mut count = self.index.change(&first(parts.next().unwrap_or_default()))?;
+        for files in parts {
+            count = self.index.change(&Request::Add { files })?;
+        }
+        Ok(count)
+    }
+
+    /// After a change in the folder: if registered, rescans it, leaving out files still
+    /// being written, and sends the list. Returns whether some file was left out.
+    pub fn sync_watched(&self) -> bool {
+        if !self.registered.load(Ordering::SeqCst) {
+            return false;
+        }
+        let _in_order = lock(&self.updates);
+        let (files, unsettled) = match self.folder.scan_settled(Some(super::watch::SETTLE)) {
+            Ok(scanned) => (scanned.files, scanned.unsettled),
+            Err(e) => {
+                let why = format!("cannot rescan the shared folder {}: {e}", self.folder.root().display());
+                self.emit(&Event::Error(&why));
+                return false;
+            }
+        };
+        // Nothing new since the last look (a rescan without a change): say nothing.
+        let mut last = lock(&self.last_watched);
+        if last.as_ref() == Some(&files) {
+            return unsettled > 0;
+        }
+        match self.send_list(files.clone(), |files| Request::Update { files }) {
+            Ok(_) => *last = Some(files),
+            Err(e) => log::warn!("sending the folder's changes to the index failed: {e:#}"),
+        }
+        unsettled > 0
+    }
+
+    /// Keeps the connection to the index alive: pings it every `keepalive`; when the
+    /// connection is lost, reconnects with exponential backoff (with jitter, so that
+    /// many peers do not all knock at once when an index comes back) and, if this peer
+    /// was registered, registers again. Runs for as long as the process does.
+    pub fn supervise(&self, keepalive: Duration) {
+        loop {
+            match self.index.watch(keepalive) {
+                Watch::Quiet => {
+                    // A failed ping drops the connection; the next watch sees that.
+                    let _ = self.index.call(&Request::Ping);
+                }
+                Watch::Lost(why) => {
+                    let server = self.index.server();
+                    self.emit(&Event::Note(&format!(
+                        "lost the connection to the index server {server} ({why}); reconnecting"
+                    )));
+                    let mut wait = RECONNECT_FIRST;
+                    loop {
+                        let jitter = rand::rng().random_range(0.5..1.5);
+                        thread::sleep(wait.mul_f64(jitter));
+                        match self.index.reconnect() {
+                            Ok(()) => break,
+                            Err(e) => debug!("reconnecting to the index server failed: {e:#}"),
+                        }
+                        wait = (wait * 2).min(RECONNECT_MAX);
+                    }
+                    let server = self.index.server();
+                    match self.index.login_again() {
+                        Ok(Some(user)) => self.emit(&Event::Note(&format!("logged in again as {user}"))),
+                        Ok(None) => {}
+                        Err(e) => self
+                            .emit(&Event::Error(&format!("reconnected, but logging in again failed: {e:#}"))),
+                    }
+                    if !self.registered.load(Ordering::SeqCst) {
+                        self.emit(&Event::Note(&format!("reconnected to the index server {server}")));
+                        continue;
+                    }
+                    match self.register() {
+                        Ok((n, _)) => self.emit(&Event::Note(&format!(
+                            "reconnected to the index server {server}; registered {} again",
+                            crate::text::count(n as u64, "file")
+                        ))),
+                        Err(e) => self.emit(&Event::Error(&format!(
+                            "reconnected to the index server {server}, but registering again failed: {e:#}"
+                        ))),
+                    }
+                }
+            }
+        }
+    }
+
+    /// One download, reported as it ends, then announced to the index.
+    fn fetch(&self, name: &SharePath) {
+        let shown = name.as_str();
+        let downloader = Downloader {
+            index: &self.index,
+            folder: &self.folder,
+            config: &self.downloads,
+            penalties: &self.penalties,
+            me: self
+                .registered
+                .load(Ordering::SeqCst)
+                .then(|| SocketAddr::new(self.index.local_ip(), self.port)),
+        };
+        let result = downloader.download(name, |note| match note {
+            Note::SourceFailed { from, why, more } => {
+                let why = format!("{why:#}");
+                self.emit(&Event::SourceFailed { name: shown, from, why: &why, more, bad_piece: None });
+            }
+            Note::BadPiece { from, piece, more } => {
+                self.emit(&Event::SourceFailed { name: shown, from, why: "", more, bad_piece: Some(piece) });
+            }
+        });
+        // Before any line about it is out: a script that reads the line may ask for the
+        // name again at once.
+        lock(&self.in_flight).remove(name);
+        let got = match result {
+            Ok(got) => got,
+            Err(e) => {
+                self.failed.store(true, Ordering::SeqCst);
+                return self.emit(&Event::Failed { name: shown, why: &format!("{e:#}") });
+            }
+        };
+        // The index hears of the new file first, so that once the line below is out,
+        // other peers can already find the file here.
+        let announced = if self.registered.load(Ordering::SeqCst) {
+            let _in_order = lock(&self.updates);
+            self.index.change(&Request::Add { files: vec![got.info.clone()] }).map(drop)
+        } else {
+            Ok(())
+        };
+        self.emit(&Event::Downloaded {
+            name: shown,
+            size: got.info.size,
+            root: &got.info.root,
+            sources: &got.sources,
+            resumed: got.resumed,
+        });
+        if let Err(e) = announced {
+            self.fail(format!("downloaded {shown:?}, but the index was not updated: {e:#}"));
+        }
+    }
+}
+
+/// Scans the folder for registration, refusing a folder with more files than the
+/// index accepts rather than letting the index refuse it. Returns the files and what
+/// was skipped; with `-v`, each skipped path is named in the log.
+fn scan(folder: &SharedFolder) -> anyhow::Result<(Vec<FileInfo>, Skipped)> {
+    let scanned = folder
+        .scan()
+        .with_context(|| format!("cannot read the shared folder {}", folder.root().display()))?;
+    let files = scanned.files;
+    if files.len() > MAX_FILES_PER_PEER {
+        bail!("the folder has {} files; at most {MAX_FILES_PER_PEER} can be shared", files.len());
+    }
+    for (path, why) in &scanned.skipped {
+        log::info!("not sharing {:?}: {why}", escape(path));
+    }
+    Ok((files, scanned.skipped))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}

@@ -1,0 +1,229 @@
+//! What the peer tells its user, as events, and the two ways of printing them: lines
+//! for people and scripts that read text (results on stdout, errors and notes on
+//! stderr, as they always were), or one JSON object per line on stdout (`--json`),
+//! each with a `"type"` (the README documents every type with an example). The node
+//! and the shell only say what happened; this module alone decides how it looks, as
+//! ripgrep's standard and JSON printers do over one searcher.
+
+use std::io::Write;
+use std::net::SocketAddr;
+
+use serde_json::{Value, json};
+
+use super::folder::Skip;
+use super::folder::walk;
+use crate::content::Hash;
+use crate::text::{count, escape};
+use crate::wire::ListEntry;
+
+/// Something to tell the user. Text that came over the network is escaped (text) or
+/// carried as a JSON string (which cannot break a line).
+pub enum Event<'a> {
+    /// The file server is listening.
+    Serving { folder: &'a str, addr: SocketAddr },
+    /// Logged in to the index.
+    LoggedIn { user: &'a str },
+    /// `register` or `update` went through; `update` when `updated`.
+    Registered { files: usize, server: SocketAddr, skipped: &'a [(String, Skip)], updated: bool },
+    /// `unregister` went through.
+    Unregistered,
+    /// One line of a listing.
+    Entry(&'a ListEntry),
+    /// One folder in a listing of one level (`--dirs`).
+    Folder { path: &'a str, files: u64, bytes: u64 },
+    /// The end of a listing: `files` lines (and `folders`), where (`--dirs`), and
+    /// whether some were left out.
+    ListEnd { files: usize, folders: Option<usize>, place: Option<&'a str>, truncated: bool },
+    /// A download is queued.
+    Queued { name: &'a str },
+    /// A file of a folder download is already here, with the same content.
+    AlreadyHere { name: &'a str },
+    /// A folder download queued this many files.
+    FolderQueued { folder: &'a str, files: usize },
+    /// One source of a download failed; `more` if others go on.
+    SourceFailed { name: &'a str, from: SocketAddr, why: &'a str, more: bool, bad_piece: Option<u32> },
+    /// A download is complete and verified.
+    Downloaded { name: &'a str, size: u64, root: &'a Hash, sources: &'a [(SocketAddr, u64)], resumed: u64 },
+    /// A download failed.
+    Failed { name: &'a str, why: &'a str },
+    /// A file was deleted.
+    Deleted { name: &'a str },
+    /// The help text.
+    Help(&'a str),
+    /// Something worth knowing that is no failure (a reconnection, say).
+    Note(&'a str),
+    /// A command failed: the exit status will be 1.
+    Error(&'a str),
+}
+
+/// How events are printed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Printer {
+    /// Lines: results on stdout, errors and notes on stderr.
+    Text,
+    /// One JSON object per line on stdout, and nothing else there.
+    Json,
+}
+
+impl Printer {
+    /// Prints `event`. A closed stdout or stderr is ignored (a script may stop reading).
+    pub fn emit(&self, event: &Event) {
+        match self {
+            Printer::Json => {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(out, "{}", json(event));
+            }
+            Printer::Text => match text(event) {
+                Some((line, false)) => crate::outln!("{line}"),
+                Some((line, true)) => crate::errln!("{line}"),
+                None => {}
+            },
+        }
+    }
+}
+
+/// An event as a line of text, and whether it goes to stderr; `None` for an event
+/// text does not show (a queued download: its result line follows).
+fn text(event: &Event) -> Option<(String, bool)> {
+    if let Event::Queued { .. } = event {
+        return None;
+    }
+    Some(match event {
+        Event::Serving { folder, addr } => (format!("serving {folder} on {addr}"), false),
+        Event::LoggedIn { user } => (format!("logged in as {user}"), false),
+        Event::Registered { files, server, skipped, updated } => {
+            let skipped = match skipped.len() {
+                0 => String::new(),
+                _ => format!("; skipped {}", walk::summary(skipped)),
+            };
+            let files = count(*files as u64, "file");
+            match updated {
+                false => (format!("registered {files} with the index server {server}{skipped}"), false),
+                true => (format!("updated: {files} registered{skipped}"), false),
+            }
+        }
+        Event::Unregistered => ("unregistered".into(), false),
+        Event::Entry(e) => {
+            // Peers downloading it too, when there are any: they serve what they have.
+            let partial = match e.partial {
+                0 => String::new(),
+                n => format!(", {n} downloading"),
+            };
+            (format!("{}\t{} bytes\t{}{partial}", e.name, e.size, count(e.peers, "peer")), false)
+        }
+        Event::Folder { path, files, bytes } => {
+            (format!("{path}/\t{bytes} bytes\t{}", count(*files, "file")), false)
+        }
+        Event::ListEnd { files, folders, place, truncated } => {
+            let more = if *truncated { " (more not shown)" } else { "" };
+            let files = count(*files as u64, "file");
+            match (folders, place) {
+                (Some(n), Some(place)) => {
+                    let folders = count(*n as u64, "folder");
+                    let place =
+                        if place.is_empty() { "at the top".to_owned() } else { format!("in {place}") };
+                    (format!("{folders} and {files} {place} at other peers{more}"), false)
+                }
+                _ => (format!("{files} at other peers{more}"), false),
+            }
+        }
+        Event::Queued { .. } => unreachable!("shown by none"),
+        Event::AlreadyHere { name } => (format!("already here: {name}"), false),
+        Event::FolderQueued { folder, files } => {
+            (format!("downloading {} under {folder}/", count(*files as u64, "file")), false)
+        }
+        Event::SourceFailed { name, from, why, more, bad_piece } => {
+            let next = if *more { "; going on with the other peers" } else { "" };
+            let why = match bad_piece {
+                Some(piece) => format!(
+                    "piece {piece} failed its hash; nothing it sent is kept, and it goes to the back of the order for {} minutes",
+                    super::download::PENALTY.as_secs() / 60
+                ),
+                None => escape(why).into_owned(),
+            };
+            (format!("error: cannot download {name:?} from {from}: {why}{next}"), true)
+        }
+        Event::Downloaded { name, size, sources, resumed, .. } => {
+            let resumed = match resumed {
+                0 => String::new(),
+                n => format!(", {n} bytes of it already here"),
+            };
+            (format!("downloaded {name} ({size} bytes) {}{resumed}", from_sources(sources)), false)
+        }
+        Event::Failed { name, why } => (format!("error: cannot download {name:?}: {}", escape(why)), true),
+        Event::Deleted { name } => (format!("deleted {name}"), false),
+        Event::Help(text) => ((*text).to_owned(), false),
+        Event::Note(note) => (format!("note: {}", escape(note)), true),
+        // Errors can carry text from the network; the escaping is idempotent.
+        Event::Error(why) => (format!("error: {}", escape(why)), true),
+    })
+}
+
+/// Where a download came from: "from A", "from A and B (2 peers)", "from A, B, C and
+/// 2 more (5 peers)": up to three peers, the ones that sent the most first.
+fn from_sources(sources: &[(SocketAddr, u64)]) -> String {
+    let named: Vec<String> = sources.iter().take(3).map(|(addr, _)| addr.to_string()).collect();
+    match sources.len() {
+        0 => "from the partial download already here".to_owned(),
+        1 => format!("from {}", named[0]),
+        n @ (2 | 3) => format!("from {} and {} ({n} peers)", named[..n - 1].join(", "), named[n - 1]),
+        n => format!("from {} and {} more ({n} peers)", named.join(", "), n - 3),
+    }
+}
+
+/// An event as one JSON object.
+fn json(event: &Event) -> Value {
+    match event {
+        Event::Serving { folder, addr } => {
+            json!({"type": "serving", "folder": folder, "address": addr.to_string()})
+        }
+        Event::LoggedIn { user } => json!({"type": "logged_in", "user": user}),
+        Event::Registered { files, server, skipped, updated } => json!({
+            "type": if *updated { "updated" } else { "registered" },
+            "files": files,
+            "server": server.to_string(),
+            "skipped": skipped.iter().map(|(path, why)| json!({"path": path, "reason": why.to_string()})).collect::<Vec<_>>(),
+        }),
+        Event::Unregistered => json!({"type": "unregistered"}),
+        Event::Entry(e) => json!({
+            "type": "entry",
+            "name": e.name.as_str(),
+            "size": e.size,
+            "root": hex::encode(e.root),
+            "peers": e.peers,
+            "downloading": e.partial,
+        }),
+        Event::Folder { path, files, bytes } => {
+            json!({"type": "folder", "path": path, "files": files, "bytes": bytes})
+        }
+        Event::ListEnd { files, folders, truncated, .. } => {
+            json!({"type": "list_end", "files": files, "folders": folders, "truncated": truncated})
+        }
+        Event::Queued { name } => json!({"type": "queued", "name": name}),
+        Event::AlreadyHere { name } => json!({"type": "already_here", "name": name}),
+        Event::FolderQueued { folder, files } => {
+            json!({"type": "folder_queued", "folder": folder, "files": files})
+        }
+        Event::SourceFailed { name, from, why, more, bad_piece } => json!({
+            "type": "source_failed",
+            "name": name,
+            "peer": from.to_string(),
+            "reason": match bad_piece { Some(p) => format!("piece {p} failed its hash"), None => (*why).to_owned() },
+            "bad_piece": bad_piece,
+            "others_go_on": more,
+        }),
+        Event::Downloaded { name, size, root, sources, resumed } => json!({
+            "type": "downloaded",
+            "name": name,
+            "size": size,
+            "root": hex::encode(root),
+            "sources": sources.iter().map(|(a, bytes)| json!({"peer": a.to_string(), "bytes": bytes})).collect::<Vec<_>>(),
+            "resumed_bytes": resumed,
+        }),
+        Event::Failed { name, why } => json!({"type": "failed", "name": name, "reason": why}),
+        Event::Deleted { name } => json!({"type": "deleted", "name": name}),
+        Event::Help(text) => json!({"type": "help", "text": text}),
+        Event::Note(note) => json!({"type": "note", "message": note}),
+        Event::Error(why) => json!({"type": "error", "message": why}),
+    }
+}
