@@ -1,0 +1,109 @@
+//! `peer --json`: every line on stdout is one JSON object with a "type", checked field
+//! by field, errors included; the exit status contract is unchanged.
+
+mod common;
+
+use std::fs;
+use std::net::SocketAddr;
+
+use common::{Proc, Stream, folder, workspace};
+use serde_json::{Value, json};
+
+/// Reads the next stdout line of `p` containing `"type":"<kind>"` as JSON.
+fn next(p: &mut Proc, kind: &str) -> Value {
+    let line = p.expect(Stream::Out, &format!("\"type\":\"{kind}\""));
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"))
+}
+
+#[test]
+fn every_result_is_a_json_object_and_nothing_else_reaches_stdout() {
+    let ws = workspace();
+    let a = folder(ws.path(), "a", &[("hello world.txt", b"hello"), ("two.txt", b"2")]);
+    fs::create_dir(a.join("sub")).unwrap();
+    fs::write(a.join("sub/deep.txt"), b"deep").unwrap();
+    std::os::unix::fs::symlink(ws.path(), a.join("out")).unwrap();
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    let (_pa, a_files) = Proc::registered_peer(index_addr, &a, 3);
+
+    let b = folder(ws.path(), "b", &[]);
+    let port = index_addr.port().to_string();
+    let args = ["127.0.0.1", port.as_str(), "0", b.to_str().unwrap(), "--json"];
+    let mut pb = Proc::start(env!("CARGO_BIN_EXE_peer"), &args, ws.path());
+    let serving = next(&mut pb, "serving");
+    assert_eq!(serving["folder"], json!(b.to_str().unwrap()));
+    let _: SocketAddr = serving["address"].as_str().unwrap().parse().unwrap();
+
+    pb.send("register");
+    let registered = next(&mut pb, "registered");
+    assert_eq!(registered["files"], json!(0));
+    assert_eq!(registered["server"], json!(index_addr.to_string()));
+    assert_eq!(registered["skipped"], json!([]));
+
+    pb.send("get_files_list");
+    let root = hex::encode(peerdex::content::Tree::of_bytes(b"hello").root);
+    let first = next(&mut pb, "entry");
+    assert_eq!(
+        first,
+        json!({"type": "entry", "name": "hello world.txt", "size": 5, "root": root, "peers": 1, "downloading": 0})
+    );
+    assert_eq!(next(&mut pb, "entry")["name"], json!("sub/deep.txt"));
+    assert_eq!(next(&mut pb, "entry")["name"], json!("two.txt"));
+    assert_eq!(
+        next(&mut pb, "list_end"),
+        json!({"type": "list_end", "files": 3, "folders": null, "truncated": false})
+    );
+
+    pb.send("get_files_list --dirs");
+    assert_eq!(next(&mut pb, "folder"), json!({"type": "folder", "path": "sub", "files": 1, "bytes": 4}));
+    assert_eq!(next(&mut pb, "list_end")["folders"], json!(1));
+
+    pb.send("download hello world.txt");
+    assert_eq!(next(&mut pb, "queued"), json!({"type": "queued", "name": "hello world.txt"}));
+    let done = next(&mut pb, "downloaded");
+    assert_eq!(done["name"], json!("hello world.txt"));
+    assert_eq!(done["size"], json!(5));
+    assert_eq!(done["root"], json!(root));
+    assert_eq!(done["sources"], json!([{"peer": a_files.to_string(), "bytes": 5}]));
+    assert_eq!(done["resumed_bytes"], json!(0));
+    assert_eq!(fs::read(b.join("hello world.txt")).unwrap(), b"hello");
+
+    pb.send("download nothing.txt");
+    next(&mut pb, "queued");
+    assert_eq!(
+        next(&mut pb, "failed"),
+        json!({"type": "failed", "name": "nothing.txt", "reason": "no registered peer shares it"})
+    );
+    pb.send("delete hello world.txt");
+    assert_eq!(next(&mut pb, "deleted"), json!({"type": "deleted", "name": "hello world.txt"}));
+    pb.send("frobnicate");
+    assert_eq!(
+        next(&mut pb, "error"),
+        json!({"type": "error", "message": "unknown command \"frobnicate\" (type help for the list)"})
+    );
+    assert_eq!(pb.finish().code(), Some(1), "a failed command still means status 1");
+    for line in pb.lines(Stream::Out) {
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["type"].is_string(), "{line}");
+    }
+    assert!(pb.lines(Stream::Err).is_empty(), "{}", pb.dump());
+}
+
+/// What a register skipped is listed, path by path, with the reason.
+#[test]
+fn skipped_files_are_listed_with_their_reasons() {
+    let ws = workspace();
+    let a = folder(ws.path(), "a", &[("ok.txt", b"ok")]);
+    std::os::unix::fs::symlink(ws.path(), a.join("out")).unwrap();
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    let port = index_addr.port().to_string();
+    let args = ["127.0.0.1", port.as_str(), "0", a.to_str().unwrap(), "--json"];
+    let mut p = Proc::start(env!("CARGO_BIN_EXE_peer"), &args, ws.path());
+    p.send("register");
+    let registered = next(&mut p, "registered");
+    assert_eq!(registered["files"], json!(1));
+    assert_eq!(
+        registered["skipped"],
+        json!([{"path": "out", "reason": "a symlink to a folder (not followed)"}])
+    );
+    assert!(p.finish().success());
+}
