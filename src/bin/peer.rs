@@ -87,6 +87,9 @@ struct Args {
     /// are never shared.
     #[arg(long, value_name = "PATTERN")]
     exclude: Vec<String>,
+    /// Share the folder at start, as the `register` command does.
+    #[arg(long)]
+    register: bool,
     /// Print every result as one JSON object a line on stdout (each with a "type";
     /// the README lists them), errors included, and nothing else there.
     #[arg(long)]
@@ -144,6 +147,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
         watch: !args.no_watch,
         excludes: args.exclude,
         printer: if args.json { Printer::Json } else { Printer::Text },
+        register: args.register,
         user: args.user,
     })
 }

@@ -67,6 +67,8 @@ pub struct PeerConfig {
     pub excludes: Vec<String>,
     /// How results are printed: lines, or JSON objects (`--json`).
     pub printer: Printer,
+    /// Register at start, as the `register` command does (`--register`).
+    pub register: bool,
 }
 
 /// Where the file server listens unless told otherwise, given `seen`, the local address
@@ -125,5 +127,9 @@ pub fn run(config: PeerConfig) -> anyhow::Result<bool> {
             watch::watch(&root, || watcher.sync_watched())
         })?;
     }
-    Ok(Shell::new(node).run(io::stdin().lock(), config.keepalive))
+    let shell = Shell::new(node);
+    if config.register {
+        shell.execute_line("register");
+    }
+    Ok(shell.run(io::stdin().lock(), config.keepalive))
 }

@@ -42,8 +42,42 @@ commands:
   update                            rescan this folder and send the new list
   login NAME                        log in to the index server (password from
                                     PEERDEX_PASSWORD, or asked for)
-  help                              this text
-  quit                              wait for downloads, then exit";
+  help [COMMAND]                    this text, or one command's with an example
+  quit                              wait for downloads, then exit
+aliases: ls = get_files_list, get = download, rm = delete";
+
+/// Each command's own help, with an example: `help COMMAND`.
+const COMMAND_HELP: [(&str, &str); 8] = [
+    (
+        "register",
+        "register\n  share this folder's files (every file under it) with the index server.\n  example: register",
+    ),
+    ("unregister", "unregister\n  stop sharing: the index forgets this peer's files.\n  example: unregister"),
+    (
+        "get_files_list",
+        "get_files_list [--limit N] [--dirs] [TEXT]   (alias: ls)\n  list the files at other peers whose names contain TEXT (ASCII case ignored); with\n  --dirs, one level of the folder TEXT, folders first.\n  examples: get_files_list flac --limit 20    ls --dirs album",
+    ),
+    (
+        "download",
+        "download NAME | FOLDER/   (alias: get)\n  fetch NAME (a path such as album/01.flac) from the peers that share it, verified piece\n  by piece; with a trailing '/', every file under FOLDER. Quote a name with spaces at its\n  ends.\n  examples: download album/01 intro.flac    get album/    download \" lead.txt\"",
+    ),
+    (
+        "delete",
+        "delete NAME   (alias: rm)\n  delete NAME from this folder and, if registered, from the index.\n  example: delete old.txt",
+    ),
+    (
+        "update",
+        "update\n  rescan this folder and send the new list (the folder is watched, so rarely needed).\n  example: update",
+    ),
+    (
+        "login",
+        "login NAME\n  log in to the index server (password from PEERDEX_PASSWORD, or asked for).\n  example: login ann",
+    ),
+    (
+        "quit",
+        "quit   (or exit, or the end of input)\n  wait for downloads, then exit with status 0 if every command succeeded.\n  example: quit",
+    ),
+];
 
 /// One parsed command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,8 +106,8 @@ pub enum Command {
     Update,
     /// Log in to the index server as this user.
     Login(String),
-    /// Print the help text.
-    Help,
+    /// Print the help text, or one command's.
+    Help(Option<String>),
     /// Stop reading commands.
     Quit,
 }
@@ -97,11 +131,31 @@ impl Command {
         let no_args = |c: Command| {
             if rest.is_empty() { Ok(Some(c)) } else { Err(format!("{word} takes no arguments")) }
         };
+        // Short names beside the seed's.
+        let word = match word {
+            "ls" => "get_files_list",
+            "get" => "download",
+            "rm" => "delete",
+            other => other,
+        };
         match word {
             "register" => no_args(Command::Register),
             "unregister" => no_args(Command::Unregister),
             "update" => no_args(Command::Update),
-            "help" => no_args(Command::Help),
+            "help" if rest.is_empty() => Ok(Some(Command::Help(None))),
+            "help" => {
+                let topic = match rest {
+                    "ls" => "get_files_list",
+                    "get" => "download",
+                    "rm" => "delete",
+                    "exit" => "quit",
+                    other => other,
+                };
+                match COMMAND_HELP.iter().find(|(name, _)| *name == topic) {
+                    Some((_, text)) => Ok(Some(Command::Help(Some((*text).to_owned())))),
+                    None => Err(format!("no command {rest:?} (type help for the list)")),
+                }
+            }
             "quit" | "exit" => no_args(Command::Quit),
             "download" => match one_name(word, rest)? {
                 // A trailing '/': the folder, not a file.
@@ -241,7 +295,7 @@ impl Shell {
     /// Meanwhile a supervisor thread pings the index every `keepalive` and, if the
     /// connection is lost, reconnects and registers again. Returns true if every
     /// command succeeded.
-    pub fn run(mut self, mut input: impl BufRead, keepalive: Duration) -> bool {
+    pub fn run(self, mut input: impl BufRead, keepalive: Duration) -> bool {
         let supervisor = Arc::clone(&self.node);
         let spawned =
             thread::Builder::new().name("supervisor".into()).spawn(move || supervisor.supervise(keepalive));
@@ -278,11 +332,7 @@ impl Shell {
                         Err(e) => self.node.fail(format!("login failed: {e:#}")),
                     }
                 }
-                Ok(Some(command)) => {
-                    if let Err(e) = self.execute(command) {
-                        self.node.fail(format!("{e:#}"));
-                    }
-                }
+                Ok(Some(command)) => self.reporting(command),
                 Err(why) => self.node.fail(why),
             }
         }
@@ -291,7 +341,23 @@ impl Shell {
         self.node.succeeded()
     }
 
-    fn execute(&mut self, command: Command) -> anyhow::Result<()> {
+    /// Runs one command line as if it had been typed (`--register` at start).
+    pub fn execute_line(&self, line: &str) {
+        match Command::parse(line) {
+            Ok(Some(command)) => self.reporting(command),
+            Ok(None) => {}
+            Err(why) => self.node.fail(why),
+        }
+    }
+
+    /// Runs `command`; a failure is reported, and counts for the exit status.
+    fn reporting(&self, command: Command) {
+        if let Err(e) = self.execute(command) {
+            self.node.fail(format!("{e:#}"));
+        }
+    }
+
+    fn execute(&self, command: Command) -> anyhow::Result<()> {
         let node = &self.node;
         match command {
             Command::Register => {
@@ -333,7 +399,8 @@ impl Shell {
                 node.emit(&Event::Deleted { name: name.as_str() });
             }
             Command::Download(name) => node.queue_download(name)?,
-            Command::Help => node.emit(&Event::Help(HELP)),
+            Command::Help(None) => node.emit(&Event::Help(HELP)),
+            Command::Help(Some(text)) => node.emit(&Event::Help(&text)),
             Command::Quit | Command::Login(_) => unreachable!("handled by the loop"),
         }
         Ok(())
@@ -383,7 +450,7 @@ impl Shell {
     /// `download FOLDER/`: queues every file the index lists under `folder`, to be
     /// fetched into the same place here, several at once. A file already here with
     /// the same content is passed over; any other that cannot be fetched is an error.
-    fn download_folder(&mut self, folder: &SharePath) -> anyhow::Result<()> {
+    fn download_folder(&self, folder: &SharePath) -> anyhow::Result<()> {
         let prefix = format!("{folder}/");
         let mut contents: BTreeMap<SharePath, Vec<(u64, Hash)>> = BTreeMap::new();
         let listed = self.node.index.list(&prefix, None, |e| {
@@ -494,6 +561,20 @@ mod tests {
         );
         assert!(parse("get_files_list --limitless").unwrap_err().contains("unknown option"));
         assert!(parse("get_files_list don't").unwrap_err().contains("unmatched quote"));
+    }
+
+    #[test]
+    fn aliases_and_help_for_one_command() {
+        assert_eq!(parse("ls mp3"), parse("get_files_list mp3"));
+        assert_eq!(parse("get a b.txt"), parse("download a b.txt"));
+        assert_eq!(parse("rm x"), parse("delete x"));
+        let Ok(Some(Command::Help(Some(text)))) = parse("help get") else { panic!() };
+        assert!(text.starts_with("download NAME | FOLDER/") && text.contains("example"), "{text}");
+        for (name, _) in COMMAND_HELP {
+            assert!(matches!(parse(&format!("help {name}")), Ok(Some(Command::Help(Some(_))))), "{name}");
+            assert!(HELP.contains(&format!("  {name}")), "{name} is in the list");
+        }
+        assert_eq!(parse("help frob"), Err("no command \"frob\" (type help for the list)".into()));
     }
 
     #[test]

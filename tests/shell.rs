@@ -1,5 +1,6 @@
-//! `peer --json`: every line on stdout is one JSON object with a "type", checked field
-//! by field, errors included; the exit status contract is unchanged.
+//! The peer's front ends, from scripts: `--json` (every line on stdout one JSON object
+//! with a "type", checked field by field, errors included; the exit status contract
+//! unchanged), `--register`, the short aliases and `help COMMAND`.
 
 mod common;
 
@@ -106,4 +107,30 @@ fn skipped_files_are_listed_with_their_reasons() {
         json!([{"path": "out", "reason": "a symlink to a folder (not followed)"}])
     );
     assert!(p.finish().success());
+}
+
+/// `--register` shares the folder at start; the short aliases and `help COMMAND` work
+/// from a script like the seed's commands.
+#[test]
+fn register_at_start_aliases_and_help_for_a_command() {
+    let ws = workspace();
+    let a = folder(ws.path(), "a", &[("song.flac", b"la la")]);
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    let (mut pa, _) = common::peer_with(index_addr, &a, &["--register"]);
+    let line = pa.expect(Stream::Out, "registered ");
+    assert_eq!(line, format!("registered 1 file with the index server {index_addr}"));
+
+    let b = folder(ws.path(), "b", &[]);
+    let (mut pb, _) = Proc::peer(index_addr, &b);
+    pb.send("ls flac");
+    pb.expect(Stream::Out, "song.flac\t5 bytes\t1 peer");
+    pb.send("get song.flac");
+    pb.expect(Stream::Out, "downloaded song.flac (5 bytes) from ");
+    pb.send("rm song.flac");
+    pb.expect(Stream::Out, "deleted song.flac");
+    pb.send("help rm");
+    pb.expect(Stream::Out, "delete NAME   (alias: rm)");
+    pb.expect(Stream::Out, "example: delete old.txt");
+    assert!(pb.finish().success(), "{}", pb.dump());
+    assert!(!b.join("song.flac").exists());
 }
