@@ -134,3 +134,46 @@ fn register_at_start_aliases_and_help_for_a_command() {
     assert!(pb.finish().success(), "{}", pb.dump());
     assert!(!b.join("song.flac").exists());
 }
+
+/// `downloads` lists a running download with how far it has come, `--progress` says so
+/// every few seconds on stderr, and `cancel` stops it keeping what it verified: a later
+/// `download` of the name fetches only the rest. A cancel is no failure.
+#[test]
+fn a_cancelled_download_keeps_its_pieces_and_resumes() {
+    use common::{Gates, Misbehaviour, fake_sender_gated, random_bytes, register_fake};
+    let ws = workspace();
+    let content = random_bytes(1 << 20); // 64 pieces of 16 KiB
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    // A source that holds only the first half, as a peer still downloading it would.
+    let half = Gates { up_to: Some(1 << 19), ..Gates::default() };
+    let (first, _) = fake_sender_gated(content.clone(), Misbehaviour::Honest, half);
+    let _f = register_fake(index_addr, first.port(), common::info("big.bin", &content));
+
+    let b = folder(ws.path(), "b", &[]);
+    let (mut pb, _) = common::peer_with(index_addr, &b, &["--progress"]);
+    pb.send("download big.bin");
+    common::wait_for("half the file to be verified", || {
+        pb.send("downloads");
+        let lines = pb.read_until(Stream::Out, " queued");
+        lines
+            .iter()
+            .any(|l| l.starts_with("big.bin\t524288 of 1048576 bytes (50%)\t") && l.ends_with("\t1 source"))
+    });
+    pb.expect(Stream::Err, "progress big.bin: 524288 of 1048576 bytes (50%), ");
+    pb.send("cancel big.bin");
+    let line = pb.expect(Stream::Out, "cancelled big.bin");
+    assert_eq!(line, "cancelled big.bin: cancelled; 32 of its 64 pieces are kept, to resume from there");
+    pb.send("downloads");
+    assert_eq!(pb.read_until(Stream::Out, " queued").last().unwrap(), "0 running, 0 queued");
+    pb.send("cancel big.bin");
+    pb.expect(Stream::Err, "error: cannot cancel \"big.bin\": it is not being downloaded");
+
+    let (whole, sent) = fake_sender_gated(content.clone(), Misbehaviour::Honest, Gates::default());
+    let _w = register_fake(index_addr, whole.port(), common::info("big.bin", &content));
+    pb.send("download big.bin");
+    let done = pb.expect(Stream::Out, "downloaded big.bin");
+    assert!(done.ends_with(", 524288 bytes of it already here"), "{done}");
+    assert_eq!(fs::read(b.join("big.bin")).unwrap(), content);
+    assert_eq!(sent.load(std::sync::atomic::Ordering::SeqCst), 1 << 19, "only the missing half was fetched");
+    assert_eq!(pb.finish().code(), Some(1), "the wrong cancel failed; the cancel itself did not");
+}

@@ -90,6 +90,11 @@ struct Args {
     /// Share the folder at start, as the `register` command does.
     #[arg(long)]
     register: bool,
+    /// Print how far each running download has come, every 2 s: a line on stderr
+    /// (`progress NAME: DONE of TOTAL bytes (P%), RATE bytes/s, N sources`), or a
+    /// "progress" object with --json.
+    #[arg(long)]
+    progress: bool,
     /// Print every result as one JSON object a line on stdout (each with a "type";
     /// the README lists them), errors included, and nothing else there.
     #[arg(long)]
@@ -148,6 +153,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
         excludes: args.exclude,
         printer: if args.json { Printer::Json } else { Printer::Text },
         register: args.register,
+        progress: args.progress,
         user: args.user,
     })
 }

@@ -69,6 +69,8 @@ pub struct PeerConfig {
     pub printer: Printer,
     /// Register at start, as the `register` command does (`--register`).
     pub register: bool,
+    /// Print how far each running download has come, every few seconds (`--progress`).
+    pub progress: bool,
 }
 
 /// Where the file server listens unless told otherwise, given `seen`, the local address
@@ -119,7 +121,7 @@ pub fn run(config: PeerConfig) -> anyhow::Result<bool> {
         index.login(user, password).with_context(|| format!("cannot log in as {user}"))?;
         config.printer.emit(&Event::LoggedIn { user });
     }
-    let node = Node::start(index, folder, local.port(), config.downloads, config.printer)?;
+    let node = Node::start(index, folder, local.port(), config.downloads, config.printer, config.progress)?;
     if config.watch {
         let watcher = Arc::clone(&node);
         thread::Builder::new().name("watch".into()).spawn(move || {

@@ -4,7 +4,7 @@
 //! It says what happens as [`Event`]s through its [`Printer`]; the shell parses
 //! commands and calls it.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
@@ -16,7 +16,7 @@ use log::debug;
 use rand::RngExt;
 
 use super::client::{IndexClient, Watch};
-use super::download::{DownloadConfig, Downloader, Note, Penalties};
+use super::download::{DownloadConfig, Downloader, Note, Penalties, Progress};
 use super::folder::{SharedFolder, Skip};
 use super::printer::{Event, Printer};
 use crate::name::SharePath;
@@ -44,6 +44,10 @@ pub struct Node {
     failed: AtomicBool,
     /// Names queued or being downloaded, so one name is not fetched twice at once.
     in_flight: Mutex<HashSet<SharePath>>,
+    /// The downloads running now, with how far each has come.
+    running: Mutex<BTreeMap<SharePath, Arc<Progress>>>,
+    /// Queued names cancelled before they started.
+    cancelled: Mutex<HashSet<SharePath>>,
     /// Where queued downloads go; `None` once no more can come.
     queue: Mutex<Option<mpsc::Sender<SharePath>>>,
     /// The download workers.
@@ -57,6 +61,16 @@ pub struct Node {
     penalties: Penalties,
     /// How what happens is shown.
     pub printer: Printer,
+    /// Whether running downloads say how far they have come (`--progress`).
+    pub progress: bool,
+}
+
+/// A download as `downloads` lists it.
+pub struct Running {
+    /// Its name.
+    pub name: SharePath,
+    /// How far it has come; `None` while queued.
+    pub progress: Option<Arc<Progress>>,
 }
 
 impl Node {
@@ -68,6 +82,7 @@ impl Node {
         port: u16,
         downloads: DownloadConfig,
         printer: Printer,
+        progress: bool,
     ) -> anyhow::Result<Arc<Node>> {
         let (queue, jobs) = mpsc::channel::<SharePath>();
         let workers = downloads.max_parallel.max(1);
@@ -79,12 +94,15 @@ impl Node {
             registered: AtomicBool::new(false),
             failed: AtomicBool::new(false),
             in_flight: Mutex::default(),
+            running: Mutex::default(),
+            cancelled: Mutex::default(),
             queue: Mutex::new(Some(queue)),
             workers: Mutex::default(),
             updates: Mutex::default(),
             last_watched: Mutex::default(),
             penalties: Penalties::default(),
             printer,
+            progress,
         });
         let jobs = Arc::new(Mutex::new(jobs));
         for _ in 0..workers {
@@ -95,6 +113,11 @@ impl Node {
                     loop {
                         let next = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
                         let Ok(name) = next else { return };
+                        if lock(&me.cancelled).remove(&name) {
+                            lock(&me.in_flight).remove(&name);
+                            me.emit(&Event::Cancelled { name: name.as_str(), why: "it had not started" });
+                            continue;
+                        }
                         me.fetch(&name);
                     }
                 })
@@ -143,6 +166,40 @@ impl Node {
             bail!("cannot download {:?}: the peer is stopping", name.as_str());
         }
         Ok(())
+    }
+
+    /// The downloads running and queued, running first, each in name order.
+    pub fn downloads(&self) -> Vec<Running> {
+        let running = lock(&self.running).clone();
+        let cancelled = lock(&self.cancelled).clone();
+        let mut queued: Vec<SharePath> = lock(&self.in_flight)
+            .iter()
+            .filter(|n| !running.contains_key(*n) && !cancelled.contains(*n))
+            .cloned()
+            .collect();
+        queued.sort();
+        let mut all: Vec<Running> =
+            running.into_iter().map(|(name, p)| Running { name, progress: Some(p) }).collect();
+        all.extend(queued.into_iter().map(|name| Running { name, progress: None }));
+        all
+    }
+
+    /// Cancels the download of `name`, or every download: a running one stops and
+    /// keeps what it verified, for a later `download` to resume; a queued one does not
+    /// start. Returns the names cancelled.
+    pub fn cancel(&self, name: Option<&SharePath>) -> Vec<SharePath> {
+        let mut names = Vec::new();
+        for d in self.downloads() {
+            if name.is_some_and(|n| *n != d.name) {
+                continue;
+            }
+            match &d.progress {
+                Some(p) => p.cancel.store(true, std::sync::atomic::Ordering::SeqCst),
+                None => drop(lock(&self.cancelled).insert(d.name.clone())),
+            }
+            names.push(d.name);
+        }
+        names
     }
 
     /// Scans the folder and registers it. Returns the number of files registered, and
@@ -277,6 +334,8 @@ impl Node {
     /// One download, reported as it ends, then announced to the index.
     fn fetch(&self, name: &SharePath) {
         let shown = name.as_str();
+        let progress = Arc::new(Progress::default());
+        lock(&self.running).insert(name.clone(), Arc::clone(&progress));
         let downloader = Downloader {
             index: &self.index,
             folder: &self.folder,
@@ -286,6 +345,7 @@ impl Node {
                 .registered
                 .load(Ordering::SeqCst)
                 .then(|| SocketAddr::new(self.index.local_ip(), self.port)),
+            progress: &progress,
         };
         let result = downloader.download(name, |note| match note {
             Note::SourceFailed { from, why, more } => {
@@ -295,12 +355,22 @@ impl Node {
             Note::BadPiece { from, piece, more } => {
                 self.emit(&Event::SourceFailed { name: shown, from, why: "", more, bad_piece: Some(piece) });
             }
+            Note::Progress { done, total, sources } => {
+                if self.progress {
+                    let rate = rate(done, &progress);
+                    self.emit(&Event::Progress { name: shown, done, total, rate, sources });
+                }
+            }
         });
         // Before any line about it is out: a script that reads the line may ask for the
         // name again at once.
+        lock(&self.running).remove(name);
         lock(&self.in_flight).remove(name);
         let got = match result {
             Ok(got) => got,
+            Err(e) if progress.cancel.load(std::sync::atomic::Ordering::SeqCst) => {
+                return self.emit(&Event::Cancelled { name: shown, why: &format!("{e:#}") });
+            }
             Err(e) => {
                 self.failed.store(true, Ordering::SeqCst);
                 return self.emit(&Event::Failed { name: shown, why: &format!("{e:#}") });
@@ -342,6 +412,11 @@ fn scan(folder: &SharedFolder) -> anyhow::Result<(Vec<FileInfo>, Skipped)> {
         log::info!("not sharing {:?}: {why}", escape(path));
     }
     Ok((files, scanned.skipped))
+}
+
+/// Bytes a second since the download started.
+pub fn rate(done: u64, progress: &Progress) -> u64 {
+    (done as f64 / progress.started.elapsed().as_secs_f64().max(0.001)) as u64
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

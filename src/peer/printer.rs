@@ -46,6 +46,16 @@ pub enum Event<'a> {
     Downloaded { name: &'a str, size: u64, root: &'a Hash, sources: &'a [(SocketAddr, u64)], resumed: u64 },
     /// A download failed.
     Failed { name: &'a str, why: &'a str },
+    /// A download was cancelled (what it verified is kept).
+    Cancelled { name: &'a str, why: &'a str },
+    /// How far a running download has come, every few seconds (`--progress`).
+    Progress { name: &'a str, done: u64, total: u64, rate: u64, sources: usize },
+    /// A running download, in the list of `downloads`.
+    Running { name: &'a str, done: u64, total: u64, rate: u64, sources: usize },
+    /// A queued download, in the list of `downloads`.
+    Waiting { name: &'a str },
+    /// The end of the list of `downloads`.
+    DownloadsEnd { running: usize, queued: usize },
     /// A file was deleted.
     Deleted { name: &'a str },
     /// The help text.
@@ -151,6 +161,22 @@ fn text(event: &Event) -> Option<(String, bool)> {
             (format!("downloaded {name} ({size} bytes) {}{resumed}", from_sources(sources)), false)
         }
         Event::Failed { name, why } => (format!("error: cannot download {name:?}: {}", escape(why)), true),
+        Event::Cancelled { name, why } => (format!("cancelled {name}: {}", escape(why)), false),
+        Event::Progress { name, done, total, rate, sources } => {
+            let percent = if *total == 0 { 100 } else { done * 100 / total };
+            let sources = count(*sources as u64, "source");
+            (
+                format!("progress {name}: {done} of {total} bytes ({percent}%), {rate} bytes/s, {sources}"),
+                true,
+            )
+        }
+        Event::Running { name, done, total, rate, sources } => {
+            let percent = if *total == 0 { 100 } else { done * 100 / total };
+            let sources = count(*sources as u64, "source");
+            (format!("{name}\t{done} of {total} bytes ({percent}%)\t{rate} bytes/s\t{sources}"), false)
+        }
+        Event::Waiting { name } => (format!("{name}\tqueued"), false),
+        Event::DownloadsEnd { running, queued } => (format!("{running} running, {queued} queued"), false),
         Event::Deleted { name } => (format!("deleted {name}"), false),
         Event::Help(text) => ((*text).to_owned(), false),
         Event::Note(note) => (format!("note: {}", escape(note)), true),
@@ -221,6 +247,17 @@ fn json(event: &Event) -> Value {
             "resumed_bytes": resumed,
         }),
         Event::Failed { name, why } => json!({"type": "failed", "name": name, "reason": why}),
+        Event::Cancelled { name, why } => json!({"type": "cancelled", "name": name, "reason": why}),
+        Event::Progress { name, done, total, rate, sources } => json!({
+            "type": "progress", "name": name, "done": done, "total": total, "bytes_per_sec": rate, "sources": sources,
+        }),
+        Event::Running { name, done, total, rate, sources } => json!({
+            "type": "running", "name": name, "done": done, "total": total, "bytes_per_sec": rate, "sources": sources,
+        }),
+        Event::Waiting { name } => json!({"type": "waiting", "name": name}),
+        Event::DownloadsEnd { running, queued } => {
+            json!({"type": "downloads_end", "running": running, "queued": queued})
+        }
         Event::Deleted { name } => json!({"type": "deleted", "name": name}),
         Event::Help(text) => json!({"type": "help", "text": text}),
         Event::Note(note) => json!({"type": "note", "message": note}),

@@ -40,6 +40,8 @@ commands:
   delete NAME                       delete NAME from this folder (and from the index)
                                     (quote a name with spaces at its ends: \" a.txt\")
   update                            rescan this folder and send the new list
+  downloads                         list the running and queued downloads
+  cancel NAME | --all               stop a download (or all), keeping what it verified
   login NAME                        log in to the index server (password from
                                     PEERDEX_PASSWORD, or asked for)
   help [COMMAND]                    this text, or one command's with an example
@@ -47,7 +49,15 @@ commands:
 aliases: ls = get_files_list, get = download, rm = delete";
 
 /// Each command's own help, with an example: `help COMMAND`.
-const COMMAND_HELP: [(&str, &str); 8] = [
+const COMMAND_HELP: [(&str, &str); 10] = [
+    (
+        "downloads",
+        "downloads\n  list the running downloads (name, bytes done of all, rate, sources), then the queued ones.\n  example: downloads",
+    ),
+    (
+        "cancel",
+        "cancel NAME | --all\n  stop the download of NAME (or every download); what it verified is kept, and a later\n  download of NAME resumes from there. A queued download does not start.\n  examples: cancel big.iso    cancel --all",
+    ),
     (
         "register",
         "register\n  share this folder's files (every file under it) with the index server.\n  example: register",
@@ -104,6 +114,10 @@ pub enum Command {
     Delete(SharePath),
     /// Rescan the folder and send the list.
     Update,
+    /// List the running and queued downloads.
+    Downloads,
+    /// Cancel one download (`None`: all of them), keeping what it verified.
+    Cancel(Option<SharePath>),
     /// Log in to the index server as this user.
     Login(String),
     /// Print the help text, or one command's.
@@ -142,6 +156,9 @@ impl Command {
             "register" => no_args(Command::Register),
             "unregister" => no_args(Command::Unregister),
             "update" => no_args(Command::Update),
+            "downloads" => no_args(Command::Downloads),
+            "cancel" if rest == "--all" => Ok(Some(Command::Cancel(None))),
+            "cancel" => checked(&one_name(word, rest)?).map(|n| Some(Command::Cancel(Some(n)))),
             "help" if rest.is_empty() => Ok(Some(Command::Help(None))),
             "help" => {
                 let topic = match rest {
@@ -399,6 +416,32 @@ impl Shell {
                 node.emit(&Event::Deleted { name: name.as_str() });
             }
             Command::Download(name) => node.queue_download(name)?,
+            Command::Downloads => {
+                let all = node.downloads();
+                let mut running = 0;
+                for d in &all {
+                    match &d.progress {
+                        Some(p) => {
+                            running += 1;
+                            let (done, total) =
+                                (p.done.load(Ordering::Relaxed), p.total.load(Ordering::Relaxed));
+                            let sources = p.sources.load(Ordering::Relaxed);
+                            let rate = super::node::rate(done, p);
+                            node.emit(&Event::Running { name: d.name.as_str(), done, total, rate, sources });
+                        }
+                        None => node.emit(&Event::Waiting { name: d.name.as_str() }),
+                    }
+                }
+                node.emit(&Event::DownloadsEnd { running, queued: all.len() - running });
+            }
+            Command::Cancel(name) => {
+                if node.cancel(name.as_ref()).is_empty() {
+                    match name {
+                        Some(name) => bail!("cannot cancel {:?}: it is not being downloaded", name.as_str()),
+                        None => bail!("cannot cancel: no download is running or queued"),
+                    }
+                }
+            }
             Command::Help(None) => node.emit(&Event::Help(HELP)),
             Command::Help(Some(text)) => node.emit(&Event::Help(&text)),
             Command::Quit | Command::Login(_) => unreachable!("handled by the loop"),

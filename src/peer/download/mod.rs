@@ -38,7 +38,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -160,6 +160,15 @@ pub enum Note {
         /// Whether another source is left.
         more: bool,
     },
+    /// How far the download has come, every [`PROGRESS_EVERY`].
+    Progress {
+        /// Verified bytes.
+        done: u64,
+        /// Bytes in all.
+        total: u64,
+        /// Sources sending now.
+        sources: usize,
+    },
     /// A piece from this source failed its hash: the source is dropped from this
     /// download and goes to the back of the order.
     BadPiece {
@@ -197,7 +206,39 @@ pub struct Downloader<'a> {
     /// download is then announced to the index as a partial, its verified pieces are
     /// offered to others, and this peer is never its own source.
     pub me: Option<SocketAddr>,
+    /// Kept up to date as the download goes, and read for a cancel.
+    pub progress: &'a Progress,
 }
+
+/// How far a download has come, for `downloads` and progress lines; and its cancel.
+#[derive(Debug)]
+pub struct Progress {
+    /// Verified bytes.
+    pub done: AtomicU64,
+    /// Bytes in all, once known.
+    pub total: AtomicU64,
+    /// Sources sending now.
+    pub sources: AtomicUsize,
+    /// When it started.
+    pub started: Instant,
+    /// Set to stop the download, keeping what it verified.
+    pub cancel: AtomicBool,
+}
+
+impl Default for Progress {
+    fn default() -> Progress {
+        Progress {
+            done: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            sources: AtomicUsize::new(0),
+            started: Instant::now(),
+            cancel: AtomicBool::new(false),
+        }
+    }
+}
+
+/// How often a running download says how far it has come (`Note::Progress`).
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 impl Downloader<'_> {
     /// Downloads `name` into the folder. `note` hears about each failed source as it
@@ -398,6 +439,7 @@ impl Downloader<'_> {
         let mut known: HashSet<SocketAddr> = reserve.iter().map(|h| h.addr).collect();
         let (ended, endings) = mpsc::channel::<(usize, End)>();
         let queue = Mutex::new(queue);
+        let mut cancelled = false;
         let blamed = thread::scope(|scope| {
             // Hashers on every core; one writer, so that verified pieces reach the file
             // one at a time (concurrent writes to one file spin on its inode's lock: 13%
@@ -434,6 +476,7 @@ impl Downloader<'_> {
             // file at the same moment as this one have announced themselves by then.
             let mut last_lookup = Instant::now() - LOOKUP_REFRESH + FIRST_REFRESH;
             let (mut pieces, mut progress_at) = (shared.lock().scheduler.have().count(), Instant::now());
+            let mut told_progress = Instant::now();
             loop {
                 self.stop_when_done(&shared);
                 let finished = shared.stopped();
@@ -470,6 +513,21 @@ impl Downloader<'_> {
                     let have = shared.lock().scheduler.have().count();
                     if have != pieces {
                         (pieces, progress_at) = (have, now);
+                    }
+                    let progress = self.progress;
+                    let done = (u64::from(have) * geometry.piece_len).min(size);
+                    progress.done.store(done, Ordering::Relaxed);
+                    progress.total.store(size, Ordering::Relaxed);
+                    progress.sources.store(running, Ordering::Relaxed);
+                    if now >= told_progress + PROGRESS_EVERY {
+                        told_progress = now;
+                        note(Note::Progress { done, total: size, sources: running });
+                    }
+                    if progress.cancel.load(Ordering::SeqCst) {
+                        // Stopped as when every piece is in: what is verified stays.
+                        cancelled = true;
+                        self.stop(&shared);
+                        continue;
                     }
                     // Nothing running and nothing to try: give up, but wait for busy
                     // sources as long as a stall window since the last piece.
@@ -536,6 +594,13 @@ impl Downloader<'_> {
             state.partial.discard();
             return Err(Failed::Local(e));
         }
+        if cancelled && !state.scheduler.is_complete() {
+            let got = state.scheduler.have().count();
+            return Err(Failed::Local(anyhow!(
+                "cancelled; {got} of its {} pieces are kept, to resume from there",
+                geometry.pieces()
+            )));
+        }
         if !state.scheduler.is_complete() {
             let got = state.scheduler.have().count();
             let pieces = geometry.pieces();
@@ -585,10 +650,19 @@ impl Downloader<'_> {
     /// When every piece is in: stops the sources, closing their connections so that
     /// none waits on a duplicate it no longer needs.
     fn stop_when_done(&self, shared: &Shared) {
+        let done = {
+            let state = shared.lock();
+            state.scheduler.is_complete() || state.local.is_some()
+        };
+        if done {
+            self.stop(shared);
+        }
+    }
+
+    /// Stops the sources, closing their connections.
+    fn stop(&self, shared: &Shared) {
         let state = shared.lock();
-        if (state.scheduler.is_complete() || state.local.is_some())
-            && !shared.stop.swap(true, Ordering::SeqCst)
-        {
+        if !shared.stop.swap(true, Ordering::SeqCst) {
             for link in state.sources.iter().filter_map(|s| s.link.as_ref()) {
                 link.close();
             }
