@@ -63,6 +63,12 @@ pub struct Node {
     pub printer: Printer,
     /// Whether running downloads say how far they have come (`--progress`).
     pub progress: bool,
+    /// While a line editor owns the terminal, text from other threads goes through
+    /// it, above the line being typed...
+    external: Mutex<Option<Box<dyn rustyline::ExternalPrinter + Send>>>,
+    /// ... but not the editor's own thread's: it prints between two lines read, when
+    /// the editor is not drawing (and its printer would wait for it).
+    editor: Mutex<Option<thread::ThreadId>>,
 }
 
 /// A download as `downloads` lists it.
@@ -103,6 +109,8 @@ impl Node {
             penalties: Penalties::default(),
             printer,
             progress,
+            external: Mutex::default(),
+            editor: Mutex::default(),
         });
         let jobs = Arc::new(Mutex::new(jobs));
         for _ in 0..workers {
@@ -129,7 +137,24 @@ impl Node {
 
     /// Prints `event`.
     pub fn emit(&self, event: &Event) {
+        if self.printer == Printer::Text && *lock(&self.editor) != Some(thread::current().id()) {
+            let mut external = lock(&self.external);
+            if let Some(terminal) = &mut *external {
+                if let Some(line) = super::printer::text_line(event) {
+                    let _ = terminal.print(format!("{line}\n"));
+                }
+                return;
+            }
+        }
         self.printer.emit(event);
+    }
+
+    /// Sends other threads' text through a line editor's printer from now on, the
+    /// calling thread's straight out; `None`, once the editor is dropped (which
+    /// releases a thread waiting on its printer): everything straight out again.
+    pub fn print_through(&self, printer: Option<Box<dyn rustyline::ExternalPrinter + Send>>) {
+        *lock(&self.editor) = printer.as_ref().map(|_| thread::current().id());
+        *lock(&self.external) = printer;
     }
 
     /// Reports a failed command: the exit status will be 1.

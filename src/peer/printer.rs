@@ -92,6 +92,11 @@ impl Printer {
     }
 }
 
+/// An event as a line of text, wherever it goes; `None` for an event text does not show.
+pub fn text_line(event: &Event) -> Option<String> {
+    text(event).map(|(line, _)| line)
+}
+
 /// An event as a line of text, and whether it goes to stderr; `None` for an event
 /// text does not show (a queued download: its result line follows).
 fn text(event: &Event) -> Option<(String, bool)> {

@@ -6,7 +6,9 @@
 //! downloads included, succeeded, so a script can pipe commands in and trust it.
 
 use std::collections::BTreeMap;
+use std::fs;
 use std::io::{self, BufRead, IsTerminal, Write};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread;
@@ -319,43 +321,115 @@ impl Shell {
         if let Err(e) = spawned {
             self.node.fail(format!("cannot start the supervisor thread: {e}"));
         }
-        let interactive = io::stdin().is_terminal();
-        loop {
-            if interactive && self.node.printer == Printer::Text {
-                print!("peerdex> ");
-                let _ = io::stdout().flush();
-            }
-            let line = match read_line(&mut input) {
-                Ok(Line::End) => break,
-                Ok(Line::Text(line)) => line,
-                Ok(Line::Bad(why)) => {
-                    self.node.fail(why);
-                    continue;
+        let terminal = io::stdin().is_terminal() && io::stdout().is_terminal();
+        if terminal && self.node.printer == Printer::Text {
+            self.edit_lines(&mut input);
+        } else {
+            let interactive = io::stdin().is_terminal();
+            loop {
+                if interactive && self.node.printer == Printer::Text {
+                    print!("peerdex> ");
+                    let _ = io::stdout().flush();
                 }
-                Err(e) => {
-                    self.node.fail(format!("cannot read input: {e}"));
+                let line = match read_line(&mut input) {
+                    Ok(Line::End) => break,
+                    Ok(Line::Text(line)) => line,
+                    Ok(Line::Bad(why)) => {
+                        self.node.fail(why);
+                        continue;
+                    }
+                    Err(e) => {
+                        self.node.fail(format!("cannot read input: {e}"));
+                        break;
+                    }
+                };
+                if self.line(&line, interactive, &mut input) == Flow::Quit {
                     break;
                 }
-            };
-            match Command::parse(&line) {
-                Ok(None) => {}
-                Ok(Some(Command::Quit)) => break,
-                Ok(Some(Command::Login(user))) => {
-                    // The server is asked first; only then the password, which may have
-                    // to be read from this same input.
-                    let password = || password_for(&user, interactive, &mut input);
-                    match self.node.index.login(&user, password) {
-                        Ok(()) => self.node.emit(&Event::LoggedIn { user: &user }),
-                        Err(e) => self.node.fail(format!("login failed: {e:#}")),
-                    }
-                }
-                Ok(Some(command)) => self.reporting(command),
-                Err(why) => self.node.fail(why),
             }
         }
         // No more downloads can be queued: every worker ends once the queue is empty.
         self.node.finish();
         self.node.succeeded()
+    }
+
+    /// The terminal's loop: a line editor (rustyline) with history kept across runs
+    /// ([`history_path`]), Ctrl-R search, tab completion of commands and of names the
+    /// index lists, and background messages printed above the line being typed. The
+    /// first Ctrl-C cancels the running downloads (keeping what they verified); a
+    /// second one in a row quits.
+    fn edit_lines(&self, input: &mut impl BufRead) {
+        let config = rustyline::Config::builder()
+            .auto_add_history(true)
+            .completion_type(rustyline::CompletionType::List)
+            .build();
+        let mut editor =
+            match rustyline::Editor::<Completion, rustyline::history::FileHistory>::with_config(config) {
+                Ok(editor) => editor,
+                Err(e) => return self.node.fail(format!("cannot edit lines on this terminal: {e}")),
+            };
+        editor.set_helper(Some(Completion { node: Arc::clone(&self.node) }));
+        let history = history_path();
+        if let Some(path) = &history {
+            let _ = editor.load_history(path);
+        }
+        if let Ok(printer) = editor.create_external_printer() {
+            self.node.print_through(Some(Box::new(printer)));
+        }
+        let mut interrupted = false;
+        loop {
+            match editor.readline("peerdex> ") {
+                Ok(line) => {
+                    interrupted = false;
+                    if self.line(&line, true, input) == Flow::Quit {
+                        break;
+                    }
+                }
+                Err(rustyline::error::ReadlineError::Interrupted) if !interrupted => {
+                    interrupted = true;
+                    let n = self.node.cancel(None).len();
+                    let note = format!("cancelled {}; Ctrl-C again to quit", count(n as u64, "download"));
+                    self.node.emit(&Event::Note(&note));
+                }
+                Err(rustyline::error::ReadlineError::Interrupted | rustyline::error::ReadlineError::Eof) => {
+                    break;
+                }
+                Err(e) => {
+                    self.node.fail(format!("cannot read input: {e}"));
+                    break;
+                }
+            }
+        }
+        if let Some(path) = &history
+            && let Some(dir) = path.parent()
+            && fs::create_dir_all(dir).is_ok()
+            && let Err(e) = editor.save_history(path)
+        {
+            log::warn!("cannot save the history in {}: {e}", path.display());
+        }
+        // Dropped first: a thread waiting on its printer is released.
+        drop(editor);
+        self.node.print_through(None);
+    }
+
+    /// One line of input, from whichever loop read it.
+    fn line(&self, line: &str, interactive: bool, input: &mut impl BufRead) -> Flow {
+        match Command::parse(line) {
+            Ok(None) => {}
+            Ok(Some(Command::Quit)) => return Flow::Quit,
+            Ok(Some(Command::Login(user))) => {
+                // The server is asked first; only then the password, which may have
+                // to be read from this same input.
+                let password = || password_for(&user, interactive, input);
+                match self.node.index.login(&user, password) {
+                    Ok(()) => self.node.emit(&Event::LoggedIn { user: &user }),
+                    Err(e) => self.node.fail(format!("login failed: {e:#}")),
+                }
+            }
+            Ok(Some(command)) => self.reporting(command),
+            Err(why) => self.node.fail(why),
+        }
+        Flow::Go
     }
 
     /// Runs one command line as if it had been typed (`--register` at start).
@@ -543,6 +617,90 @@ pub fn password_for(user: &str, interactive: bool, input: &mut impl BufRead) -> 
 
 /// The environment variable a peer's password can be given in.
 pub const PASSWORD_VAR: &str = "PEERDEX_PASSWORD";
+
+/// Whether the loop goes on after a line.
+#[derive(PartialEq, Eq)]
+enum Flow {
+    Go,
+    Quit,
+}
+
+/// Where the terminal's history is kept: `$XDG_STATE_HOME/peerdex/history`, or
+/// `~/.local/state/peerdex/history` (the XDG default); `None` without a home.
+pub fn history_path() -> Option<PathBuf> {
+    let state = match std::env::var_os("XDG_STATE_HOME").filter(|v| !v.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME")?).join(".local/state"),
+    };
+    Some(state.join("peerdex").join("history"))
+}
+
+/// Commands a completion offers for the first word.
+const COMMANDS: [&str; 15] = [
+    "cancel",
+    "delete",
+    "download",
+    "downloads",
+    "exit",
+    "get",
+    "get_files_list",
+    "help",
+    "login",
+    "ls",
+    "quit",
+    "register",
+    "rm",
+    "unregister",
+    "update",
+];
+
+/// Tab completion: command names, and after `download` (or `get`) the names the index
+/// lists that start with what is typed, one folder level at a time.
+#[derive(rustyline::Helper, rustyline::Hinter, rustyline::Highlighter, rustyline::Validator)]
+struct Completion {
+    node: Arc<Node>,
+}
+
+impl rustyline::completion::Completer for Completion {
+    type Candidate = rustyline::completion::Pair;
+
+    fn complete(
+        &self,
+        line: &str,
+        pos: usize,
+        _: &rustyline::Context<'_>,
+    ) -> rustyline::Result<(usize, Vec<Self::Candidate>)> {
+        use rustyline::completion::Pair;
+        let line = &line[..pos];
+        let Some((word, _)) = line.split_once(' ') else {
+            let names = COMMANDS.iter().filter(|c| c.starts_with(line));
+            let pairs =
+                names.map(|c| Pair { display: (*c).to_owned(), replacement: format!("{c} ") }).collect();
+            return Ok((0, pairs));
+        };
+        if !matches!(word, "download" | "get") {
+            return Ok((pos, Vec::new()));
+        }
+        let start = word.len() + 1;
+        let typed = &line[start..];
+        let mut found = std::collections::BTreeSet::new();
+        let _ = self.node.index.list(typed, Some(COMPLETION_LIMIT), |e| {
+            if let Some(rest) = e.name.as_str().strip_prefix(typed) {
+                // One folder level at a time: up to and with the next '/'.
+                let level = match rest.find('/') {
+                    Some(i) => &rest[..=i],
+                    None => rest,
+                };
+                found.insert(format!("{typed}{level}"));
+            }
+        });
+        let pairs = found.into_iter().map(|name| Pair { display: name.clone(), replacement: name }).collect();
+        Ok((start, pairs))
+    }
+}
+
+/// Most names a completion asks the index for.
+const COMPLETION_LIMIT: u32 = 1000;
 
 /// "1 file", "2 files".
 pub fn files(n: usize) -> String {
