@@ -3,7 +3,7 @@
 //!
 //! A file is shared if and only if [`SharedFolder::open`] accepts it: a regular file
 //! whose real location is inside the folder, reached without passing through a
-//! symlinked folder ([`gate`]). Listing and serving go through the same check, so
+//! symlinked folder (`gate.rs`). Listing and serving go through the same check, so
 //! nothing is ever listed that would not be served, or served that is not listed. The
 //! check is made on the opened file itself, not only on the path, so swapping a file
 //! or folder for a symlink between a check and the open cannot escape. What is looked
