@@ -1,5 +1,6 @@
-//! The peer on a terminal, driven through a pseudo-terminal (rexpect): line editing
-//! with a prompt redrawn after background messages, tab completion of commands and of
+//! The peer on a terminal, driven through a pseudo-terminal (rexpect): listings in
+//! aligned columns with human sizes, line editing with a prompt redrawn after
+//! background messages, tab completion of commands and of
 //! names with spaces a folder level at a time, history recalled with up-arrow and kept
 //! across runs, and Ctrl-C (once: cancel the downloads; twice: quit).
 
@@ -40,6 +41,9 @@ fn the_terminal_edits_completes_recalls_and_quits_on_two_ctrl_c() {
     // A command completed from its first letters.
     typed(&mut p, "get_f\t");
     typed(&mut p, "\r");
+    // Listed in aligned columns, sizes as people read them.
+    p.exp_string("album/disc 1/01 intro.flac  5 B  1 peer").unwrap();
+    p.exp_string("hello world.txt             5 B  1 peer").unwrap();
     p.exp_string("2 files at other peers").unwrap();
     p.exp_string("peerdex> ").unwrap();
 

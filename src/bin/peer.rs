@@ -1,5 +1,6 @@
 //! `peer <server-ip> <server-port> <my-port> <folder>`: a peerdex peer.
 
+use std::io::{self, IsTerminal};
 use std::net::{IpAddr, ToSocketAddrs};
 
 use anyhow::Context;
@@ -151,7 +152,12 @@ fn run(args: Args) -> anyhow::Result<bool> {
         keepalive: args.keepalive,
         watch: !args.no_watch,
         excludes: args.exclude,
-        printer: if args.json { Printer::Json } else { Printer::Text },
+        printer: match args.json {
+            true => Printer::Json,
+            // A person at a terminal: aligned listings and a line editor.
+            false if io::stdin().is_terminal() && io::stdout().is_terminal() => Printer::Terminal,
+            false => Printer::Text,
+        },
         register: args.register,
         progress: args.progress,
         user: args.user,

@@ -69,6 +69,8 @@ pub struct Node {
     /// ... but not the editor's own thread's: it prints between two lines read, when
     /// the editor is not drawing (and its printer would wait for it).
     editor: Mutex<Option<thread::ThreadId>>,
+    /// On a terminal, the rows of the listing being printed, shown aligned at its end.
+    rows: Mutex<Vec<[String; 3]>>,
 }
 
 /// A download as `downloads` lists it.
@@ -111,6 +113,7 @@ impl Node {
             progress,
             external: Mutex::default(),
             editor: Mutex::default(),
+            rows: Mutex::default(),
         });
         let jobs = Arc::new(Mutex::new(jobs));
         for _ in 0..workers {
@@ -137,7 +140,18 @@ impl Node {
 
     /// Prints `event`.
     pub fn emit(&self, event: &Event) {
-        if self.printer == Printer::Text && *lock(&self.editor) != Some(thread::current().id()) {
+        if self.printer == Printer::Terminal {
+            if let Some(row) = super::printer::row(event) {
+                return lock(&self.rows).push(row);
+            }
+            if let Event::ListEnd { .. } = event {
+                let rows = std::mem::take(&mut *lock(&self.rows));
+                for line in super::printer::table(&rows) {
+                    crate::outln!("{line}");
+                }
+            }
+        }
+        if self.printer == Printer::Terminal && *lock(&self.editor) != Some(thread::current().id()) {
             let mut external = lock(&self.external);
             if let Some(terminal) = &mut *external {
                 if let Some(line) = super::printer::text_line(event) {

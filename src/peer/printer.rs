@@ -71,8 +71,50 @@ pub enum Event<'a> {
 pub enum Printer {
     /// Lines: results on stdout, errors and notes on stderr.
     Text,
+    /// As `Text`, for a person at a terminal: listings in aligned columns with sizes
+    /// as people read them (`1.4 GiB`), printed whole at their end.
+    Terminal,
     /// One JSON object per line on stdout, and nothing else there.
     Json,
+}
+
+/// A size as people read it: `175 B`, `4.0 KiB`, `1.4 GiB` (powers of 1,024).
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// A listing's row on a terminal: name, size, holders.
+pub fn row(event: &Event) -> Option<[String; 3]> {
+    match event {
+        Event::Entry(e) => {
+            let partial = match e.partial {
+                0 => String::new(),
+                n => format!(", {n} downloading"),
+            };
+            Some([e.name.to_string(), human(e.size), format!("{}{partial}", count(e.peers, "peer"))])
+        }
+        Event::Folder { path, files, bytes } => {
+            Some([format!("{path}/"), human(*bytes), count(*files, "file")])
+        }
+        _ => None,
+    }
+}
+
+/// Rows in aligned columns, the sizes to the right.
+pub fn table(rows: &[[String; 3]]) -> Vec<String> {
+    let width = |i: usize| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0);
+    let (name, size) = (width(0), width(1));
+    rows.iter().map(|r| format!("{:<name$}  {:>size$}  {}", r[0], r[1], r[2])).collect()
 }
 
 impl Printer {
@@ -83,7 +125,7 @@ impl Printer {
                 let mut out = std::io::stdout().lock();
                 let _ = writeln!(out, "{}", json(event));
             }
-            Printer::Text => match text(event) {
+            Printer::Text | Printer::Terminal => match text(event) {
                 Some((line, false)) => crate::outln!("{line}"),
                 Some((line, true)) => crate::errln!("{line}"),
                 None => {}
@@ -267,5 +309,28 @@ fn json(event: &Event) -> Value {
         Event::Help(text) => json!({"type": "help", "text": text}),
         Event::Note(note) => json!({"type": "note", "message": note}),
         Event::Error(why) => json!({"type": "error", "message": why}),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_read_as_people_read_them() {
+        assert_eq!(human(0), "0 B");
+        assert_eq!(human(1023), "1023 B");
+        assert_eq!(human(4096), "4.0 KiB");
+        assert_eq!(human(1_503_238_553), "1.4 GiB");
+        assert_eq!(human(u64::MAX), "16.0 EiB");
+    }
+
+    #[test]
+    fn a_table_aligns_names_left_and_sizes_right() {
+        let rows = [
+            ["a.txt".to_owned(), "5 B".to_owned(), "1 peer".to_owned()],
+            ["album/".to_owned(), "1.4 GiB".to_owned(), "12 files".to_owned()],
+        ];
+        assert_eq!(table(&rows), ["a.txt       5 B  1 peer", "album/  1.4 GiB  12 files"]);
     }
 }

@@ -322,12 +322,12 @@ impl Shell {
             self.node.fail(format!("cannot start the supervisor thread: {e}"));
         }
         let terminal = io::stdin().is_terminal() && io::stdout().is_terminal();
-        if terminal && self.node.printer == Printer::Text {
+        if terminal && self.node.printer == Printer::Terminal {
             self.edit_lines(&mut input);
         } else {
             let interactive = io::stdin().is_terminal();
             loop {
-                if interactive && self.node.printer == Printer::Text {
+                if interactive && self.node.printer != Printer::Json {
                     print!("peerdex> ");
                     let _ = io::stdout().flush();
                 }
