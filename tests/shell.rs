@@ -177,3 +177,41 @@ fn a_cancelled_download_keeps_its_pieces_and_resumes() {
     assert_eq!(sent.load(std::sync::atomic::Ordering::SeqCst), 1 << 19, "only the missing half was fetched");
     assert_eq!(pb.finish().code(), Some(1), "the wrong cancel failed; the cancel itself did not");
 }
+
+/// A name with two contents: `download NAME` takes the most shared and says which;
+/// `download NAME@ID` takes the one chosen; an id nobody has is refused.
+#[test]
+fn a_content_is_chosen_by_its_id_or_by_how_widely_it_is_shared() {
+    use common::Misbehaviour::Honest;
+    use common::{fake_sender, info, random_bytes, register_fake};
+    let ws = workspace();
+    let (wide, rare) = (random_bytes(3000), random_bytes(2000));
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    let mut regs = Vec::new();
+    for content in [&wide, &wide, &rare] {
+        let addr = fake_sender(content.clone(), Honest);
+        regs.push(register_fake(index_addr, addr.port(), info("same.bin", content)));
+    }
+    let id = |c: &[u8]| hex::encode(&peerdex::content::Tree::of_bytes(c).root[..4]);
+    let b = folder(ws.path(), "b", &[]);
+    let (mut pb, _) = Proc::peer(index_addr, &b);
+    pb.send("download same.bin");
+    let done = pb.expect(Stream::Out, "downloaded same.bin");
+    assert!(done.ends_with(&format!("; content {} of the 2 under that name", id(&wide))), "{done}");
+    assert_eq!(fs::read(b.join("same.bin")).unwrap(), wide);
+    pb.send("delete same.bin");
+    pb.expect(Stream::Out, "deleted same.bin");
+    pb.send(&format!("download same.bin@{}", id(&rare)));
+    let done = pb.expect(Stream::Out, "downloaded same.bin");
+    assert!(done.starts_with("downloaded same.bin (2000 bytes) from "), "{done}");
+    assert_eq!(fs::read(b.join("same.bin")).unwrap(), rare);
+    pb.send("delete same.bin");
+    pb.expect(Stream::Out, "deleted same.bin");
+    pb.send("download same.bin@00000000");
+    let err = pb.expect(Stream::Err, "no content");
+    assert!(
+        err.starts_with("error: cannot download \"same.bin\": no content of that name has the id 00000000"),
+        "{err}"
+    );
+    assert!(!pb.finish().success());
+}

@@ -23,6 +23,9 @@ use crate::name::SharePath;
 use crate::text::escape;
 use crate::wire::{FileInfo, LIST_PART_BYTES, MAX_FILES_PER_PEER, Request};
 
+/// A queued download: a name, and the id of the content chosen, if one was.
+type Queued = (SharePath, Option<String>);
+
 /// What a scan skipped: each path with why.
 pub type Skipped = Vec<(String, Skip)>;
 
@@ -49,7 +52,7 @@ pub struct Node {
     /// Queued names cancelled before they started.
     cancelled: Mutex<HashSet<SharePath>>,
     /// Where queued downloads go; `None` once no more can come.
-    queue: Mutex<Option<mpsc::Sender<SharePath>>>,
+    queue: Mutex<Option<mpsc::Sender<Queued>>>,
     /// The download workers.
     workers: Mutex<Vec<JoinHandle<()>>>,
     /// Taken around each change sent to the index: a rescan and the `Update` it feeds
@@ -70,7 +73,7 @@ pub struct Node {
     /// the editor is not drawing (and its printer would wait for it).
     editor: Mutex<Option<thread::ThreadId>>,
     /// On a terminal, the rows of the listing being printed, shown aligned at its end.
-    rows: Mutex<Vec<[String; 3]>>,
+    rows: Mutex<Vec<([String; 3], Option<crate::content::Hash>)>>,
 }
 
 /// A download as `downloads` lists it.
@@ -92,7 +95,7 @@ impl Node {
         printer: Printer,
         progress: bool,
     ) -> anyhow::Result<Arc<Node>> {
-        let (queue, jobs) = mpsc::channel::<SharePath>();
+        let (queue, jobs) = mpsc::channel::<Queued>();
         let workers = downloads.max_parallel.max(1);
         let node = Arc::new(Node {
             index,
@@ -123,13 +126,13 @@ impl Node {
                 .spawn(move || {
                     loop {
                         let next = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
-                        let Ok(name) = next else { return };
+                        let Ok((name, content)) = next else { return };
                         if lock(&me.cancelled).remove(&name) {
                             lock(&me.in_flight).remove(&name);
                             me.emit(&Event::Cancelled { name: name.as_str(), why: "it had not started" });
                             continue;
                         }
-                        me.fetch(&name);
+                        me.fetch(&name, content.as_deref());
                     }
                 })
                 .context("cannot start a download worker")?;
@@ -145,7 +148,7 @@ impl Node {
                 return lock(&self.rows).push(row);
             }
             if let Event::ListEnd { .. } = event {
-                let rows = std::mem::take(&mut *lock(&self.rows));
+                let rows = super::printer::with_ids(std::mem::take(&mut *lock(&self.rows)));
                 for line in super::printer::table(&rows) {
                     crate::outln!("{line}");
                 }
@@ -193,13 +196,14 @@ impl Node {
         }
     }
 
-    /// Queues a download of `name`.
-    pub fn queue_download(&self, name: SharePath) -> anyhow::Result<()> {
+    /// Queues a download of `name`: of the content whose root starts with the hex
+    /// digits `content`, if given, else of the most shared.
+    pub fn queue_download(&self, name: SharePath, content: Option<String>) -> anyhow::Result<()> {
         if !lock(&self.in_flight).insert(name.clone()) {
             bail!("cannot download {:?}: already downloading it", name.as_str());
         }
         self.emit(&Event::Queued { name: name.as_str() });
-        let sent = lock(&self.queue).as_ref().map(|q| q.send(name.clone()));
+        let sent = lock(&self.queue).as_ref().map(|q| q.send((name.clone(), content)));
         if sent.is_none_or(|r| r.is_err()) {
             lock(&self.in_flight).remove(&name);
             bail!("cannot download {:?}: the peer is stopping", name.as_str());
@@ -371,7 +375,7 @@ impl Node {
     }
 
     /// One download, reported as it ends, then announced to the index.
-    fn fetch(&self, name: &SharePath) {
+    fn fetch(&self, name: &SharePath, content: Option<&str>) {
         let shown = name.as_str();
         let progress = Arc::new(Progress::default());
         lock(&self.running).insert(name.clone(), Arc::clone(&progress));
@@ -385,6 +389,7 @@ impl Node {
                 .load(Ordering::SeqCst)
                 .then(|| SocketAddr::new(self.index.local_ip(), self.port)),
             progress: &progress,
+            content,
         };
         let result = downloader.download(name, |note| match note {
             Note::SourceFailed { from, why, more } => {
@@ -429,6 +434,7 @@ impl Node {
             root: &got.info.root,
             sources: &got.sources,
             resumed: got.resumed,
+            contents: got.contents,
         });
         if let Err(e) = announced {
             self.fail(format!("downloaded {shown:?}, but the index was not updated: {e:#}"));

@@ -43,7 +43,15 @@ pub enum Event<'a> {
     /// One source of a download failed; `more` if others go on.
     SourceFailed { name: &'a str, from: SocketAddr, why: &'a str, more: bool, bad_piece: Option<u32> },
     /// A download is complete and verified.
-    Downloaded { name: &'a str, size: u64, root: &'a Hash, sources: &'a [(SocketAddr, u64)], resumed: u64 },
+    Downloaded {
+        name: &'a str,
+        size: u64,
+        root: &'a Hash,
+        sources: &'a [(SocketAddr, u64)],
+        resumed: u64,
+        /// Contents the index had under the name.
+        contents: usize,
+    },
     /// A download failed.
     Failed { name: &'a str, why: &'a str },
     /// A download was cancelled (what it verified is kept).
@@ -93,21 +101,46 @@ pub fn human(bytes: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
-/// A listing's row on a terminal: name, size, holders.
-pub fn row(event: &Event) -> Option<[String; 3]> {
+/// A content's short id: the first 8 hex digits of its root, as `download NAME@ID`
+/// takes it.
+pub fn short_id(root: &Hash) -> String {
+    hex::encode(&root[..4])
+}
+
+/// A listing's row on a terminal: name, size, holders; and the content's root.
+pub fn row(event: &Event) -> Option<([String; 3], Option<Hash>)> {
     match event {
         Event::Entry(e) => {
             let partial = match e.partial {
                 0 => String::new(),
                 n => format!(", {n} downloading"),
             };
-            Some([e.name.to_string(), human(e.size), format!("{}{partial}", count(e.peers, "peer"))])
+            let row = [e.name.to_string(), human(e.size), format!("{}{partial}", count(e.peers, "peer"))];
+            Some((row, Some(e.root)))
         }
         Event::Folder { path, files, bytes } => {
-            Some([format!("{path}/"), human(*bytes), count(*files, "file")])
+            Some(([format!("{path}/"), human(*bytes), count(*files, "file")], None))
         }
         _ => None,
     }
+}
+
+/// A listing's rows, a name listed with several contents shown as `NAME@ID` each.
+pub fn with_ids(rows: Vec<([String; 3], Option<Hash>)>) -> Vec<[String; 3]> {
+    let mut seen: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (row, _) in &rows {
+        *seen.entry(row[0].clone()).or_default() += 1;
+    }
+    rows.into_iter()
+        .map(|(mut row, root)| {
+            if let Some(root) = root
+                && seen[&row[0]] > 1
+            {
+                row[0] = format!("{}@{}", row[0], short_id(&root));
+            }
+            row
+        })
+        .collect()
 }
 
 /// Rows in aligned columns, the sizes to the right.
@@ -200,12 +233,17 @@ fn text(event: &Event) -> Option<(String, bool)> {
             };
             (format!("error: cannot download {name:?} from {from}: {why}{next}"), true)
         }
-        Event::Downloaded { name, size, sources, resumed, .. } => {
+        Event::Downloaded { name, size, root, sources, resumed, contents } => {
             let resumed = match resumed {
                 0 => String::new(),
                 n => format!(", {n} bytes of it already here"),
             };
-            (format!("downloaded {name} ({size} bytes) {}{resumed}", from_sources(sources)), false)
+            // Which one, when the name had several.
+            let which = match contents {
+                0 | 1 => String::new(),
+                n => format!("; content {} of the {n} under that name", short_id(root)),
+            };
+            (format!("downloaded {name} ({size} bytes) {}{resumed}{which}", from_sources(sources)), false)
         }
         Event::Failed { name, why } => (format!("error: cannot download {name:?}: {}", escape(why)), true),
         Event::Cancelled { name, why } => (format!("cancelled {name}: {}", escape(why)), false),
@@ -285,7 +323,8 @@ fn json(event: &Event) -> Value {
             "bad_piece": bad_piece,
             "others_go_on": more,
         }),
-        Event::Downloaded { name, size, root, sources, resumed } => json!({
+        Event::Downloaded { name, size, root, sources, resumed, contents } => json!({
+            "contents": contents,
             "type": "downloaded",
             "name": name,
             "size": size,
@@ -323,6 +362,15 @@ mod tests {
         assert_eq!(human(4096), "4.0 KiB");
         assert_eq!(human(1_503_238_553), "1.4 GiB");
         assert_eq!(human(u64::MAX), "16.0 EiB");
+    }
+
+    #[test]
+    fn a_name_with_several_contents_shows_their_ids() {
+        let row = |name: &str| [name.to_owned(), "1 B".to_owned(), "1 peer".to_owned()];
+        let rows =
+            vec![(row("a"), Some([0xab; 32])), (row("a"), Some([0xcd; 32])), (row("b"), Some([1; 32]))];
+        let shown: Vec<String> = with_ids(rows).into_iter().map(|r| r[0].clone()).collect();
+        assert_eq!(shown, ["a@abababab", "a@cdcdcdcd", "b"]);
     }
 
     #[test]

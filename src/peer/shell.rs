@@ -112,6 +112,8 @@ pub enum Command {
     Download(SharePath),
     /// Download every file the index lists under a folder (`download album/`).
     DownloadFolder(SharePath),
+    /// Download one content of a name that has several (`download NAME@abcd1234`).
+    DownloadContent(SharePath, String),
     /// Delete a file from the folder.
     Delete(SharePath),
     /// Rescan the folder and send the list.
@@ -184,7 +186,12 @@ impl Command {
                         .map(|f| Some(Command::DownloadFolder(f)))
                         .map_err(|why| format!("invalid folder name {name:?}: {why}"))
                 }
-                name => checked(&name).map(|n| Some(Command::Download(n))),
+                name => match content_id(&name) {
+                    Some((base, id)) => {
+                        checked(base).map(|n| Some(Command::DownloadContent(n, id.to_owned())))
+                    }
+                    None => checked(&name).map(|n| Some(Command::Download(n))),
+                },
             },
             "delete" => checked(&one_name(word, rest)?).map(|n| Some(Command::Delete(n))),
             "login" => {
@@ -197,6 +204,14 @@ impl Command {
             _ => Err(format!("unknown command {:?} (type help for the list)", word)),
         }
     }
+}
+
+/// `NAME@ID`, where ID is a content's 8 hex digits (as listings on a terminal show a
+/// name with several contents): the name and the id.
+fn content_id(text: &str) -> Option<(&str, &str)> {
+    let (name, id) = text.rsplit_once('@')?;
+    let hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);
+    (id.len() == 8 && id.chars().all(hex) && !name.is_empty()).then_some((name, id))
 }
 
 /// `name` as a [`SharePath`], or an error that names it.
@@ -489,7 +504,8 @@ impl Shell {
                 // Only now: once this line is out, no other peer is offered the file.
                 node.emit(&Event::Deleted { name: name.as_str() });
             }
-            Command::Download(name) => node.queue_download(name)?,
+            Command::Download(name) => node.queue_download(name, None)?,
+            Command::DownloadContent(name, id) => node.queue_download(name, Some(id))?,
             Command::Downloads => {
                 let all = node.downloads();
                 let mut running = 0;
@@ -594,7 +610,7 @@ impl Shell {
         // Said before any of them can finish, so the lines come in this order.
         self.node.emit(&Event::FolderQueued { folder: folder.as_str(), files: todo.len() });
         for name in todo {
-            if let Err(e) = self.node.queue_download(name) {
+            if let Err(e) = self.node.queue_download(name, None) {
                 self.node.fail(format!("{e:#}"));
             }
         }
@@ -762,6 +778,23 @@ mod tests {
         );
         assert!(parse("get_files_list --limitless").unwrap_err().contains("unknown option"));
         assert!(parse("get_files_list don't").unwrap_err().contains("unmatched quote"));
+    }
+
+    #[test]
+    fn a_content_is_chosen_by_its_id() {
+        let name = |s: &str| SharePath::parse(s).unwrap();
+        assert_eq!(
+            parse("download a b.iso@0123abcd"),
+            Ok(Some(Command::DownloadContent(name("a b.iso"), "0123abcd".into())))
+        );
+        // Not 8 lowercase hex digits: part of the name.
+        assert_eq!(parse("download x@0123ABCD"), Ok(Some(Command::Download(name("x@0123ABCD")))));
+        assert_eq!(parse("download x@123"), Ok(Some(Command::Download(name("x@123")))));
+        assert_eq!(
+            parse("download @0123abcd"),
+            Ok(Some(Command::Download(name("@0123abcd")))),
+            "no name before it"
+        );
     }
 
     #[test]

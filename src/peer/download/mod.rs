@@ -190,6 +190,9 @@ pub struct Downloaded {
     pub sources: Vec<(SocketAddr, u64)>,
     /// Bytes that were already here from an interrupted attempt (0 if none).
     pub resumed: u64,
+    /// How many contents the index had under the name (the most shared is taken,
+    /// unless one was chosen by its id).
+    pub contents: usize,
 }
 
 /// Everything a download needs besides the name.
@@ -208,6 +211,9 @@ pub struct Downloader<'a> {
     pub me: Option<SocketAddr>,
     /// Kept up to date as the download goes, and read for a cancel.
     pub progress: &'a Progress,
+    /// The content to take when the name has several: the first hex digits of its
+    /// root (`download NAME@abcd1234`); `None` for the most shared.
+    pub content: Option<&'a str>,
 }
 
 /// How far a download has come, for `downloads` and progress lines; and its cancel.
@@ -270,11 +276,20 @@ impl Downloader<'_> {
             }
         }
         contents.sort_by_key(|(_, group)| std::cmp::Reverse(group.len()));
+        let choices = contents.len();
+        if let Some(id) = self.content {
+            contents.retain(|((_, root), _)| hex::encode(root).starts_with(id));
+            if contents.is_empty() {
+                bail!(
+                    "no content of that name has the id {id} (a listing on a terminal shows the ids of a name with several)"
+                );
+            }
+        }
         let mut failure = None;
         for ((size, root), group) in contents {
             let candidates = self.order(name, group, &mut note);
             match self.fetch(name, size, root, candidates, &mut note) {
-                Ok(done) => return Ok(done),
+                Ok(done) => return Ok(Downloaded { contents: choices, ..done }),
                 Err(Failed::Local(e)) => return Err(e),
                 Err(Failed::Sources(e)) => failure = Some(e),
             }
@@ -633,7 +648,7 @@ impl Downloader<'_> {
         }
         let mut sources: Vec<(SocketAddr, u64)> = sources.into_iter().collect();
         sources.sort_by_key(|&(addr, bytes)| (std::cmp::Reverse(bytes), addr));
-        Ok(Downloaded { info: FileInfo { name: name.clone(), size, root }, sources, resumed })
+        Ok(Downloaded { info: FileInfo { name: name.clone(), size, root }, sources, resumed, contents: 1 })
     }
 
     /// Peers the index now names for this content, other than this one.
