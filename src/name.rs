@@ -127,9 +127,7 @@ impl SharePath {
 
     /// The folders it is in, outermost first (none for a file at the top).
     pub fn folders(&self) -> impl Iterator<Item = &str> {
-        let mut parts: Vec<&str> = self.components().collect();
-        parts.pop();
-        parts.into_iter()
+        self.0.rsplit_once('/').map(|(folders, _)| folders.split('/')).into_iter().flatten()
     }
 
     /// This path inside the folder `folder` (a `SharePath` itself).

@@ -248,17 +248,12 @@ fn text(event: &Event) -> Option<(String, bool)> {
         Event::Failed { name, why } => (format!("error: cannot download {name:?}: {}", escape(why)), true),
         Event::Cancelled { name, why } => (format!("cancelled {name}: {}", escape(why)), false),
         Event::Progress { name, done, total, rate, sources } => {
-            let percent = if *total == 0 { 100 } else { done * 100 / total };
-            let sources = count(*sources as u64, "source");
-            (
-                format!("progress {name}: {done} of {total} bytes ({percent}%), {rate} bytes/s, {sources}"),
-                true,
-            )
+            let [done, rate, sources] = progress(*done, *total, *rate, *sources);
+            (format!("progress {name}: {done}, {rate}, {sources}"), true)
         }
         Event::Running { name, done, total, rate, sources } => {
-            let percent = if *total == 0 { 100 } else { done * 100 / total };
-            let sources = count(*sources as u64, "source");
-            (format!("{name}\t{done} of {total} bytes ({percent}%)\t{rate} bytes/s\t{sources}"), false)
+            let [done, rate, sources] = progress(*done, *total, *rate, *sources);
+            (format!("{name}\t{done}\t{rate}\t{sources}"), false)
         }
         Event::Waiting { name } => (format!("{name}\tqueued"), false),
         Event::DownloadsEnd { running, queued } => (format!("{running} running, {queued} queued"), false),
@@ -268,6 +263,17 @@ fn text(event: &Event) -> Option<(String, bool)> {
         // Errors can carry text from the network; the escaping is idempotent.
         Event::Error(why) => (format!("error: {}", escape(why)), true),
     })
+}
+
+/// How far a download has come, as words: "524288 of 1048576 bytes (50%)",
+/// "210000 bytes/s", "2 sources".
+fn progress(done: u64, total: u64, rate: u64, sources: usize) -> [String; 3] {
+    let percent = (done * 100).checked_div(total).unwrap_or(100);
+    [
+        format!("{done} of {total} bytes ({percent}%)"),
+        format!("{rate} bytes/s"),
+        count(sources as u64, "source"),
+    ]
 }
 
 /// Where a download came from: "from A", "from A and B (2 peers)", "from A, B, C and

@@ -68,24 +68,11 @@ pub(super) fn open_root(root: &Path) -> io::Result<OwnedFd> {
     Ok(rustix::fs::open(root, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())?)
 }
 
-/// The folder that holds `name`, opened without following a symlink on the way.
-pub(super) fn open_parent(root: &Path, name: &SharePath) -> Result<OwnedFd, OpenError> {
-    let mut dir = open_root(root)?;
-    for part in name.folders() {
-        dir = match open_folder(&dir, part) {
-            Ok(fd) => fd,
-            Err(Blocked::Symlink) => return Err(OpenError::ThroughSymlink),
-            Err(Blocked::Missing | Blocked::File) => return Err(OpenError::NotFound),
-            Err(Blocked::Io(e)) => return Err(e.into()),
-        };
-    }
-    Ok(dir)
-}
-
-/// The folder that is to hold `name`, made where missing (folders on the way as well),
-/// never through a symlink or over a file.
-pub(super) fn make_parent(root: &Path, name: &SharePath) -> io::Result<OwnedFd> {
-    let mut dir = open_root(root)?;
+/// Goes down to the folder that holds `name`, a folder at a time, never through a
+/// symlink; with `make`, making the folders that are missing. `Ok(None)`: a folder
+/// is missing (and was not to be made). On an obstacle, it and the path up to it.
+fn descend(root: &Path, name: &SharePath, make: bool) -> Result<Option<OwnedFd>, (Blocked, String)> {
+    let mut dir = open_root(root).map_err(|e| (Blocked::Io(e), String::new()))?;
     let mut so_far = String::new();
     for part in name.folders() {
         if !so_far.is_empty() {
@@ -93,6 +80,7 @@ pub(super) fn make_parent(root: &Path, name: &SharePath) -> io::Result<OwnedFd> 
         }
         so_far.push_str(part);
         let next = match open_folder(&dir, part) {
+            Err(Blocked::Missing) if !make => return Ok(None),
             Err(Blocked::Missing) => match rustix::fs::mkdirat(&dir, part, Mode::from_raw_mode(0o755)) {
                 // Made by someone else meanwhile: open what is there, with the same checks.
                 Ok(()) | Err(Errno::EXIST) => open_folder(&dir, part),
@@ -100,9 +88,29 @@ pub(super) fn make_parent(root: &Path, name: &SharePath) -> io::Result<OwnedFd> 
             },
             other => other,
         };
-        dir = next.map_err(|b| io::Error::other(b.why(&so_far)))?;
+        dir = next.map_err(|b| (b, so_far.clone()))?;
     }
-    Ok(dir)
+    Ok(Some(dir))
+}
+
+/// The folder that holds `name`, opened without following a symlink on the way.
+pub(super) fn open_parent(root: &Path, name: &SharePath) -> Result<OwnedFd, OpenError> {
+    match descend(root, name, false) {
+        Ok(Some(dir)) => Ok(dir),
+        Ok(None) | Err((Blocked::Missing | Blocked::File, _)) => Err(OpenError::NotFound),
+        Err((Blocked::Symlink, _)) => Err(OpenError::ThroughSymlink),
+        Err((Blocked::Io(e), _)) => Err(e.into()),
+    }
+}
+
+/// The folder that is to hold `name`, made where missing (folders on the way as well),
+/// never through a symlink or over a file.
+pub(super) fn make_parent(root: &Path, name: &SharePath) -> io::Result<OwnedFd> {
+    match descend(root, name, true) {
+        Ok(Some(dir)) => Ok(dir),
+        Ok(None) => unreachable!("missing folders are made"),
+        Err((b, so_far)) => Err(io::Error::other(b.why(&so_far))),
+    }
 }
 
 /// Opens `name` for reading (a final symlink is followed; its target is checked by
@@ -119,19 +127,11 @@ pub(super) fn open_file(root: &Path, name: &SharePath) -> Result<File, OpenError
 /// there, and is nothing in the way of the folders it needs (a symlink, a file)?
 /// Missing folders are no obstacle: [`make_parent`] makes them.
 pub(super) fn vacant(root: &Path, name: &SharePath) -> Result<(), String> {
-    let mut dir = open_root(root).map_err(|e| e.to_string())?;
-    let mut so_far = String::new();
-    for part in name.folders() {
-        if !so_far.is_empty() {
-            so_far.push('/');
-        }
-        so_far.push_str(part);
-        dir = match open_folder(&dir, part) {
-            Ok(fd) => fd,
-            Err(Blocked::Missing) => return Ok(()),
-            Err(b) => return Err(b.why(&so_far)),
-        };
-    }
+    let dir = match descend(root, name, false) {
+        Ok(Some(dir)) => dir,
+        Ok(None) => return Ok(()),
+        Err((b, so_far)) => return Err(b.why(&so_far)),
+    };
     match rustix::fs::statat(&dir, name.file_name(), AtFlags::SYMLINK_NOFOLLOW) {
         Err(Errno::NOENT) => Ok(()),
         _ => Err("a file of that name is already in the shared folder (delete it first)".into()),
