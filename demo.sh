@@ -2,7 +2,17 @@
 # A complete local demo of peerdex: an index server and two peers on loopback.
 # Peer A shares ./shared_files; peer B lists what A shares, downloads every file into a
 # folder of its own, and the copies are checked byte for byte. Then everything stops.
+#
+# ./demo.sh --by-hand then leaves the index server running with a third peer sharing
+# larger files (a folder of three, and one of 768 MiB), and starts a peer on this
+# terminal for you to type into: try `ls`, `get al<Tab>`, `get #4`, `downloads`.
 set -euo pipefail
+by_hand=false
+case "${1:-}" in
+    --by-hand) by_hand=true ;;
+    "") ;;
+    *) echo "usage: $0 [--by-hand]" >&2; exit 2 ;;
+esac
 cd "$(dirname "$0")"
 
 echo "==> building"
@@ -12,7 +22,7 @@ bin=target/debug
 work=$(mktemp -d)
 pids=()
 cleanup() {
-    exec 3>&- 2>/dev/null || true
+    exec 3>&- 4>&- 2>/dev/null || true
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
     rm -rf "$work"
@@ -65,8 +75,26 @@ for f in shared_files/*; do
     echo "    identical: $(sha256sum "$work/b/$(basename "$f")" | cut -c1-16)...  $(basename "$f")"
 done
 
+if $by_hand; then
+    echo "==> peer C shares larger files: album/ (3 x 64 MiB) and big.bin (768 MiB)"
+    mkdir -p "$work/c/album" "$work/d"
+    for i in 1 2 3; do head -c 64M /dev/urandom >"$work/c/album/0$i intro.flac"; done
+    head -c 768M /dev/urandom >"$work/c/big.bin"
+    mkfifo "$work/c.in"
+    "$bin/peer" --register 127.0.0.1 "$port" 0 "$work/c" <"$work/c.in" >"$work/c.out" 2>&1 &
+    pids+=($!)
+    exec 4>"$work/c.in"   # C serves until this closes
+    wait_line "$work/c.out" "registered" | sed 's/^/    C: /'
+    echo "==> your peer, on this terminal (quit or Ctrl-D to end the demo)"
+    if [ -t 0 ] && [ -t 1 ]; then
+        "$bin/peer" 127.0.0.1 "$port" 0 "$work/d" || true
+    else
+        echo "demo: --by-hand needs a terminal" >&2
+    fi
+fi
+
 echo "==> shutting down"
-exec 3>&-
+exec 3>&- 4>&-
 wait "${pids[1]}" && echo "    peer A exited cleanly at the end of its input"
 kill "${pids[0]}"
 echo "==> the index server's log"

@@ -1,6 +1,7 @@
 //! The peer's front ends, from scripts: `--json` (every line on stdout one JSON object
 //! with a "type", checked field by field, errors included; the exit status contract
-//! unchanged), `--register`, the short aliases and `help COMMAND`.
+//! unchanged), `--register`, the short aliases and `help COMMAND`, and `download` of
+//! several names, globs and lines of the last listing.
 
 mod common;
 
@@ -214,4 +215,95 @@ fn a_content_is_chosen_by_its_id_or_by_how_widely_it_is_shared() {
         "{err}"
     );
     assert!(!pb.finish().success());
+}
+
+/// `download` takes several quoted names, globs (`*` within a folder level, `**`
+/// across, a quoted `*` a character), and `#N` lines of the last listing (folders
+/// included); each file gets its own result line, and a target that fails does not
+/// stop the others but sets the exit status.
+#[test]
+fn download_takes_several_names_globs_and_lines_of_the_last_listing() {
+    let ws = workspace();
+    let a = folder(
+        ws.path(),
+        "a",
+        &[
+            ("one.flac", b"1"),
+            ("two.flac", b"22"),
+            ("notes.txt", b"333"),
+            ("a b.txt", b"4444"),
+            ("star*.txt", b"55555"),
+            ("starry.txt", b"666666"),
+        ],
+    );
+    fs::create_dir_all(a.join("album/disc 1")).unwrap();
+    fs::write(a.join("album/disc 1/01.flac"), b"7777777").unwrap();
+    fs::write(a.join("album/cover.jpg"), b"88888888").unwrap();
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    let (_pa, _) = Proc::registered_peer(index_addr, &a, 8);
+    let b = folder(ws.path(), "b", &[]);
+    let (mut pb, _) = Proc::peer(index_addr, &b);
+
+    // A glob: both .flac files at the top, not the one in album/disc 1.
+    pb.send("download *.flac");
+    pb.expect(Stream::Out, "downloading 2 files matching *.flac");
+    let mut got: Vec<String> = (0..2).map(|_| pb.expect(Stream::Out, "downloaded ")).collect();
+    got.sort();
+    assert!(got[0].starts_with("downloaded one.flac (1 bytes) from "), "{got:?}");
+    assert!(got[1].starts_with("downloaded two.flac (2 bytes) from "), "{got:?}");
+    assert!(!b.join("album").exists());
+
+    // Several names, quoted; a quoted '*' is a character.
+    pb.send("download \"a b.txt\" 'star*.txt' notes.txt");
+    let mut got: Vec<String> = (0..3).map(|_| pb.expect(Stream::Out, "downloaded ")).collect();
+    got.sort();
+    assert!(got[0].starts_with("downloaded a b.txt (4 bytes)"), "{got:?}");
+    assert!(got[1].starts_with("downloaded notes.txt (3 bytes)"), "{got:?}");
+    assert!(got[2].starts_with("downloaded star*.txt (5 bytes)"), "{got:?}");
+    assert!(!b.join("starry.txt").exists(), "'star*.txt' quoted is one name");
+
+    // `**` crosses folders; a file already here is said and passed over.
+    pb.send("download **/*.flac");
+    pb.expect(Stream::Out, "already here: one.flac");
+    pb.expect(Stream::Out, "downloading 1 file matching **/*.flac");
+    pb.expect(Stream::Out, "downloaded album/disc 1/01.flac (7 bytes)");
+
+    // Lines of the last listing: a file, then a folder of a `--dirs` listing.
+    pb.send("get_files_list starr");
+    pb.expect(Stream::Out, "starry.txt\t6 bytes\t1 peer");
+    pb.expect(Stream::Out, "1 file at other peers");
+    pb.send("download #1");
+    pb.expect(Stream::Out, "downloaded starry.txt (6 bytes)");
+    pb.send("get_files_list --dirs album");
+    pb.expect(Stream::Out, "album/disc 1/\t7 bytes\t1 file");
+    pb.expect(Stream::Out, "album/cover.jpg\t8 bytes\t1 peer");
+    pb.expect(Stream::Out, "1 folder and 1 file in album/ at other peers");
+    pb.send("download #2");
+    pb.expect(Stream::Out, "downloaded album/cover.jpg (8 bytes)");
+    pb.send("download #1");
+    pb.expect(Stream::Out, "already here: album/disc 1/01.flac");
+    pb.expect(Stream::Out, "downloading 0 files under album/disc 1/");
+
+    // Failures name the target and do not stop the others.
+    pb.send("download #3");
+    pb.expect(Stream::Err, "error: cannot download #3: the last listing had 2 lines");
+    pb.send("download *.nothing");
+    pb.expect(Stream::Err, "error: cannot download \"*.nothing\": no file at other peers matches it");
+    pb.send("download 'gone.txt' *.nothing 'a b.txt'");
+    // (The downloads' errors come from their workers, in whichever order.)
+    let mut errs: Vec<String> = (0..3).map(|_| pb.expect(Stream::Err, "error: ")).collect();
+    errs.sort();
+    assert_eq!(
+        errs,
+        [
+            "error: cannot download \"*.nothing\": no file at other peers matches it",
+            "error: cannot download \"a b.txt\": a file of that name is already in the shared folder (delete it first)",
+            "error: cannot download \"gone.txt\": no registered peer shares it",
+        ]
+    );
+    pb.send("download [z-a]*.txt");
+    let err = pb.expect(Stream::Err, "invalid pattern");
+    assert!(err.starts_with("error: invalid pattern \"[z-a]*.txt\": "), "{err}");
+    assert_eq!(pb.finish().code(), Some(1));
+    assert_eq!(fs::read(b.join("album/disc 1/01.flac")).unwrap(), b"7777777");
 }

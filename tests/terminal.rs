@@ -1,6 +1,8 @@
 //! The peer on a terminal, driven through a pseudo-terminal (rexpect): listings in
 //! aligned columns with human sizes, line editing with a prompt redrawn after
-//! background messages, tab completion of commands and of
+//! background messages, progress bars drawn above the prompt and cleared by their
+//! result lines, `cancel` keeping a partial that a later `get` resumes, numbered
+//! listings for `get #N`, tab completion of commands and of
 //! names with spaces a folder level at a time, history recalled with up-arrow and kept
 //! across runs, and Ctrl-C (once: cancel the downloads; twice: quit).
 
@@ -97,4 +99,150 @@ fn the_terminal_edits_completes_recalls_and_quits_on_two_ctrl_c() {
     {
         assert!(history.lines().any(|l| l.trim_end() == line), "{line:?} is not in the history: {history:?}");
     }
+}
+
+/// Everything the terminal was sent, as it reads: a screen of `rows` x `cols`.
+struct Screen {
+    parser: vt100::Parser,
+}
+
+impl Screen {
+    fn new(rows: u16, cols: u16) -> Screen {
+        let size = |n: u16| std::num::NonZeroU16::new(n).unwrap();
+        Screen { parser: vt100::Parser::new(size(rows), size(cols), 0) }
+    }
+
+    /// Waits for `text` from the terminal, putting everything up to it on the screen.
+    fn expect(&mut self, p: &mut rexpect::session::PtySession, text: &str) {
+        let before = p.exp_string(text).unwrap_or_else(|e| panic!("waiting for {text:?}: {e}"));
+        self.parser.process(before.as_bytes());
+        self.parser.process(text.as_bytes());
+    }
+
+    /// The screen's rows, their trailing blanks cut, the empty ones at the end left out.
+    fn rows(&self) -> Vec<String> {
+        let mut rows: Vec<String> =
+            self.parser.screen().rows(0, 100).map(|r| r.trim_end().to_owned()).collect();
+        while rows.last().is_some_and(|r| r.is_empty()) {
+            rows.pop();
+        }
+        rows
+    }
+}
+
+#[test]
+fn progress_bars_are_drawn_above_the_prompt_and_leave_only_the_result_lines() {
+    let ws = workspace();
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    // Three downloads held before their first byte: one file, and a folder of two.
+    let gate = Gate::default();
+    let held = || Gates { before_data: Some(gate.clone()), ..Gates::default() };
+    let mut fakes = Vec::new();
+    for (name, len) in [("slow.bin", 40_000), ("album/a.flac", 30_000), ("album/b.flac", 50_000)] {
+        let content = random_bytes(len);
+        let (sender, _) = fake_sender_gated(content.clone(), Misbehaviour::Honest, held());
+        fakes.push(register_fake(index_addr, sender.port(), info(name, &content)));
+    }
+    let b = ws.path().join("b");
+    fs::create_dir(&b).unwrap();
+
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_peer"));
+    cmd.args(["127.0.0.1", &index_addr.port().to_string(), "0"]).arg(&b);
+    cmd.env("XDG_STATE_HOME", ws.path().join("state")).env("TERM", "xterm");
+    let mut p = rexpect::session::spawn_command(cmd, Some(30_000)).unwrap();
+    // rexpect's terminal is 80 columns; the rows are the emulator's own.
+    let mut screen = Screen::new(40, 80);
+    screen.expect(&mut p, "peerdex> ");
+
+    // A listing is numbered, and `get #N` takes its N-th line.
+    typed(&mut p, "ls slow\r");
+    screen.expect(&mut p, "#1  slow.bin  39.1 KiB  1 peer");
+    screen.expect(&mut p, "peerdex> ");
+    typed(&mut p, "get #1\r");
+    // Its bar: name, bytes done of all, rate, ETA and sources.
+    screen.expect(&mut p, "slow.bin  0 B/39.06 KiB [");
+    screen.expect(&mut p, "1 source");
+    screen.expect(&mut p, "peerdex> ");
+    // A folder download: one bar for the folder, with its files.
+    typed(&mut p, "get album/\r");
+    screen.expect(&mut p, "downloading 2 files under album/");
+    screen.expect(&mut p, "album/  0 B/78.12 KiB [");
+    screen.expect(&mut p, "0/2 files");
+    screen.expect(&mut p, "peerdex> ");
+    typed(&mut p, "dow");
+    screen.expect(&mut p, "dow");
+    let rows = screen.rows();
+    let n = rows.len();
+    assert!(n >= 3, "{rows:#?}");
+    assert!(rows[n - 3].starts_with("album/  0 B/78.12 KiB ["), "the bars, just above the prompt: {rows:#?}");
+    assert!(rows[n - 2].starts_with("slow.bin  0 B/39.06 KiB ["), "{rows:#?}");
+    assert!(rows[n - 2].contains("ETA") && rows[n - 2].ends_with("1 source"), "{rows:#?}");
+    assert_eq!(rows[n - 1], "peerdex> dow", "{rows:#?}");
+
+    // Done: each result line takes its bar's place; the line being typed stays.
+    gate.open();
+    // (In whichever order they end.)
+    for _ in 0..3 {
+        screen.expect(&mut p, "downloaded ");
+    }
+    typed(&mut p, "nloads\r");
+    screen.expect(&mut p, "0 running, 0 queued");
+    screen.expect(&mut p, "peerdex> ");
+    let rows = screen.rows();
+    assert!(!rows.iter().any(|r| r.contains("ETA")), "no bar is left: {rows:#?}");
+    for line in
+        ["peerdex> get #1", "peerdex> get album/", "downloading 2 files under album/", "peerdex> downloads"]
+    {
+        assert_eq!(rows.iter().filter(|r| *r == line).count(), 1, "{line:?} once: {rows:#?}");
+    }
+    for name in ["slow.bin (40000 bytes)", "album/a.flac (30000 bytes)", "album/b.flac (50000 bytes)"] {
+        let line = format!("downloaded {name} from 127.0.0.1:");
+        assert_eq!(rows.iter().filter(|r| r.starts_with(&line)).count(), 1, "{line:?} once: {rows:#?}");
+    }
+    assert_eq!(rows.last().unwrap(), "peerdex>", "{rows:#?}");
+    assert_eq!(fs::read(b.join("album/b.flac")).unwrap().len(), 50_000);
+    p.send_control('d').unwrap();
+    p.exp_eof().unwrap();
+}
+
+/// On the terminal, `cancel` stops a running download and keeps what it verified; a
+/// later `download` of the name fetches only the rest.
+#[test]
+fn cancel_at_the_terminal_keeps_a_partial_that_a_later_download_resumes() {
+    let ws = workspace();
+    let content = random_bytes(1 << 20); // 64 pieces of 16 KiB
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    // A source that holds only the first half, as a peer still downloading it would.
+    let half = Gates { up_to: Some(1 << 19), ..Gates::default() };
+    let (first, _) = fake_sender_gated(content.clone(), Misbehaviour::Honest, half);
+    let _f = register_fake(index_addr, first.port(), info("big.bin", &content));
+    let b = ws.path().join("b");
+    fs::create_dir(&b).unwrap();
+
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_peer"));
+    cmd.args(["127.0.0.1", &index_addr.port().to_string(), "0"]).arg(&b);
+    cmd.env("XDG_STATE_HOME", ws.path().join("state")).env("TERM", "xterm");
+    let mut p = rexpect::session::spawn_command(cmd, Some(30_000)).unwrap();
+    let mut screen = Screen::new(40, 80);
+    screen.expect(&mut p, "peerdex> ");
+    typed(&mut p, "get big.bin\r");
+    // The bar shows the half the source holds, then stays there.
+    screen.expect(&mut p, "big.bin  512.00 KiB/1.00 MiB [");
+    screen.expect(&mut p, "peerdex> ");
+    typed(&mut p, "cancel big.bin\r");
+    screen.expect(&mut p, "cancelled big.bin: cancelled; 32 of its 64 pieces are kept, to resume from there");
+    screen.expect(&mut p, "peerdex> ");
+
+    let (whole, sent) = fake_sender_gated(content.clone(), Misbehaviour::Honest, Gates::default());
+    let _w = register_fake(index_addr, whole.port(), info("big.bin", &content));
+    typed(&mut p, "get big.bin\r");
+    screen.expect(&mut p, "downloaded big.bin (1048576 bytes) from ");
+    screen.expect(&mut p, ", 524288 bytes of it already here");
+    screen.expect(&mut p, "peerdex> ");
+    assert_eq!(fs::read(b.join("big.bin")).unwrap(), content);
+    assert_eq!(sent.load(std::sync::atomic::Ordering::SeqCst), 1 << 19, "only the missing half was fetched");
+    let rows = screen.rows();
+    assert!(!rows.iter().any(|r| r.contains("ETA")), "no bar is left: {rows:#?}");
+    p.send_control('d').unwrap();
+    p.exp_eof().unwrap();
 }

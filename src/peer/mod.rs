@@ -8,7 +8,9 @@
 //!   as it arrives, offered to other peers while the download runs, then the rename;
 //! - [`partial`]: partial downloads: the data and the record of verified pieces that
 //!   lets a download resume, eviction, expiry;
-//! - [`shell`]: the command loop on stdin;
+//! - [`shell`]: the command loop on stdin; [`node`]: the state it drives;
+//!   [`printer`]: how events look (text or JSON); [`screen`]: the terminal's lines and
+//!   progress bars;
 //! - [`watch`]: folder watching, so that changes reach the index by themselves.
 
 pub mod client;
@@ -18,6 +20,7 @@ pub mod folder;
 pub mod node;
 pub mod partial;
 pub mod printer;
+pub mod screen;
 pub mod shell;
 pub mod watch;
 

@@ -4,9 +4,9 @@
 //! It says what happens as [`Event`]s through its [`Printer`]; the shell parses
 //! commands and calls it.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -19,6 +19,7 @@ use super::client::{IndexClient, Watch};
 use super::download::{DownloadConfig, Downloader, Note, Penalties, Progress};
 use super::folder::{SharedFolder, Skip};
 use super::printer::{Event, Printer};
+use super::screen::{BarState, Screen};
 use crate::name::SharePath;
 use crate::text::escape;
 use crate::wire::{FileInfo, LIST_PART_BYTES, MAX_FILES_PER_PEER, Request};
@@ -66,14 +67,27 @@ pub struct Node {
     pub printer: Printer,
     /// Whether running downloads say how far they have come (`--progress`).
     pub progress: bool,
-    /// While a line editor owns the terminal, text from other threads goes through
-    /// it, above the line being typed...
-    external: Mutex<Option<Box<dyn rustyline::ExternalPrinter + Send>>>,
-    /// ... but not the editor's own thread's: it prints between two lines read, when
-    /// the editor is not drawing (and its printer would wait for it).
-    editor: Mutex<Option<thread::ThreadId>>,
+    /// On a terminal, where lines and progress bars are drawn.
+    pub screen: Screen,
+    /// The folder downloads running, each with the files it is waiting for.
+    folders: Mutex<Vec<Arc<FolderJob>>>,
+    /// Held while the bars are drawn, and while a download ends: so the bars drawn
+    /// never bring back one whose result line is out.
+    drawing: Mutex<()>,
     /// On a terminal, the rows of the listing being printed, shown aligned at its end.
     rows: Mutex<Vec<([String; 3], Option<crate::content::Hash>)>>,
+}
+
+/// A folder download, for its one bar: its files and bytes in all, and the files not
+/// yet ended (downloaded, failed or cancelled), with their sizes.
+struct FolderJob {
+    /// The folder's name with its `/`, as its bar is keyed.
+    key: String,
+    files: usize,
+    bytes: u64,
+    waiting: Mutex<HashMap<SharePath, u64>>,
+    /// Bytes of the files ended.
+    ended: AtomicU64,
 }
 
 /// A download as `downloads` lists it.
@@ -114,8 +128,9 @@ impl Node {
             penalties: Penalties::default(),
             printer,
             progress,
-            external: Mutex::default(),
-            editor: Mutex::default(),
+            screen: Screen::default(),
+            folders: Mutex::default(),
+            drawing: Mutex::default(),
             rows: Mutex::default(),
         });
         let jobs = Arc::new(Mutex::new(jobs));
@@ -129,6 +144,7 @@ impl Node {
                         let Ok((name, content)) = next else { return };
                         if lock(&me.cancelled).remove(&name) {
                             lock(&me.in_flight).remove(&name);
+                            me.ended(&name);
                             me.emit(&Event::Cancelled { name: name.as_str(), why: "it had not started" });
                             continue;
                         }
@@ -150,28 +166,15 @@ impl Node {
             if let Event::ListEnd { .. } = event {
                 let rows = super::printer::with_ids(std::mem::take(&mut *lock(&self.rows)));
                 for line in super::printer::table(&rows) {
-                    crate::outln!("{line}");
+                    self.screen.print(&line, false);
                 }
             }
-        }
-        if self.printer == Printer::Terminal && *lock(&self.editor) != Some(thread::current().id()) {
-            let mut external = lock(&self.external);
-            if let Some(terminal) = &mut *external {
-                if let Some(line) = super::printer::text_line(event) {
-                    let _ = terminal.print(format!("{line}\n"));
-                }
-                return;
+            if let Some((line, to_stderr)) = super::printer::text(event) {
+                self.screen.print(&line, to_stderr);
             }
+            return;
         }
         self.printer.emit(event);
-    }
-
-    /// Sends other threads' text through a line editor's printer from now on, the
-    /// calling thread's straight out; `None`, once the editor is dropped (which
-    /// releases a thread waiting on its printer): everything straight out again.
-    pub fn print_through(&self, printer: Option<Box<dyn rustyline::ExternalPrinter + Send>>) {
-        *lock(&self.editor) = printer.as_ref().map(|_| thread::current().id());
-        *lock(&self.external) = printer;
     }
 
     /// Reports a failed command: the exit status will be 1.
@@ -209,6 +212,83 @@ impl Node {
             bail!("cannot download {:?}: the peer is stopping", name.as_str());
         }
         Ok(())
+    }
+
+    /// A folder download of `files` (each with its size) is about to be queued: they
+    /// get one bar, the folder's, until the last of them ends.
+    pub fn start_folder(&self, folder: &SharePath, files: &[(SharePath, u64)]) {
+        if files.is_empty() {
+            return;
+        }
+        lock(&self.folders).push(Arc::new(FolderJob {
+            key: format!("{folder}/"),
+            files: files.len(),
+            bytes: files.iter().map(|(_, size)| size).sum(),
+            waiting: Mutex::new(files.iter().cloned().collect()),
+            ended: AtomicU64::new(0),
+        }));
+    }
+
+    /// `name` has ended, however: its bar goes with the line that says so, and so does
+    /// its folder's, if it was the folder's last file.
+    pub fn ended(&self, name: &SharePath) {
+        self.screen.forget(name.as_str());
+        let mut folders = lock(&self.folders);
+        let Some(i) = folders.iter().position(|job| lock(&job.waiting).contains_key(name)) else {
+            return;
+        };
+        let job = Arc::clone(&folders[i]);
+        let mut waiting = lock(&job.waiting);
+        if let Some(size) = waiting.remove(name) {
+            job.ended.fetch_add(size, Ordering::Relaxed);
+        }
+        if waiting.is_empty() {
+            self.screen.forget(&job.key);
+            folders.remove(i);
+        }
+    }
+
+    /// Draws the progress bars with `draw`, given each running download, but a
+    /// folder download's files as one bar for the folder (files and bytes).
+    pub fn draw_bars(&self, draw: impl FnOnce(Vec<BarState>)) {
+        let _drawing = lock(&self.drawing);
+        draw(self.bars());
+    }
+
+    fn bars(&self) -> Vec<BarState> {
+        let running = lock(&self.running).clone();
+        let folders = lock(&self.folders).clone();
+        let mut bars = Vec::new();
+        for job in &folders {
+            let waiting = lock(&job.waiting);
+            let going: u64 = running
+                .iter()
+                .filter(|(name, _)| waiting.contains_key(*name))
+                .map(|(_, p)| p.done.load(Ordering::Relaxed))
+                .sum();
+            bars.push(BarState {
+                key: job.key.clone(),
+                done: job.ended.load(Ordering::Relaxed) + going,
+                total: job.bytes,
+                note: format!(
+                    "{}/{}",
+                    job.files - waiting.len(),
+                    crate::text::count(job.files as u64, "file")
+                ),
+            });
+        }
+        for (name, p) in running {
+            if folders.iter().any(|job| lock(&job.waiting).contains_key(&name)) {
+                continue;
+            }
+            bars.push(BarState {
+                key: name.to_string(),
+                done: p.done.load(Ordering::Relaxed),
+                total: p.total.load(Ordering::Relaxed),
+                note: crate::text::count(p.sources.load(Ordering::Relaxed) as u64, "source"),
+            });
+        }
+        bars
     }
 
     /// The downloads running and queued, running first, each in name order.
@@ -400,7 +480,8 @@ impl Node {
                 self.emit(&Event::SourceFailed { name: shown, from, why: "", more, bad_piece: Some(piece) });
             }
             Note::Progress { done, total, sources } => {
-                if self.progress {
+                // On a terminal the bars say it.
+                if self.progress && self.printer != Printer::Terminal {
                     let rate = rate(done, &progress);
                     self.emit(&Event::Progress { name: shown, done, total, rate, sources });
                 }
@@ -408,8 +489,12 @@ impl Node {
         });
         // Before any line about it is out: a script that reads the line may ask for the
         // name again at once.
-        lock(&self.running).remove(name);
-        lock(&self.in_flight).remove(name);
+        {
+            let _drawing = lock(&self.drawing);
+            lock(&self.running).remove(name);
+            lock(&self.in_flight).remove(name);
+            self.ended(name);
+        }
         let got = match result {
             Ok(got) => got,
             Err(e) if progress.cancel.load(std::sync::atomic::Ordering::SeqCst) => {

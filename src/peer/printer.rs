@@ -9,6 +9,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 
 use serde_json::{Value, json};
+use unicode_width::UnicodeWidthStr;
 
 use super::folder::Skip;
 use super::folder::walk;
@@ -40,6 +41,8 @@ pub enum Event<'a> {
     AlreadyHere { name: &'a str },
     /// A folder download queued this many files.
     FolderQueued { folder: &'a str, files: usize },
+    /// A download of the files matching a glob queued this many.
+    GlobQueued { pattern: &'a str, files: usize },
     /// One source of a download failed; `more` if others go on.
     SourceFailed { name: &'a str, from: SocketAddr, why: &'a str, more: bool, bad_piece: Option<u32> },
     /// A download is complete and verified.
@@ -143,11 +146,19 @@ pub fn with_ids(rows: Vec<([String; 3], Option<Hash>)>) -> Vec<[String; 3]> {
         .collect()
 }
 
-/// Rows in aligned columns, the sizes to the right.
+/// Rows in aligned columns, numbered (as `download #N` takes them), the sizes to the
+/// right.
 pub fn table(rows: &[[String; 3]]) -> Vec<String> {
-    let width = |i: usize| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0);
-    let (name, size) = (width(0), width(1));
-    rows.iter().map(|r| format!("{:<name$}  {:>size$}  {}", r[0], r[1], r[2])).collect()
+    let width = |i: usize| rows.iter().map(|r| r[i].width()).max().unwrap_or(0);
+    let (number, name, size) = (format!("#{}", rows.len()).len(), width(0), width(1));
+    let pad = |text: &str, to: usize| " ".repeat(to.saturating_sub(text.width()));
+    rows.iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let n = format!("#{}", i + 1);
+            format!("{n:>number$}  {}{}  {}{}  {}", r[0], pad(&r[0], name), pad(&r[1], size), r[1], r[2])
+        })
+        .collect()
 }
 
 impl Printer {
@@ -167,14 +178,9 @@ impl Printer {
     }
 }
 
-/// An event as a line of text, wherever it goes; `None` for an event text does not show.
-pub fn text_line(event: &Event) -> Option<String> {
-    text(event).map(|(line, _)| line)
-}
-
 /// An event as a line of text, and whether it goes to stderr; `None` for an event
 /// text does not show (a queued download: its result line follows).
-fn text(event: &Event) -> Option<(String, bool)> {
+pub fn text(event: &Event) -> Option<(String, bool)> {
     if let Event::Queued { .. } = event {
         return None;
     }
@@ -221,6 +227,9 @@ fn text(event: &Event) -> Option<(String, bool)> {
         Event::AlreadyHere { name } => (format!("already here: {name}"), false),
         Event::FolderQueued { folder, files } => {
             (format!("downloading {} under {folder}/", count(*files as u64, "file")), false)
+        }
+        Event::GlobQueued { pattern, files } => {
+            (format!("downloading {} matching {pattern}", count(*files as u64, "file")), false)
         }
         Event::SourceFailed { name, from, why, more, bad_piece } => {
             let next = if *more { "; going on with the other peers" } else { "" };
@@ -321,6 +330,9 @@ fn json(event: &Event) -> Value {
         Event::FolderQueued { folder, files } => {
             json!({"type": "folder_queued", "folder": folder, "files": files})
         }
+        Event::GlobQueued { pattern, files } => {
+            json!({"type": "glob_queued", "pattern": pattern, "files": files})
+        }
         Event::SourceFailed { name, from, why, more, bad_piece } => json!({
             "type": "source_failed",
             "name": name,
@@ -385,6 +397,8 @@ mod tests {
             ["a.txt".to_owned(), "5 B".to_owned(), "1 peer".to_owned()],
             ["album/".to_owned(), "1.4 GiB".to_owned(), "12 files".to_owned()],
         ];
-        assert_eq!(table(&rows), ["a.txt       5 B  1 peer", "album/  1.4 GiB  12 files"]);
+        assert_eq!(table(&rows), ["#1  a.txt       5 B  1 peer", "#2  album/  1.4 GiB  12 files"]);
+        let wide = [["日本.txt".to_owned(), "5 B".to_owned(), "1 peer".to_owned()], rows[0].clone()];
+        assert_eq!(table(&wide), ["#1  日本.txt  5 B  1 peer", "#2  a.txt     5 B  1 peer"], "by columns");
     }
 }

@@ -9,12 +9,13 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, BufRead, IsTerminal, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
+use unicode_width::UnicodeWidthStr;
 
 use super::node::Node;
 use super::printer::{Event, Printer};
@@ -39,6 +40,8 @@ commands:
   download NAME                     fetch NAME from a peer into this folder
                                     (album/01.flac: into the folder album, made if need be)
   download FOLDER/                  fetch every file listed under FOLDER, with its folders
+  download GLOB | #N | \"A\" \"B\"      fetch the files matching GLOB (*.flac), line N of
+                                    the last listing, or several names, each quoted
   delete NAME                       delete NAME from this folder (and from the index)
                                     (quote a name with spaces at its ends: \" a.txt\")
   update                            rescan this folder and send the new list
@@ -71,7 +74,7 @@ const COMMAND_HELP: [(&str, &str); 10] = [
     ),
     (
         "download",
-        "download NAME | FOLDER/   (alias: get)\n  fetch NAME (a path such as album/01.flac) from the peers that share it, verified piece\n  by piece; with a trailing '/', every file under FOLDER. Quote a name with spaces at its\n  ends.\n  examples: download album/01 intro.flac    get album/    download \" lead.txt\"",
+        "download NAME | FOLDER/ | GLOB | #N | \"NAME\" \"NAME\" ...   (alias: get)\n  fetch NAME (a path such as album/01.flac) from the peers that share it, verified piece\n  by piece; with a trailing '/', every file under FOLDER; with a bare * or ?, every file\n  whose path matches (* within a folder, ** across); #N, line N of the last listing.\n  Quote a name with spaces at its ends, and each of several names.\n  examples: download album/01 intro.flac    get album/    get *.flac    get #3\n            download \"a.txt\" \"b c.txt\"",
     ),
     (
         "delete",
@@ -91,6 +94,22 @@ const COMMAND_HELP: [(&str, &str); 10] = [
     ),
 ];
 
+/// What one `download` fetches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// A file, the content most shared under its name.
+    File(SharePath),
+    /// One content of a name that has several (`NAME@abcd1234`).
+    Content(SharePath, String),
+    /// Every file the index lists under a folder (`album/`).
+    Folder(SharePath),
+    /// Every file at other peers whose name matches a glob (`*.flac`): `*` and `?`
+    /// within one folder level, `**` across levels, `[...]` and `{a,b}` as in a shell.
+    Glob(String),
+    /// The N-th line of the last listing (`#3`), counted from 1.
+    Line(usize),
+}
+
 /// One parsed command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {
@@ -108,12 +127,8 @@ pub enum Command {
         /// List one level of a folder, folders first, with their file counts and sizes.
         dirs: bool,
     },
-    /// Download a file.
-    Download(SharePath),
-    /// Download every file the index lists under a folder (`download album/`).
-    DownloadFolder(SharePath),
-    /// Download one content of a name that has several (`download NAME@abcd1234`).
-    DownloadContent(SharePath, String),
+    /// Download files: each target in turn.
+    Download(Vec<Target>),
     /// Delete a file from the folder.
     Delete(SharePath),
     /// Rescan the folder and send the list.
@@ -178,21 +193,7 @@ impl Command {
                 }
             }
             "quit" | "exit" => no_args(Command::Quit),
-            "download" => match one_name(word, rest)? {
-                // A trailing '/': the folder, not a file.
-                name if name.ends_with('/') => {
-                    let folder = name.trim_end_matches('/');
-                    SharePath::parse(folder)
-                        .map(|f| Some(Command::DownloadFolder(f)))
-                        .map_err(|why| format!("invalid folder name {name:?}: {why}"))
-                }
-                name => match content_id(&name) {
-                    Some((base, id)) => {
-                        checked(base).map(|n| Some(Command::DownloadContent(n, id.to_owned())))
-                    }
-                    None => checked(&name).map(|n| Some(Command::Download(n))),
-                },
-            },
+            "download" => targets(rest).map(|t| Some(Command::Download(t))),
             "delete" => checked(&one_name(word, rest)?).map(|n| Some(Command::Delete(n))),
             "login" => {
                 if rest.is_empty() {
@@ -212,6 +213,132 @@ fn content_id(text: &str) -> Option<(&str, &str)> {
     let (name, id) = text.rsplit_once('@')?;
     let hex = |c: char| c.is_ascii_digit() || ('a'..='f').contains(&c);
     (id.len() == 8 && id.chars().all(hex) && !name.is_empty()).then_some((name, id))
+}
+
+/// The targets of `download`: see [`Command::parse`].
+///
+/// A line with no quote at its start, no `*` or `?` and more than `#N` words is one
+/// name, spaces and all, as it always was. Otherwise it is split into words as a shell
+/// would: a quoted word is a name (or folder) as it is, `#N` a line of the last listing,
+/// and a word with a bare `*`, `?`, `[` or `{` a glob.
+fn targets(rest: &str) -> Result<Vec<Target>, String> {
+    if rest.is_empty() {
+        return Err("download needs a file name, as in: download notes.txt".into());
+    }
+    let lines = rest.split_ascii_whitespace().all(|w| line_number(w).is_some());
+    if !lines && !rest.starts_with(['"', '\'']) && !rest.contains(['*', '?']) {
+        return Ok(vec![target(rest)?]);
+    }
+    let words = split_marked(rest)?;
+    let mut targets = Vec::with_capacity(words.len());
+    for word in words {
+        let text: String = word.iter().map(|(c, _)| c).collect();
+        let bare = |set: &[char]| word.iter().any(|(c, quoted)| !quoted && set.contains(c));
+        if word.iter().all(|(_, quoted)| !quoted)
+            && let Some(n) = line_number(&text)
+        {
+            targets.push(Target::Line(n));
+        } else if bare(&['*', '?', '[', '{']) {
+            let mut glob = String::new();
+            for (c, quoted) in &word {
+                match quoted {
+                    true => glob.push_str(&globset::escape(&c.to_string())),
+                    false => glob.push(*c),
+                }
+            }
+            globset::GlobBuilder::new(&glob)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| format!("invalid pattern {text:?}: {}", e.kind()))?;
+            targets.push(Target::Glob(glob));
+        } else {
+            targets.push(target(&text)?);
+        }
+    }
+    Ok(targets)
+}
+
+/// `#N`, N from 1: N.
+fn line_number(word: &str) -> Option<usize> {
+    let digits = word.strip_prefix('#')?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok().filter(|&n| n > 0)
+}
+
+/// One name as `download` takes it: a folder with a trailing '/', a content with
+/// `@` and its id, else a file.
+fn target(name: &str) -> Result<Target, String> {
+    if name.ends_with('/') {
+        let folder = name.trim_end_matches('/');
+        return SharePath::parse(folder)
+            .map(Target::Folder)
+            .map_err(|why| format!("invalid folder name {name:?}: {why}"));
+    }
+    match content_id(name) {
+        Some((base, id)) => checked(base).map(|n| Target::Content(n, id.to_owned())),
+        None => checked(name).map(Target::File),
+    }
+}
+
+/// Splits `text` into words as a POSIX shell does (single quotes, double quotes with
+/// `\` escapes, a backslash outside them), each character marked with whether it was
+/// quoted or escaped: that decides whether a `*` is a pattern or a character.
+fn split_marked(text: &str) -> Result<Vec<Vec<(char, bool)>>, String> {
+    let unmatched = || format!("unmatched quote in {text:?}: close it, as in: download \"a name.txt\"");
+    let (mut words, mut word, mut started) = (Vec::new(), Vec::new(), false);
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            c if c.is_ascii_whitespace() => {
+                if started {
+                    words.push(std::mem::take(&mut word));
+                    started = false;
+                }
+            }
+            '\'' => {
+                started = true;
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => word.push((c, true)),
+                        None => return Err(unmatched()),
+                    }
+                }
+            }
+            '"' => {
+                started = true;
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\' | '$' | '`')) => word.push((c, true)),
+                            Some(c) => word.extend([('\\', true), (c, true)]),
+                            None => return Err(unmatched()),
+                        },
+                        Some(c) => word.push((c, true)),
+                        None => return Err(unmatched()),
+                    }
+                }
+            }
+            '\\' => {
+                started = true;
+                match chars.next() {
+                    Some(c) => word.push((c, true)),
+                    None => return Err(format!("a backslash ends {text:?}: put a character after it")),
+                }
+            }
+            c => {
+                started = true;
+                word.push((c, false));
+            }
+        }
+    }
+    if started {
+        words.push(word);
+    }
+    Ok(words)
 }
 
 /// `name` as a [`SharePath`], or an error that names it.
@@ -314,15 +441,30 @@ fn read_line(input: &mut impl BufRead) -> io::Result<Line> {
     }
 }
 
+/// Names the index lists, each with its contents: size, root, and how many peers
+/// share it.
+type Offers = BTreeMap<SharePath, Vec<(u64, Hash, u32)>>;
+
 /// The command loop. See the module docs.
 pub struct Shell {
     node: Arc<Node>,
+    /// The lines of the last listing, for `download #N`.
+    last: std::sync::Mutex<Vec<Pick>>,
+}
+
+/// A line of a listing, as `download #N` takes it.
+#[derive(Clone)]
+enum Pick {
+    /// A file, with the content listed on that line.
+    File(SharePath, Hash),
+    /// A folder (`get_files_list --dirs`).
+    Folder(SharePath),
 }
 
 impl Shell {
     /// A shell over `node`.
     pub fn new(node: Arc<Node>) -> Shell {
-        Shell { node }
+        Shell { node, last: std::sync::Mutex::default() }
     }
 
     /// Runs commands from `input` until it ends or `quit`, then waits for downloads.
@@ -377,23 +519,45 @@ impl Shell {
         let config = rustyline::Config::builder()
             .auto_add_history(true)
             .completion_type(rustyline::CompletionType::List)
+            // A list at the first Tab where it is ambiguous, as bash's
+            // show-all-if-ambiguous: the one moment the screen knows it comes.
+            .completion_show_all_if_ambiguous(true)
             .build();
         let mut editor =
             match rustyline::Editor::<Completion, rustyline::history::FileHistory>::with_config(config) {
                 Ok(editor) => editor,
                 Err(e) => return self.node.fail(format!("cannot edit lines on this terminal: {e}")),
             };
-        editor.set_helper(Some(Completion { node: Arc::clone(&self.node) }));
+        let typed = Arc::new(std::sync::Mutex::new(String::new()));
+        editor.set_helper(Some(Completion { node: Arc::clone(&self.node), typed: Arc::clone(&typed) }));
         let history = history_path();
         if let Some(path) = &history {
             let _ = editor.load_history(path);
         }
+        let screen = &self.node.screen;
+        // Progress bars, only where other threads can print above the prompt.
+        let (stop_bars, bars) = mpsc::channel::<()>();
+        let mut drawing = None;
         if let Ok(printer) = editor.create_external_printer() {
-            self.node.print_through(Some(Box::new(printer)));
+            screen.print_through(Some(Box::new(printer)));
+            let node = Arc::clone(&self.node);
+            drawing = thread::Builder::new()
+                .name("bars".into())
+                .spawn(move || super::screen::bars(&node, &bars))
+                .ok();
         }
         let mut interrupted = false;
         loop {
-            match editor.readline("peerdex> ") {
+            screen.reading();
+            let read = editor.readline(PROMPT);
+            let drawn = std::mem::take(&mut *typed.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+            let line = match &read {
+                Ok(line) => line.clone(),
+                // Ctrl-C or Ctrl-D: the line as it was drawn.
+                Err(_) => drawn,
+            };
+            screen.accepted(PROMPT, &line);
+            match read {
                 Ok(line) => {
                     interrupted = false;
                     if self.line(&line, true, input) == Flow::Quit {
@@ -422,9 +586,15 @@ impl Shell {
         {
             log::warn!("cannot save the history in {}: {e}", path.display());
         }
+        // Downloads still running at `quit` end with their lines alone.
+        drop(stop_bars);
+        if let Some(drawing) = drawing {
+            let _ = drawing.join();
+        }
+        screen.clear_bars();
         // Dropped first: a thread waiting on its printer is released.
         drop(editor);
-        self.node.print_through(None);
+        screen.print_through(None);
     }
 
     /// One line of input, from whichever loop read it.
@@ -435,7 +605,12 @@ impl Shell {
             Ok(Some(Command::Login(user))) => {
                 // The server is asked first; only then the password, which may have
                 // to be read from this same input.
-                let password = || password_for(&user, interactive, input);
+                let password = || {
+                    self.node.screen.pause(true);
+                    let typed = password_for(&user, interactive, input);
+                    self.node.screen.pause(false);
+                    typed
+                };
                 match self.node.index.login(&user, password) {
                     Ok(()) => self.node.emit(&Event::LoggedIn { user: &user }),
                     Err(e) => self.node.fail(format!("login failed: {e:#}")),
@@ -482,13 +657,13 @@ impl Shell {
                 node.emit(&Event::Registered { files, server, skipped: &skipped, updated: true });
             }
             Command::List { pattern, limit, dirs: true } => self.list_folder(&pattern, limit)?,
-            Command::DownloadFolder(folder) => self.download_folder(&folder)?,
             Command::List { pattern, limit, dirs: false } => {
-                let mut shown = 0;
+                let mut shown = Vec::new();
                 let listed = node.index.list(&pattern, limit, |e| {
-                    shown += 1;
+                    shown.push(Pick::File(e.name.clone(), e.root));
                     node.emit(&Event::Entry(&e));
                 });
+                let shown = self.remember(shown);
                 let truncated = listed
                     .context("get_files_list failed")?
                     .map_err(|e| anyhow!("get_files_list failed: the index server says: {e}"))?;
@@ -504,8 +679,14 @@ impl Shell {
                 // Only now: once this line is out, no other peer is offered the file.
                 node.emit(&Event::Deleted { name: name.as_str() });
             }
-            Command::Download(name) => node.queue_download(name, None)?,
-            Command::DownloadContent(name, id) => node.queue_download(name, Some(id))?,
+            Command::Download(targets) => {
+                // Each target on its own: one that fails does not stop the others.
+                for target in targets {
+                    if let Err(e) = self.download(target) {
+                        node.fail(format!("{e:#}"));
+                    }
+                }
+            }
             Command::Downloads => {
                 let all = node.downloads();
                 let mut running = 0;
@@ -564,58 +745,175 @@ impl Shell {
             .map_err(|e| anyhow!("get_files_list failed: the index server says: {e}"))?;
         here.sort_by(|a, b| a.name.cmp(&b.name));
         let limit = limit.map_or(usize::MAX, |n| n as usize);
-        let (mut shown, total) = (0, folders.len() + here.len());
+        let total = folders.len() + here.len();
+        let mut shown = Vec::new();
         for (sub, (files, bytes)) in folders.iter().take(limit) {
             let path = format!("{prefix}{sub}");
             self.node.emit(&Event::Folder { path: &path, files: *files, bytes: *bytes });
-            shown += 1;
+            // A folder listed is a folder the index knows: its path is a valid one.
+            if let Ok(path) = SharePath::parse(&path) {
+                shown.push(Pick::Folder(path));
+            }
         }
-        for e in here.iter().take(limit - shown) {
+        for e in here.iter().take(limit - shown.len()) {
             self.node.emit(&Event::Entry(e));
-            shown += 1;
+            shown.push(Pick::File(e.name.clone(), e.root));
         }
+        let shown = self.remember(shown);
         let place = Some(prefix.as_str());
         let (folders, files) = (Some(folders.len()), here.len());
         self.node.emit(&Event::ListEnd { files, folders, place, truncated: shown < total });
         Ok(())
     }
 
+    /// Keeps a listing's lines for `download #N`; returns how many there are.
+    fn remember(&self, lines: Vec<Pick>) -> usize {
+        let n = lines.len();
+        *self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = lines;
+        n
+    }
+
+    /// One target of `download`.
+    fn download(&self, target: Target) -> anyhow::Result<()> {
+        match target {
+            Target::File(name) => self.node.queue_download(name, None),
+            Target::Content(name, id) => self.node.queue_download(name, Some(id)),
+            Target::Folder(folder) => self.download_folder(&folder),
+            Target::Glob(glob) => self.download_glob(&glob),
+            Target::Line(n) => {
+                let last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let Some(pick) = last.get(n - 1).cloned() else {
+                    match last.len() {
+                        0 => {
+                            bail!("cannot download #{n}: list files first (get_files_list), then pick a line")
+                        }
+                        lines => bail!(
+                            "cannot download #{n}: the last listing had {}",
+                            count(lines as u64, "line")
+                        ),
+                    }
+                };
+                drop(last);
+                match pick {
+                    Pick::File(name, root) => {
+                        self.node.queue_download(name, Some(crate::peer::printer::short_id(&root)))
+                    }
+                    Pick::Folder(folder) => self.download_folder(&folder),
+                }
+            }
+        }
+    }
+
     /// `download FOLDER/`: queues every file the index lists under `folder`, to be
-    /// fetched into the same place here, several at once. A file already here with
-    /// the same content is passed over; any other that cannot be fetched is an error.
+    /// fetched into the same place here, several at once, under one progress bar. A
+    /// file already here with the same content is passed over; any other that cannot
+    /// be fetched is an error.
     fn download_folder(&self, folder: &SharePath) -> anyhow::Result<()> {
         let prefix = format!("{folder}/");
-        let mut contents: BTreeMap<SharePath, Vec<(u64, Hash)>> = BTreeMap::new();
-        let listed = self.node.index.list(&prefix, None, |e| {
-            if e.name.as_str().starts_with(&prefix) {
-                contents.entry(e.name).or_default().push((e.size, e.root));
+        let offers = self.offers(&prefix, |name| name.starts_with(&prefix))?;
+        if offers.is_empty() {
+            bail!("cannot download {prefix:?}: no registered peer shares a file under it");
+        }
+        let todo = self.not_here(offers);
+        self.node.start_folder(folder, &todo);
+        // Said before any of them can finish, so the lines come in this order.
+        self.node.emit(&Event::FolderQueued { folder: folder.as_str(), files: todo.len() });
+        self.queue_all(todo);
+        Ok(())
+    }
+
+    /// `download GLOB`: queues every file at other peers whose name matches `glob`.
+    fn download_glob(&self, glob: &str) -> anyhow::Result<()> {
+        let matcher = globset::GlobBuilder::new(glob)
+            .literal_separator(true)
+            .build()
+            .map_err(|e| anyhow!("invalid pattern {glob:?}: {}", e.kind()))?
+            .compile_matcher();
+        let offers = self.offers(&literal_hint(glob), |name| matcher.is_match(name))?;
+        if offers.is_empty() {
+            bail!("cannot download {glob:?}: no file at other peers matches it");
+        }
+        let todo = self.not_here(offers);
+        self.node.emit(&Event::GlobQueued { pattern: glob, files: todo.len() });
+        self.queue_all(todo);
+        Ok(())
+    }
+
+    /// The names the index lists for `text` that pass `keep`, each with its contents
+    /// (size, root, peers).
+    fn offers(&self, text: &str, keep: impl Fn(&str) -> bool) -> anyhow::Result<Offers> {
+        let mut offers = Offers::new();
+        let listed = self.node.index.list(text, None, |e| {
+            if keep(e.name.as_str()) {
+                offers.entry(e.name).or_default().push((e.size, e.root, e.peers));
             }
         });
         listed
-            .context("cannot list the folder")?
-            .map_err(|e| anyhow!("cannot list the folder: the index server says: {e}"))?;
-        if contents.is_empty() {
-            bail!("cannot download {prefix:?}: no registered peer shares a file under it");
-        }
+            .context("cannot list the files")?
+            .map_err(|e| anyhow!("cannot list the files: the index server says: {e}"))?;
+        Ok(offers)
+    }
+
+    /// Of `offers`, the names to fetch, each with the size of its most shared content:
+    /// a name already here with one of the contents listed is said and passed over.
+    fn not_here(&self, offers: Offers) -> Vec<(SharePath, u64)> {
         let mut todo = Vec::new();
-        for (name, offers) in contents {
+        for (name, contents) in offers {
             if let Ok(open) = self.node.folder.open(&name)
-                && offers.contains(&(open.info.size, open.info.root))
+                && contents.iter().any(|&(size, root, _)| (size, root) == (open.info.size, open.info.root))
             {
                 self.node.emit(&Event::AlreadyHere { name: name.as_str() });
-            } else {
-                todo.push(name);
+                continue;
             }
+            let size = contents.iter().max_by_key(|c| c.2).map_or(0, |c| c.0);
+            todo.push((name, size));
         }
-        // Said before any of them can finish, so the lines come in this order.
-        self.node.emit(&Event::FolderQueued { folder: folder.as_str(), files: todo.len() });
-        for name in todo {
-            if let Err(e) = self.node.queue_download(name, None) {
+        todo
+    }
+
+    /// Queues each of `names`; one that cannot be queued is an error of its own.
+    fn queue_all(&self, names: Vec<(SharePath, u64)>) {
+        for (name, _) in names {
+            if let Err(e) = self.node.queue_download(name.clone(), None) {
+                self.node.ended(&name);
                 self.node.fail(format!("{e:#}"));
             }
         }
-        Ok(())
     }
+}
+
+/// The longest run of plain characters in `glob` (a text every match contains), for
+/// the index to narrow its listing with; empty where there is none to be sure of.
+fn literal_hint(glob: &str) -> String {
+    if glob.contains('{') {
+        // An alternation: no one run is in every match.
+        return String::new();
+    }
+    let (mut best, mut run) = (String::new(), String::new());
+    let mut chars = glob.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '*' | '?' | '[' => {
+                if run.len() > best.len() {
+                    best = std::mem::take(&mut run);
+                }
+                run.clear();
+                if c == '[' {
+                    // A class: skip to its end ('[]]' holds a ']').
+                    if chars.peek() == Some(&']') {
+                        chars.next();
+                    }
+                    for c in chars.by_ref() {
+                        if c == ']' {
+                            break;
+                        }
+                    }
+                }
+            }
+            c => run.push(c),
+        }
+    }
+    if run.len() > best.len() { run } else { best }
 }
 
 /// The password for `user`: from `PEERDEX_PASSWORD` if set, else asked for on the
@@ -633,6 +931,9 @@ pub fn password_for(user: &str, interactive: bool, input: &mut impl BufRead) -> 
 
 /// The environment variable a peer's password can be given in.
 pub const PASSWORD_VAR: &str = "PEERDEX_PASSWORD";
+
+/// The terminal's prompt.
+const PROMPT: &str = "peerdex> ";
 
 /// Whether the loop goes on after a line.
 #[derive(PartialEq, Eq)]
@@ -672,9 +973,22 @@ const COMMANDS: [&str; 15] = [
 
 /// Tab completion: command names, and after `download` (or `get`) the names the index
 /// lists that start with what is typed, one folder level at a time.
-#[derive(rustyline::Helper, rustyline::Hinter, rustyline::Highlighter, rustyline::Validator)]
+#[derive(rustyline::Helper, rustyline::Highlighter, rustyline::Validator)]
 struct Completion {
     node: Arc<Node>,
+    /// The line being typed, kept up to date as it is edited: what is on the screen
+    /// when the editor gives up a line without handing it back (Ctrl-C).
+    typed: Arc<std::sync::Mutex<String>>,
+}
+
+impl rustyline::hint::Hinter for Completion {
+    type Hint = String;
+
+    /// No hints; called on every change of the line, it keeps [`Completion::typed`].
+    fn hint(&self, line: &str, _: usize, _: &rustyline::Context<'_>) -> Option<String> {
+        line.clone_into(&mut self.typed.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        None
+    }
 }
 
 impl rustyline::completion::Completer for Completion {
@@ -710,6 +1024,10 @@ impl rustyline::completion::Completer for Completion {
                 found.insert(format!("{typed}{level}"));
             }
         });
+        if found.len() > 1 {
+            // The editor is about to list them below the prompt.
+            self.node.screen.blank(PROMPT.width() + line.width());
+        }
         let pairs = found.into_iter().map(|name| Pair { display: name.clone(), replacement: name }).collect();
         Ok((start, pairs))
     }
@@ -737,7 +1055,7 @@ mod tests {
         assert_eq!(parse("   "), Ok(None));
         assert_eq!(
             parse("download  a b.txt \r\n"),
-            Ok(Some(Command::Download(SharePath::parse("a b.txt").unwrap())))
+            Ok(Some(Command::Download(vec![Target::File(SharePath::parse("a b.txt").unwrap())])))
         );
         assert_eq!(
             parse("get_files_list"),
@@ -770,11 +1088,11 @@ mod tests {
         assert!(parse("get_files_list --dirs ../x").unwrap_err().contains("invalid folder name"));
         assert_eq!(
             parse("download album/disc 1/"),
-            Ok(Some(Command::DownloadFolder(SharePath::parse("album/disc 1").unwrap())))
+            Ok(Some(Command::Download(vec![Target::Folder(SharePath::parse("album/disc 1").unwrap())])))
         );
         assert_eq!(
             parse("download album/01 intro.flac"),
-            Ok(Some(Command::Download(SharePath::parse("album/01 intro.flac").unwrap())))
+            Ok(Some(Command::Download(vec![Target::File(SharePath::parse("album/01 intro.flac").unwrap())])))
         );
         assert!(parse("get_files_list --limitless").unwrap_err().contains("unknown option"));
         assert!(parse("get_files_list don't").unwrap_err().contains("unmatched quote"));
@@ -785,14 +1103,17 @@ mod tests {
         let name = |s: &str| SharePath::parse(s).unwrap();
         assert_eq!(
             parse("download a b.iso@0123abcd"),
-            Ok(Some(Command::DownloadContent(name("a b.iso"), "0123abcd".into())))
+            Ok(Some(Command::Download(vec![Target::Content(name("a b.iso"), "0123abcd".into())])))
         );
         // Not 8 lowercase hex digits: part of the name.
-        assert_eq!(parse("download x@0123ABCD"), Ok(Some(Command::Download(name("x@0123ABCD")))));
-        assert_eq!(parse("download x@123"), Ok(Some(Command::Download(name("x@123")))));
+        assert_eq!(
+            parse("download x@0123ABCD"),
+            Ok(Some(Command::Download(vec![Target::File(name("x@0123ABCD"))])))
+        );
+        assert_eq!(parse("download x@123"), Ok(Some(Command::Download(vec![Target::File(name("x@123"))]))));
         assert_eq!(
             parse("download @0123abcd"),
-            Ok(Some(Command::Download(name("@0123abcd")))),
+            Ok(Some(Command::Download(vec![Target::File(name("@0123abcd"))]))),
             "no name before it"
         );
     }
@@ -803,7 +1124,10 @@ mod tests {
         assert_eq!(parse("get a b.txt"), parse("download a b.txt"));
         assert_eq!(parse("rm x"), parse("delete x"));
         let Ok(Some(Command::Help(Some(text)))) = parse("help get") else { panic!() };
-        assert!(text.starts_with("download NAME | FOLDER/") && text.contains("example"), "{text}");
+        assert!(
+            text.starts_with("download NAME | FOLDER/ | GLOB | #N") && text.contains("example"),
+            "{text}"
+        );
         for (name, _) in COMMAND_HELP {
             assert!(matches!(parse(&format!("help {name}")), Ok(Some(Command::Help(Some(_))))), "{name}");
             assert!(HELP.contains(&format!("  {name}")), "{name} is in the list");
@@ -813,14 +1137,71 @@ mod tests {
 
     #[test]
     fn quoted_names_keep_their_spaces() {
-        let name = |s: &str| Ok(Some(Command::Download(SharePath::parse(s).unwrap())));
+        let name = |s: &str| Ok(Some(Command::Download(vec![Target::File(SharePath::parse(s).unwrap())])));
         assert_eq!(parse("download \" lead.txt\""), name(" lead.txt"));
         assert_eq!(parse("download 'trail.txt  '"), name("trail.txt  "));
         assert_eq!(parse("download it's fine.txt"), name("it's fine.txt"), "a quote inside is a character");
         assert_eq!(parse("download  a  b.txt "), name("a  b.txt"), "unquoted: the rest of the line as it is");
         assert_eq!(parse("delete 'a b'"), Ok(Some(Command::Delete(SharePath::parse("a b").unwrap()))));
-        assert!(parse("download \"a.txt\" b.txt").unwrap_err().contains("takes one name"));
         assert!(parse("download \"open").unwrap_err().contains("unmatched quote"));
+    }
+
+    #[test]
+    fn download_takes_several_names_globs_and_listing_lines() {
+        let file = |s: &str| Target::File(SharePath::parse(s).unwrap());
+        let targets = |line: &str| match parse(line) {
+            Ok(Some(Command::Download(t))) => Ok(t),
+            other => Err(format!("{other:?}")),
+        };
+        // Quoted words: names, as they are; a bare word beside them is a name too.
+        assert_eq!(
+            targets("download \"a.txt\" 'b c.txt' d.txt"),
+            Ok(vec![file("a.txt"), file("b c.txt"), file("d.txt")])
+        );
+        assert_eq!(
+            targets("download \"album/\" x@0123abcd"),
+            Ok(vec![
+                Target::Folder(SharePath::parse("album").unwrap()),
+                Target::Content(SharePath::parse("x").unwrap(), "0123abcd".into())
+            ])
+        );
+        // Globs: a bare '*' or '?' makes the line words; quoted, it is a character.
+        assert_eq!(targets("download *.flac"), Ok(vec![Target::Glob("*.flac".into())]));
+        assert_eq!(
+            targets("download *.flac \"my *\"*"),
+            Ok(vec![Target::Glob("*.flac".into()), Target::Glob("my [*]*".into())])
+        );
+        assert_eq!(
+            targets("download a\\ b?.txt"),
+            Ok(vec![Target::Glob("a b?.txt".into())]),
+            "an escaped space"
+        );
+        assert_eq!(targets("download 'x*y'"), Ok(vec![file("x*y")]));
+        assert_eq!(
+            targets("download *.{flac,ogg} [ab].txt"),
+            Ok(vec![Target::Glob("*.{flac,ogg}".into()), Target::Glob("[ab].txt".into())])
+        );
+        // Lines of the last listing.
+        assert_eq!(targets("download #3"), Ok(vec![Target::Line(3)]));
+        assert_eq!(targets("download #1 #12"), Ok(vec![Target::Line(1), Target::Line(12)]));
+        assert_eq!(targets("download '#1'"), Ok(vec![file("#1")]), "quoted: a name");
+        assert_eq!(targets("download #0"), Ok(vec![file("#0")]), "no line 0: a name");
+        // Without quotes, globs or only lines: one name, spaces and brackets and all.
+        assert_eq!(targets("download song [live].mp3"), Ok(vec![file("song [live].mp3")]));
+        assert_eq!(targets("download #1 b.txt"), Ok(vec![file("#1 b.txt")]));
+        // Errors name the problem.
+        assert!(targets("download *.flac 'open").unwrap_err().contains("unmatched quote"));
+        assert!(targets("download [z-a]*").unwrap_err().contains("invalid pattern"));
+        assert!(targets("download *.txt ../x").unwrap_err().contains("invalid file name"));
+    }
+
+    #[test]
+    fn a_globs_plain_run_narrows_the_listing() {
+        assert_eq!(literal_hint("*.flac"), ".flac");
+        assert_eq!(literal_hint("a/*/0?-intro*.flac"), "-intro");
+        assert_eq!(literal_hint("[abc]xy[*]z"), "xy");
+        assert_eq!(literal_hint("[]]longer"), "longer");
+        assert_eq!(literal_hint("*.{flac,ogg}"), "", "an alternation: nothing sure");
     }
 
     #[test]
