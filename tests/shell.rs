@@ -165,7 +165,10 @@ fn a_cancelled_download_keeps_its_pieces_and_resumes() {
     let line = pb.expect(Stream::Out, "cancelled big.bin");
     assert_eq!(line, "cancelled big.bin: cancelled; 32 of its 64 pieces are kept, to resume from there");
     pb.send("downloads");
-    assert_eq!(pb.read_until(Stream::Out, " queued").last().unwrap(), "0 running, 0 queued");
+    assert_eq!(
+        pb.read_until(Stream::Out, " queued"),
+        ["big.bin\t524288 of 1048576 bytes (50%)\tresumable", "0 running, 0 queued, 1 resumable"]
+    );
     pb.send("cancel big.bin");
     pb.expect(Stream::Err, "error: cannot cancel \"big.bin\": it is not being downloaded");
 
@@ -174,6 +177,12 @@ fn a_cancelled_download_keeps_its_pieces_and_resumes() {
     pb.send("download big.bin");
     let done = pb.expect(Stream::Out, "downloaded big.bin");
     assert!(done.ends_with(", 524288 bytes of it already here"), "{done}");
+    pb.send("downloads");
+    assert_eq!(
+        pb.read_until(Stream::Out, " queued"),
+        ["0 running, 0 queued"],
+        "resumed: no longer resumable"
+    );
     assert_eq!(fs::read(b.join("big.bin")).unwrap(), content);
     assert_eq!(sent.load(std::sync::atomic::Ordering::SeqCst), 1 << 19, "only the missing half was fetched");
     assert_eq!(pb.finish().code(), Some(1), "the wrong cancel failed; the cancel itself did not");

@@ -50,6 +50,9 @@ pub struct Node {
     in_flight: Mutex<HashSet<SharePath>>,
     /// The downloads running now, with how far each has come.
     running: Mutex<BTreeMap<SharePath, Arc<Progress>>>,
+    /// Downloads cancelled or failed with verified pieces kept, this session: a later
+    /// `download` of the name resumes them. Name, bytes kept, bytes in all.
+    resumable: Mutex<BTreeMap<SharePath, (u64, u64)>>,
     /// Queued names cancelled before they started.
     cancelled: Mutex<HashSet<SharePath>>,
     /// Where queued downloads go; `None` once no more can come.
@@ -121,6 +124,7 @@ impl Node {
             in_flight: Mutex::default(),
             running: Mutex::default(),
             cancelled: Mutex::default(),
+            resumable: Mutex::default(),
             queue: Mutex::new(Some(queue)),
             workers: Mutex::default(),
             updates: Mutex::default(),
@@ -307,6 +311,18 @@ impl Node {
         all
     }
 
+    /// The downloads cancelled or failed this session that kept verified pieces, in
+    /// name order: name, bytes kept, bytes in all.
+    pub fn resumable(&self) -> Vec<(SharePath, u64, u64)> {
+        let busy = lock(&self.in_flight).clone();
+        let resumable = lock(&self.resumable);
+        resumable
+            .iter()
+            .filter(|(n, _)| !busy.contains(*n))
+            .map(|(n, &(done, total))| (n.clone(), done, total))
+            .collect()
+    }
+
     /// Cancels the download of `name`, or every download: a running one stops and
     /// keeps what it verified, for a later `download` to resume; a queued one does not
     /// start. Returns the names cancelled.
@@ -459,6 +475,7 @@ impl Node {
         let shown = name.as_str();
         let progress = Arc::new(Progress::default());
         lock(&self.running).insert(name.clone(), Arc::clone(&progress));
+        lock(&self.resumable).remove(name);
         let downloader = Downloader {
             index: &self.index,
             folder: &self.folder,
@@ -494,6 +511,13 @@ impl Node {
             lock(&self.running).remove(name);
             lock(&self.in_flight).remove(name);
             self.ended(name);
+        }
+        if result.is_err() {
+            let (done, total) =
+                (progress.done.load(Ordering::Relaxed), progress.total.load(Ordering::Relaxed));
+            if done > 0 && done < total {
+                lock(&self.resumable).insert(name.clone(), (done, total));
+            }
         }
         let got = match result {
             Ok(got) => got,

@@ -65,8 +65,10 @@ pub enum Event<'a> {
     Running { name: &'a str, done: u64, total: u64, rate: u64, sources: usize },
     /// A queued download, in the list of `downloads`.
     Waiting { name: &'a str },
+    /// A download cancelled or failed with pieces kept, in the list of `downloads`.
+    Resumable { name: &'a str, done: u64, total: u64 },
     /// The end of the list of `downloads`.
-    DownloadsEnd { running: usize, queued: usize },
+    DownloadsEnd { running: usize, queued: usize, resumable: usize },
     /// A file was deleted.
     Deleted { name: &'a str },
     /// The help text.
@@ -265,7 +267,14 @@ pub fn text(event: &Event) -> Option<(String, bool)> {
             (format!("{name}\t{done}\t{rate}\t{sources}"), false)
         }
         Event::Waiting { name } => (format!("{name}\tqueued"), false),
-        Event::DownloadsEnd { running, queued } => (format!("{running} running, {queued} queued"), false),
+        Event::Resumable { name, done, total } => {
+            let [done, ..] = progress(*done, *total, 0, 0);
+            (format!("{name}\t{done}\tresumable"), false)
+        }
+        Event::DownloadsEnd { running, queued, resumable } => match resumable {
+            0 => (format!("{running} running, {queued} queued"), false),
+            n => (format!("{running} running, {queued} queued, {n} resumable"), false),
+        },
         Event::Deleted { name } => (format!("deleted {name}"), false),
         Event::Help(text) => ((*text).to_owned(), false),
         Event::Note(note) => (format!("note: {}", escape(note)), true),
@@ -359,8 +368,11 @@ fn json(event: &Event) -> Value {
             "type": "running", "name": name, "done": done, "total": total, "bytes_per_sec": rate, "sources": sources,
         }),
         Event::Waiting { name } => json!({"type": "waiting", "name": name}),
-        Event::DownloadsEnd { running, queued } => {
-            json!({"type": "downloads_end", "running": running, "queued": queued})
+        Event::Resumable { name, done, total } => {
+            json!({"type": "resumable", "name": name, "done": done, "total": total})
+        }
+        Event::DownloadsEnd { running, queued, resumable } => {
+            json!({"type": "downloads_end", "running": running, "queued": queued, "resumable": resumable})
         }
         Event::Deleted { name } => json!({"type": "deleted", "name": name}),
         Event::Help(text) => json!({"type": "help", "text": text}),

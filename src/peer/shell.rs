@@ -45,7 +45,7 @@ commands:
   delete NAME                       delete NAME from this folder (and from the index)
                                     (quote a name with spaces at its ends: \" a.txt\")
   update                            rescan this folder and send the new list
-  downloads                         list the running and queued downloads
+  downloads                         list the running, queued and resumable downloads
   cancel NAME | --all               stop a download (or all), keeping what it verified
   login NAME                        log in to the index server (password from
                                     PEERDEX_PASSWORD, or asked for)
@@ -57,7 +57,7 @@ aliases: ls = get_files_list, get = download, rm = delete";
 const COMMAND_HELP: [(&str, &str); 10] = [
     (
         "downloads",
-        "downloads\n  list the running downloads (name, bytes done of all, rate, sources), then the queued ones.\n  example: downloads",
+        "downloads\n  list the running downloads (name, bytes done of all, rate, sources), then the queued ones,\n  then those cancelled or failed with pieces kept, which a download of the name resumes.\n  example: downloads",
     ),
     (
         "cancel",
@@ -703,7 +703,12 @@ impl Shell {
                         None => node.emit(&Event::Waiting { name: d.name.as_str() }),
                     }
                 }
-                node.emit(&Event::DownloadsEnd { running, queued: all.len() - running });
+                let resumable = node.resumable();
+                for (name, done, total) in &resumable {
+                    node.emit(&Event::Resumable { name: name.as_str(), done: *done, total: *total });
+                }
+                let (queued, resumable) = (all.len() - running, resumable.len());
+                node.emit(&Event::DownloadsEnd { running, queued, resumable });
             }
             Command::Cancel(name) => {
                 if node.cancel(name.as_ref()).is_empty() {
