@@ -85,6 +85,18 @@ struct Args {
     /// Seconds a reply may take to be written before the client is dropped.
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = cli::parse_secs)]
     write_timeout: Duration,
+    /// Keep the registry in PostgreSQL instead of memory, shared with every index
+    /// server given the same database: postgres://USER@HOST[:PORT]/DB (libpq's
+    /// key=value form works too). The schema is created or migrated at start.
+    #[arg(long, value_name = "URL")]
+    store: Option<String>,
+    /// Connections to the --store database, at most.
+    #[arg(long, value_name = "N", default_value_t = index::store::DEFAULT_POOL, requires = "store")]
+    store_pool: u32,
+    /// Seconds this server's peers outlive it in the --store database if it dies
+    /// without a word; it renews its lease every third of that.
+    #[arg(long, value_name = "SECS", default_value = "15", value_parser = cli::parse_secs, requires = "store")]
+    lease: Duration,
 }
 
 /// `indexing-server adduser FILE NAME`: adds an account to a users file, or changes
@@ -147,6 +159,17 @@ fn run(args: Args) -> anyhow::Result<bool> {
     // Bind first: a server that cannot start leaves no log file behind.
     let listener = bind(&args.ip, args.port)?;
     let local = listener.local_addr()?;
+    // The store too: a server that cannot reach its database does not start.
+    let limits = Limits {
+        files_per_peer: args.max_files_per_peer,
+        files_per_ip: args.max_files_per_ip,
+        files_total: args.max_files,
+        name_len: usize::from(args.max_name_len),
+    };
+    let store = match &args.store {
+        Some(url) => Some(index::Store::open(url, args.store_pool, args.lease, limits, local.to_string())?),
+        None => None,
+    };
     let stderr_level = if args.verbose { args.log_level } else { args.log_level.min(log::LevelFilter::Warn) };
     logging::init(logging::Outputs { stderr: stderr_level, file: Some((&args.log_file, args.log_level)) })?;
     peerdex::outln!("listening on {local}");
@@ -170,13 +193,14 @@ fn run(args: Args) -> anyhow::Result<bool> {
         read_timeout: args.read_timeout,
         write_timeout: args.write_timeout,
     };
-    let registry = Registry::new(Limits {
-        files_per_peer: args.max_files_per_peer,
-        files_per_ip: args.max_files_per_ip,
-        files_total: args.max_files,
-        name_len: usize::from(args.max_name_len),
-    });
-    index::serve(listener, Index::new(registry), config)?;
+    let index = match store {
+        None => Index::new(Registry::new(limits)),
+        Some(store) => {
+            info!("registry kept in the index store, as server {}", store.server_id());
+            Index::stored(store)
+        }
+    };
+    index::serve(listener, index, config)?;
     Ok(true)
 }
 

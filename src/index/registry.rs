@@ -127,12 +127,31 @@ pub enum RegistryError {
         /// The limit ([`MAX_PARTIALS_PER_PEER`]).
         max: usize,
     },
+    /// The database behind the index (`--store`) cannot be reached.
+    StoreUnavailable,
 }
 
 /// Most partial downloads one peer may announce at once ([`Registry::announce_partial`]):
 /// a peer downloads 4 files at a time by default; 64 leaves room for a larger setting
 /// and costs the index a few kilobytes a peer at most.
 pub const MAX_PARTIALS_PER_PEER: usize = 64;
+
+/// Checks a file list's size and names against `limits`: not too many, not too long,
+/// unique. The same for every backend.
+pub fn check_files(limits: &Limits, files: &[FileInfo]) -> Result<(), RegistryError> {
+    if files.len() > limits.files_per_peer {
+        return Err(RegistryError::TooManyFiles { count: files.len(), max: limits.files_per_peer });
+    }
+    if let Some(f) = files.iter().find(|f| f.name.as_str().len() > limits.name_len) {
+        return Err(RegistryError::NameTooLong { name: f.name.clone(), max: limits.name_len });
+    }
+    let mut names: Vec<&SharePath> = files.iter().map(|f| &f.name).collect();
+    names.sort_unstable();
+    match names.windows(2).find(|w| w[0] == w[1]) {
+        Some(w) => Err(RegistryError::DuplicateName(w[0].clone())),
+        None => Ok(()),
+    }
+}
 
 impl fmt::Display for RegistryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -156,6 +175,7 @@ impl fmt::Display for RegistryError {
             RegistryError::TooManyPartials { max } => {
                 write!(f, "more than the limit of {max} partial downloads per peer")
             }
+            RegistryError::StoreUnavailable => f.write_str("index store unavailable"),
         }
     }
 }
@@ -191,6 +211,12 @@ impl Pattern {
             impossible: lower.len() > MAX_PATH_LEN,
             finder: (!lower.is_empty()).then(|| memmem::Finder::new(lower.as_bytes()).into_owned()),
         }
+    }
+
+    /// The text looked for, lowercased (ASCII); empty for all.
+    pub fn text(&self) -> &str {
+        let needle = self.finder.as_ref().map_or(&b""[..], |f| f.needle());
+        std::str::from_utf8(needle).expect("made from a str, lowercased in ASCII only")
     }
 
     /// True if no name can match (a pattern longer than any name).
@@ -758,20 +784,9 @@ impl Registry {
         count
     }
 
-    /// Checks a file list's size and names: not too many, not too long, unique.
+    /// Checks a file list's size and names: [`check_files`].
     fn check(&self, files: &[FileInfo]) -> Result<(), RegistryError> {
-        if files.len() > self.limits.files_per_peer {
-            return Err(RegistryError::TooManyFiles { count: files.len(), max: self.limits.files_per_peer });
-        }
-        if let Some(f) = files.iter().find(|f| f.name.as_str().len() > self.limits.name_len) {
-            return Err(RegistryError::NameTooLong { name: f.name.clone(), max: self.limits.name_len });
-        }
-        let mut names: Vec<&SharePath> = files.iter().map(|f| &f.name).collect();
-        names.sort_unstable();
-        match names.windows(2).find(|w| w[0] == w[1]) {
-            Some(w) => Err(RegistryError::DuplicateName(w[0].clone())),
-            None => Ok(()),
-        }
+        check_files(&self.limits, files)
     }
 
     /// Checks, before a registration of `count` files is even read, that the peer on
@@ -1267,7 +1282,7 @@ mod tests {
                         }
                     }
                     for n in &names {
-                        let hits = index.lookup(&name(n));
+                        let hits = index.lookup(&name(n)).unwrap();
                         let at_me = hits.iter().filter(|h| h.addr.port() == 1000 + t).count();
                         let want = usize::from(mine.as_ref().is_some_and(|m| m.contains_key(n)));
                         assert_eq!(at_me, want, "thread {t}, name {n}");

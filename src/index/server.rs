@@ -366,11 +366,12 @@ impl<'a> Connection<'a> {
                     Request::Update { files } => done(index.update(conn, files)),
                     Request::Delete { names } => done(index.delete(conn, &names)),
                     Request::Add { files } => done(index.add(conn, files)),
-                    Request::Partial { files } => done(index.with(|r| r.announce_partial(conn, files))),
-                    Request::Lookup { name } => {
-                        let hits = index.lookup(&name);
-                        if hits.is_empty() { Reply::NoPeers } else { Reply::Peers(hits) }
-                    }
+                    Request::Partial { files } => done(index.announce_partial(conn, files)),
+                    Request::Lookup { name } => match index.lookup(&name) {
+                        Ok(hits) if hits.is_empty() => Reply::NoPeers,
+                        Ok(hits) => Reply::Peers(hits),
+                        Err(e) => Reply::Error(e.to_string()),
+                    },
                     Request::Ping | Request::List { .. } | Request::Login { .. } | Request::Proof { .. } => {
                         unreachable!("answered above")
                     }
@@ -512,7 +513,14 @@ fn send_listing(
     let mut after = None;
     let mut truncated = false;
     loop {
-        let mut page = index.list_page(conn, &pattern, after.as_ref(), LIST_PAGE);
+        let mut page = match index.list_page(conn, &pattern, after.as_ref(), LIST_PAGE) {
+            Ok(page) => page,
+            Err(e) => {
+                // The peer takes an error in place of the rest of the listing.
+                wire::send_msg(&mut w, &Reply::Error(e.to_string()))?;
+                return Ok(sent);
+            }
+        };
         if page.entries.len() > left {
             page.entries.truncate(left);
             truncated = true;

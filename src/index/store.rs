@@ -1,0 +1,614 @@
+//! The registry kept in PostgreSQL (`indexing-server --store postgres://...`), so that
+//! several index servers serve one index: a peer registered at one is found at all.
+//!
+//! Every request keeps its meaning and its reply; only where the state lives changes.
+//! State bound to connections stays bound to them: each server holds a row in
+//! `servers` with a lease it renews every third of the lease ([`DEFAULT_LEASE`], an
+//! option); its peers' rows point at that row, and go when their connection ends, as
+//! in memory. When a server dies without a word (kill -9), another one deletes that
+//! server's row, and so its peers' rows, once the lease has expired.
+//!
+//! ```text
+//! servers (id, address, lease_until)
+//!    ^ on delete cascade
+//! peers   (id, server_id, conn, ip, ip_key, port, files)   unique (server_id, conn)
+//!    ^ on delete cascade
+//! files   (peer_id, name COLLATE "C", size, root, complete) primary key (peer_id, name)
+//!          btree (name): lookups, and listings in name order
+//!          gin (name gin_trgm_ops): listings of names containing a text (ILIKE)
+//! ```
+//!
+//! `files.complete` is false for a partial download a peer announced. `peers.files`
+//! counts its complete files, so that the limits per address and in all are sums over
+//! peers rather than counts over files; they hold across all servers, checked in the
+//! transaction that makes the change (two servers' registrations at the very same
+//! moment can pass one limit together by one registration, no more).
+//!
+//! The database's connections come from a pool (r2d2) sized by `--store-pool`, fit for
+//! the thread per connection: a request takes one for its statements and gives it
+//! back. A request made while the database cannot be reached gets
+//! `Error("index store unavailable")` (the pool keeps trying to connect, with
+//! backoff); a disconnect's removal that fails is retried by the lease thread, so a
+//! peer gone during an outage does not stay listed.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread;
+use std::time::Duration;
+
+use anyhow::Context;
+use postgres::NoTls;
+use r2d2_postgres::PostgresConnectionManager;
+
+use super::registry::{self, Limits, ListPage, MAX_PARTIALS_PER_PEER, PageBudget, Pattern, RegistryError};
+use crate::content::Hash;
+use crate::name::SharePath;
+use crate::net::client_key;
+use crate::wire::{FileInfo, ListEntry, PeerHit};
+
+/// How long a server's peers outlive it, if it dies without a word: its lease.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(15);
+
+/// Database connections in the pool, by default: enough for the requests of a busy
+/// server's threads to wait on each other for microseconds, and well within
+/// PostgreSQL's default of 100 connections for three servers.
+pub const DEFAULT_POOL: u32 = 16;
+
+/// How long a request waits for a pooled connection before it is told the store is
+/// unavailable.
+const POOL_WAIT: Duration = Duration::from_secs(2);
+
+/// The schema, one migration a version, applied in order at start (in a transaction,
+/// under an advisory lock, so that servers starting together apply each once).
+const MIGRATIONS: [&str; 1] = [r#"
+CREATE EXTENSION IF NOT EXISTS pg_trgm;
+CREATE TABLE servers (
+    id bigserial PRIMARY KEY,
+    address text NOT NULL,
+    lease_until timestamptz NOT NULL
+);
+CREATE TABLE peers (
+    id bigserial PRIMARY KEY,
+    server_id bigint NOT NULL REFERENCES servers (id) ON DELETE CASCADE,
+    conn text NOT NULL,
+    ip text NOT NULL,
+    ip_key text NOT NULL,
+    port integer NOT NULL,
+    files bigint NOT NULL DEFAULT 0,
+    UNIQUE (server_id, conn)
+);
+CREATE INDEX peers_ip_key ON peers (ip_key);
+CREATE TABLE files (
+    peer_id bigint NOT NULL REFERENCES peers (id) ON DELETE CASCADE,
+    name text COLLATE "C" NOT NULL,
+    size bigint NOT NULL,
+    root bytea NOT NULL,
+    complete boolean NOT NULL,
+    PRIMARY KEY (peer_id, name)
+);
+CREATE INDEX files_name ON files (name);
+CREATE INDEX files_name_trgm ON files USING gin (name gin_trgm_ops);
+"#];
+
+/// A key for `pg_advisory_xact_lock` while migrating: "peerdex" in ASCII.
+const MIGRATION_LOCK: i64 = 0x0070_6565_7264_6578;
+
+type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
+type Client = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
+
+/// The registry in PostgreSQL. See the module docs.
+pub struct Store {
+    pool: Pool,
+    /// This server's row in `servers`.
+    server: AtomicI64,
+    /// How this server is known in `servers` (its listening address).
+    address: String,
+    limits: Limits,
+    lease: Duration,
+    /// Disconnects whose removal failed, retried by the lease thread.
+    pending: Mutex<Vec<SocketAddr>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("server", &self.server).field("address", &self.address).finish()
+    }
+}
+
+/// A peer's row: id, port, complete files.
+type PeerRow = (i64, u16, usize);
+
+impl Store {
+    /// Connects to the database at `url`, applies the migrations it lacks, takes a
+    /// row for this server (known as `address`) and starts the thread that renews its
+    /// lease and removes the peers of servers whose lease has expired.
+    pub fn open(
+        url: &str,
+        pool: u32,
+        lease: Duration,
+        limits: Limits,
+        address: String,
+    ) -> anyhow::Result<Arc<Store>> {
+        let config: postgres::Config = url.parse().with_context(|| format!("invalid --store URL {url:?}"))?;
+        let manager = PostgresConnectionManager::new(config, NoTls);
+        let pool = r2d2::Pool::builder()
+            .max_size(pool.max(1))
+            .min_idle(Some(1))
+            .connection_timeout(POOL_WAIT)
+            .build(manager)
+            .with_context(|| format!("cannot connect to the index store {}", redacted(url)))?;
+        let mut client = pool.get().context("cannot connect to the index store")?;
+        migrate(&mut client).context("cannot apply the index store's migrations")?;
+        let store = Arc::new(Store {
+            pool,
+            server: AtomicI64::new(0),
+            address,
+            limits,
+            lease,
+            pending: Mutex::default(),
+        });
+        store.take_server_row(&mut client).context("cannot register this server in the index store")?;
+        drop(client);
+        let renewing = Arc::clone(&store);
+        thread::Builder::new()
+            .name("lease".into())
+            .spawn(move || renewing.keep_lease())
+            .context("cannot start the lease thread")?;
+        Ok(store)
+    }
+
+    /// This server's id in `servers`.
+    pub fn server_id(&self) -> i64 {
+        self.server.load(Ordering::SeqCst)
+    }
+
+    fn take_server_row(&self, client: &mut postgres::Client) -> Result<(), postgres::Error> {
+        let row = client.query_one(
+            "INSERT INTO servers (address, lease_until) VALUES ($1, now() + $2 * interval '1 millisecond') RETURNING id",
+            &[&self.address, &(self.lease.as_millis() as f64)],
+        )?;
+        self.server.store(row.get(0), Ordering::SeqCst);
+        log::info!("index store: this server is {} (lease {} s)", self.server_id(), self.lease.as_secs_f64());
+        Ok(())
+    }
+
+    /// Every third of the lease: renews this server's lease, deletes the servers whose
+    /// lease has expired (and so their peers), and retries failed removals. Runs for
+    /// as long as the process.
+    fn keep_lease(&self) {
+        loop {
+            thread::sleep(self.lease / 3); // the lease's own rhythm, not a wait for an event
+            if let Err(e) = self.renew() {
+                log::warn!("index store: cannot renew this server's lease: {e}");
+            }
+        }
+    }
+
+    fn renew(&self) -> Result<(), postgres::Error> {
+        let Ok(mut client) = self.pool.get() else { return Ok(()) };
+        let lease = self.lease.as_millis() as f64;
+        let renewed = client.execute(
+            "UPDATE servers SET lease_until = now() + $2 * interval '1 millisecond' WHERE id = $1",
+            &[&self.server_id(), &lease],
+        )?;
+        if renewed == 0 {
+            // Our lease ran out (the database was out of reach for longer than it) and
+            // another server removed us and our peers: their connections go on, but the
+            // index has forgotten them; they are found again once they register again.
+            log::error!(
+                "index store: this server's lease expired and its peers were removed; taking a new row"
+            );
+            self.take_server_row(&mut client)?;
+        }
+        let reaped = client.execute("DELETE FROM servers WHERE lease_until < now()", &[])?;
+        if reaped > 0 {
+            log::info!("index store: removed {reaped} server(s) whose lease expired, with their peers");
+        }
+        let pending = std::mem::take(&mut *lock(&self.pending));
+        for conn in pending {
+            if self.remove(conn).is_err() {
+                lock(&self.pending).push(conn);
+            }
+        }
+        Ok(())
+    }
+
+    fn client(&self) -> Result<Client, RegistryError> {
+        self.pool.get().map_err(|e| {
+            log::warn!("index store unavailable: {e}");
+            RegistryError::StoreUnavailable
+        })
+    }
+
+    /// The row of the peer on `conn` at this server, if registered.
+    fn peer(
+        &self,
+        tx: &mut impl postgres::GenericClient,
+        conn: SocketAddr,
+    ) -> Result<Option<PeerRow>, RegistryError> {
+        let row = tx
+            .query_opt(
+                "SELECT id, port, files FROM peers WHERE server_id = $1 AND conn = $2 FOR UPDATE",
+                &[&self.server_id(), &conn.to_string()],
+            )
+            .map_err(unavailable)?;
+        Ok(row.map(|r| (r.get(0), r.get::<_, i32>(1) as u16, r.get::<_, i64>(2) as usize)))
+    }
+
+    /// Checks that the peer on `conn` may go from `before` to `after` complete files:
+    /// the limits per peer, per address (over every server) and in all.
+    fn check_room(
+        &self,
+        tx: &mut impl postgres::GenericClient,
+        conn: SocketAddr,
+        before: usize,
+        after: usize,
+    ) -> Result<(), RegistryError> {
+        let limits = &self.limits;
+        if after > limits.files_per_peer {
+            return Err(RegistryError::TooManyFiles { count: after, max: limits.files_per_peer });
+        }
+        if after <= before {
+            return Ok(());
+        }
+        let sums = tx
+            .query_one(
+                "SELECT coalesce(sum(files) FILTER (WHERE ip_key = $1), 0)::bigint, coalesce(sum(files), 0)::bigint FROM peers",
+                &[&ip_key(conn.ip())],
+            )
+            .map_err(unavailable)?;
+        let (from_ip, total) = (sums.get::<_, i64>(0) as usize, sums.get::<_, i64>(1) as usize);
+        let from_ip = from_ip.saturating_sub(before) + after;
+        if from_ip > limits.files_per_ip {
+            return Err(RegistryError::TooManyFromAddress { count: from_ip, max: limits.files_per_ip });
+        }
+        if total.saturating_sub(before) + after > limits.files_total {
+            return Err(RegistryError::IndexFull { max: limits.files_total });
+        }
+        Ok(())
+    }
+
+    /// [`registry::Registry::register`].
+    pub fn register(
+        &self,
+        conn: SocketAddr,
+        port: u16,
+        files: Vec<FileInfo>,
+    ) -> Result<usize, RegistryError> {
+        if port == 0 {
+            return Err(RegistryError::PortZero);
+        }
+        registry::check_files(&self.limits, &files)?;
+        let mut client = self.client()?;
+        let mut tx = client.transaction().map_err(unavailable)?;
+        let peer = self.peer(&mut tx, conn)?;
+        self.check_room(&mut tx, conn, peer.map_or(0, |p| p.2), files.len())?;
+        let id = match peer {
+            Some((id, _, _)) => {
+                tx.execute("UPDATE peers SET port = $2 WHERE id = $1", &[&id, &i32::from(port)])
+                    .map_err(unavailable)?;
+                // Downloads running go on through a new registration: their partials stay.
+                tx.execute("DELETE FROM files WHERE peer_id = $1 AND complete", &[&id])
+                    .map_err(unavailable)?;
+                id
+            }
+            None => {
+                let ip = conn.ip().to_canonical();
+                tx.query_one(
+                    "INSERT INTO peers (server_id, conn, ip, ip_key, port) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                    &[&self.server_id(), &conn.to_string(), &ip.to_string(), &ip_key(ip), &i32::from(port)],
+                )
+                .map_err(unavailable)?
+                .get(0)
+            }
+        };
+        let count = files.len();
+        insert(&mut tx, id, &files, true)?;
+        tx.execute("UPDATE peers SET files = $2 WHERE id = $1", &[&id, &(count as i64)])
+            .map_err(unavailable)?;
+        tx.commit().map_err(unavailable)?;
+        Ok(count)
+    }
+
+    /// [`registry::Registry::update`].
+    pub fn update(&self, conn: SocketAddr, files: Vec<FileInfo>) -> Result<usize, RegistryError> {
+        let mut client = self.client()?;
+        let port = self.peer(&mut *client, conn)?.ok_or(RegistryError::NotRegistered)?.1;
+        drop(client);
+        self.register(conn, port, files)
+    }
+
+    /// [`registry::Registry::add`].
+    pub fn add(&self, conn: SocketAddr, new: Vec<FileInfo>) -> Result<usize, RegistryError> {
+        let mut client = self.client()?;
+        let mut tx = client.transaction().map_err(unavailable)?;
+        let (id, _, have) = self.peer(&mut tx, conn)?.ok_or(RegistryError::NotRegistered)?;
+        registry::check_files(&self.limits, &new)?;
+        let names: Vec<&str> = new.iter().map(|f| f.name.as_str()).collect();
+        let known: i64 = tx
+            .query_one(
+                "SELECT count(*) FROM files WHERE peer_id = $1 AND complete AND name = ANY($2)",
+                &[&id, &names],
+            )
+            .map_err(unavailable)?
+            .get(0);
+        let now = have + new.len() - known as usize;
+        self.check_room(&mut tx, conn, have, now)?;
+        insert(&mut tx, id, &new, true)?;
+        tx.execute("UPDATE peers SET files = $2 WHERE id = $1", &[&id, &(now as i64)])
+            .map_err(unavailable)?;
+        tx.commit().map_err(unavailable)?;
+        Ok(now)
+    }
+
+    /// [`registry::Registry::delete`].
+    pub fn delete(&self, conn: SocketAddr, names: &[SharePath]) -> Result<usize, RegistryError> {
+        let mut client = self.client()?;
+        let mut tx = client.transaction().map_err(unavailable)?;
+        let (id, _, have) = self.peer(&mut tx, conn)?.ok_or(RegistryError::NotRegistered)?;
+        let names: Vec<&str> = names.iter().map(SharePath::as_str).collect();
+        let gone: i64 = tx
+            .query_one(
+                "WITH gone AS (DELETE FROM files WHERE peer_id = $1 AND name = ANY($2) RETURNING complete)
+                 SELECT count(*) FILTER (WHERE complete) FROM gone",
+                &[&id, &names],
+            )
+            .map_err(unavailable)?
+            .get(0);
+        let now = have - gone as usize;
+        tx.execute("UPDATE peers SET files = $2 WHERE id = $1", &[&id, &(now as i64)])
+            .map_err(unavailable)?;
+        tx.commit().map_err(unavailable)?;
+        Ok(now)
+    }
+
+    /// [`registry::Registry::announce_partial`].
+    pub fn announce_partial(&self, conn: SocketAddr, files: Vec<FileInfo>) -> Result<usize, RegistryError> {
+        registry::check_files(&self.limits, &files)?;
+        let mut client = self.client()?;
+        let mut tx = client.transaction().map_err(unavailable)?;
+        let (id, _, have) = self.peer(&mut tx, conn)?.ok_or(RegistryError::NotRegistered)?;
+        let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+        let rows = tx
+            .query("SELECT name, complete FROM files WHERE peer_id = $1 AND name = ANY($2)", &[&id, &names])
+            .map_err(unavailable)?;
+        let held: std::collections::HashMap<String, bool> =
+            rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, bool>(1))).collect();
+        // A name it shares whole is not a partial.
+        let files: Vec<FileInfo> =
+            files.into_iter().filter(|f| held.get(f.name.as_str()) != Some(&true)).collect();
+        let new = files.iter().filter(|f| !held.contains_key(f.name.as_str())).count();
+        let partials: i64 = tx
+            .query_one("SELECT count(*) FROM files WHERE peer_id = $1 AND NOT complete", &[&id])
+            .map_err(unavailable)?
+            .get(0);
+        if partials as usize + new > MAX_PARTIALS_PER_PEER {
+            return Err(RegistryError::TooManyPartials { max: MAX_PARTIALS_PER_PEER });
+        }
+        insert(&mut tx, id, &files, false)?;
+        tx.commit().map_err(unavailable)?;
+        Ok(have)
+    }
+
+    /// [`registry::Registry::unregister`].
+    pub fn unregister(&self, conn: SocketAddr) -> Result<(), RegistryError> {
+        if self.remove(conn)? { Ok(()) } else { Err(RegistryError::NotRegistered) }
+    }
+
+    /// Removes the registration of the peer on `conn`, if any. Returns whether there was.
+    pub fn remove(&self, conn: SocketAddr) -> Result<bool, RegistryError> {
+        let client = self.client();
+        let removed = client.and_then(|mut c| {
+            c.execute(
+                "DELETE FROM peers WHERE server_id = $1 AND conn = $2",
+                &[&self.server_id(), &conn.to_string()],
+            )
+            .map_err(unavailable)
+        });
+        removed.map(|n| n > 0)
+    }
+
+    /// A disconnect: removes the registration, or, if the store cannot be reached,
+    /// leaves it to the lease thread to remove later. Returns whether there was one.
+    pub fn disconnected(&self, conn: SocketAddr) -> bool {
+        match self.remove(conn) {
+            Ok(removed) => removed,
+            Err(_) => {
+                lock(&self.pending).push(conn);
+                false
+            }
+        }
+    }
+
+    /// [`registry::Registry::room_for`].
+    pub fn room_for(&self, conn: SocketAddr, count: usize) -> Result<(), RegistryError> {
+        let mut client = self.client()?;
+        let before = self.peer(&mut *client, conn)?.map_or(0, |p| p.2);
+        self.check_room(&mut *client, conn, before, count)
+    }
+
+    /// [`registry::Registry::lookup`]: the peers sharing `name` whole, then those
+    /// holding part of it.
+    pub fn lookup(&self, name: &SharePath) -> Result<Vec<PeerHit>, RegistryError> {
+        let mut client = self.client()?;
+        let rows = client
+            .query(
+                "SELECT p.ip, p.port, f.size, f.root, f.complete FROM files f JOIN peers p ON p.id = f.peer_id
+                 WHERE f.name = $1 ORDER BY f.complete DESC, p.id",
+                &[&name.as_str()],
+            )
+            .map_err(unavailable)?;
+        let mut hits = Vec::with_capacity(rows.len());
+        for r in rows {
+            let (Ok(ip), Ok(root)) =
+                (r.get::<_, &str>(0).parse::<IpAddr>(), Hash::try_from(r.get::<_, &[u8]>(3)))
+            else {
+                continue;
+            };
+            let addr = SocketAddr::new(ip, r.get::<_, i32>(1) as u16);
+            hits.push(PeerHit { addr, size: r.get::<_, i64>(2) as u64, root, complete: r.get(4) });
+        }
+        Ok(hits)
+    }
+
+    /// [`registry::Registry::list_page`]: a page of at most `budget.names` names that
+    /// contain the pattern (ASCII case ignored, through the trigram index), after
+    /// `after`, each name's contents one entry, in name order.
+    pub fn list_page(
+        &self,
+        asker: SocketAddr,
+        pattern: &Pattern,
+        after: Option<&SharePath>,
+        budget: PageBudget,
+    ) -> Result<ListPage, RegistryError> {
+        let mut page = ListPage::default();
+        if pattern.matches_nothing() {
+            return Ok(page);
+        }
+        let mut client = self.client()?;
+        let asker: i64 = self.peer(&mut *client, asker)?.map_or(0, |p| p.0);
+        let like = format!("%{}%", escape_like(pattern.text()));
+        let after = after.map_or("", SharePath::as_str);
+        let names = budget.names.max(1) as i64;
+        let rows = client
+            .query(
+                "WITH page AS (
+                     SELECT DISTINCT name FROM files
+                     WHERE complete AND name > $1 AND name ILIKE $2 AND peer_id <> $3
+                     ORDER BY name LIMIT $4)
+                 SELECT f.name, f.size, f.root,
+                        count(*) FILTER (WHERE f.complete), count(*) FILTER (WHERE NOT f.complete),
+                        (SELECT count(*) FROM page)
+                 FROM files f JOIN page USING (name)
+                 WHERE f.peer_id <> $3
+                 GROUP BY f.name, f.size, f.root
+                 HAVING count(*) FILTER (WHERE f.complete) > 0
+                 ORDER BY f.name, f.size, f.root",
+                &[&after, &like, &asker, &names],
+            )
+            .map_err(unavailable)?;
+        let mut full = false;
+        for r in &rows {
+            full = r.get::<_, i64>(5) >= names;
+            let (Ok(name), Ok(root)) = (SharePath::parse(r.get(0)), Hash::try_from(r.get::<_, &[u8]>(2)))
+            else {
+                continue;
+            };
+            page.entries.push(ListEntry {
+                name,
+                size: r.get::<_, i64>(1) as u64,
+                root,
+                peers: r.get::<_, i64>(3) as u32,
+                partial: r.get::<_, i64>(4) as u32,
+            });
+        }
+        if full {
+            page.next = page.entries.last().map(|e| e.name.clone());
+        }
+        Ok(page)
+    }
+}
+
+/// Inserts `files` for peer `id`, complete or partial, in one statement: a name it
+/// already has gets the new size and root (a partial becomes complete; a complete
+/// file never becomes partial).
+fn insert(
+    tx: &mut postgres::Transaction<'_>,
+    id: i64,
+    files: &[FileInfo],
+    complete: bool,
+) -> Result<(), RegistryError> {
+    if files.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+    let sizes: Vec<i64> = files.iter().map(|f| f.size as i64).collect();
+    let roots: Vec<&[u8]> = files.iter().map(|f| &f.root[..]).collect();
+    tx.execute(
+        "INSERT INTO files (peer_id, name, size, root, complete)
+         SELECT $1, n, s, r, $5 FROM unnest($2::text[], $3::bigint[], $4::bytea[]) AS t (n, s, r)
+         ON CONFLICT (peer_id, name) DO UPDATE
+             SET size = EXCLUDED.size, root = EXCLUDED.root, complete = EXCLUDED.complete
+             WHERE EXCLUDED.complete OR NOT files.complete",
+        &[&id, &names, &sizes, &roots, &complete],
+    )
+    .map_err(unavailable)?;
+    Ok(())
+}
+
+/// Applies the migrations the database lacks, recording each in `peerdex_migrations`.
+fn migrate(client: &mut postgres::Client) -> Result<(), postgres::Error> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS peerdex_migrations (version integer PRIMARY KEY, applied timestamptz NOT NULL DEFAULT now())",
+    )?;
+    let done: i32 = tx.query_one("SELECT coalesce(max(version), 0) FROM peerdex_migrations", &[])?.get(0);
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done as usize) {
+        let version = i as i32 + 1;
+        tx.batch_execute(sql)?;
+        tx.execute("INSERT INTO peerdex_migrations (version) VALUES ($1)", &[&version])?;
+        log::info!("index store: applied migration {version}");
+    }
+    tx.commit()
+}
+
+/// The key for the limits per address: see [`client_key`].
+fn ip_key(ip: IpAddr) -> String {
+    client_key(ip).to_string()
+}
+
+/// `text` for a LIKE pattern, its own `%`, `_` and `\` taken as they are.
+fn escape_like(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A database error as a request sees it; the cause goes to the log.
+fn unavailable(e: postgres::Error) -> RegistryError {
+    log::warn!("index store: {e}");
+    RegistryError::StoreUnavailable
+}
+
+/// `url` without its password, for messages.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_patterns_keep_their_wildcards_as_text() {
+        assert_eq!(escape_like("a%b_c\\d"), "a\\%b\\_c\\\\d");
+        assert_eq!(escape_like("plain"), "plain");
+    }
+
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(redacted("postgres://ann:secret@db/test"), "postgres://ann:***@db/test");
+        assert_eq!(redacted("postgres://postgres@127.0.0.1/test"), "postgres://postgres@127.0.0.1/test");
+        assert_eq!(redacted("host=/run/postgresql"), "host=/run/postgresql");
+    }
+}
