@@ -21,8 +21,10 @@
 //! `files.complete` is false for a partial download a peer announced. `peers.files`
 //! counts its complete files, so that the limits per address and in all are sums over
 //! peers rather than counts over files; they hold across all servers, checked in the
-//! transaction that makes the change (two servers' registrations at the very same
-//! moment can pass one limit together by one registration, no more).
+//! transaction that makes the change. One address's growing changes take an advisory
+//! lock on the address, so its limit holds exactly however many connections it opens
+//! at once; the limit in all can be passed by the registrations of different
+//! addresses made at the very same moment, one each at most.
 //!
 //! The database's connections come from a pool (r2d2) sized by `--store-pool`, fit for
 //! the thread per connection: a request takes one for its statements and gives it
@@ -56,8 +58,9 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(15);
 pub const DEFAULT_POOL: u32 = 16;
 
 /// How long a request waits for a pooled connection before it is told the store is
-/// unavailable.
-const POOL_WAIT: Duration = Duration::from_secs(2);
+/// unavailable: long enough for a burst of requests on a busy server to be served in
+/// turn, short enough that a peer hears of an outage well before its own timeouts.
+const POOL_WAIT: Duration = Duration::from_secs(5);
 
 /// The schema, one migration a version, applied in order at start (in a transaction,
 /// under an advisory lock, so that servers starting together apply each once).
@@ -136,6 +139,7 @@ impl Store {
             .max_size(pool.max(1))
             .min_idle(Some(1))
             .connection_timeout(POOL_WAIT)
+            .connection_customizer(Box::new(Session))
             .build(manager)
             .with_context(|| format!("cannot connect to the index store {}", redacted(url)))?;
         let mut client = pool.get().context("cannot connect to the index store")?;
@@ -235,15 +239,16 @@ impl Store {
             .map_err(unavailable)?;
         Ok(row.map(|r| (r.get(0), r.get::<_, i32>(1) as u16, r.get::<_, i64>(2) as usize)))
     }
-
     /// Checks that the peer on `conn` may go from `before` to `after` complete files:
-    /// the limits per peer, per address (over every server) and in all.
+    /// the limits per peer, per address (over every server) and in all. `counted`: the
+    /// peer's row already says `after` (the end of a change's transaction), else
+    /// `before` (a check before a large request is even read).
     fn check_room(
         &self,
         tx: &mut impl postgres::GenericClient,
         conn: SocketAddr,
-        before: usize,
-        after: usize,
+        (before, after): (usize, usize),
+        counted: bool,
     ) -> Result<(), RegistryError> {
         let limits = &self.limits;
         if after > limits.files_per_peer {
@@ -251,6 +256,12 @@ impl Store {
         }
         if after <= before {
             return Ok(());
+        } // One address's changes that grow its count are checked one at a time, on every
+        // server, at the end of their transactions (the lock is held only for the sums
+        // and the commit), so that its limit holds exactly against many connections.
+        if counted {
+            tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&ip_key(conn.ip())])
+                .map_err(unavailable)?;
         }
         let sums = tx
             .query_one(
@@ -259,11 +270,12 @@ impl Store {
             )
             .map_err(unavailable)?;
         let (from_ip, total) = (sums.get::<_, i64>(0) as usize, sums.get::<_, i64>(1) as usize);
-        let from_ip = from_ip.saturating_sub(before) + after;
+        let counted = if counted { after } else { before };
+        let from_ip = from_ip.saturating_sub(counted) + after;
         if from_ip > limits.files_per_ip {
             return Err(RegistryError::TooManyFromAddress { count: from_ip, max: limits.files_per_ip });
         }
-        if total.saturating_sub(before) + after > limits.files_total {
+        if total.saturating_sub(counted) + after > limits.files_total {
             return Err(RegistryError::IndexFull { max: limits.files_total });
         }
         Ok(())
@@ -283,7 +295,7 @@ impl Store {
         let mut client = self.client()?;
         let mut tx = client.transaction().map_err(unavailable)?;
         let peer = self.peer(&mut tx, conn)?;
-        self.check_room(&mut tx, conn, peer.map_or(0, |p| p.2), files.len())?;
+        let (before, count) = (peer.map_or(0, |p| p.2), files.len());
         let id = match peer {
             Some((id, _, _)) => {
                 tx.execute("UPDATE peers SET port = $2 WHERE id = $1", &[&id, &i32::from(port)])
@@ -303,10 +315,11 @@ impl Store {
                 .get(0)
             }
         };
-        let count = files.len();
         insert(&mut tx, id, &files, true)?;
         tx.execute("UPDATE peers SET files = $2 WHERE id = $1", &[&id, &(count as i64)])
             .map_err(unavailable)?;
+        // Refused: the transaction is rolled back, and nothing is half-stored.
+        self.check_room(&mut tx, conn, (before, count), true)?;
         tx.commit().map_err(unavailable)?;
         Ok(count)
     }
@@ -334,10 +347,10 @@ impl Store {
             .map_err(unavailable)?
             .get(0);
         let now = have + new.len() - known as usize;
-        self.check_room(&mut tx, conn, have, now)?;
         insert(&mut tx, id, &new, true)?;
         tx.execute("UPDATE peers SET files = $2 WHERE id = $1", &[&id, &(now as i64)])
             .map_err(unavailable)?;
+        self.check_room(&mut tx, conn, (have, now), true)?;
         tx.commit().map_err(unavailable)?;
         Ok(now)
     }
@@ -425,7 +438,7 @@ impl Store {
     pub fn room_for(&self, conn: SocketAddr, count: usize) -> Result<(), RegistryError> {
         let mut client = self.client()?;
         let before = self.peer(&mut *client, conn)?.map_or(0, |p| p.2);
-        self.check_room(&mut *client, conn, before, count)
+        self.check_room(&mut *client, conn, (before, count), false)
     }
 
     /// [`registry::Registry::lookup`]: the peers sharing `name` whole, then those
@@ -507,6 +520,20 @@ impl Store {
             page.next = page.entries.last().map(|e| e.name.clone());
         }
         Ok(page)
+    }
+}
+
+/// Each pooled connection's settings.
+#[derive(Debug)]
+struct Session;
+
+impl r2d2::CustomizeConnection<postgres::Client, postgres::Error> for Session {
+    /// Commits without waiting for the write-ahead log to reach the disk: the index is
+    /// state that peers rebuild by registering again, so a database crash may lose its
+    /// last few milliseconds of changes, and in return a change's transaction (and the
+    /// per-address lock held to its end) is not a disk flush long.
+    fn on_acquire(&self, client: &mut postgres::Client) -> Result<(), postgres::Error> {
+        client.batch_execute("SET synchronous_commit = off")
     }
 }
 

@@ -6,6 +6,7 @@
 
 #![allow(dead_code)]
 
+pub mod pg;
 pub mod procfs;
 
 use std::ffi::OsStr;
@@ -41,6 +42,8 @@ pub struct Proc {
     seen: Vec<(Stream, String)>,
     /// Per stream, how far `expect` has read in `seen`.
     pos: [usize; 2],
+    /// An index server's schema in PostgreSQL, dropped after the server is killed.
+    schema: Option<pg::Schema>,
 }
 
 fn pump(stream: impl Read + Send + 'static, tag: Stream, tx: Sender<(Stream, String)>) {
@@ -114,7 +117,7 @@ impl Proc {
         };
         let stdin = Some(feed(child.stdin.take().unwrap()));
         let name = Path::new(bin).file_name().unwrap().to_string_lossy().into_owned();
-        Proc { name, child, _unread: unread, stdin, lines, seen: Vec::new(), pos: [0, 0] }
+        Proc { name, child, _unread: unread, stdin, lines, seen: Vec::new(), pos: [0, 0], schema: None }
     }
 
     /// Starts `indexing-server 127.0.0.1 0` in `dir` and returns it with its address.
@@ -129,11 +132,23 @@ impl Proc {
 
     /// Starts `indexing-server` with `args` (address, port, options) in `dir`, logging
     /// to `dir/log.log`; returns it with its address.
+    ///
+    /// With `PEERDEX_TEST_STORE=1`, the server keeps its registry in a fresh schema of
+    /// PostgreSQL (`--store`), so that every black-box test of the index runs against
+    /// that backend too (`.ci/run` runs them both ways).
     pub fn index_server_with(dir: &Path, args: &[&str]) -> (Proc, SocketAddr) {
+        let schema = match std::env::var_os("PEERDEX_TEST_STORE").is_some_and(|v| v == "1") {
+            true => Some(pg::Schema::new("this test").expect("PEERDEX_TEST_STORE=1 needs PostgreSQL")),
+            false => None,
+        };
         let log = dir.join("log.log");
         let mut args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
         args.extend([OsStr::new("--log-file"), log.as_os_str()]);
+        if let Some(schema) = &schema {
+            args.extend([OsStr::new("--store"), OsStr::new(&schema.url)]);
+        }
         let mut p = Proc::start(env!("CARGO_BIN_EXE_indexing-server"), &args, dir);
+        p.schema = schema;
         let line = p.expect(Stream::Out, "listening on ");
         let addr = line.trim_start_matches("listening on ").parse().expect("an address");
         (p, addr)
