@@ -392,12 +392,15 @@ impl RawIndexClient {
     }
 }
 
-/// A folder `name` inside `root` (created, with its parents), holding the given files.
+/// A folder `name` inside `root` (created, with its parents), holding the given files
+/// (a path such as `album/01.flac` in its folder, made too).
 pub fn folder(root: &Path, name: &str, files: &[(&str, &[u8])]) -> std::path::PathBuf {
     let dir = root.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     for (file, content) in files {
-        std::fs::write(dir.join(file), content).unwrap();
+        let path = dir.join(file);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
     }
     dir
 }

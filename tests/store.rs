@@ -1,0 +1,181 @@
+//! Several index servers on one PostgreSQL (`indexing-server --store`): a peer
+//! registered at one is found and listed at another and gone from it when it
+//! unregisters or disconnects; a server killed with SIGKILL loses its peers at the
+//! others once its lease expires, and its peers move to a server that lives; the
+//! database cut off under load gives clean errors, and everything works again after.
+//!
+//! Each test has a schema and a role of its own (tests/common/pg.rs). Without a
+//! PostgreSQL server the tests say they are skipped, unless PEERDEX_REQUIRE_POSTGRES=1.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use common::pg::Schema;
+use common::{Proc, RawIndexClient, Stream, folder, wait_for, workspace};
+use peerdex::name::SharePath;
+use peerdex::wire::{Reply, Request};
+
+/// `indexing-server IP PORT --store URL` with `extra` options, in `dir`.
+fn server(dir: &std::path::Path, ip: &str, port: u16, schema: &Schema, extra: &[&str]) -> (Proc, SocketAddr) {
+    let port = port.to_string();
+    let mut args = vec![ip, port.as_str(), "--store", schema.url.as_str()];
+    args.extend(extra);
+    Proc::index_server_with(dir, &args)
+}
+
+fn lookup(index: SocketAddr, name: &str) -> Reply {
+    RawIndexClient::connect(index).call(&Request::Lookup { name: SharePath::parse(name).unwrap() })
+}
+
+/// The file servers sharing `name`, as the index at `index` says.
+fn holders(index: SocketAddr, name: &str) -> Vec<SocketAddr> {
+    match lookup(index, name) {
+        Reply::Peers(hits) => hits.into_iter().map(|h| h.addr).collect(),
+        Reply::NoPeers => Vec::new(),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_peer_registered_at_one_server_is_found_at_another() {
+    let Some(schema) = Schema::new("a_peer_registered_at_one_server_is_found_at_another") else { return };
+    let ws = workspace();
+    let (dir_a, dir_b) = (ws.path().join("server-a"), ws.path().join("server-b"));
+    std::fs::create_dir_all(&dir_a).unwrap();
+    std::fs::create_dir_all(&dir_b).unwrap();
+    let (_a, at_a) = server(&dir_a, "127.0.0.1", 0, &schema, &[]);
+    let (_b, at_b) = server(&dir_b, "127.0.0.1", 0, &schema, &[]);
+
+    let shared = folder(ws.path(), "shared", &[("hello world.txt", b"hello"), ("album/01.flac", b"la")]);
+    let (mut pa, files_a) = Proc::registered_peer(at_a, &shared, 2);
+    // Found and listed at B, and fetched from A's peer.
+    assert_eq!(holders(at_b, "hello world.txt"), [files_a]);
+    let b = folder(ws.path(), "b", &[]);
+    let (mut pb, _) = Proc::peer(at_b, &b);
+    assert_eq!(pb.list(""), ["album/01.flac\t2 bytes\t1 peer", "hello world.txt\t5 bytes\t1 peer"]);
+    assert_eq!(pb.list("HELLO"), ["hello world.txt\t5 bytes\t1 peer"], "case ignored, by the trigram index");
+    assert_eq!(pb.list("50%_"), Vec::<String>::new(), "% and _ are text, not wildcards");
+    pb.send("download hello world.txt");
+    pb.expect(Stream::Out, &format!("downloaded hello world.txt (5 bytes) from {files_a}"));
+
+    // Changes at A are seen at B.
+    pa.send("delete album/01.flac");
+    pa.expect(Stream::Out, "deleted album/01.flac");
+    assert_eq!(holders(at_b, "album/01.flac"), []);
+    pa.send("unregister");
+    pa.expect(Stream::Out, "unregistered");
+    assert_eq!(holders(at_b, "hello world.txt"), []);
+    pa.send("register");
+    pa.expect(Stream::Out, "registered 1 file");
+    assert_eq!(holders(at_b, "hello world.txt"), [files_a]);
+    // A disconnect at A: gone at B.
+    pa.kill();
+    wait_for("A's disconnected peer to leave B's answers", || holders(at_b, "hello world.txt").is_empty());
+    let peers = schema.admin("SELECT count(*) FROM peers");
+    assert_eq!(peers[0].get::<_, i64>(0), 0, "no peer row is left behind");
+}
+
+#[test]
+fn a_killed_servers_peers_leave_with_its_lease_and_move_to_a_living_server() {
+    let Some(schema) = Schema::new("a_killed_servers_peers_leave_with_its_lease") else { return };
+    let ws = workspace();
+    // Two servers behind one name, as DNS would list them: the peer runs in a mount
+    // namespace of its own where /etc/hosts names 127.0.0.1 and 127.0.0.2 as
+    // index.peerdex.test (nothing outside the test sees it). That takes root, as CI has.
+    let hosts = ws.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 index.peerdex.test\n127.0.0.2 index.peerdex.test\n").unwrap();
+    let (dir_a, dir_b) = (ws.path().join("server-a"), ws.path().join("server-b"));
+    std::fs::create_dir_all(&dir_a).unwrap();
+    std::fs::create_dir_all(&dir_b).unwrap();
+    let lease = ["--lease", "2"];
+    let (mut a, at_a) = server(&dir_a, "127.0.0.1", 0, &schema, &lease);
+    let (_b, at_b) = server(&dir_b, "127.0.0.2", at_a.port(), &schema, &lease);
+
+    let shared = folder(ws.path(), "shared", &[("song.flac", b"la la")]);
+    let script = format!(
+        "mount --bind '{}' /etc/hosts && exec '{}' index.peerdex.test {} 0 '{}'",
+        hosts.display(),
+        env!("CARGO_BIN_EXE_peer"),
+        at_a.port(),
+        shared.display()
+    );
+    let mut pa = Proc::start("unshare", &["--mount", "--", "sh", "-c", &script], ws.path());
+    pa.expect(Stream::Out, "serving ");
+    pa.send("register");
+    let registered = pa.expect(Stream::Out, "registered 1 file");
+    assert!(registered.ends_with(&at_a.to_string()), "at A, the first address: {registered}");
+    assert_eq!(holders(at_b, "song.flac").len(), 1);
+
+    a.kill(); // SIGKILL: A says nothing to anyone
+    let killed = Instant::now();
+    // The peer finds B under the same name and registers there.
+    let again = pa.expect(Stream::Err, "registered 1 file again");
+    assert!(again.contains(&at_b.to_string()), "{again}");
+    // For a moment B lists the peer twice: A's row of it, and its new one. A's goes
+    // with A's lease.
+    wait_for("the killed server's peers to leave", || holders(at_b, "song.flac").len() == 1);
+    eprintln!(
+        "A's peers left B's answers {:.1} s after the kill (lease 2 s)",
+        killed.elapsed().as_secs_f64()
+    );
+    let servers = schema.admin("SELECT address FROM servers");
+    let servers: Vec<String> = servers.iter().map(|r| r.get(0)).collect();
+    assert_eq!(servers, [at_b.to_string()], "A's row is gone");
+    let b = folder(ws.path(), "b", &[]);
+    let (mut pb, _) = Proc::peer(at_b, &b);
+    pb.send("download song.flac");
+    pb.expect(Stream::Out, "downloaded song.flac (5 bytes)");
+}
+
+#[test]
+fn the_database_cut_off_under_load_gives_clean_errors_then_works_again() {
+    let Some(schema) = Schema::new("the_database_cut_off_under_load") else { return };
+    let ws = workspace();
+    let (index, at) = server(ws.path(), "127.0.0.1", 0, &schema, &["--lease", "2"]);
+    let shared = folder(ws.path(), "shared", &[("kept.txt", b"kept")]);
+    let (_pa, files_a) = Proc::registered_peer(at, &shared, 1);
+    // Load: clients looking up the whole time, each on its own connection.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = std::sync::Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut c = RawIndexClient::connect(at);
+                let mut seen = std::collections::BTreeSet::new();
+                let deadline = Instant::now() + common::TIMEOUT;
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) && Instant::now() < deadline {
+                    let reply = c.call(&Request::Lookup { name: SharePath::parse("kept.txt").unwrap() });
+                    seen.insert(format!("{reply:?}").chars().take(40).collect::<String>());
+                }
+                seen
+            })
+        })
+        .collect();
+
+    schema.cut_off();
+    wait_for("a request to be refused cleanly", || {
+        lookup(at, "kept.txt") == Reply::Error("index store unavailable".into())
+    });
+    // The server itself goes on: a ping needs no database.
+    assert_eq!(RawIndexClient::connect(at).call(&Request::Ping), Reply::Pong);
+    schema.restore();
+    wait_for("the store to be back", || holders(at, "kept.txt") == [files_a]);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for l in load {
+        let seen = l.join().expect("a client of the load failed");
+        assert!(
+            seen.iter()
+                .all(|r| r.starts_with("Peers(") || r.starts_with("Error(\"index store unavailable\")")),
+            "{seen:?}"
+        );
+    }
+    // No thread stuck: the server still serves many requests at once.
+    let served: Vec<_> = (0..16).map(|_| std::thread::spawn(move || holders(at, "kept.txt"))).collect();
+    for s in served {
+        assert_eq!(s.join().unwrap(), [files_a]);
+    }
+    let (_, threads) = index.rss_and_threads();
+    eprintln!("server threads after the outage: {threads}");
+}
