@@ -82,12 +82,26 @@ pub fn register_many(
     threads: usize,
     names: fn(usize, usize) -> String,
 ) -> Vec<Client> {
-    let per_thread = peers.div_ceil(threads);
+    register_range(index, 0..peers, files_per_peer, threads, names)
+}
+
+/// [`register_many`] for the peers numbered `peers` (so that two calls, at two
+/// servers, register different peers).
+pub fn register_range(
+    index: SocketAddr,
+    peers: std::ops::Range<usize>,
+    files_per_peer: usize,
+    threads: usize,
+    names: fn(usize, usize) -> String,
+) -> Vec<Client> {
+    let per_thread = peers.len().div_ceil(threads);
     let handles: Vec<_> = (0..threads)
         .map(|t| {
+            let peers = peers.clone();
             thread::spawn(move || {
                 let mut conns = Vec::new();
-                for p in (t * per_thread)..((t + 1) * per_thread).min(peers) {
+                let first = peers.start + t * per_thread;
+                for p in first..(first + per_thread).min(peers.end) {
                     let mut c = Client::connect_from(&address_of(p), index);
                     let files = (0..files_per_peer)
                         .map(|i| file(names(p, i), (p * files_per_peer + i) as u64))

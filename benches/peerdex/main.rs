@@ -6,13 +6,15 @@
 //! cargo bench -- lookup               # one (or several: lookup register list ...)
 //! cargo bench -- lookup --seconds 3   # shorter measuring windows
 //! cargo bench -- soak --minutes 2     # the soak, only when named
+//! cargo bench -- store --names 1000000  # PostgreSQL (--store), with a smaller listing
 //! ```
 //!
 //! One file per scenario: [`lookup`] (against the minimal [`responder`] and Redis in
 //! the same run), [`register`] (and list), [`transfer`] (against curl from nginx; and
 //! small, startup), [`pieces`] (multi-source against aria2c, and the swarm, in a
 //! network namespace made by [`netns`]), [`folders`] (a tree registered, a folder
-//! downloaded, against cp -r and rsync), [`soak`];
+//! downloaded, against cp -r and rsync), [`store`] (the index in PostgreSQL beside the
+//! one in memory), [`soak`];
 //! [`load`] is the load generator they share. Each row also gives the CPU used by the
 //! generator and by the server during the measurement, so that a saturated generator
 //! cannot pass for a slow server. Processes are started and reaped by the tests'
@@ -31,6 +33,7 @@ mod pieces;
 mod register;
 mod responder;
 mod soak;
+mod store;
 mod transfer;
 
 use common::Proc;
@@ -41,6 +44,8 @@ pub struct Opts {
     pub seconds: u64,
     /// Length of the soak.
     pub minutes: f64,
+    /// Names in the store scenario's listing.
+    pub names: usize,
 }
 
 /// Prints one result row.
@@ -73,19 +78,22 @@ fn main() {
         return responder::run();
     }
     let mut wanted = Vec::new();
-    let mut opts = Opts { seconds: 10, minutes: 1.0 };
+    let mut opts = Opts { seconds: 10, minutes: 1.0, names: 10_000_000 };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "--bench" => {} // cargo bench passes this
             "--seconds" => opts.seconds = args.next().and_then(|s| s.parse().ok()).expect("--seconds N"),
             "--minutes" => opts.minutes = args.next().and_then(|s| s.parse().ok()).expect("--minutes N"),
+            "--names" => opts.names = args.next().and_then(|s| s.parse().ok()).expect("--names N"),
             s if s.starts_with('-') => {}
             s => wanted.push(s.to_owned()),
         }
     }
-    let all =
-        ["lookup", "register", "list", "transfer", "multi", "swarm", "small", "startup", "folders", "soak"];
+    let all = [
+        "lookup", "register", "list", "store", "transfer", "multi", "swarm", "small", "startup", "folders",
+        "soak",
+    ];
     // The soak runs for minutes: only when asked for by name.
     let run = |s: &str| (wanted.is_empty() && s != "soak") || wanted.iter().any(|w| w == s);
     println!("peerdex benchmark on {}", machine());
@@ -105,6 +113,7 @@ fn main() {
             "small" => transfer::small(&opts),
             "startup" => transfer::startup(&opts),
             "folders" => folders::run(&opts),
+            "store" => store::run(&opts, opts.names),
             "soak" => soak::run(&opts),
             _ => unreachable!(),
         }

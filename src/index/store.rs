@@ -37,10 +37,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use postgres::NoTls;
+use postgres::types::{ToSql, Type};
 use r2d2_postgres::PostgresConnectionManager;
 
 use super::registry::{self, Limits, ListPage, MAX_PARTIALS_PER_PEER, PageBudget, Pattern, RegistryError};
@@ -140,6 +141,9 @@ impl Store {
             .min_idle(Some(1))
             .connection_timeout(POOL_WAIT)
             .connection_customizer(Box::new(Session))
+            // No query before each use: a connection the database dropped fails its
+            // request ("index store unavailable") and is not given out again.
+            .test_on_check_out(false)
             .build(manager)
             .with_context(|| format!("cannot connect to the index store {}", redacted(url)))?;
         let mut client = pool.get().context("cannot connect to the index store")?;
@@ -180,17 +184,30 @@ impl Store {
     /// Every third of the lease: renews this server's lease, deletes the servers whose
     /// lease has expired (and so their peers), and retries failed removals. Runs for
     /// as long as the process.
+    ///
+    /// After the database was out of reach, no server may have renewed: this one
+    /// deletes no other until it has renewed its own for a whole lease again, by when
+    /// every living server has too. (Otherwise the first server back would delete all
+    /// the others, and every peer with them.)
     fn keep_lease(&self) {
+        let mut may_reap = Instant::now() + self.lease;
         loop {
             thread::sleep(self.lease / 3); // the lease's own rhythm, not a wait for an event
-            if let Err(e) = self.renew() {
-                log::warn!("index store: cannot renew this server's lease: {e}");
+            match self.renew(Instant::now() >= may_reap) {
+                Ok(true) => {}
+                Ok(false) => may_reap = Instant::now() + self.lease,
+                Err(e) => {
+                    log::warn!("index store: cannot renew this server's lease: {e}");
+                    may_reap = Instant::now() + self.lease;
+                }
             }
         }
     }
 
-    fn renew(&self) -> Result<(), postgres::Error> {
-        let Ok(mut client) = self.pool.get() else { return Ok(()) };
+    /// Renews the lease and, if `reap`, deletes the servers whose lease has expired.
+    /// Returns false if the database could not be reached.
+    fn renew(&self, reap: bool) -> Result<bool, postgres::Error> {
+        let Ok(mut client) = self.pool.get() else { return Ok(false) };
         let lease = self.lease.as_millis() as f64;
         let renewed = client.execute(
             "UPDATE servers SET lease_until = now() + $2 * interval '1 millisecond' WHERE id = $1",
@@ -205,9 +222,11 @@ impl Store {
             );
             self.take_server_row(&mut client)?;
         }
-        let reaped = client.execute("DELETE FROM servers WHERE lease_until < now()", &[])?;
-        if reaped > 0 {
-            log::info!("index store: removed {reaped} server(s) whose lease expired, with their peers");
+        if reap {
+            let reaped = client.execute("DELETE FROM servers WHERE lease_until < now()", &[])?;
+            if reaped > 0 {
+                log::info!("index store: removed {reaped} server(s) whose lease expired, with their peers");
+            }
         }
         let pending = std::mem::take(&mut *lock(&self.pending));
         for conn in pending {
@@ -215,7 +234,7 @@ impl Store {
                 lock(&self.pending).push(conn);
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     fn client(&self) -> Result<Client, RegistryError> {
@@ -231,14 +250,14 @@ impl Store {
         tx: &mut impl postgres::GenericClient,
         conn: SocketAddr,
     ) -> Result<Option<PeerRow>, RegistryError> {
-        let row = tx
-            .query_opt(
-                "SELECT id, port, files FROM peers WHERE server_id = $1 AND conn = $2 FOR UPDATE",
-                &[&self.server_id(), &conn.to_string()],
-            )
-            .map_err(unavailable)?;
-        Ok(row.map(|r| (r.get(0), r.get::<_, i32>(1) as u16, r.get::<_, i64>(2) as usize)))
+        let rows = run(
+            tx,
+            "SELECT id, port, files FROM peers WHERE server_id = $1 AND conn = $2 FOR UPDATE",
+            &[(&self.server_id(), Type::INT8), (&conn.to_string(), Type::TEXT)],
+        )?;
+        Ok(rows.first().map(|r| (r.get(0), r.get::<_, i32>(1) as u16, r.get::<_, i64>(2) as usize)))
     }
+
     /// Checks that the peer on `conn` may go from `before` to `after` complete files:
     /// the limits per peer, per address (over every server) and in all. `counted`: the
     /// peer's row already says `after` (the end of a change's transaction), else
@@ -256,19 +275,20 @@ impl Store {
         }
         if after <= before {
             return Ok(());
-        } // One address's changes that grow its count are checked one at a time, on every
+        }
+        // One address's changes that grow its count are checked one at a time, on every
         // server, at the end of their transactions (the lock is held only for the sums
         // and the commit), so that its limit holds exactly against many connections.
+        let key = ip_key(conn.ip());
         if counted {
-            tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&ip_key(conn.ip())])
-                .map_err(unavailable)?;
+            run(tx, "SELECT pg_advisory_xact_lock(hashtext($1))", &[(&key, Type::TEXT)])?;
         }
-        let sums = tx
-            .query_one(
-                "SELECT coalesce(sum(files) FILTER (WHERE ip_key = $1), 0)::bigint, coalesce(sum(files), 0)::bigint FROM peers",
-                &[&ip_key(conn.ip())],
-            )
-            .map_err(unavailable)?;
+        let sums = run(
+            tx,
+            "SELECT coalesce(sum(files) FILTER (WHERE ip_key = $1), 0)::bigint, coalesce(sum(files), 0)::bigint FROM peers",
+            &[(&key, Type::TEXT)],
+        )?;
+        let sums = &sums[0];
         let (from_ip, total) = (sums.get::<_, i64>(0) as usize, sums.get::<_, i64>(1) as usize);
         let counted = if counted { after } else { before };
         let from_ip = from_ip.saturating_sub(counted) + after;
@@ -298,26 +318,34 @@ impl Store {
         let (before, count) = (peer.map_or(0, |p| p.2), files.len());
         let id = match peer {
             Some((id, _, _)) => {
-                tx.execute("UPDATE peers SET port = $2 WHERE id = $1", &[&id, &i32::from(port)])
-                    .map_err(unavailable)?;
                 // Downloads running go on through a new registration: their partials stay.
-                tx.execute("DELETE FROM files WHERE peer_id = $1 AND complete", &[&id])
-                    .map_err(unavailable)?;
+                run(
+                    &mut tx,
+                    "WITH gone AS (DELETE FROM files WHERE peer_id = $1 AND complete)
+                     UPDATE peers SET port = $2 WHERE id = $1",
+                    &[(&id, Type::INT8), (&i32::from(port), Type::INT4)],
+                )?;
                 id
             }
             None => {
                 let ip = conn.ip().to_canonical();
-                tx.query_one(
+                let (conn, key) = (conn.to_string(), ip_key(ip));
+                run(
+                    &mut tx,
                     "INSERT INTO peers (server_id, conn, ip, ip_key, port) VALUES ($1, $2, $3, $4, $5) RETURNING id",
-                    &[&self.server_id(), &conn.to_string(), &ip.to_string(), &ip_key(ip), &i32::from(port)],
-                )
-                .map_err(unavailable)?
-                .get(0)
+                    &[
+                        (&self.server_id(), Type::INT8),
+                        (&conn, Type::TEXT),
+                        (&ip.to_string(), Type::TEXT),
+                        (&key, Type::TEXT),
+                        (&i32::from(port), Type::INT4),
+                    ],
+                )?[0]
+                    .get(0)
             }
         };
         insert(&mut tx, id, &files, true)?;
-        tx.execute("UPDATE peers SET files = $2 WHERE id = $1", &[&id, &(count as i64)])
-            .map_err(unavailable)?;
+        set_count(&mut tx, id, count)?;
         // Refused: the transaction is rolled back, and nothing is half-stored.
         self.check_room(&mut tx, conn, (before, count), true)?;
         tx.commit().map_err(unavailable)?;
@@ -339,17 +367,15 @@ impl Store {
         let (id, _, have) = self.peer(&mut tx, conn)?.ok_or(RegistryError::NotRegistered)?;
         registry::check_files(&self.limits, &new)?;
         let names: Vec<&str> = new.iter().map(|f| f.name.as_str()).collect();
-        let known: i64 = tx
-            .query_one(
-                "SELECT count(*) FROM files WHERE peer_id = $1 AND complete AND name = ANY($2)",
-                &[&id, &names],
-            )
-            .map_err(unavailable)?
+        let known: i64 = run(
+            &mut tx,
+            "SELECT count(*) FROM files WHERE peer_id = $1 AND complete AND name = ANY($2)",
+            &[(&id, Type::INT8), (&names, Type::TEXT_ARRAY)],
+        )?[0]
             .get(0);
         let now = have + new.len() - known as usize;
         insert(&mut tx, id, &new, true)?;
-        tx.execute("UPDATE peers SET files = $2 WHERE id = $1", &[&id, &(now as i64)])
-            .map_err(unavailable)?;
+        set_count(&mut tx, id, now)?;
         self.check_room(&mut tx, conn, (have, now), true)?;
         tx.commit().map_err(unavailable)?;
         Ok(now)
@@ -361,17 +387,15 @@ impl Store {
         let mut tx = client.transaction().map_err(unavailable)?;
         let (id, _, have) = self.peer(&mut tx, conn)?.ok_or(RegistryError::NotRegistered)?;
         let names: Vec<&str> = names.iter().map(SharePath::as_str).collect();
-        let gone: i64 = tx
-            .query_one(
-                "WITH gone AS (DELETE FROM files WHERE peer_id = $1 AND name = ANY($2) RETURNING complete)
-                 SELECT count(*) FILTER (WHERE complete) FROM gone",
-                &[&id, &names],
-            )
-            .map_err(unavailable)?
+        let gone: i64 = run(
+            &mut tx,
+            "WITH gone AS (DELETE FROM files WHERE peer_id = $1 AND name = ANY($2) RETURNING complete)
+             SELECT count(*) FILTER (WHERE complete) FROM gone",
+            &[(&id, Type::INT8), (&names, Type::TEXT_ARRAY)],
+        )?[0]
             .get(0);
         let now = have - gone as usize;
-        tx.execute("UPDATE peers SET files = $2 WHERE id = $1", &[&id, &(now as i64)])
-            .map_err(unavailable)?;
+        set_count(&mut tx, id, now)?;
         tx.commit().map_err(unavailable)?;
         Ok(now)
     }
@@ -383,18 +407,22 @@ impl Store {
         let mut tx = client.transaction().map_err(unavailable)?;
         let (id, _, have) = self.peer(&mut tx, conn)?.ok_or(RegistryError::NotRegistered)?;
         let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
-        let rows = tx
-            .query("SELECT name, complete FROM files WHERE peer_id = $1 AND name = ANY($2)", &[&id, &names])
-            .map_err(unavailable)?;
+        let rows = run(
+            &mut tx,
+            "SELECT name, complete FROM files WHERE peer_id = $1 AND name = ANY($2)",
+            &[(&id, Type::INT8), (&names, Type::TEXT_ARRAY)],
+        )?;
         let held: std::collections::HashMap<String, bool> =
             rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, bool>(1))).collect();
         // A name it shares whole is not a partial.
         let files: Vec<FileInfo> =
             files.into_iter().filter(|f| held.get(f.name.as_str()) != Some(&true)).collect();
         let new = files.iter().filter(|f| !held.contains_key(f.name.as_str())).count();
-        let partials: i64 = tx
-            .query_one("SELECT count(*) FROM files WHERE peer_id = $1 AND NOT complete", &[&id])
-            .map_err(unavailable)?
+        let partials: i64 = run(
+            &mut tx,
+            "SELECT count(*) FROM files WHERE peer_id = $1 AND NOT complete",
+            &[(&id, Type::INT8)],
+        )?[0]
             .get(0);
         if partials as usize + new > MAX_PARTIALS_PER_PEER {
             return Err(RegistryError::TooManyPartials { max: MAX_PARTIALS_PER_PEER });
@@ -411,15 +439,13 @@ impl Store {
 
     /// Removes the registration of the peer on `conn`, if any. Returns whether there was.
     pub fn remove(&self, conn: SocketAddr) -> Result<bool, RegistryError> {
-        let client = self.client();
-        let removed = client.and_then(|mut c| {
-            c.execute(
-                "DELETE FROM peers WHERE server_id = $1 AND conn = $2",
-                &[&self.server_id(), &conn.to_string()],
-            )
-            .map_err(unavailable)
-        });
-        removed.map(|n| n > 0)
+        let mut client = self.client()?;
+        let removed = run(
+            &mut *client,
+            "DELETE FROM peers WHERE server_id = $1 AND conn = $2 RETURNING id",
+            &[(&self.server_id(), Type::INT8), (&conn.to_string(), Type::TEXT)],
+        )?;
+        Ok(!removed.is_empty())
     }
 
     /// A disconnect: removes the registration, or, if the store cannot be reached,
@@ -445,13 +471,12 @@ impl Store {
     /// holding part of it.
     pub fn lookup(&self, name: &SharePath) -> Result<Vec<PeerHit>, RegistryError> {
         let mut client = self.client()?;
-        let rows = client
-            .query(
-                "SELECT p.ip, p.port, f.size, f.root, f.complete FROM files f JOIN peers p ON p.id = f.peer_id
-                 WHERE f.name = $1 ORDER BY f.complete DESC, p.id",
-                &[&name.as_str()],
-            )
-            .map_err(unavailable)?;
+        let rows = run(
+            &mut *client,
+            "SELECT p.ip, p.port, f.size, f.root, f.complete FROM files f JOIN peers p ON p.id = f.peer_id
+             WHERE f.name = $1 ORDER BY f.complete DESC, p.id",
+            &[(&name.as_str(), Type::TEXT)],
+        )?;
         let mut hits = Vec::with_capacity(rows.len());
         for r in rows {
             let (Ok(ip), Ok(root)) =
@@ -484,9 +509,9 @@ impl Store {
         let like = format!("%{}%", escape_like(pattern.text()));
         let after = after.map_or("", SharePath::as_str);
         let names = budget.names.max(1) as i64;
-        let rows = client
-            .query(
-                "WITH page AS (
+        let rows = run(
+            &mut *client,
+            "WITH page AS (
                      SELECT DISTINCT name FROM files
                      WHERE complete AND name > $1 AND name ILIKE $2 AND peer_id <> $3
                      ORDER BY name LIMIT $4)
@@ -498,9 +523,8 @@ impl Store {
                  GROUP BY f.name, f.size, f.root
                  HAVING count(*) FILTER (WHERE f.complete) > 0
                  ORDER BY f.name, f.size, f.root",
-                &[&after, &like, &asker, &names],
-            )
-            .map_err(unavailable)?;
+            &[(&after, Type::TEXT), (&like, Type::TEXT), (&asker, Type::INT8), (&names, Type::INT8)],
+        )?;
         let mut full = false;
         for r in &rows {
             full = r.get::<_, i64>(5) >= names;
@@ -552,16 +576,43 @@ fn insert(
     let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
     let sizes: Vec<i64> = files.iter().map(|f| f.size as i64).collect();
     let roots: Vec<&[u8]> = files.iter().map(|f| &f.root[..]).collect();
-    tx.execute(
+    run(
+        tx,
         "INSERT INTO files (peer_id, name, size, root, complete)
          SELECT $1, n, s, r, $5 FROM unnest($2::text[], $3::bigint[], $4::bytea[]) AS t (n, s, r)
          ON CONFLICT (peer_id, name) DO UPDATE
              SET size = EXCLUDED.size, root = EXCLUDED.root, complete = EXCLUDED.complete
              WHERE EXCLUDED.complete OR NOT files.complete",
-        &[&id, &names, &sizes, &roots, &complete],
-    )
-    .map_err(unavailable)?;
+        &[
+            (&id, Type::INT8),
+            (&names, Type::TEXT_ARRAY),
+            (&sizes, Type::INT8_ARRAY),
+            (&roots, Type::BYTEA_ARRAY),
+            (&complete, Type::BOOL),
+        ],
+    )?;
     Ok(())
+}
+
+/// Sets the count of complete files in peer `id`'s row.
+fn set_count(tx: &mut postgres::Transaction<'_>, id: i64, files: usize) -> Result<(), RegistryError> {
+    run(
+        tx,
+        "UPDATE peers SET files = $2 WHERE id = $1",
+        &[(&id, Type::INT8), (&(files as i64), Type::INT8)],
+    )?;
+    Ok(())
+}
+
+/// One statement in one round trip to the database: its parameters' types are given
+/// here, so nothing is prepared first (`query` would take three round trips: prepare,
+/// execute, close; on this design's hot paths that is most of a lookup's time).
+fn run(
+    client: &mut impl postgres::GenericClient,
+    sql: &str,
+    params: &[(&(dyn ToSql + Sync), Type)],
+) -> Result<Vec<postgres::Row>, RegistryError> {
+    client.query_typed(sql, params).map_err(unavailable)
 }
 
 /// Applies the migrations the database lacks, recording each in `peerdex_migrations`.

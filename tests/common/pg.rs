@@ -61,12 +61,23 @@ impl Schema {
         Some(Schema { name, url })
     }
 
-    /// Runs `sql` as the administrator (to look into the schema, or cut its role off).
+    /// Runs `sql` (one statement) as the administrator, in the schema (to look into
+    /// it, or cut its role off).
     pub fn admin(&self, sql: &str) -> Vec<postgres::Row> {
         let mut admin =
             postgres::Client::connect(&admin_url(), postgres::NoTls).expect("connect as the administrator");
         admin.batch_execute(&format!("SET search_path = {}, public", self.name)).unwrap();
-        admin.query(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}"))
+        if sql.contains(';') {
+            // Several statements: no rows to give back.
+            admin
+                .batch_execute(sql)
+                .unwrap_or_else(|e| panic!("{sql}: {:?}", e.as_db_error().map(|d| d.message())));
+            return Vec::new();
+        }
+        admin.query(sql, &[]).unwrap_or_else(|e| match e.as_db_error() {
+            Some(db) => panic!("{sql}: {}", db.message()),
+            None => panic!("{sql}: {e}"),
+        })
     }
 
     /// Cuts this schema's role off the database: no new connection, and the open ones

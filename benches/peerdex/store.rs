@@ -1,0 +1,165 @@
+//! `cargo bench -- store`: the index kept in PostgreSQL (`--store`), beside the
+//! registry in memory, in the same run:
+//!
+//! - 1,000 peers x 1,000 files registered through two servers at once (and, for
+//!   reference, into memory);
+//! - lookups at 1 and 50 clients, p50 and p99: in memory, one server on PostgreSQL,
+//!   and two servers on one PostgreSQL (25 clients each);
+//! - a listing with a pattern over 10,000,000 names (`--names N` to change), loaded
+//!   straight into the database with SQL: the first entry, and all of them.
+//!
+//! It uses a schema of its own in the database the tests use (tests/common/pg.rs),
+//! dropped at the end; without PostgreSQL it says so and is skipped.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::seq::SliceRandom;
+
+use crate::common::pg::Schema;
+use crate::load::{Client, LoadResult, Wire, lookup_load, register_range, us};
+use crate::{Opts, index_server, row};
+use peerdex::wire::{self, Reply, Request};
+
+/// 900 names unique to each peer, and 100 shared by 100 peers each (as `lookup`).
+fn shared_or_unique(p: usize, i: usize) -> String {
+    if i < 900 {
+        format!("peer{p:04}-file{i:03}.dat")
+    } else {
+        format!("shared-{:04}.dat", (p % 10) * 100 + (i - 900))
+    }
+}
+
+pub fn run(opts: &Opts, names: usize) {
+    let Some(schema) = Schema::new("the store benchmark") else {
+        row("store", "skipped: no PostgreSQL".into());
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let place = |name: &str| {
+        let d = dir.path().join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    };
+    let store = ["--store", schema.url.as_str()];
+    let (memory, at_memory) = index_server(&place("memory"), &[]);
+    let (a, at_a) = index_server(&place("a"), &store);
+    let (b, at_b) = index_server(&place("b"), &store);
+
+    // Registrations.
+    let t = Instant::now();
+    let _in_memory = register_range(at_memory, 0..1000, 1000, 8, shared_or_unique);
+    let memory_time = t.elapsed();
+    let t = Instant::now();
+    let (half_a, half_b) = std::thread::scope(|s| {
+        let at_a = s.spawn(|| register_range(at_a, 0..500, 1000, 4, shared_or_unique));
+        let at_b = s.spawn(|| register_range(at_b, 500..1000, 1000, 4, shared_or_unique));
+        (at_a.join().unwrap(), at_b.join().unwrap())
+    });
+    let store_time = t.elapsed();
+    // As autovacuum would, before the lookups: fresh statistics, a clean GIN index.
+    schema.admin("VACUUM ANALYZE files");
+    let size: i64 = schema.admin("SELECT pg_total_relation_size('files')")[0].get(0);
+    row(
+        "store",
+        format!(
+            "register 1,000 peers x 1,000 files: through two servers on PostgreSQL {:.1} s (table and indexes {} MiB); into memory {:.1} s",
+            store_time.as_secs_f64(),
+            size >> 20,
+            memory_time.as_secs_f64()
+        ),
+    );
+
+    // Lookups.
+    let mut keys: Vec<String> =
+        (0..1000).flat_map(|p| (0..900).map(move |i| shared_or_unique(p, i))).collect();
+    keys.extend((0..1000).map(|s| format!("shared-{s:04}.dat")));
+    keys.shuffle(&mut rand::rng());
+    let keys = Arc::new(keys);
+    let window = Duration::from_secs(opts.seconds);
+    for clients in [1, 50] {
+        let show = |who: &str, r: &LoadResult| {
+            row(
+                "store",
+                format!(
+                    "lookup, {clients:>2} clients, {who:<22}: {:>7.0}/s, p50 {}, p99 {}; {}",
+                    r.rate,
+                    us(r.p50),
+                    us(r.p99),
+                    r.cpu
+                ),
+            )
+        };
+        show("memory", &lookup_load(Wire::Peerdex, at_memory, memory.pid(), &keys, clients, window));
+        show("one server, PostgreSQL", &lookup_load(Wire::Peerdex, at_a, a.pid(), &keys, clients, window));
+        if clients > 1 {
+            let (pid_a, pid_b) = (a.pid(), b.pid());
+            let (ra, rb) = std::thread::scope(|s| {
+                let ra = s.spawn(|| lookup_load(Wire::Peerdex, at_a, pid_a, &keys, clients / 2, window));
+                let rb = s.spawn(|| lookup_load(Wire::Peerdex, at_b, pid_b, &keys, clients / 2, window));
+                (ra.join().unwrap(), rb.join().unwrap())
+            });
+            let both = LoadResult {
+                rate: ra.rate + rb.rate,
+                p50: ra.p50.max(rb.p50),
+                p99: ra.p99.max(rb.p99),
+                cpu: format!("A: {}; B: {}", ra.cpu, rb.cpu),
+            };
+            show("two servers (the worse p)", &both);
+        }
+    }
+
+    // A listing over many names, loaded with SQL: 1,000 peers of A's.
+    let t = Instant::now();
+    let per_peer = names.div_ceil(1000);
+    schema.admin(&format!(
+        "DROP INDEX files_name_trgm;
+         INSERT INTO peers (server_id, conn, ip, ip_key, port, files)
+             SELECT {server}, 'bulk:' || p, '127.0.0.9', 'bulk', 9, {per_peer} FROM generate_series(1, 1000) p;
+         INSERT INTO files (peer_id, name, size, root, complete)
+             SELECT peers.id, format('bulk%s-file%s.dat', to_char(split_part(peers.conn, ':', 2)::int, 'FM00000'), to_char(i, 'FM00000')), i, decode(repeat('00', 32), 'hex'), true
+             FROM peers, generate_series(1, {per_peer}) i WHERE peers.conn LIKE 'bulk:%';
+         CREATE INDEX files_name_trgm ON files USING gin (name gin_trgm_ops);
+         ANALYZE files;",
+        server = a_server_id(&schema),
+    ));
+    let count: i64 = schema.admin("SELECT count(*) FROM files")[0].get(0);
+    row(
+        "store",
+        format!(
+            "{count} names in the database, loaded with SQL and indexed in {:.0} s",
+            t.elapsed().as_secs_f64()
+        ),
+    );
+    let mut c = Client::connect(at_b);
+    for (label, pattern) in [("a rare pattern", "bulk00777-file0004"), ("a common one", "file00042")] {
+        let t = Instant::now();
+        wire::send_msg(&mut c.stream(), &Request::List { pattern: pattern.into(), limit: None }).unwrap();
+        let (mut first, mut n) = (None, 0usize);
+        loop {
+            match c.recv() {
+                Reply::ListChunk(e) => {
+                    first.get_or_insert_with(|| t.elapsed());
+                    n += e.len();
+                }
+                Reply::ListEnd { .. } => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        let last = t.elapsed();
+        row(
+            "store",
+            format!(
+                "list {label:<14} ({pattern:?}) at B: {n:>8} entries, first after {}, all after {:.3} s",
+                us(first.unwrap_or(last)),
+                last.as_secs_f64()
+            ),
+        );
+    }
+    drop((half_a, half_b));
+}
+
+/// The id of a living server's row, for rows loaded straight into the database.
+fn a_server_id(schema: &Schema) -> i64 {
+    schema.admin("SELECT min(id) FROM servers")[0].get(0)
+}
