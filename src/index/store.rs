@@ -651,7 +651,10 @@ fn escape_like(text: &str) -> String {
 
 /// A database error as a request sees it; the cause goes to the log.
 fn unavailable(e: postgres::Error) -> RegistryError {
-    log::warn!("index store: {e}");
+    match e.as_db_error() {
+        Some(db) => log::warn!("index store: {}: {}", db.code().code(), db.message()),
+        None => log::warn!("index store: {e}"),
+    }
     RegistryError::StoreUnavailable
 }
 
