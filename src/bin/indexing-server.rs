@@ -86,8 +86,9 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value = "30", value_parser = cli::parse_secs)]
     write_timeout: Duration,
     /// Keep the registry in PostgreSQL instead of memory, shared with every index
-    /// server given the same database: postgres://USER@HOST[:PORT]/DB (libpq's
-    /// key=value form works too). The schema is created or migrated at start.
+    /// server given the same database: postgres://USER@HOST:PORT/DB (the port may be
+    /// left out; libpq's key=value form works too). The schema is created or
+    /// migrated at start.
     #[arg(long, value_name = "URL")]
     store: Option<String>,
     /// Connections to the --store database, at most.

@@ -244,15 +244,30 @@ impl Store {
         })
     }
 
-    /// The row of the peer on `conn` at this server, if registered.
+    /// The row of the peer on `conn` at this server, if registered, locked until the
+    /// end of the transaction `tx` (a change of it waits for another's to end).
     fn peer(
         &self,
-        tx: &mut impl postgres::GenericClient,
+        tx: &mut postgres::Transaction<'_>,
         conn: SocketAddr,
     ) -> Result<Option<PeerRow>, RegistryError> {
+        self.peer_row(tx, conn, " FOR UPDATE")
+    }
+
+    /// The row of the peer on `conn` at this server, if registered, as it is now.
+    fn peer_now(&self, client: &mut Client, conn: SocketAddr) -> Result<Option<PeerRow>, RegistryError> {
+        self.peer_row(&mut **client, conn, "")
+    }
+
+    fn peer_row(
+        &self,
+        client: &mut impl postgres::GenericClient,
+        conn: SocketAddr,
+        lock: &str,
+    ) -> Result<Option<PeerRow>, RegistryError> {
         let rows = run(
-            tx,
-            "SELECT id, port, files FROM peers WHERE server_id = $1 AND conn = $2 FOR UPDATE",
+            client,
+            &format!("SELECT id, port, files FROM peers WHERE server_id = $1 AND conn = $2{lock}"),
             &[(&self.server_id(), Type::INT8), (&conn.to_string(), Type::TEXT)],
         )?;
         Ok(rows.first().map(|r| (r.get(0), r.get::<_, i32>(1) as u16, r.get::<_, i64>(2) as usize)))
@@ -355,7 +370,7 @@ impl Store {
     /// [`registry::Registry::update`].
     pub fn update(&self, conn: SocketAddr, files: Vec<FileInfo>) -> Result<usize, RegistryError> {
         let mut client = self.client()?;
-        let port = self.peer(&mut *client, conn)?.ok_or(RegistryError::NotRegistered)?.1;
+        let port = self.peer_now(&mut client, conn)?.ok_or(RegistryError::NotRegistered)?.1;
         drop(client);
         self.register(conn, port, files)
     }
@@ -463,7 +478,7 @@ impl Store {
     /// [`registry::Registry::room_for`].
     pub fn room_for(&self, conn: SocketAddr, count: usize) -> Result<(), RegistryError> {
         let mut client = self.client()?;
-        let before = self.peer(&mut *client, conn)?.map_or(0, |p| p.2);
+        let before = self.peer_now(&mut client, conn)?.map_or(0, |p| p.2);
         self.check_room(&mut *client, conn, (before, count), false)
     }
 
@@ -505,7 +520,7 @@ impl Store {
             return Ok(page);
         }
         let mut client = self.client()?;
-        let asker: i64 = self.peer(&mut *client, asker)?.map_or(0, |p| p.0);
+        let asker: i64 = self.peer_now(&mut client, asker)?.map_or(0, |p| p.0);
         let like = format!("%{}%", escape_like(pattern.text()));
         let after = after.map_or("", SharePath::as_str);
         let names = budget.names.max(1) as i64;
