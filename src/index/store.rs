@@ -28,7 +28,11 @@
 //!
 //! The database's connections come from a pool (r2d2) sized by `--store-pool`, fit for
 //! the thread per connection: a request takes one for its statements and gives it
-//! back. A request made while the database cannot be reached gets
+//! back. Every statement is one round trip: the lookup is prepared once on each
+//! connection, the others go with their parameters' types (nothing prepared first).
+//! Listings are read a page at a time by keyset (the names after the last one sent),
+//! so no transaction stays open while a client reads. A request made while the
+//! database cannot be reached gets
 //! `Error("index store unavailable")` (the pool keeps trying to connect, with
 //! backoff); a disconnect's removal that fails is retried by the lease thread, so a
 //! peer gone during an outage does not stay listed.
@@ -98,8 +102,61 @@ CREATE INDEX files_name_trgm ON files USING gin (name gin_trgm_ops);
 /// A key for `pg_advisory_xact_lock` while migrating: "peerdex" in ASCII.
 const MIGRATION_LOCK: i64 = 0x0070_6565_7264_6578;
 
-type Pool = r2d2::Pool<PostgresConnectionManager<NoTls>>;
-type Client = r2d2::PooledConnection<PostgresConnectionManager<NoTls>>;
+type Pool = r2d2::Pool<Manager>;
+type Client = r2d2::PooledConnection<Manager>;
+
+/// The lookup, the statement run most: prepared once on each pooled connection, so
+/// that the database neither parses nor plans it again.
+const LOOKUP: &str =
+    "SELECT p.ip, p.port, f.size, f.root, f.complete FROM files f JOIN peers p ON p.id = f.peer_id
+     WHERE f.name = $1 ORDER BY f.complete DESC, p.id";
+
+/// r2d2_postgres's manager, with each connection's prepared lookup beside it.
+#[derive(Debug)]
+struct Manager(PostgresConnectionManager<NoTls>);
+
+/// A pooled connection: the client, and its prepared lookup once made.
+struct Conn {
+    client: postgres::Client,
+    lookup: Option<postgres::Statement>,
+}
+
+impl std::ops::Deref for Conn {
+    type Target = postgres::Client;
+    fn deref(&self) -> &postgres::Client {
+        &self.client
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut postgres::Client {
+        &mut self.client
+    }
+}
+
+impl r2d2::ManageConnection for Manager {
+    type Connection = Conn;
+    type Error = postgres::Error;
+
+    /// A new connection that commits without waiting for the write-ahead log to reach
+    /// the disk: the index is state that peers rebuild by registering again, so a
+    /// database crash may lose its last few milliseconds of changes, and in return a
+    /// change's transaction (and the per-address lock held to its end) is not a disk
+    /// flush long.
+    fn connect(&self) -> Result<Conn, postgres::Error> {
+        let mut client = self.0.connect()?;
+        client.batch_execute("SET synchronous_commit = off")?;
+        Ok(Conn { client, lookup: None })
+    }
+
+    fn is_valid(&self, conn: &mut Conn) -> Result<(), postgres::Error> {
+        self.0.is_valid(&mut conn.client)
+    }
+
+    fn has_broken(&self, conn: &mut Conn) -> bool {
+        self.0.has_broken(&mut conn.client)
+    }
+}
 
 /// The registry in PostgreSQL. See the module docs.
 pub struct Store {
@@ -135,12 +192,11 @@ impl Store {
         address: String,
     ) -> anyhow::Result<Arc<Store>> {
         let config: postgres::Config = url.parse().with_context(|| format!("invalid --store URL {url:?}"))?;
-        let manager = PostgresConnectionManager::new(config, NoTls);
+        let manager = Manager(PostgresConnectionManager::new(config, NoTls));
         let pool = r2d2::Pool::builder()
             .max_size(pool.max(1))
             .min_idle(Some(1))
             .connection_timeout(POOL_WAIT)
-            .connection_customizer(Box::new(Session))
             // No query before each use: a connection the database dropped fails its
             // request ("index store unavailable") and is not given out again.
             .test_on_check_out(false)
@@ -256,7 +312,7 @@ impl Store {
 
     /// The row of the peer on `conn` at this server, if registered, as it is now.
     fn peer_now(&self, client: &mut Client, conn: SocketAddr) -> Result<Option<PeerRow>, RegistryError> {
-        self.peer_row(&mut **client, conn, "")
+        self.peer_row(&mut ***client, conn, "")
     }
 
     fn peer_row(
@@ -456,7 +512,7 @@ impl Store {
     pub fn remove(&self, conn: SocketAddr) -> Result<bool, RegistryError> {
         let mut client = self.client()?;
         let removed = run(
-            &mut *client,
+            &mut **client,
             "DELETE FROM peers WHERE server_id = $1 AND conn = $2 RETURNING id",
             &[(&self.server_id(), Type::INT8), (&conn.to_string(), Type::TEXT)],
         )?;
@@ -479,19 +535,22 @@ impl Store {
     pub fn room_for(&self, conn: SocketAddr, count: usize) -> Result<(), RegistryError> {
         let mut client = self.client()?;
         let before = self.peer_now(&mut client, conn)?.map_or(0, |p| p.2);
-        self.check_room(&mut *client, conn, (before, count), false)
+        self.check_room(&mut **client, conn, (before, count), false)
     }
 
     /// [`registry::Registry::lookup`]: the peers sharing `name` whole, then those
     /// holding part of it.
     pub fn lookup(&self, name: &SharePath) -> Result<Vec<PeerHit>, RegistryError> {
         let mut client = self.client()?;
-        let rows = run(
-            &mut *client,
-            "SELECT p.ip, p.port, f.size, f.root, f.complete FROM files f JOIN peers p ON p.id = f.peer_id
-             WHERE f.name = $1 ORDER BY f.complete DESC, p.id",
-            &[(&name.as_str(), Type::TEXT)],
-        )?;
+        let conn = &mut *client;
+        let lookup = match &conn.lookup {
+            Some(prepared) => prepared.clone(),
+            None => {
+                let prepared = conn.client.prepare_typed(LOOKUP, &[Type::TEXT]).map_err(unavailable)?;
+                conn.lookup.insert(prepared).clone()
+            }
+        };
+        let rows = conn.client.query(&lookup, &[&name.as_str()]).map_err(unavailable)?;
         let mut hits = Vec::with_capacity(rows.len());
         for r in rows {
             let (Ok(ip), Ok(root)) =
@@ -525,7 +584,7 @@ impl Store {
         let after = after.map_or("", SharePath::as_str);
         let names = budget.names.max(1) as i64;
         let rows = run(
-            &mut *client,
+            &mut **client,
             "WITH page AS (
                      SELECT DISTINCT name FROM files
                      WHERE complete AND name > $1 AND name ILIKE $2 AND peer_id <> $3
@@ -559,20 +618,6 @@ impl Store {
             page.next = page.entries.last().map(|e| e.name.clone());
         }
         Ok(page)
-    }
-}
-
-/// Each pooled connection's settings.
-#[derive(Debug)]
-struct Session;
-
-impl r2d2::CustomizeConnection<postgres::Client, postgres::Error> for Session {
-    /// Commits without waiting for the write-ahead log to reach the disk: the index is
-    /// state that peers rebuild by registering again, so a database crash may lose its
-    /// last few milliseconds of changes, and in return a change's transaction (and the
-    /// per-address lock held to its end) is not a disk flush long.
-    fn on_acquire(&self, client: &mut postgres::Client) -> Result<(), postgres::Error> {
-        client.batch_execute("SET synchronous_commit = off")
     }
 }
 
