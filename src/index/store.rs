@@ -62,6 +62,11 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(15);
 /// PostgreSQL's default of 100 connections for three servers.
 pub const DEFAULT_POOL: u32 = 16;
 
+/// Longest name the store takes, in bytes: a btree entry of PostgreSQL holds at most
+/// about 2,700 bytes (a third of an 8 KiB page), and the primary key's entries hold the
+/// peer's id beside the name.
+pub const MAX_STORED_NAME: usize = 2600;
+
 /// How long a request waits for a pooled connection before it is told the store is
 /// unavailable: long enough for a burst of requests on a busy server to be served in
 /// turn, short enough that a peer hears of an outage well before its own timeouts.
@@ -191,6 +196,12 @@ impl Store {
         limits: Limits,
         address: String,
     ) -> anyhow::Result<Arc<Store>> {
+        if limits.name_len > MAX_STORED_NAME {
+            anyhow::bail!(
+                "--max-name-len {} cannot be used with --store: PostgreSQL's btree index holds names of at most {MAX_STORED_NAME} bytes",
+                limits.name_len
+            );
+        }
         let config: postgres::Config = url.parse().with_context(|| format!("invalid --store URL {url:?}"))?;
         let manager = Manager(PostgresConnectionManager::new(config, NoTls));
         let pool = r2d2::Pool::builder()
