@@ -73,7 +73,19 @@ fn every_result_is_a_json_object_and_nothing_else_reaches_stdout() {
     next(&mut pb, "queued");
     assert_eq!(
         next(&mut pb, "failed"),
-        json!({"type": "failed", "name": "nothing.txt", "reason": "no registered peer shares it"})
+        json!({"type": "failed", "name": "nothing.txt", "reason": "no registered peer shares it", "peers": []})
+    );
+    // A download whose one source is gone: the failure names it.
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let _fake = common::register_fake(index_addr, gone.port(), common::info("gone.bin", b"gone"));
+    pb.send("download gone.bin");
+    next(&mut pb, "queued");
+    assert_eq!(next(&mut pb, "source_failed")["peer"], json!(gone.to_string()));
+    let failed = next(&mut pb, "failed");
+    assert_eq!(failed["peers"], json!([gone.to_string()]), "{failed}");
+    assert!(
+        failed["reason"].as_str().unwrap().starts_with("the only peer that shares it failed"),
+        "{failed}"
     );
     pb.send("delete hello world.txt");
     assert_eq!(next(&mut pb, "deleted"), json!({"type": "deleted", "name": "hello world.txt"}));

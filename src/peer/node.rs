@@ -488,12 +488,16 @@ impl Node {
             progress: &progress,
             content,
         };
+        // The peers that failed it, for a failure's report.
+        let mut failed = Vec::new();
         let result = downloader.download(name, |note| match note {
             Note::SourceFailed { from, why, more } => {
                 let why = format!("{why:#}");
+                failed.push(from);
                 self.emit(&Event::SourceFailed { name: shown, from, why: &why, more, bad_piece: None });
             }
             Note::BadPiece { from, piece, more } => {
+                failed.push(from);
                 self.emit(&Event::SourceFailed { name: shown, from, why: "", more, bad_piece: Some(piece) });
             }
             Note::Progress { done, total, sources } => {
@@ -526,7 +530,8 @@ impl Node {
             }
             Err(e) => {
                 self.failed.store(true, Ordering::SeqCst);
-                return self.emit(&Event::Failed { name: shown, why: &format!("{e:#}") });
+                let why = format!("{e:#}");
+                return self.emit(&Event::Failed { name: shown, why: &why, peers: &failed });
             }
         };
         // The index hears of the new file first, so that once the line below is out,

@@ -55,8 +55,8 @@ pub enum Event<'a> {
         /// Contents the index had under the name.
         contents: usize,
     },
-    /// A download failed.
-    Failed { name: &'a str, why: &'a str },
+    /// A download failed; `peers` are the sources that failed it, in order.
+    Failed { name: &'a str, why: &'a str, peers: &'a [SocketAddr] },
     /// A download was cancelled (what it verified is kept).
     Cancelled { name: &'a str, why: &'a str },
     /// How far a running download has come, every few seconds (`--progress`).
@@ -256,7 +256,9 @@ pub fn text(event: &Event) -> Option<(String, bool)> {
             };
             (format!("downloaded {name} ({size} bytes) {}{resumed}{which}", from_sources(sources)), false)
         }
-        Event::Failed { name, why } => (format!("error: cannot download {name:?}: {}", escape(why)), true),
+        Event::Failed { name, why, .. } => {
+            (format!("error: cannot download {name:?}: {}", escape(why)), true)
+        }
         Event::Cancelled { name, why } => (format!("cancelled {name}: {}", escape(why)), false),
         Event::Progress { name, done, total, rate, sources } => {
             let [done, rate, sources] = progress(*done, *total, *rate, *sources);
@@ -359,7 +361,12 @@ fn json(event: &Event) -> Value {
             "sources": sources.iter().map(|(a, bytes)| json!({"peer": a.to_string(), "bytes": bytes})).collect::<Vec<_>>(),
             "resumed_bytes": resumed,
         }),
-        Event::Failed { name, why } => json!({"type": "failed", "name": name, "reason": why}),
+        Event::Failed { name, why, peers } => json!({
+            "type": "failed",
+            "name": name,
+            "reason": why,
+            "peers": peers.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        }),
         Event::Cancelled { name, why } => json!({"type": "cancelled", "name": name, "reason": why}),
         Event::Progress { name, done, total, rate, sources } => json!({
             "type": "progress", "name": name, "done": done, "total": total, "bytes_per_sec": rate, "sources": sources,
