@@ -31,11 +31,12 @@
 //! back. Every statement is one round trip: the lookup is prepared once on each
 //! connection, the others go with their parameters' types (nothing prepared first).
 //! Listings are read a page at a time by keyset (the names after the last one sent),
-//! so no transaction stays open while a client reads. A request made while the
-//! database cannot be reached gets
-//! `Error("index store unavailable")` (the pool keeps trying to connect, with
-//! backoff); a disconnect's removal that fails is retried by the lease thread, so a
-//! peer gone during an outage does not stay listed.
+//! so no transaction stays open while a client reads, and at most half the pool's
+//! connections query listing pages at once, so that many clients listing cannot make
+//! lookups wait; no statement runs longer than [`STATEMENT_TIMEOUT`]. A request made
+//! while the database cannot be reached gets `Error("index store unavailable")` (the
+//! pool keeps trying to connect, with backoff); a disconnect's removal that fails is
+//! retried by the lease thread, so a peer gone during an outage does not stay listed.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -66,6 +67,11 @@ pub const DEFAULT_POOL: u32 = 16;
 /// about 2,700 bytes (a third of an 8 KiB page), and the primary key's entries hold the
 /// peer's id beside the name.
 pub const MAX_STORED_NAME: usize = 2600;
+
+/// Longest a statement may run before the database cancels it (its request is then
+/// answered "index store unavailable"): a bound on what any request can cost the
+/// database; a registration of 200,000 files takes a few seconds.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a request waits for a pooled connection before it is told the store is
 /// unavailable: long enough for a burst of requests on a busy server to be served in
@@ -150,7 +156,10 @@ impl r2d2::ManageConnection for Manager {
     /// flush long.
     fn connect(&self) -> Result<Conn, postgres::Error> {
         let mut client = self.0.connect()?;
-        client.batch_execute("SET synchronous_commit = off")?;
+        client.batch_execute(&format!(
+            "SET synchronous_commit = off; SET statement_timeout = {}",
+            STATEMENT_TIMEOUT.as_millis()
+        ))?;
         Ok(Conn { client, lookup: None })
     }
 
@@ -174,6 +183,45 @@ pub struct Store {
     lease: Duration,
     /// Disconnects whose removal failed, retried by the lease thread.
     pending: Mutex<Vec<SocketAddr>>,
+    /// Listing pages being queried: at most half the pool, so that however many
+    /// clients list at once, lookups and changes always find a connection.
+    listing: Slots,
+}
+
+/// A count of places taken, at most `max`, waited for with a deadline.
+#[derive(Debug)]
+struct Slots {
+    taken: Mutex<usize>,
+    freed: std::sync::Condvar,
+    max: usize,
+}
+
+impl Slots {
+    fn new(max: usize) -> Slots {
+        Slots { taken: Mutex::new(0), freed: std::sync::Condvar::new(), max: max.max(1) }
+    }
+
+    /// Takes a place, waiting up to `wait` for one; `None` if none came free.
+    fn take(&self, wait: Duration) -> Option<SlotGuard<'_>> {
+        let deadline = Instant::now() + wait;
+        let mut taken = lock(&self.taken);
+        while *taken >= self.max {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            taken = self.freed.wait_timeout(taken, left).unwrap_or_else(PoisonError::into_inner).0;
+        }
+        *taken += 1;
+        Some(SlotGuard(self))
+    }
+}
+
+/// A place taken in [`Slots`], given back when dropped.
+struct SlotGuard<'a>(&'a Slots);
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        *lock(&self.0.taken) -= 1;
+        self.0.freed.notify_one();
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -213,6 +261,7 @@ impl Store {
             .test_on_check_out(false)
             .build(manager)
             .with_context(|| format!("cannot connect to the index store {}", redacted(url)))?;
+        let places = pool.max_size();
         let mut client = pool.get().context("cannot connect to the index store")?;
         migrate(&mut client).context("cannot apply the index store's migrations")?;
         let store = Arc::new(Store {
@@ -222,6 +271,7 @@ impl Store {
             limits,
             lease,
             pending: Mutex::default(),
+            listing: Slots::new(places as usize / 2),
         });
         store.take_server_row(&mut client).context("cannot register this server in the index store")?;
         drop(client);
@@ -589,6 +639,10 @@ impl Store {
         if pattern.matches_nothing() {
             return Ok(page);
         }
+        let Some(_listing) = self.listing.take(POOL_WAIT) else {
+            log::warn!("index store: every listing place stayed taken for {} s", POOL_WAIT.as_secs());
+            return Err(RegistryError::StoreUnavailable);
+        };
         let mut client = self.client()?;
         let asker: i64 = self.peer_now(&mut client, asker)?.map_or(0, |p| p.0);
         let like = format!("%{}%", escape_like(pattern.text()));
@@ -750,6 +804,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listings_take_at_most_their_places_and_give_them_back() {
+        let slots = Slots::new(2);
+        let (a, b) = (slots.take(Duration::ZERO), slots.take(Duration::ZERO));
+        assert!(a.is_some() && b.is_some());
+        assert!(slots.take(Duration::from_millis(1)).is_none(), "a third waits, then gives up");
+        drop(a);
+        assert!(slots.take(Duration::ZERO).is_some(), "a place given back is taken again");
+        assert!(Slots::new(0).take(Duration::ZERO).is_some(), "a pool of one still lists");
+    }
 
     #[test]
     fn like_patterns_keep_their_wildcards_as_text() {
