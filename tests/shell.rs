@@ -11,6 +11,14 @@ use std::net::SocketAddr;
 use common::{Proc, Stream, folder, workspace};
 use serde_json::{Value, json};
 
+/// The next `n` lines of `stream` containing `pattern`, sorted: results that come from
+/// the download workers, in whichever order they end.
+fn sorted(p: &mut Proc, stream: Stream, pattern: &str, n: usize) -> Vec<String> {
+    let mut lines: Vec<String> = (0..n).map(|_| p.expect(stream, pattern)).collect();
+    lines.sort();
+    lines
+}
+
 /// Reads the next stdout line of `p` containing `"type":"<kind>"` as JSON.
 fn next(p: &mut Proc, kind: &str) -> Value {
     let line = p.expect(Stream::Out, &format!("\"type\":\"{kind}\""));
@@ -268,16 +276,14 @@ fn download_takes_several_names_globs_and_lines_of_the_last_listing() {
     // A glob: both .flac files at the top, not the one in album/disc 1.
     pb.send("download *.flac");
     pb.expect(Stream::Out, "downloading 2 files matching *.flac");
-    let mut got: Vec<String> = (0..2).map(|_| pb.expect(Stream::Out, "downloaded ")).collect();
-    got.sort();
+    let got = sorted(&mut pb, Stream::Out, "downloaded ", 2);
     assert!(got[0].starts_with("downloaded one.flac (1 bytes) from "), "{got:?}");
     assert!(got[1].starts_with("downloaded two.flac (2 bytes) from "), "{got:?}");
     assert!(!b.join("album").exists());
 
     // Several names, quoted; a quoted '*' is a character.
     pb.send("download \"a b.txt\" 'star*.txt' notes.txt");
-    let mut got: Vec<String> = (0..3).map(|_| pb.expect(Stream::Out, "downloaded ")).collect();
-    got.sort();
+    let got = sorted(&mut pb, Stream::Out, "downloaded ", 3);
     assert!(got[0].starts_with("downloaded a b.txt (4 bytes)"), "{got:?}");
     assert!(got[1].starts_with("downloaded notes.txt (3 bytes)"), "{got:?}");
     assert!(got[2].starts_with("downloaded star*.txt (5 bytes)"), "{got:?}");
@@ -312,8 +318,7 @@ fn download_takes_several_names_globs_and_lines_of_the_last_listing() {
     pb.expect(Stream::Err, "error: cannot download \"*.nothing\": no file at other peers matches it");
     pb.send("download 'gone.txt' *.nothing 'a b.txt'");
     // (The downloads' errors come from their workers, in whichever order.)
-    let mut errs: Vec<String> = (0..3).map(|_| pb.expect(Stream::Err, "error: ")).collect();
-    errs.sort();
+    let errs = sorted(&mut pb, Stream::Err, "error: ", 3);
     assert_eq!(
         errs,
         [

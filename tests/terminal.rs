@@ -15,6 +15,19 @@ use common::{
     Gate, Gates, Misbehaviour, Proc, fake_sender_gated, info, random_bytes, register_fake, workspace,
 };
 
+/// `peer 127.0.0.1 <index port> 0 <folder>` on a pseudo-terminal (an xterm), its
+/// history kept under `state`.
+fn terminal_peer(
+    index: std::net::SocketAddr,
+    folder: &std::path::Path,
+    state: &std::path::Path,
+) -> rexpect::session::PtySession {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_peer"));
+    cmd.args(["127.0.0.1", &index.port().to_string(), "0"]).arg(folder);
+    cmd.env("XDG_STATE_HOME", state).env("TERM", "xterm");
+    rexpect::session::spawn_command(cmd, Some(30_000)).unwrap()
+}
+
 /// Types `keys` at the terminal.
 fn typed(p: &mut rexpect::session::PtySession, keys: &str) {
     p.send(keys).unwrap();
@@ -34,10 +47,7 @@ fn the_terminal_edits_completes_recalls_and_quits_on_two_ctrl_c() {
     fs::create_dir(&b).unwrap();
     let state = ws.path().join("state");
 
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_peer"));
-    cmd.args(["127.0.0.1", &index_addr.port().to_string(), "0"]).arg(&b);
-    cmd.env("XDG_STATE_HOME", &state).env("TERM", "xterm");
-    let mut p = rexpect::session::spawn_command(cmd, Some(30_000)).unwrap();
+    let mut p = terminal_peer(index_addr, &b, &state);
     p.exp_string("peerdex> ").unwrap();
 
     // A command completed from its first letters.
@@ -146,10 +156,7 @@ fn progress_bars_are_drawn_above_the_prompt_and_leave_only_the_result_lines() {
     let b = ws.path().join("b");
     fs::create_dir(&b).unwrap();
 
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_peer"));
-    cmd.args(["127.0.0.1", &index_addr.port().to_string(), "0"]).arg(&b);
-    cmd.env("XDG_STATE_HOME", ws.path().join("state")).env("TERM", "xterm");
-    let mut p = rexpect::session::spawn_command(cmd, Some(30_000)).unwrap();
+    let mut p = terminal_peer(index_addr, &b, &ws.path().join("state"));
     // rexpect's terminal is 80 columns; the rows are the emulator's own.
     let mut screen = Screen::new(40, 80);
     screen.expect(&mut p, "peerdex> ");
@@ -219,10 +226,7 @@ fn cancel_at_the_terminal_keeps_a_partial_that_a_later_download_resumes() {
     let b = ws.path().join("b");
     fs::create_dir(&b).unwrap();
 
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_peer"));
-    cmd.args(["127.0.0.1", &index_addr.port().to_string(), "0"]).arg(&b);
-    cmd.env("XDG_STATE_HOME", ws.path().join("state")).env("TERM", "xterm");
-    let mut p = rexpect::session::spawn_command(cmd, Some(30_000)).unwrap();
+    let mut p = terminal_peer(index_addr, &b, &ws.path().join("state"));
     let mut screen = Screen::new(40, 80);
     screen.expect(&mut p, "peerdex> ");
     typed(&mut p, "get big.bin\r");

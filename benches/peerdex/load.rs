@@ -117,6 +117,26 @@ pub fn register_range(
     handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
 }
 
+/// Sends the listing `request` on `c` and reads it whole: the entries, and when the
+/// first and the last arrived.
+pub fn time_listing(c: &mut Client, request: &Request) -> (usize, Duration, Duration) {
+    let t = Instant::now();
+    wire::send_msg(&mut c.stream(), request).unwrap();
+    let (mut first, mut count) = (None, 0);
+    loop {
+        match c.recv() {
+            Reply::ListChunk(e) => {
+                first.get_or_insert_with(|| t.elapsed());
+                count += e.len();
+            }
+            Reply::ListEnd { .. } => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    let last = t.elapsed();
+    (count, first.unwrap_or(last), last)
+}
+
 pub struct Latencies(pub Vec<Duration>);
 
 impl Latencies {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use peerdex::wire::{self, Reply, Request};
+use peerdex::wire::Request;
 use rand::RngExt;
 
 use crate::load::{self, Client, CpuMeter, Wire, lookup_load, register_many, us};
@@ -72,26 +72,12 @@ pub fn run(opts: &Opts, run_list: bool, run_register: bool) {
             ("--limit 100", Request::List { pattern: String::new(), limit: Some(100) }),
             ("pattern", Request::List { pattern: "peer09999-file09".into(), limit: None }),
         ] {
-            let t = Instant::now();
-            wire::send_msg(&mut c.stream(), &request).unwrap();
-            let mut first = None;
-            let mut count = 0usize;
-            loop {
-                match c.recv() {
-                    Reply::ListChunk(e) => {
-                        first.get_or_insert_with(|| t.elapsed());
-                        count += e.len();
-                    }
-                    Reply::ListEnd { .. } => break,
-                    other => panic!("{other:?}"),
-                }
-            }
-            let last = t.elapsed();
+            let (count, first, last) = load::time_listing(&mut c, &request);
             row(
                 "list",
                 format!(
                     "{label:<12} {count:>9} entries: first after {}, last after {:.3} s",
-                    us(first.unwrap_or(last)),
+                    us(first),
                     last.as_secs_f64()
                 ),
             );

@@ -19,7 +19,7 @@ use rand::seq::SliceRandom;
 use crate::common::pg::Schema;
 use crate::load::{Client, LoadResult, Wire, lookup_load, register_range, us};
 use crate::{Opts, index_server, row};
-use peerdex::wire::{self, Reply, Request};
+use peerdex::wire::Request;
 
 /// 900 names unique to each peer, and 100 shared by 100 peers each (as `lookup`).
 fn shared_or_unique(p: usize, i: usize) -> String {
@@ -133,25 +133,13 @@ pub fn run(opts: &Opts, names: usize) {
     );
     let mut c = Client::connect(at_b);
     for (label, pattern) in [("a rare pattern", "bulk00777-file0004"), ("a common one", "file00042")] {
-        let t = Instant::now();
-        wire::send_msg(&mut c.stream(), &Request::List { pattern: pattern.into(), limit: None }).unwrap();
-        let (mut first, mut n) = (None, 0usize);
-        loop {
-            match c.recv() {
-                Reply::ListChunk(e) => {
-                    first.get_or_insert_with(|| t.elapsed());
-                    n += e.len();
-                }
-                Reply::ListEnd { .. } => break,
-                other => panic!("{other:?}"),
-            }
-        }
-        let last = t.elapsed();
+        let request = Request::List { pattern: pattern.into(), limit: None };
+        let (n, first, last) = crate::load::time_listing(&mut c, &request);
         row(
             "store",
             format!(
                 "list {label:<14} ({pattern:?}) at B: {n:>8} entries, first after {}, all after {:.3} s",
-                us(first.unwrap_or(last)),
+                us(first),
                 last.as_secs_f64()
             ),
         );

@@ -136,6 +136,15 @@ pub enum RegistryError {
 /// and costs the index a few kilobytes a peer at most.
 pub const MAX_PARTIALS_PER_PEER: usize = 64;
 
+/// Checks a registration before anything is stored: a port that can be connected to,
+/// and the file list ([`check_files`]). The same for every backend.
+pub fn check_registration(limits: &Limits, port: u16, files: &[FileInfo]) -> Result<(), RegistryError> {
+    if port == 0 {
+        return Err(RegistryError::PortZero);
+    }
+    check_files(limits, files)
+}
+
 /// Checks a file list's size and names against `limits`: not too many, not too long,
 /// unique. The same for every backend.
 pub fn check_files(limits: &Limits, files: &[FileInfo]) -> Result<(), RegistryError> {
@@ -471,10 +480,7 @@ impl Registry {
         port: u16,
         files: Vec<FileInfo>,
     ) -> Result<usize, RegistryError> {
-        if port == 0 {
-            return Err(RegistryError::PortZero);
-        }
-        self.check(&files)?;
+        check_registration(&self.limits, port, &files)?;
         let before = self.peers.get(&conn).map_or(0, |p| p.files.len());
         self.check_room(conn, before, files.len())?;
         // Downloads running go on through a new registration: their partials stay.

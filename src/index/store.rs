@@ -440,10 +440,7 @@ impl Store {
         port: u16,
         files: Vec<FileInfo>,
     ) -> Result<usize, RegistryError> {
-        if port == 0 {
-            return Err(RegistryError::PortZero);
-        }
-        registry::check_files(&self.limits, &files)?;
+        registry::check_registration(&self.limits, port, &files)?;
         let mut client = self.client()?;
         let mut tx = client.transaction().map_err(unavailable)?;
         let peer = self.peer(&mut tx, conn)?;
@@ -644,25 +641,33 @@ impl Store {
             return Err(RegistryError::StoreUnavailable);
         };
         let mut client = self.client()?;
-        let asker: i64 = self.peer_now(&mut client, asker)?.map_or(0, |p| p.0);
+        let asker = asker.to_string();
         let like = format!("%{}%", escape_like(pattern.text()));
         let after = after.map_or("", SharePath::as_str);
         let names = budget.names.max(1) as i64;
         let rows = run(
             &mut **client,
-            "WITH page AS (
-                     SELECT DISTINCT name FROM files
-                     WHERE complete AND name > $1 AND name ILIKE $2 AND peer_id <> $3
+            // The asker's own files are left out (0: it is not registered here).
+            "WITH me AS (SELECT coalesce((SELECT id FROM peers WHERE server_id = $3 AND conn = $5), 0) AS id),
+                 page AS (
+                     SELECT DISTINCT name FROM files, me
+                     WHERE complete AND name > $1 AND name ILIKE $2 AND peer_id <> me.id
                      ORDER BY name LIMIT $4)
                  SELECT f.name, f.size, f.root,
                         count(*) FILTER (WHERE f.complete), count(*) FILTER (WHERE NOT f.complete),
                         (SELECT count(*) FROM page)
-                 FROM files f JOIN page USING (name)
-                 WHERE f.peer_id <> $3
+                 FROM files f JOIN page USING (name), me
+                 WHERE f.peer_id <> me.id
                  GROUP BY f.name, f.size, f.root
                  HAVING count(*) FILTER (WHERE f.complete) > 0
                  ORDER BY f.name, f.size, f.root",
-            &[(&after, Type::TEXT), (&like, Type::TEXT), (&asker, Type::INT8), (&names, Type::INT8)],
+            &[
+                (&after, Type::TEXT),
+                (&like, Type::TEXT),
+                (&self.server_id(), Type::INT8),
+                (&names, Type::INT8),
+                (&asker, Type::TEXT),
+            ],
         )?;
         let mut full = false;
         for r in &rows {
