@@ -393,7 +393,8 @@ impl Node {
     }
 
     /// After a change in the folder: if registered, rescans it, leaving out files still
-    /// being written, and sends the list. Returns whether some file was left out.
+    /// being written, and sends the list. Returns whether it should be looked at again
+    /// soon: some file was left out, or the list could not be sent.
     pub fn sync_watched(&self) -> bool {
         if !self.registered.load(Ordering::SeqCst) {
             return false;
@@ -414,7 +415,12 @@ impl Node {
         }
         match self.send_list(files.clone(), |files| Request::Update { files }) {
             Ok(_) => *last = Some(files),
-            Err(e) => log::warn!("sending the folder's changes to the index failed: {e:#}"),
+            Err(e) => {
+                // Looked at again after a moment, as for a file still being written:
+                // nothing else would send these changes before the folder changes again.
+                log::warn!("sending the folder's changes to the index failed: {e:#}; trying again");
+                return true;
+            }
         }
         unsettled > 0
     }
