@@ -269,6 +269,14 @@ impl Proc {
         self.seen.iter().map(|(s, l)| format!("  [{s:?}] {l}\n")).collect()
     }
 
+    /// [`Proc::dump`], with the lines that arrived and were not read yet.
+    pub fn dump_all(&mut self) -> String {
+        while let Ok(line) = self.lines.try_recv() {
+            self.seen.push(line);
+        }
+        self.dump()
+    }
+
     /// Every line of `stream` seen so far.
     pub fn lines(&self, stream: Stream) -> Vec<String> {
         self.seen.iter().filter(|(s, _)| *s == stream).map(|(_, l)| l.clone()).collect()
@@ -329,10 +337,18 @@ impl Drop for Proc {
 
 /// Polls `condition` until it holds, or panics after [`TIMEOUT`]. Each poll is a real
 /// round trip, so no sleep is needed between them beyond a short pause to not spin.
-pub fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+pub fn wait_for(what: &str, condition: impl FnMut() -> bool) {
+    wait_showing(what, condition, &mut []);
+}
+
+/// [`wait_for`], and on timeout everything `shown` printed, for the failure to say why.
+pub fn wait_showing(what: &str, mut condition: impl FnMut() -> bool, shown: &mut [&mut Proc]) {
     let deadline = Instant::now() + TIMEOUT;
     while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        if Instant::now() >= deadline {
+            let seen: Vec<String> = shown.iter_mut().map(|p| p.dump_all()).collect();
+            panic!("timed out waiting for {what}\n{}", seen.join("\n"));
+        }
         thread::sleep(Duration::from_millis(50));
     }
 }
