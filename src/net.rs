@@ -209,16 +209,63 @@ pub struct ConnLimits {
     pub per_ip: usize,
 }
 
+/// The connections a server is serving, so that all of them can be shut down at once
+/// ([`Live::shut_down_all`]): an index server whose registrations were removed from
+/// under it (its lease in the index store ran out) drops its clients, so that they
+/// connect and register again. Each socket is shared with its connection's thread
+/// (no second descriptor): it closes when both have let go of it.
+#[derive(Clone, Debug, Default)]
+pub struct Live {
+    sockets: Arc<Mutex<slab::Slab<Arc<TcpStream>>>>,
+}
+
+impl Live {
+    /// Holds `stream` until the returned guard is dropped (a panicking thread's too).
+    fn enter(&self, stream: &Arc<TcpStream>) -> Entered<'_> {
+        let key = self.sockets.lock().unwrap_or_else(PoisonError::into_inner).insert(Arc::clone(stream));
+        Entered { live: self, key }
+    }
+
+    /// Shuts down every connection being served (each thread sees its client gone and
+    /// ends as it would then). Returns how many there were.
+    pub fn shut_down_all(&self) -> usize {
+        let sockets = self.sockets.lock().unwrap_or_else(PoisonError::into_inner);
+        for (_, stream) in sockets.iter() {
+            let _ = stream.shutdown(Shutdown::Both);
+        }
+        sockets.len()
+    }
+}
+
+/// A connection's place in [`Live`], left when dropped.
+struct Entered<'a> {
+    live: &'a Live,
+    key: usize,
+}
+
+impl Drop for Entered<'_> {
+    fn drop(&mut self) {
+        self.live.sockets.lock().unwrap_or_else(PoisonError::into_inner).remove(self.key);
+    }
+}
+
 /// The accept loop of both servers: accepts connections on an already-bound
 /// listener, forever, and runs `handle` for each on a thread of its own
-/// (named `"{what} {address}"`), holding a [`Slot`] for as long as it runs.
+/// (named `"{what} {address}"`), holding a [`Slot`] for as long as it runs, and its
+/// socket in `live`.
 ///
 /// A connection over `limits` is turned away from this loop itself, without a thread:
 /// it gets a refused handshake that says why, and is closed. Refusals are logged at
 /// most [`crate::logging::RECORDS_PER_SECOND`] a second, the rest counted.
-pub fn serve<H>(listener: TcpListener, what: &str, limits: ConnLimits, handle: H) -> io::Result<()>
+pub fn serve<H>(
+    listener: TcpListener,
+    what: &str,
+    limits: ConnLimits,
+    live: Live,
+    handle: H,
+) -> io::Result<()>
 where
-    H: Fn(TcpStream, SocketAddr, Slot) + Clone + Send + 'static,
+    H: Fn(&TcpStream, SocketAddr, Slot) + Clone + Send + 'static,
 {
     let slots = Slots::new(limits.max, limits.per_ip);
     let mut refusals = crate::logging::RateLimit::default();
@@ -252,10 +299,15 @@ where
             }
         };
         let handle = handle.clone();
+        let live = live.clone();
         let spawned = thread::Builder::new()
             .name(format!("{what} {from}"))
             .stack_size(CONNECTION_STACK_SIZE)
-            .spawn(move || handle(stream, from, slot));
+            .spawn(move || {
+                let stream = Arc::new(stream);
+                let _entered = live.enter(&stream);
+                handle(&stream, from, slot);
+            });
         if let Err(e) = spawned {
             warn!("{what}: cannot start a thread for {from}: {e}; connection dropped");
         }

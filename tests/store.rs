@@ -1,8 +1,10 @@
 //! Several index servers on one PostgreSQL (`indexing-server --store`): a peer
 //! registered at one is found and listed at another and gone from it when it
 //! unregisters or disconnects; a server killed with SIGKILL loses its peers at the
-//! others once its lease expires, and its peers move to a server that lives; the
-//! database cut off under load gives clean errors, and everything works again after.
+//! others once its lease expires, and its peers move to a server that lives; a server
+//! stopped for longer than its lease closes its connections when it wakes, and its
+//! peers register again; the database cut off under load gives clean errors, and
+//! everything works again after.
 //!
 //! Each test has a schema and a role of its own (tests/common/pg.rs). Without a
 //! PostgreSQL server the tests say they are skipped, unless PEERDEX_REQUIRE_POSTGRES=1.
@@ -13,7 +15,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use common::pg::Schema;
-use common::{Proc, RawIndexClient, Stream, folder, wait_for, workspace};
+use common::{Proc, RawIndexClient, Stream, folder, wait_for, wait_showing, workspace};
 use peerdex::name::SharePath;
 use peerdex::wire::{Reply, Request};
 
@@ -127,6 +129,43 @@ fn a_killed_servers_peers_leave_with_its_lease_and_move_to_a_living_server() {
     let (mut pb, _) = Proc::peer(at_b, &b);
     pb.send("download song.flac");
     pb.expect(Stream::Out, "downloaded song.flac (5 bytes)");
+}
+
+#[test]
+fn a_server_that_outlived_its_lease_drops_its_clients_and_they_register_again() {
+    let Some(schema) = Schema::new("a_server_that_outlived_its_lease") else { return };
+    let ws = workspace();
+    let (dir_a, dir_b) = (ws.path().join("server-a"), ws.path().join("server-b"));
+    std::fs::create_dir_all(&dir_a).unwrap();
+    std::fs::create_dir_all(&dir_b).unwrap();
+    let lease = ["--lease", "2"];
+    let (mut a, at_a) = server(&dir_a, "127.0.0.1", 0, &schema, &lease);
+    let (_b, at_b) = server(&dir_b, "127.0.0.1", 0, &schema, &lease);
+    let shared = folder(ws.path(), "shared", &[("song.flac", b"la la")]);
+    let (mut pa, files_a) = Proc::registered_peer(at_a, &shared, 1);
+    assert_eq!(holders(at_b, "song.flac"), [files_a]);
+
+    // A stops (SIGSTOP: a long pause, as a stalled machine would make) for longer than
+    // its lease: B removes it and its peers.
+    signal(&a, "STOP");
+    wait_for("B to remove the stopped server's peers", || holders(at_b, "song.flac").is_empty());
+    signal(&a, "CONT");
+    // A finds its row gone, takes a new one and closes its connections; its peer
+    // connects again and registers again, and is found at B once more.
+    pa.expect(Stream::Err, "registered 1 file again");
+    wait_showing(
+        "the peer to be found at B again",
+        || holders(at_b, "song.flac") == [files_a],
+        &mut [&mut a, &mut pa],
+    );
+    a.expect(Stream::Err, "lease expired");
+}
+
+/// Sends `kill -SIGNAL` to `process`.
+fn signal(process: &Proc, signal: &str) {
+    let sent =
+        std::process::Command::new("kill").arg(format!("-{signal}")).arg(process.pid().to_string()).status();
+    assert!(sent.is_ok_and(|s| s.success()), "kill -{signal}");
 }
 
 #[test]

@@ -89,6 +89,17 @@ impl Index {
         }
     }
 
+    /// Gives the connections being served to the registry, to shut them down should it
+    /// forget their registrations behind their backs. Only the store can: when this
+    /// server's lease ran out and another server removed its peers, its clients must
+    /// connect and register again to be found (the peer does both by itself). In
+    /// memory, a registration lives exactly as long as its connection.
+    pub fn on_forgotten(&self, live: crate::net::Live) {
+        if let Backend::Store(s) = &self.backend {
+            s.on_forgotten(live);
+        }
+    }
+
     /// [`Registry::register`].
     pub fn register(&self, conn: SocketAddr, port: u16, files: Vec<FileInfo>) -> Changed {
         match &self.backend {

@@ -21,7 +21,7 @@ use super::login::{Accounts, ProofStep, Session};
 use super::{Index, PageBudget, Pattern};
 use crate::logging::RateLimit;
 use crate::name::SharePath;
-use crate::net::{self, ConnLimits, Slot, Timed, close_gently, is_timeout};
+use crate::net::{self, ConnLimits, Live, Slot, Timed, close_gently, is_timeout};
 use crate::text::{Clip, count};
 use crate::wire::{self, FileInfo, MAX_FRAME_LEN, Message, Reply, Request, Service};
 
@@ -115,7 +115,9 @@ pub fn serve(listener: TcpListener, index: Index, config: Config) -> io::Result<
     })?;
     let limits = config.connections;
     let config = Arc::new(config);
-    net::serve(listener, "index", limits, move |stream, from, slot| {
+    let live = Live::default();
+    index.on_forgotten(live.clone());
+    net::serve(listener, "index", limits, live, move |stream, from, slot| {
         Connection::new(&index, &config, &budget, from).run(stream, slot)
     })
 }
@@ -157,18 +159,18 @@ impl<'a> Connection<'a> {
     }
 
     /// Runs the connection to its end and removes its registration.
-    fn run(mut self, stream: TcpStream, _slot: Slot) {
+    fn run(mut self, stream: &TcpStream, _slot: Slot) {
         record!(self, Level::Info, "connected");
         // Whatever happens below, a panic included, the registration goes with the
         // connection.
         let registration = Registration { index: self.index, conn: self.conn };
-        let why = match self.converse(&stream) {
+        let why = match self.converse(stream) {
             Ok(()) => "closed by the peer".to_owned(),
             Err(e) if is_timeout(&e) => "timed out".to_owned(),
             Err(e) => {
                 // The last words (a refused handshake, a frame that is too big) are
                 // already written; let them arrive before the close.
-                close_gently(&stream, CLOSE_PATIENCE);
+                close_gently(stream, CLOSE_PATIENCE);
                 e.to_string()
             }
         };

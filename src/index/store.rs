@@ -6,7 +6,9 @@
 //! `servers` with a lease it renews every third of the lease ([`DEFAULT_LEASE`], an
 //! option); its peers' rows point at that row, and go when their connection ends, as
 //! in memory. When a server dies without a word (kill -9), another one deletes that
-//! server's row, and so its peers' rows, once the lease has expired.
+//! server's row, and so its peers' rows, once the lease has expired. A server that
+//! was only stopped that long finds its row gone, takes a new one and closes all its
+//! connections, so that its peers register again (they reconnect by themselves).
 //!
 //! ```text
 //! servers (id, address, lease_until)
@@ -186,6 +188,9 @@ pub struct Store {
     /// Listing pages being queried: at most half the pool, so that however many
     /// clients list at once, lookups and changes always find a connection.
     listing: Slots,
+    /// The server's connections, shut down if this server's peers are removed while
+    /// they are connected (see [`Store::renew`]).
+    clients: std::sync::OnceLock<crate::net::Live>,
 }
 
 /// A count of places taken, at most `max`, waited for with a deadline.
@@ -272,6 +277,7 @@ impl Store {
             lease,
             pending: Mutex::default(),
             listing: Slots::new(places as usize / 2),
+            clients: std::sync::OnceLock::new(),
         });
         store.take_server_row(&mut client).context("cannot register this server in the index store")?;
         drop(client);
@@ -281,6 +287,11 @@ impl Store {
             .spawn(move || renewing.keep_lease())
             .context("cannot start the lease thread")?;
         Ok(store)
+    }
+
+    /// [`super::Index::on_forgotten`].
+    pub fn on_forgotten(&self, live: crate::net::Live) {
+        let _ = self.clients.set(live);
     }
 
     /// This server's id in `servers`.
@@ -331,13 +342,16 @@ impl Store {
             &[&self.server_id(), &lease],
         )?;
         if renewed == 0 {
-            // Our lease ran out (the database was out of reach for longer than it) and
-            // another server removed us and our peers: their connections go on, but the
-            // index has forgotten them; they are found again once they register again.
-            log::error!(
-                "index store: this server's lease expired and its peers were removed; taking a new row"
-            );
+            // Our lease ran out (this process was stopped, or the database out of
+            // reach, for longer than it) and another server removed us and our peers.
+            // Their connections go on, but the index has forgotten them: they are shut
+            // down once this server has a new row, and the peers connect and register
+            // again (a connection made meanwhile is shut down too, and does the same).
             self.take_server_row(&mut client)?;
+            let dropped = self.clients.get().map_or(0, crate::net::Live::shut_down_all);
+            log::error!(
+                "index store: this server's lease expired and its peers were removed from the index; closed its {dropped} connection(s) so that they register again"
+            );
         }
         if reap {
             let reaped = client.execute("DELETE FROM servers WHERE lease_until < now()", &[])?;

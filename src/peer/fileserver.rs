@@ -31,7 +31,7 @@ use log::info;
 
 use super::folder::{OpenFile, PartialView, SharedFolder};
 use crate::content::{Bitfield, Geometry, Hash};
-use crate::net::{self, ConnLimits, Full, Slot, Slots, Timed, close_gently, is_timeout};
+use crate::net::{self, ConnLimits, Full, Live, Slot, Slots, Timed, close_gently, is_timeout};
 use crate::text::{count, escape};
 use crate::wire::{self, FileReply, FileRequest, Message, Service};
 
@@ -169,11 +169,11 @@ pub fn serve(listener: TcpListener, folder: Arc<SharedFolder>, config: FileServe
     let uploads = Slots::new(config.uploads.max, config.uploads.per_ip);
     let rounds = Rounds::default();
     let shared = Arc::new(Shared { folder, config, uploads, throughput: Throughput::default(), rounds });
-    net::serve(listener, "files", limits, move |stream, from, _slot: Slot| {
-        if let Err(e) = handle(&shared, &stream, from) {
+    net::serve(listener, "files", limits, Live::default(), move |stream, from, _slot: Slot| {
+        if let Err(e) = handle(&shared, stream, from) {
             info!("upload to {from} failed: {e}");
             if e.kind() == io::ErrorKind::InvalidData {
-                close_gently(&stream, Duration::from_secs(1));
+                close_gently(stream, Duration::from_secs(1));
             }
         }
     })
