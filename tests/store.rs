@@ -161,6 +161,41 @@ fn a_server_that_outlived_its_lease_drops_its_clients_and_they_register_again() 
     a.expect(Stream::Err, "lease expired");
 }
 
+#[test]
+fn a_prepared_lookup_reads_only_the_peers_that_hold_the_name() {
+    // The plan PostgreSQL keeps for a prepared statement from its sixth run on is its
+    // generic one, made without the name. With 1,000 peers each sharing 20 of 2,000
+    // names, it must still reach each holder's peer through its key, not read every
+    // peer (a hash join over all of `peers`, on every lookup, as a plain join got).
+    let Some(schema) = Schema::new("a_prepared_lookup_reads_only_the_peers_that_hold_the_name") else {
+        return;
+    };
+    let ws = workspace();
+    let (_index, _) = server(ws.path(), "127.0.0.1", 0, &schema, &[]); // applies the migrations
+    schema.admin(
+        "INSERT INTO peers (server_id, conn, ip, ip_key, port, files)
+             SELECT (SELECT min(id) FROM servers), 'c:' || p, '127.0.0.2', '127.0.0.2', 9, 20
+             FROM generate_series(0, 999) p;
+         INSERT INTO files (peer_id, name, size, root, complete)
+             SELECT id, format('name-%s', (id % 100) * 20 + i), i, decode(repeat('00', 32), 'hex'), true
+             FROM peers, generate_series(0, 19) i;
+         ANALYZE peers; ANALYZE files;",
+    );
+    let mut db = postgres::Client::connect(&common::pg::admin_url(), postgres::NoTls).unwrap();
+    db.batch_execute(&format!(
+        "SET search_path = {}, public; SET plan_cache_mode = force_generic_plan;
+         PREPARE lookup(text) AS {}",
+        schema.name,
+        peerdex::index::store::LOOKUP
+    ))
+    .unwrap();
+    let plan: Vec<String> =
+        db.query("EXPLAIN EXECUTE lookup('name-7')", &[]).unwrap().iter().map(|r| r.get(0)).collect();
+    let plan = plan.join("\n");
+    assert!(!plan.contains("Seq Scan on peers"), "the lookup reads every peer:\n{plan}");
+    assert!(plan.contains("peers_pkey"), "each holder's peer through its key:\n{plan}");
+}
+
 /// Sends `kill -SIGNAL` to `process`.
 fn signal(process: &Proc, signal: &str) {
     let sent =

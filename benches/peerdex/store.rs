@@ -4,7 +4,9 @@
 //! - 1,000 peers x 1,000 files registered through two servers at once (and, for
 //!   reference, into memory);
 //! - lookups at 1 and 50 clients, p50 and p99: in memory, one server on PostgreSQL,
-//!   and two servers on one PostgreSQL (25 clients each);
+//!   and two servers on one PostgreSQL (25 clients each); and for reference the
+//!   database's own ceiling on this machine, PostgreSQL alone: pgbench sending the
+//!   store's lookup statement (prepared) straight to it, with as many clients;
 //! - a listing with a pattern over 10,000,000 names (`--names N` to change), loaded
 //!   straight into the database with SQL: the first entry, and all of them.
 //!
@@ -91,6 +93,12 @@ pub fn run(opts: &Opts, names: usize) {
             )
         };
         show("memory", &lookup_load(Wire::Peerdex, at_memory, memory.pid(), &keys, clients, window));
+        match pgbench_lookups(&schema, clients, window) {
+            Ok(r) => show("PostgreSQL alone", &r),
+            Err(why) => {
+                row("store", format!("lookup, {clients:>2} clients, PostgreSQL alone: skipped ({why})"))
+            }
+        }
         show("one server, PostgreSQL", &lookup_load(Wire::Peerdex, at_a, a.pid(), &keys, clients, window));
         if clients > 1 {
             let (pid_a, pid_b) = (a.pid(), b.pid());
@@ -150,4 +158,53 @@ pub fn run(opts: &Opts, names: usize) {
 /// The id of a living server's row, for rows loaded straight into the database.
 fn a_server_id(schema: &Schema) -> i64 {
     schema.admin("SELECT min(id) FROM servers")[0].get(0)
+}
+
+/// The store's lookup statement ([`peerdex::index::store::LOOKUP`]) sent straight to PostgreSQL by pgbench (prepared, `clients`
+/// connections on two threads, for `window`), with a random one of the peers' unique
+/// names each time: what the database alone does on this machine, without an index
+/// server between. Latencies come from pgbench's log of every transaction.
+fn pgbench_lookups(schema: &Schema, clients: usize, window: Duration) -> Result<LoadResult, String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let script = dir.path().join("lookup.sql");
+    // The statement the store prepares, with the name made from two random numbers.
+    let name = "'peer' || lpad(:p::text, 4, '0') || '-file' || lpad(:i::text, 3, '0') || '.dat'";
+    let lookup = peerdex::index::store::LOOKUP.replace("$1", name);
+    std::fs::write(&script, format!("\\set p random(0, 999)\n\\set i random(0, 899)\n{lookup};\n"))
+        .map_err(|e| e.to_string())?;
+    let out = std::process::Command::new("pgbench")
+        .current_dir(dir.path())
+        .env("PGOPTIONS", format!("-c search_path={},public", schema.name))
+        .args(["-n", "-M", "prepared", "-l", "-f"])
+        .arg(&script)
+        .args(["-c", &clients.to_string(), "-j", &clients.min(2).to_string()])
+        .args(["-T", &window.as_secs().max(1).to_string()])
+        .arg(crate::common::pg::admin_url())
+        .output()
+        .map_err(|e| format!("pgbench: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("pgbench failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    // Each line of each log: client, transaction, latency in µs, ...
+    let mut latencies: Vec<u64> = Vec::new();
+    for log in std::fs::read_dir(dir.path()).map_err(|e| e.to_string())?.flatten() {
+        if log.file_name().to_string_lossy().starts_with("pgbench_log") {
+            let text = std::fs::read_to_string(log.path()).map_err(|e| e.to_string())?;
+            latencies.extend(text.lines().filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok()));
+        }
+    }
+    if latencies.is_empty() {
+        return Err("pgbench logged no transaction".into());
+    }
+    latencies.sort_unstable();
+    let at = |q: f64| Duration::from_micros(latencies[((latencies.len() - 1) as f64 * q) as usize]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let tps: Option<f64> =
+        stdout.lines().find_map(|l| l.strip_prefix("tps = ")?.split_whitespace().next()?.parse().ok());
+    Ok(LoadResult {
+        rate: tps.unwrap_or(latencies.len() as f64 / window.as_secs_f64()),
+        p50: at(0.50),
+        p99: at(0.99),
+        cpu: "pgbench's own figures".into(),
+    })
 }
