@@ -357,7 +357,8 @@ impl Store {
             self.take_server_row(&mut client)?;
             let dropped = self.clients.get().map_or(0, crate::net::Live::shut_down_all);
             log::error!(
-                "index store: this server's lease expired and its peers were removed from the index; closed its {dropped} connection(s) so that they register again"
+                "index store: this server's lease expired and its peers were removed from the index; closed its {} so that they register again",
+                crate::text::count(dropped as u64, "connection")
             );
         }
         if reap {
