@@ -8,7 +8,9 @@
 //!   database's own ceiling on this machine, PostgreSQL alone: pgbench sending the
 //!   store's lookup statement (prepared) straight to it, with as many clients;
 //! - a listing with a pattern over 10,000,000 names (`--names N` to change), loaded
-//!   straight into the database with SQL: the first entry, and all of them.
+//!   straight into the database with SQL: the first entry, and all of them; over names
+//!   of a few letters and digits (the trigram index's worst case), then over as many
+//!   names made of words, at a third server on a schema of its own.
 //!
 //! It uses a schema of its own in the database the tests use (tests/common/pg.rs),
 //! dropped at the end; without PostgreSQL it says so and is skipped.
@@ -153,6 +155,63 @@ pub fn run(opts: &Opts, names: usize) {
         );
     }
     drop((half_a, half_b));
+    drop((a, b, memory));
+    words_listing(names, &place("c"));
+}
+
+/// Listings over `names` names made of words, at a server of their own on a schema of
+/// its own: the trigram index's usual case, beside the worst case above (names of a few
+/// letters and digits, whose every trigram is in hundreds of thousands of names).
+///
+/// Each name is four words and a number (`vuzqe tol - ecnktlg xfmz 123.mp3`), the words
+/// drawn from 50,000 random ones of 4 to 9 letters so that the k-th is about k times
+/// rarer than the first (log-uniformly), as words in real file names are; the same
+/// words every run (`setseed`). Each listed pattern is one word, from the most common
+/// ones to the rarest.
+fn words_listing(names: usize, dir: &std::path::Path) {
+    let Some(schema) = Schema::new("the store benchmark's word listing") else { return };
+    let (_c, at_c) = index_server(dir, &["--store", schema.url.as_str()]);
+    let t = Instant::now();
+    let rank = "least(50000, floor(exp(random() * ln(50000)))::int)";
+    schema.admin(&format!(
+        "SELECT setseed(0.42);
+         CREATE TEMP TABLE vocab AS SELECT i AS id, string_agg(chr(97 + floor(random() * 26)::int), '' ORDER BY j) AS w
+             FROM generate_series(1, 50000) i, generate_series(1, 4 + i % 6) j GROUP BY i;
+         DROP INDEX files_name_trgm;
+         INSERT INTO peers (server_id, conn, ip, ip_key, port, files)
+             SELECT {server}, 'bulk:' || p, '127.0.0.9', 'bulk', 9, {per_peer} FROM generate_series(0, 999) p;
+         INSERT INTO files (peer_id, name, size, root, complete)
+             SELECT (SELECT min(id) FROM peers) + g % 1000, format('%s %s - %s %s %s.mp3', a.w, b.w, c.w, d.w, g), g, decode(repeat('00', 32), 'hex'), true
+             FROM (SELECT g, {rank} r1, {rank} r2, {rank} r3, {rank} r4 FROM generate_series(1, {names}) g) x
+             JOIN vocab a ON a.id = x.r1 JOIN vocab b ON b.id = x.r2 JOIN vocab c ON c.id = x.r3 JOIN vocab d ON d.id = x.r4;
+         CREATE INDEX files_name_trgm ON files USING gin (name gin_trgm_ops);
+         ANALYZE files;
+         CREATE TABLE bench_words AS SELECT id, w FROM vocab WHERE id IN (3, 30, 300, 3000, 30000);",
+        server = a_server_id(&schema),
+        per_peer = names.div_ceil(1000),
+    ));
+    row(
+        "store",
+        format!(
+            "{names} names made of words in another schema, loaded with SQL and indexed in {:.0} s",
+            t.elapsed().as_secs_f64()
+        ),
+    );
+    let words = schema.admin("SELECT id, w FROM bench_words ORDER BY id");
+    let mut c = Client::connect(at_c);
+    for word in &words {
+        let (rank, pattern): (i32, String) = (word.get(0), word.get(1));
+        let request = Request::List { pattern: pattern.clone(), limit: None };
+        let (n, first, last) = crate::load::time_listing(&mut c, &request);
+        row(
+            "store",
+            format!(
+                "list word {rank:>5} by frequency ({pattern:?}): {n:>8} entries, first after {}, all after {:.3} s",
+                us(first),
+                last.as_secs_f64()
+            ),
+        );
+    }
 }
 
 /// The id of a living server's row, for rows loaded straight into the database.
