@@ -27,6 +27,13 @@ fn server(dir: &std::path::Path, ip: &str, port: u16, schema: &Schema, extra: &[
     Proc::index_server_with(dir, &args)
 }
 
+/// A folder of its own for a server (its log), in the test's workspace.
+fn server_dir(ws: &tempfile::TempDir, name: &str) -> std::path::PathBuf {
+    let dir = ws.path().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 fn lookup(index: SocketAddr, name: &str) -> Reply {
     RawIndexClient::connect(index).call(&Request::Lookup { name: SharePath::parse(name).unwrap() })
 }
@@ -44,9 +51,7 @@ fn holders(index: SocketAddr, name: &str) -> Vec<SocketAddr> {
 fn a_peer_registered_at_one_server_is_found_at_another() {
     let Some(schema) = Schema::new("a_peer_registered_at_one_server_is_found_at_another") else { return };
     let ws = workspace();
-    let (dir_a, dir_b) = (ws.path().join("server-a"), ws.path().join("server-b"));
-    std::fs::create_dir_all(&dir_a).unwrap();
-    std::fs::create_dir_all(&dir_b).unwrap();
+    let (dir_a, dir_b) = (server_dir(&ws, "server-a"), server_dir(&ws, "server-b"));
     let (_a, at_a) = server(&dir_a, "127.0.0.1", 0, &schema, &[]);
     let (_b, at_b) = server(&dir_b, "127.0.0.1", 0, &schema, &[]);
 
@@ -88,9 +93,7 @@ fn a_killed_servers_peers_leave_with_its_lease_and_move_to_a_living_server() {
     // index.peerdex.test (nothing outside the test sees it). That takes root, as CI has.
     let hosts = ws.path().join("hosts");
     std::fs::write(&hosts, "127.0.0.1 index.peerdex.test\n127.0.0.2 index.peerdex.test\n").unwrap();
-    let (dir_a, dir_b) = (ws.path().join("server-a"), ws.path().join("server-b"));
-    std::fs::create_dir_all(&dir_a).unwrap();
-    std::fs::create_dir_all(&dir_b).unwrap();
+    let (dir_a, dir_b) = (server_dir(&ws, "server-a"), server_dir(&ws, "server-b"));
     let lease = ["--lease", "2"];
     let (mut a, at_a) = server(&dir_a, "127.0.0.1", 0, &schema, &lease);
     let (_b, at_b) = server(&dir_b, "127.0.0.2", at_a.port(), &schema, &lease);
@@ -135,9 +138,7 @@ fn a_killed_servers_peers_leave_with_its_lease_and_move_to_a_living_server() {
 fn a_server_that_outlived_its_lease_drops_its_clients_and_they_register_again() {
     let Some(schema) = Schema::new("a_server_that_outlived_its_lease") else { return };
     let ws = workspace();
-    let (dir_a, dir_b) = (ws.path().join("server-a"), ws.path().join("server-b"));
-    std::fs::create_dir_all(&dir_a).unwrap();
-    std::fs::create_dir_all(&dir_b).unwrap();
+    let (dir_a, dir_b) = (server_dir(&ws, "server-a"), server_dir(&ws, "server-b"));
     let lease = ["--lease", "2"];
     let (mut a, at_a) = server(&dir_a, "127.0.0.1", 0, &schema, &lease);
     let (_b, at_b) = server(&dir_b, "127.0.0.1", 0, &schema, &lease);

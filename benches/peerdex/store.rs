@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use rand::seq::SliceRandom;
 
 use crate::common::pg::Schema;
-use crate::load::{Client, LoadResult, Wire, lookup_load, register_range, us};
+use crate::load::{Client, Latencies, LoadResult, Wire, lookup_load, register_range, us};
 use crate::{Opts, index_server, row};
 use peerdex::wire::Request;
 
@@ -143,16 +143,7 @@ pub fn run(opts: &Opts, names: usize) {
     );
     let mut c = Client::connect(at_b);
     for (label, pattern) in [("a rare pattern", "bulk00777-file0004"), ("a common one", "file00042")] {
-        let request = Request::List { pattern: pattern.into(), limit: None };
-        let (n, first, last) = crate::load::time_listing(&mut c, &request);
-        row(
-            "store",
-            format!(
-                "list {label:<14} ({pattern:?}) at B: {n:>8} entries, first after {}, all after {:.3} s",
-                us(first),
-                last.as_secs_f64()
-            ),
-        );
+        list_row(&mut c, &format!("{label:<14} ({pattern:?}) at B"), pattern);
     }
     drop((half_a, half_b));
     drop((a, b, memory));
@@ -201,17 +192,23 @@ fn words_listing(names: usize, dir: &std::path::Path) {
     let mut c = Client::connect(at_c);
     for word in &words {
         let (rank, pattern): (i32, String) = (word.get(0), word.get(1));
-        let request = Request::List { pattern: pattern.clone(), limit: None };
-        let (n, first, last) = crate::load::time_listing(&mut c, &request);
-        row(
-            "store",
-            format!(
-                "list word {rank:>5} by frequency ({pattern:?}): {n:>8} entries, first after {}, all after {:.3} s",
-                us(first),
-                last.as_secs_f64()
-            ),
-        );
+        list_row(&mut c, &format!("word {rank:>5} by frequency ({pattern:?})"), &pattern);
     }
+}
+
+/// Lists `pattern` on `c` and prints a row: how many entries, the first after how
+/// long, all after how long.
+fn list_row(c: &mut Client, label: &str, pattern: &str) {
+    let request = Request::List { pattern: pattern.into(), limit: None };
+    let (n, first, last) = crate::load::time_listing(c, &request);
+    row(
+        "store",
+        format!(
+            "list {label}: {n:>8} entries, first after {}, all after {:.3} s",
+            us(first),
+            last.as_secs_f64()
+        ),
+    );
 }
 
 /// The id of a living server's row, for rows loaded straight into the database.
@@ -245,25 +242,25 @@ fn pgbench_lookups(schema: &Schema, clients: usize, window: Duration) -> Result<
         return Err(format!("pgbench failed: {}", String::from_utf8_lossy(&out.stderr).trim()));
     }
     // Each line of each log: client, transaction, latency in µs, ...
-    let mut latencies: Vec<u64> = Vec::new();
+    let mut latencies = Latencies(Vec::new());
     for log in std::fs::read_dir(dir.path()).map_err(|e| e.to_string())?.flatten() {
         if log.file_name().to_string_lossy().starts_with("pgbench_log") {
             let text = std::fs::read_to_string(log.path()).map_err(|e| e.to_string())?;
-            latencies.extend(text.lines().filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok()));
+            let micros = text.lines().filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok());
+            latencies.0.extend(micros.map(Duration::from_micros));
         }
     }
-    if latencies.is_empty() {
+    if latencies.0.is_empty() {
         return Err("pgbench logged no transaction".into());
     }
-    latencies.sort_unstable();
-    let at = |q: f64| Duration::from_micros(latencies[((latencies.len() - 1) as f64 * q) as usize]);
+    let transactions = latencies.0.len();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let tps: Option<f64> =
         stdout.lines().find_map(|l| l.strip_prefix("tps = ")?.split_whitespace().next()?.parse().ok());
     Ok(LoadResult {
-        rate: tps.unwrap_or(latencies.len() as f64 / window.as_secs_f64()),
-        p50: at(0.50),
-        p99: at(0.99),
+        rate: tps.unwrap_or(transactions as f64 / window.as_secs_f64()),
+        p50: latencies.percentile(0.50),
+        p99: latencies.percentile(0.99),
         cpu: "pgbench's own figures".into(),
     })
 }
