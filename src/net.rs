@@ -110,6 +110,36 @@ impl Read for Timed<'_> {
     }
 }
 
+/// Writes as much of `buf` to `stream` as its reader takes in by `by`, and returns
+/// how many bytes that was (all of them if it kept up). The socket's write timeout is
+/// `usual` again afterwards. For a reply written while something scarce is held (a
+/// listing's database cursor), so that it can be let go before waiting on a slow
+/// reader for the rest.
+pub fn write_by(stream: &TcpStream, buf: &[u8], by: Instant, usual: Duration) -> io::Result<usize> {
+    let mut written = 0;
+    let result = loop {
+        let Some(left) = by.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
+            break Ok(written);
+        };
+        if written == buf.len() {
+            break Ok(written);
+        }
+        // A zero timeout means "none" to the OS: never ask for less than 1 ms.
+        if let Err(e) = stream.set_write_timeout(Some(left.max(Duration::from_millis(1)))) {
+            break Err(e);
+        }
+        match io::Write::write(&mut &*stream, &buf[written..]) {
+            Ok(0) => break Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if is_timeout(&e) => break Ok(written),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => break Err(e),
+        }
+    };
+    stream.set_write_timeout(Some(usual))?;
+    result
+}
+
 /// The part of a client's address that per-address limits count: an IPv4 address
 /// (an IPv4 client seen on a dual-stack socket included), or an IPv6 address's /64
 /// network, since one IPv6 host is usually given a whole /64 and could otherwise

@@ -17,7 +17,7 @@ use std::time::Instant;
 use common::pg::Schema;
 use common::{Proc, RawIndexClient, Stream, folder, wait_for, wait_showing, workspace};
 use peerdex::name::SharePath;
-use peerdex::wire::{Reply, Request};
+use peerdex::wire::{self, Reply, Request};
 
 /// `indexing-server IP PORT --store URL` with `extra` options, in `dir`.
 fn server(dir: &std::path::Path, ip: &str, port: u16, schema: &Schema, extra: &[&str]) -> (Proc, SocketAddr) {
@@ -195,6 +195,141 @@ fn a_prepared_lookup_reads_only_the_peers_that_hold_the_name() {
     let plan = plan.join("\n");
     assert!(!plan.contains("Seq Scan on peers"), "the lookup reads every peer:\n{plan}");
     assert!(plan.contains("peers_pkey"), "each holder's peer through its key:\n{plan}");
+}
+
+/// A listing's entry as a test compares it: name, size, whole holders, partial holders.
+type Entry = (String, u64, u32, u32);
+
+/// A listing's entries, and whether it was cut short.
+type Listing = (Vec<Entry>, bool);
+
+/// The rest of a listing on `stream`; panics on anything but chunks and an end.
+fn read_listing(stream: &mut std::net::TcpStream) -> Listing {
+    try_read_listing(stream).unwrap_or_else(|e| panic!("{e:?} in a listing"))
+}
+
+/// [`read_listing`], or the error that ended the listing.
+fn try_read_listing(stream: &mut std::net::TcpStream) -> Result<Listing, String> {
+    let mut entries = Vec::new();
+    loop {
+        match wire::recv_msg(stream).unwrap() {
+            Reply::ListChunk(chunk) => {
+                entries.extend(chunk.into_iter().map(|e| (e.name.to_string(), e.size, e.peers, e.partial)))
+            }
+            Reply::ListEnd { truncated } => return Ok((entries, truncated)),
+            Reply::Error(e) => return Err(e),
+            other => panic!("{other:?} in a listing"),
+        }
+    }
+}
+
+/// `pattern` listed at `index` by a client that is not registered.
+fn list_all(index: SocketAddr, pattern: &str, limit: Option<u32>) -> Listing {
+    let mut client = RawIndexClient::connect(index);
+    wire::send_msg(&mut client.stream, &Request::List { pattern: pattern.into(), limit }).unwrap();
+    read_listing(&mut client.stream)
+}
+
+#[test]
+fn a_listing_of_many_pages_arrives_whole_and_in_order_at_another_server() {
+    // A listing's first page is read by keyset, the rest through one cursor, a fetch at
+    // a time; a name's entries may straddle fetches (one name here has more contents
+    // than a fetch holds) and must each arrive once, in order.
+    let Some(schema) = Schema::new("a_listing_of_many_pages_arrives_whole_and_in_order") else { return };
+    let ws = workspace();
+    let (_a, _) = server(&server_dir(&ws, "server-a"), "127.0.0.1", 0, &schema, &[]);
+    let (_b, at_b) = server(&server_dir(&ws, "server-b"), "127.0.0.1", 0, &schema, &[]);
+    // At A, 1,100 peers: name-00000 .. name-04999, one holder each (size = number);
+    // name-02500x held by every peer, each with content of its own (1,100 entries);
+    // name-00002 held by a second peer with the same content; name-00001 also being
+    // downloaded by one; a name only being downloaded is not listed.
+    schema.admin(
+        "INSERT INTO peers (server_id, conn, ip, ip_key, port, files)
+             SELECT (SELECT min(id) FROM servers), 'c:' || p, '127.0.0.2', '127.0.0.2', 9, 1
+             FROM generate_series(0, 1099) p;
+         INSERT INTO files (peer_id, name, size, root, complete)
+             SELECT (SELECT min(id) FROM peers) + g % 1100, format('name-%s', lpad(g::text, 5, '0')), g,
+                    decode(repeat('00', 32), 'hex'), true
+             FROM generate_series(0, 4999) g;
+         INSERT INTO files (peer_id, name, size, root, complete)
+             SELECT id, 'name-02500x', 1000000 + id, decode(repeat('00', 32), 'hex'), true FROM peers;
+         INSERT INTO files (peer_id, name, size, root, complete) VALUES
+             ((SELECT min(id) FROM peers) + 7, 'name-00002', 2, decode(repeat('00', 32), 'hex'), true),
+             ((SELECT min(id) FROM peers) + 8, 'name-00001', 1, decode(repeat('00', 32), 'hex'), false),
+             ((SELECT min(id) FROM peers) + 9, 'only-partial', 1, decode(repeat('00', 32), 'hex'), false);
+         ANALYZE files;",
+    );
+    let first: i64 = schema.admin("SELECT min(id) FROM peers")[0].get(0);
+    let mut expected: Vec<Entry> = (0..5000u64)
+        .map(|g| (format!("name-{g:05}"), g, if g == 2 { 2 } else { 1 }, u32::from(g == 1)))
+        .collect();
+    let many: Vec<_> =
+        (0..1100).map(|p| ("name-02500x".to_owned(), (1_000_000 + first + p) as u64, 1, 0)).collect();
+    expected.splice(2501..2501, many);
+    assert_eq!(expected[2500].0, "name-02500");
+    assert_eq!(expected[3601].0, "name-02501");
+
+    let (all, truncated) = list_all(at_b, "", None);
+    assert!(!truncated);
+    assert_eq!(all.len(), expected.len());
+    for (i, (got, want)) in all.iter().zip(&expected).enumerate() {
+        assert_eq!(got, want, "entry {i}");
+    }
+    let (some, _) = list_all(at_b, "NAME-02", None);
+    assert_eq!(some, expected[2000..4100].to_vec(), "name-02000 .. name-02999, by the trigram index");
+    let (cut, truncated) = list_all(at_b, "", Some(3000));
+    assert!(truncated);
+    assert_eq!(cut, expected[..3000].to_vec());
+}
+
+#[test]
+fn a_client_that_stops_reading_a_listing_holds_no_database_connection() {
+    // With a pool of two connections one listing is read at a time. A client that
+    // stops reading part way must not keep that place: its listing's cursor is let go
+    // once a page waits a second to be written, and the rest comes by keyset when it
+    // reads again. Its writes may wait ten minutes here, so without that the second
+    // client below could not list within the minute it is given.
+    let Some(schema) = Schema::new("a_client_that_stops_reading_a_listing") else { return };
+    let ws = workspace();
+    let (_index, at) =
+        server(ws.path(), "127.0.0.1", 0, &schema, &["--store-pool", "2", "--write-timeout", "600"]);
+    // 200,000 names of 120 bytes: about 30 MB of listing, more than the sockets' buffers.
+    schema.admin(
+        "INSERT INTO peers (server_id, conn, ip, ip_key, port, files)
+             SELECT (SELECT min(id) FROM servers), 'c:' || p, '127.0.0.2', '127.0.0.2', 9, 1
+             FROM generate_series(0, 99) p;
+         INSERT INTO files (peer_id, name, size, root, complete)
+             SELECT (SELECT min(id) FROM peers) + g % 100, format('%s-%s', lpad(g::text, 6, '0'), repeat('x', 113)),
+                    g, decode(repeat('00', 32), 'hex'), true
+             FROM generate_series(0, 199999) g;
+         ANALYZE files;",
+    );
+    const NAMES: usize = 200_000;
+    let mut stalled = RawIndexClient::connect(at);
+    wire::send_msg(&mut stalled.stream, &Request::List { pattern: String::new(), limit: None }).unwrap();
+    let Reply::ListChunk(first) = wire::recv_msg(&mut stalled.stream).unwrap() else {
+        panic!("no first page")
+    };
+
+    // Another client lists, again if it is told the store is busy (a listing waits up
+    // to 15 s for a place): it must be done within the minute.
+    let deadline = Instant::now() + common::TIMEOUT;
+    let other = loop {
+        let mut client = RawIndexClient::connect(at);
+        wire::send_msg(&mut client.stream, &Request::List { pattern: String::new(), limit: None }).unwrap();
+        match try_read_listing(&mut client.stream) {
+            Err(e) if e == "index store unavailable" && Instant::now() < deadline => continue,
+            done => break done.unwrap_or_else(|e| panic!("the second listing got {e:?}")).0,
+        }
+    };
+    assert_eq!(other.len(), NAMES);
+    // The stalled client reads again: every name once, in order.
+    let (rest, truncated) = read_listing(&mut stalled.stream);
+    assert!(!truncated);
+    let names: Vec<String> =
+        first.iter().map(|e| e.name.to_string()).chain(rest.into_iter().map(|e| e.0)).collect();
+    assert_eq!(names.len(), NAMES);
+    assert!(names.windows(2).all(|w| w[0] < w[1]), "in name order, none twice");
 }
 
 /// Sends `kill -SIGNAL` to `process`.

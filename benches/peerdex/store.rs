@@ -129,7 +129,7 @@ pub fn run(opts: &Opts, names: usize) {
          INSERT INTO files (peer_id, name, size, root, complete)
              SELECT peers.id, format('bulk%s-file%s.dat', to_char(split_part(peers.conn, ':', 2)::int, 'FM00000'), to_char(i, 'FM00000')), i, decode(repeat('00', 32), 'hex'), true
              FROM peers, generate_series(1, {per_peer}) i WHERE peers.conn LIKE 'bulk:%';
-         CREATE INDEX files_name_trgm ON files USING gin (name gin_trgm_ops);
+         CREATE INDEX files_name_trgm ON files USING gin (lower(name) gin_trgm_ops);
          ANALYZE files;",
         server = a_server_id(&schema),
     ));
@@ -175,7 +175,7 @@ fn words_listing(names: usize, dir: &std::path::Path) {
              SELECT (SELECT min(id) FROM peers) + g % 1000, format('%s %s - %s %s %s.mp3', a.w, b.w, c.w, d.w, g), g, decode(repeat('00', 32), 'hex'), true
              FROM (SELECT g, {rank} r1, {rank} r2, {rank} r3, {rank} r4 FROM generate_series(1, {names}) g) x
              JOIN vocab a ON a.id = x.r1 JOIN vocab b ON b.id = x.r2 JOIN vocab c ON c.id = x.r3 JOIN vocab d ON d.id = x.r4;
-         CREATE INDEX files_name_trgm ON files USING gin (name gin_trgm_ops);
+         CREATE INDEX files_name_trgm ON files USING gin (lower(name) gin_trgm_ops);
          ANALYZE files;
          CREATE TABLE bench_words AS SELECT id, w FROM vocab WHERE id IN (3, 30, 300, 3000, 30000);",
         server = a_server_id(&schema),

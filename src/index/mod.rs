@@ -173,6 +173,21 @@ impl Index {
         }
     }
 
+    /// The rest of a listing after `after`, read through the store's cursor
+    /// ([`Store::open_listing`]); `None` in memory, where a listing is read by pages
+    /// ([`Index::list_page`]) to its end.
+    pub fn open_listing(
+        &self,
+        asker: SocketAddr,
+        pattern: &Pattern,
+        after: &SharePath,
+    ) -> Option<Result<store::Cursor<'_>, RegistryError>> {
+        match &self.backend {
+            Backend::Memory(_) => None,
+            Backend::Store(s) => Some(s.open_listing(asker, pattern, after)),
+        }
+    }
+
     /// [`Registry::list_page`].
     pub fn list_page(
         &self,

@@ -18,7 +18,7 @@ use log::Level;
 
 use super::budget::{Budget, RECEIVE_BUDGET, SMALL_FRAME, UNBOOKED_FRAME};
 use super::login::{Accounts, ProofStep, Session};
-use super::{Index, PageBudget, Pattern};
+use super::{Index, PageBudget, Pattern, RegistryError, store};
 use crate::logging::RateLimit;
 use crate::name::SharePath;
 use crate::net::{self, ConnLimits, Live, Slot, Timed, close_gently, is_timeout};
@@ -70,6 +70,11 @@ pub const LIST_PAGE: PageBudget = PageBudget { names: 1024, time: Duration::from
 
 /// Names shown in a log record of a change; the rest are counted.
 const NAMES_LOGGED: usize = 3;
+
+/// How long a client may take to take in each page of a listing read through the
+/// store's cursor before the cursor is let go (see [`send_listing`]): a page is about
+/// 100 KB, which the socket's buffer takes at once from a client that reads on.
+pub const LISTING_PATIENCE: Duration = Duration::from_secs(1);
 
 /// Limits and timeouts of a server; `Config::default()` has the documented defaults.
 #[derive(Clone, Debug)]
@@ -346,7 +351,7 @@ impl<'a> Connection<'a> {
             }
             (_, Request::Ping) => return wire::send_msg(&mut w, &Reply::Pong),
             (_, Request::List { pattern, limit }) => {
-                let sent = send_listing(index, conn, &pattern, limit, w)?;
+                let sent = send_listing(index, conn, &pattern, limit, w, config.write_timeout)?;
                 let limit = limit.map_or("none".to_owned(), |n| n.to_string());
                 record!(
                     self,
@@ -499,28 +504,40 @@ impl fmt::Display for Summary {
     }
 }
 
-/// Streams a listing a page at a time, taking the lock once per page (a bounded amount
-/// of work, [`LIST_PAGE`]) and never across a write. Returns the number of entries
-/// sent.
+/// Streams a listing a page at a time. In memory, each page takes the lock once (a
+/// bounded amount of work, [`LIST_PAGE`]), never across a write. In the store, the
+/// first page is read by keyset (quick to its first entry whatever the pattern), and
+/// the rest through one cursor while the client takes in each page within
+/// [`LISTING_PATIENCE`], for at most [`store::LISTING_HOLD`]; after that (a slow or hostile
+/// client, a huge listing) the cursor and its connection are let go and the rest
+/// comes by keyset, a statement a page. Returns the number of entries sent.
 fn send_listing(
     index: &Index,
     conn: SocketAddr,
     pattern: &str,
     limit: Option<u32>,
     mut w: &TcpStream,
+    write_timeout: Duration,
 ) -> io::Result<usize> {
     let pattern = Pattern::new(pattern);
     let mut left = limit.map_or(usize::MAX, |n| n as usize);
     let mut sent = 0;
     let mut after = None;
     let mut truncated = false;
+    // The store's cursor, and until when it may be held; opened once, after the first
+    // page, and not again once let go.
+    let mut cursor: Option<(store::Cursor<'_>, Instant)> = None;
+    let mut may_open = true;
     loop {
-        let mut page = match index.list_page(conn, &pattern, after.as_ref(), LIST_PAGE) {
+        let page = match &mut cursor {
+            Some((cursor, _)) => cursor.next_page(),
+            None => index.list_page(conn, &pattern, after.as_ref(), LIST_PAGE),
+        };
+        let mut page = match page {
             Ok(page) => page,
             Err(e) => {
-                // The peer takes an error in place of the rest of the listing.
-                wire::send_msg(&mut w, &Reply::Error(e.to_string()))?;
-                return Ok(sent);
+                drop(cursor);
+                return listing_failed(w, e, sent);
             }
         };
         if page.entries.len() > left {
@@ -532,14 +549,39 @@ fn send_listing(
         if !page.entries.is_empty() {
             left -= page.entries.len();
             sent += page.entries.len();
-            wire::send_msg(&mut w, &Reply::ListChunk(page.entries))?;
+            let chunk = Reply::ListChunk(page.entries);
+            match &cursor {
+                Some((_, held_until)) => {
+                    let frame = wire::frame(&chunk)?;
+                    let by = (Instant::now() + LISTING_PATIENCE).min(*held_until);
+                    let written = net::write_by(w, &frame, by, write_timeout)?;
+                    if written < frame.len() {
+                        // The client reads slowly: the cursor goes before waiting on it.
+                        cursor = None;
+                        io::Write::write_all(&mut w, &frame[written..])?;
+                    }
+                }
+                None => wire::send_msg(&mut w, &chunk)?,
+            }
         }
-        match page.next {
-            Some(next) if !truncated => after = Some(next),
-            _ => break,
+        let Some(next) = page.next.filter(|_| !truncated) else { break };
+        if std::mem::take(&mut may_open) {
+            match index.open_listing(conn, &pattern, &next) {
+                Some(Ok(opened)) => cursor = Some((opened, Instant::now() + store::LISTING_HOLD)),
+                Some(Err(e)) => return listing_failed(w, e, sent),
+                None => {}
+            }
         }
+        after = Some(next);
     }
+    drop(cursor);
     wire::send_msg(&mut w, &Reply::ListEnd { truncated })?;
+    Ok(sent)
+}
+
+/// A listing that failed part way: the peer takes an error in place of its rest.
+fn listing_failed(mut w: &TcpStream, e: RegistryError, sent: usize) -> io::Result<usize> {
+    wire::send_msg(&mut w, &Reply::Error(e.to_string()))?;
     Ok(sent)
 }
 

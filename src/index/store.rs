@@ -17,7 +17,7 @@
 //!    ^ on delete cascade
 //! files   (peer_id, name COLLATE "C", size, root, complete) primary key (peer_id, name)
 //!          btree (name): lookups, and listings in name order
-//!          gin (name gin_trgm_ops): listings of names containing a text (ILIKE)
+//!          gin (lower(name) gin_trgm_ops): listings of names containing a text
 //! ```
 //!
 //! `files.complete` is false for a partial download a peer announced. `peers.files`
@@ -32,10 +32,12 @@
 //! the thread per connection: a request takes one for its statements and gives it
 //! back. Every statement is one round trip: the lookup is prepared once on each
 //! connection, the others go with their parameters' types (nothing prepared first).
-//! Listings are read a page at a time by keyset (the names after the last one sent),
-//! so no transaction stays open while a client reads, and at most half the pool's
-//! connections query listing pages at once, so that many clients listing cannot make
-//! lookups wait; no statement runs longer than [`STATEMENT_TIMEOUT`]. A request made
+//! A listing is one query, read through a cursor a page at a time ([`Cursor`]), for as
+//! long as the client reads each page promptly; from a client that reads slowly, the
+//! rest is read by keyset instead, a page per statement (the names after the last one
+//! sent, [`Store::list_page`]), so that no connection waits on a client. At most half
+//! the pool's connections serve listings at once, so that many clients listing cannot
+//! make lookups wait; no statement runs longer than [`STATEMENT_TIMEOUT`]. A request made
 //! while the database cannot be reached gets `Error("index store unavailable")` (the
 //! pool keeps trying to connect, with backoff); a disconnect's removal that fails is
 //! retried by the lease thread, so a peer gone during an outage does not stay listed.
@@ -80,9 +82,20 @@ pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 /// turn, short enough that a peer hears of an outage well before its own timeouts.
 const POOL_WAIT: Duration = Duration::from_secs(5);
 
+/// The longest a listing holds a cursor (a pooled connection, a listing place and an
+/// open transaction) while its client reads it: the rest of a listing of a million
+/// names is read in a few seconds this way. Past it, the rest comes by keyset.
+pub const LISTING_HOLD: Duration = Duration::from_secs(10);
+
+/// How long a listing's page waits for a listing place: longer than a cursor may hold
+/// one, so that a listing waiting behind others is refused only if places stay taken
+/// for longer than that (by many listings at once).
+const LISTING_WAIT: Duration = Duration::from_secs(LISTING_HOLD.as_secs() + POOL_WAIT.as_secs());
+
 /// The schema, one migration a version, applied in order at start (in a transaction,
 /// under an advisory lock, so that servers starting together apply each once).
-const MIGRATIONS: [&str; 1] = [r#"
+const MIGRATIONS: [&str; 2] = [
+    r#"
 CREATE EXTENSION IF NOT EXISTS pg_trgm;
 CREATE TABLE servers (
     id bigserial PRIMARY KEY,
@@ -110,7 +123,16 @@ CREATE TABLE files (
 );
 CREATE INDEX files_name ON files (name);
 CREATE INDEX files_name_trgm ON files USING gin (name gin_trgm_ops);
-"#];
+"#,
+    r#"
+-- The trigram index on the name itself also serves `=` (pg_trgm 1.6), and PostgreSQL
+-- chose it to join a listing page's names back to their rows: with names that share
+-- their trigrams with 200,000 others, a page took 9 s. On the lowercased name, it
+-- serves only the listings' `lower(name) LIKE`.
+DROP INDEX files_name_trgm;
+CREATE INDEX files_name_trgm ON files USING gin (lower(name) gin_trgm_ops);
+"#,
+];
 
 /// A key for `pg_advisory_xact_lock` while migrating: "peerdex" in ASCII.
 const MIGRATION_LOCK: i64 = 0x0070_6565_7264_6578;
@@ -139,6 +161,9 @@ struct Manager(PostgresConnectionManager<NoTls>);
 struct Conn {
     client: postgres::Client,
     lookup: Option<postgres::Statement>,
+    /// Left in a state no request may find it in (a listing's transaction that could
+    /// not be ended): closed instead of given out again.
+    broken: bool,
 }
 
 impl std::ops::Deref for Conn {
@@ -162,14 +187,16 @@ impl r2d2::ManageConnection for Manager {
     /// the disk: the index is state that peers rebuild by registering again, so a
     /// database crash may lose its last few milliseconds of changes, and in return a
     /// change's transaction (and the per-address lock held to its end) is not a disk
-    /// flush long.
+    /// flush long. Without JIT compilation: every statement here is short, and a
+    /// listing's estimated cost made PostgreSQL compile it, 100-200 ms before its first
+    /// row.
     fn connect(&self) -> Result<Conn, postgres::Error> {
         let mut client = self.0.connect()?;
         client.batch_execute(&format!(
-            "SET synchronous_commit = off; SET statement_timeout = {}",
+            "SET synchronous_commit = off; SET jit = off; SET statement_timeout = {}",
             STATEMENT_TIMEOUT.as_millis()
         ))?;
-        Ok(Conn { client, lookup: None })
+        Ok(Conn { client, lookup: None, broken: false })
     }
 
     fn is_valid(&self, conn: &mut Conn) -> Result<(), postgres::Error> {
@@ -177,7 +204,7 @@ impl r2d2::ManageConnection for Manager {
     }
 
     fn has_broken(&self, conn: &mut Conn) -> bool {
-        self.0.has_broken(&mut conn.client)
+        conn.broken || self.0.has_broken(&mut conn.client)
     }
 }
 
@@ -644,6 +671,54 @@ impl Store {
         Ok(hits)
     }
 
+    /// The rest of a listing, after the name `after`: the names that contain `pattern`
+    /// (ASCII case ignored), but not `asker`'s own, as one query in one read-only
+    /// transaction, read a page at a time through a cursor. The whole rest costs one
+    /// search of the index, where pages by keyset ([`Store::list_page`]) search again
+    /// for the matches after each page: 121,046 names out of 10M took 43 s that way
+    /// (docs/PERFORMANCE.md). Its plan is made for all its rows, not its first ones
+    /// (`cursor_tuple_fraction`): the first page, read by keyset, is the one a user
+    /// waits for. The cursor holds a pooled connection and a listing place until it is
+    /// dropped.
+    pub fn open_listing(
+        &self,
+        asker: SocketAddr,
+        pattern: &Pattern,
+        after: &SharePath,
+    ) -> Result<Cursor<'_>, RegistryError> {
+        let Some(place) = self.listing.take(LISTING_WAIT) else {
+            log::warn!("index store: every listing place stayed taken for {} s", LISTING_WAIT.as_secs());
+            return Err(RegistryError::StoreUnavailable);
+        };
+        let client = self.client()?;
+        let mut cursor = Cursor { client, _place: place, held: Vec::new(), done: false, open: false };
+        cursor
+            .client
+            .batch_execute("BEGIN READ ONLY; SET LOCAL cursor_tuple_fraction = 1")
+            .map_err(unavailable)?;
+        cursor.open = true;
+        let like = format!("%{}%", escape_like(pattern.text()));
+        run(
+            &mut **cursor.client,
+            "DECLARE peerdex_listing NO SCROLL CURSOR FOR
+                 WITH me AS (SELECT coalesce((SELECT id FROM peers WHERE server_id = $3 AND conn = $4), 0) AS id)
+                 SELECT f.name, f.size, f.root,
+                        count(*) FILTER (WHERE f.complete), count(*) FILTER (WHERE NOT f.complete)
+                 FROM files f, me
+                 WHERE f.name > $1 AND lower(f.name) LIKE $2 AND f.peer_id <> me.id
+                 GROUP BY f.name, f.size, f.root
+                 HAVING count(*) FILTER (WHERE f.complete) > 0
+                 ORDER BY f.name, f.size, f.root",
+            &[
+                (&after.as_str(), Type::TEXT),
+                (&like, Type::TEXT),
+                (&self.server_id(), Type::INT8),
+                (&asker.to_string(), Type::TEXT),
+            ],
+        )?;
+        Ok(cursor)
+    }
+
     /// [`registry::Registry::list_page`]: a page of at most `budget.names` names that
     /// contain the pattern (ASCII case ignored, through the trigram index), after
     /// `after`, each name's contents one entry, in name order.
@@ -658,8 +733,8 @@ impl Store {
         if pattern.matches_nothing() {
             return Ok(page);
         }
-        let Some(_listing) = self.listing.take(POOL_WAIT) else {
-            log::warn!("index store: every listing place stayed taken for {} s", POOL_WAIT.as_secs());
+        let Some(_listing) = self.listing.take(LISTING_WAIT) else {
+            log::warn!("index store: every listing place stayed taken for {} s", LISTING_WAIT.as_secs());
             return Err(RegistryError::StoreUnavailable);
         };
         let mut client = self.client()?;
@@ -673,7 +748,7 @@ impl Store {
             "WITH me AS (SELECT coalesce((SELECT id FROM peers WHERE server_id = $3 AND conn = $5), 0) AS id),
                  page AS (
                      SELECT DISTINCT name FROM files, me
-                     WHERE complete AND name > $1 AND name ILIKE $2 AND peer_id <> me.id
+                     WHERE complete AND name > $1 AND lower(name) LIKE $2 AND peer_id <> me.id
                      ORDER BY name LIMIT $4)
                  SELECT f.name, f.size, f.root,
                         count(*) FILTER (WHERE f.complete), count(*) FILTER (WHERE NOT f.complete),
@@ -691,26 +766,82 @@ impl Store {
                 (&asker, Type::TEXT),
             ],
         )?;
-        let mut full = false;
-        for r in &rows {
-            full = r.get::<_, i64>(5) >= names;
-            let (Ok(name), Ok(root)) = (SharePath::parse(r.get(0)), Hash::try_from(r.get::<_, &[u8]>(2)))
-            else {
-                continue;
-            };
-            page.entries.push(ListEntry {
-                name,
-                size: r.get::<_, i64>(1) as u64,
-                root,
-                peers: r.get::<_, i64>(3) as u32,
-                partial: r.get::<_, i64>(4) as u32,
-            });
-        }
+        let full = rows.first().is_some_and(|r| r.get::<_, i64>(5) >= names);
+        page.entries.extend(rows.iter().filter_map(list_entry));
         if full {
             page.next = page.entries.last().map(|e| e.name.clone());
         }
         Ok(page)
     }
+}
+
+/// Entries fetched from a listing's cursor at a time: as many names as a page by keyset
+/// holds ([`crate::index::server::LIST_PAGE`]).
+const CURSOR_ROWS: usize = 1024;
+
+/// A listing being read through a database cursor: see [`Store::open_listing`].
+pub struct Cursor<'a> {
+    client: Client,
+    _place: SlotGuard<'a>,
+    /// The entries of the last name fetched, sent with the next page: the next fetch
+    /// may hold more of them, and a page ends with a whole name, so that a listing
+    /// can go on by keyset after any page.
+    held: Vec<ListEntry>,
+    /// Every row has been fetched.
+    done: bool,
+    /// The transaction is open.
+    open: bool,
+}
+
+impl Cursor<'_> {
+    /// The next page: the entries of whole names, in name order, and `next` (the last
+    /// name) unless the listing is complete.
+    pub fn next_page(&mut self) -> Result<ListPage, RegistryError> {
+        loop {
+            let mut entries = std::mem::take(&mut self.held);
+            if self.done {
+                return Ok(ListPage { entries, next: None });
+            }
+            let rows = run(&mut **self.client, &format!("FETCH {CURSOR_ROWS} FROM peerdex_listing"), &[])?;
+            self.done = rows.len() < CURSOR_ROWS;
+            entries.extend(rows.iter().filter_map(list_entry));
+            if self.done {
+                return Ok(ListPage { entries, next: None });
+            }
+            let Some(last) = entries.last().map(|e| e.name.clone()) else { continue };
+            let whole = entries.iter().rposition(|e| e.name != last).map_or(0, |i| i + 1);
+            self.held = entries.split_off(whole);
+            if let Some(next) = entries.last().map(|e| e.name.clone()) {
+                return Ok(ListPage { entries, next: Some(next) });
+            }
+            // Every row fetched was the one name's: fetch on.
+        }
+    }
+}
+
+impl Drop for Cursor<'_> {
+    /// Ends the transaction, which closes the cursor; a connection left inside it is
+    /// closed rather than given out again.
+    fn drop(&mut self) {
+        if self.open && self.client.batch_execute("ROLLBACK").is_err() {
+            self.client.broken = true;
+        }
+    }
+}
+
+/// A listing's entry from a row of (name, size, root, complete holders, partial
+/// holders); `None` for a name or root this server would not have taken.
+fn list_entry(r: &postgres::Row) -> Option<ListEntry> {
+    let (Ok(name), Ok(root)) = (SharePath::parse(r.get(0)), Hash::try_from(r.get::<_, &[u8]>(2))) else {
+        return None;
+    };
+    Some(ListEntry {
+        name,
+        size: r.get::<_, i64>(1) as u64,
+        root,
+        peers: r.get::<_, i64>(3) as u32,
+        partial: r.get::<_, i64>(4) as u32,
+    })
 }
 
 /// Inserts `files` for peer `id`, complete or partial, in one statement: a name it

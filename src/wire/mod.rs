@@ -81,14 +81,7 @@ const SMALL_SEND: usize = 512;
 
 /// Sends one frame: the payload's length as a big-endian `u32`, then the payload.
 pub fn send_all(w: &mut impl Write, payload: &[u8]) -> io::Result<()> {
-    let len =
-        u32::try_from(payload.len()).ok().filter(|&len| len as usize <= MAX_FRAME_LEN).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("frame of {} bytes exceeds the maximum of {MAX_FRAME_LEN}", payload.len()),
-            )
-        })?;
-    let header = len.to_be_bytes();
+    let header = frame_header(payload)?;
     // A small frame is copied behind its length and sent with one `write`: a socket's
     // `send` path in the kernel is shorter than `writev`'s (measured: see
     // docs/PERFORMANCE.md, lookup).
@@ -112,6 +105,29 @@ pub fn send_all(w: &mut impl Write, payload: &[u8]) -> io::Result<()> {
         }
     }
     w.flush()
+}
+
+/// A frame's length header for `payload`, refused (`InvalidInput`) over
+/// [`MAX_FRAME_LEN`].
+fn frame_header(payload: &[u8]) -> io::Result<[u8; 4]> {
+    let len =
+        u32::try_from(payload.len()).ok().filter(|&len| len as usize <= MAX_FRAME_LEN).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("frame of {} bytes exceeds the maximum of {MAX_FRAME_LEN}", payload.len()),
+            )
+        })?;
+    Ok(len.to_be_bytes())
+}
+
+/// `msg` as the bytes of one frame, its length first: for a caller that writes them
+/// its own way.
+pub fn frame(msg: &impl Message) -> io::Result<Vec<u8>> {
+    let payload = msg.encode();
+    let mut frame = Vec::with_capacity(4 + payload.len());
+    frame.extend_from_slice(&frame_header(&payload)?);
+    frame.extend_from_slice(&payload);
+    Ok(frame)
 }
 
 /// Receives one frame of at most `max_len` bytes. `Ok(None)` is a clean end of stream
