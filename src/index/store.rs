@@ -32,10 +32,11 @@
 //! the thread per connection: a request takes one for its statements and gives it
 //! back. Every statement is one round trip: the lookup is prepared once on each
 //! connection, the others go with their parameters' types (nothing prepared first).
-//! A listing is one query, read through a cursor a page at a time ([`Cursor`]), for as
-//! long as the client reads each page promptly; from a client that reads slowly, the
-//! rest is read by keyset instead, a page per statement (the names after the last one
-//! sent, [`Store::list_page`]), so that no connection waits on a client. At most half
+//! A listing's first page is one statement by keyset ([`Store::list_page`]: the names
+//! after a given one, quick to its first row); the rest is one query read through a
+//! cursor a page at a time ([`Cursor`]), for as long as the client takes in each page
+//! promptly. From a client that reads slowly, the rest comes by keyset again, a page
+//! per statement, so that no connection waits on a client. At most half
 //! the pool's connections serve listings at once, so that many clients listing cannot
 //! make lookups wait; no statement runs longer than [`STATEMENT_TIMEOUT`]. A request made
 //! while the database cannot be reached gets `Error("index store unavailable")` (the
