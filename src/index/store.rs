@@ -84,8 +84,8 @@ pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 const POOL_WAIT: Duration = Duration::from_secs(5);
 
 /// The longest a listing holds a cursor (a pooled connection, a listing place and an
-/// open transaction) while its client reads it: the rest of a listing of a million
-/// names is read in a few seconds this way. Past it, the rest comes by keyset.
+/// open transaction) while its client reads it: a listing of a million names out of
+/// 10M took 8.2 s in all (docs/PERFORMANCE.md). Past it, the rest comes by keyset.
 pub const LISTING_HOLD: Duration = Duration::from_secs(10);
 
 /// How long a listing's page waits for a listing place: longer than a cursor may hold
