@@ -118,10 +118,8 @@ impl Read for Timed<'_> {
 pub fn write_by(stream: &TcpStream, buf: &[u8], by: Instant, usual: Duration) -> io::Result<usize> {
     let mut written = 0;
     let result = loop {
-        let Some(left) = by.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else {
-            break Ok(written);
-        };
-        if written == buf.len() {
+        let left = by.saturating_duration_since(Instant::now());
+        if written == buf.len() || left.is_zero() {
             break Ok(written);
         }
         // A zero timeout means "none" to the OS: never ask for less than 1 ms.

@@ -527,7 +527,6 @@ fn send_listing(
     // The store's cursor, and until when it may be held; opened once, after the first
     // page, and not again once let go.
     let mut cursor: Option<(store::Cursor<'_>, Instant)> = None;
-    let mut may_open = true;
     loop {
         let page = match &mut cursor {
             Some((cursor, _)) => cursor.next_page(),
@@ -565,7 +564,7 @@ fn send_listing(
             }
         }
         let Some(next) = page.next.filter(|_| !truncated) else { break };
-        if std::mem::take(&mut may_open) {
+        if after.is_none() {
             match index.open_listing(conn, &pattern, &next) {
                 Some(Ok(opened)) => cursor = Some((opened, Instant::now() + store::LISTING_HOLD)),
                 Some(Err(e)) => return listing_failed(w, e, sent),

@@ -404,6 +404,15 @@ impl Store {
         Ok(true)
     }
 
+    /// A place among the listings being read (half the pool), waited for up to
+    /// [`LISTING_WAIT`].
+    fn listing_place(&self) -> Result<SlotGuard<'_>, RegistryError> {
+        self.listing.take(LISTING_WAIT).ok_or_else(|| {
+            log::warn!("index store: every listing place stayed taken for {} s", LISTING_WAIT.as_secs());
+            RegistryError::StoreUnavailable
+        })
+    }
+
     fn client(&self) -> Result<Client, RegistryError> {
         self.pool.get().map_err(|e| {
             log::warn!("index store unavailable: {e}");
@@ -687,10 +696,7 @@ impl Store {
         pattern: &Pattern,
         after: &SharePath,
     ) -> Result<Cursor<'_>, RegistryError> {
-        let Some(place) = self.listing.take(LISTING_WAIT) else {
-            log::warn!("index store: every listing place stayed taken for {} s", LISTING_WAIT.as_secs());
-            return Err(RegistryError::StoreUnavailable);
-        };
+        let place = self.listing_place()?;
         let client = self.client()?;
         let mut cursor = Cursor { client, _place: place, held: Vec::new(), done: false, open: false };
         cursor
@@ -698,7 +704,7 @@ impl Store {
             .batch_execute("BEGIN READ ONLY; SET LOCAL cursor_tuple_fraction = 1")
             .map_err(unavailable)?;
         cursor.open = true;
-        let like = format!("%{}%", escape_like(pattern.text()));
+        let like = contains(pattern);
         run(
             &mut **cursor.client,
             "DECLARE peerdex_listing NO SCROLL CURSOR FOR
@@ -734,13 +740,10 @@ impl Store {
         if pattern.matches_nothing() {
             return Ok(page);
         }
-        let Some(_listing) = self.listing.take(LISTING_WAIT) else {
-            log::warn!("index store: every listing place stayed taken for {} s", LISTING_WAIT.as_secs());
-            return Err(RegistryError::StoreUnavailable);
-        };
+        let _place = self.listing_place()?;
         let mut client = self.client()?;
         let asker = asker.to_string();
-        let like = format!("%{}%", escape_like(pattern.text()));
+        let like = contains(pattern);
         let after = after.map_or("", SharePath::as_str);
         let names = budget.names.max(1) as i64;
         let rows = run(
@@ -919,6 +922,11 @@ fn migrate(client: &mut postgres::Client) -> Result<(), postgres::Error> {
 /// The key for the limits per address: see [`client_key`].
 fn ip_key(ip: IpAddr) -> String {
     client_key(ip).to_string()
+}
+
+/// The LIKE pattern for the (lowercased) names that contain `pattern`'s text.
+fn contains(pattern: &Pattern) -> String {
+    format!("%{}%", escape_like(pattern.text()))
 }
 
 /// `text` for a LIKE pattern, its own `%`, `_` and `\` taken as they are.
