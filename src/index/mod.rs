@@ -3,6 +3,7 @@
 //! [`store`] that keeps the registry in PostgreSQL for several servers instead.
 
 pub mod budget;
+mod holdings;
 pub mod login;
 pub mod registry;
 pub mod server;

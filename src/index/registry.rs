@@ -1,19 +1,20 @@
 //! The registry: which peer shares which files. A plain data structure, no locks, no
 //! I/O; the server wraps it in a lock (see [`super::Index`]).
 //!
-//! - `peers`: connection address -> its `Peer`: the file-server port and the files,
-//!   the shape the design asked for (each peer's files in the order it sent them), and
-//!   the small id the inverted index knows it by.
-//! - `ids`: that id -> the connection address, a slab (ids of departed peers are
-//!   reused).
+//! - `peers`: each registered `Peer` (its connection's address, its file-server port
+//!   and its files, in the order it sent them: the shape the design asked for), in a
+//!   slab, at the small id the inverted index knows it by (ids of departed peers are
+//!   reused). A lookup goes from a name's holder to its peer's file by two indexings,
+//!   without hashing an address.
+//! - `ids`: connection address -> that id.
 //! - `by_name`: name -> the peers that share it, an inverted index so that a lookup
 //!   touches only those peers. Each `Holder` names the peer by its id and gives the
 //!   position of the file in that peer's list, so a lookup reads a peer's size and
-//!   hash without searching its list. It is a hash map: a lookup is one hash and one
-//!   probe, where a search of a B-tree of a million names chases a pointer to a name's
-//!   text at every one of its ~40 comparisons (a sixth of the server's time, measured).
-//!   It is cut into [`SHARDS`] maps by the name's hash (`Holdings`), so that growing
-//!   it never stops the server for long.
+//!   hash without searching its list. It is a hash table of our own
+//!   ([`super::holdings`]): a lookup is one hash and one probe, where a search of a
+//!   B-tree of a million names chases a pointer to a name's text at every one of its
+//!   ~40 comparisons (a sixth of the server's time, measured), and std's table makes
+//!   three dependent cache misses where ours makes two.
 //! - `names`: every name in `by_name`, in order, so that a listing comes out in name
 //!   order and can be read a page at a time from any name on.
 //!
@@ -24,13 +25,12 @@
 //!
 //! Memory per entry (a file at a peer), measured at ten million: 195 bytes. By
 //! construction, 48 for the file in its peer's list (an 8-byte name, size, hash), about
-//! 48 for the name's allocation, about 55 for its slot in a `by_name` table (a 16-byte
-//! key, 16-byte holders, at the tables' usual load) and about 15 for its slot in
+//! 48 for the name's allocation, about 55 for its slot in a `by_name` table (a 32-byte
+//! slot: hash, name, holders; at the tables' usual load) and about 15 for its slot in
 //! `names`; the rest is the allocator's. Measured figures and the trade-offs of the
 //! hash index (bulk registration and full listings are slower than with one B-tree;
 //! lookups at scale faster) are in `docs/PERFORMANCE.md`.
 
-use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -40,6 +40,7 @@ use std::time::{Duration, Instant};
 use memchr::memmem;
 use slab::Slab;
 
+use super::holdings::{Holder, Holders, Holdings, NameEntry, PeerId};
 use crate::name::{MAX_PATH_LEN, SharePath};
 use crate::net::client_key;
 use crate::text::Clip;
@@ -259,188 +260,14 @@ pub struct PageBudget {
     pub time: Duration,
 }
 
-/// A small handle on a registered peer, so the index stores 4 bytes per holder rather
-/// than a 32-byte `SocketAddr`.
-type PeerId = u32;
-
-/// One peer that shares a name: which peer, and where the file is in its list.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Holder {
-    peer: PeerId,
-    idx: u32,
-}
-
-/// The holders of one name. Most names are shared by one peer; they need no vector.
-///
-/// `Many` boxes its vector so that `Holders` is 16 bytes rather than 32: it sits in
-/// every B-tree slot, millions of them, and the extra allocation is paid only by the
-/// few names that several peers share.
-#[derive(Debug)]
-#[allow(clippy::box_collection)]
-enum Holders {
-    One(Holder),
-    Many(Box<Vec<Holder>>),
-}
-
-impl Holders {
-    fn as_slice(&self) -> &[Holder] {
-        match self {
-            Holders::One(h) => std::slice::from_ref(h),
-            Holders::Many(v) => v,
-        }
-    }
-
-    fn find_mut(&mut self, peer: PeerId) -> Option<&mut Holder> {
-        match self {
-            Holders::One(h) => (h.peer == peer).then_some(h),
-            Holders::Many(v) => v.iter_mut().find(|h| h.peer == peer),
-        }
-    }
-
-    fn push(&mut self, h: Holder) {
-        match self {
-            Holders::One(first) => *self = Holders::Many(Box::new(vec![*first, h])),
-            Holders::Many(v) => v.push(h),
-        }
-    }
-
-    /// Removes `peer`; returns true if nobody is left.
-    fn remove(&mut self, peer: PeerId) -> bool {
-        match self {
-            Holders::One(h) => h.peer == peer,
-            Holders::Many(v) => {
-                v.retain(|h| h.peer != peer);
-                if let [only] = v[..] {
-                    *self = Holders::One(only);
-                }
-                false
-            }
-        }
-    }
-}
-
-/// Shards of the name index: see `Holdings`.
-pub const SHARDS: usize = 64;
-
-/// A key of the name index: a name with its hash, computed once with the index's keyed
-/// hasher (SipHash with a random key, so that no client can choose names that collide).
-/// The hash is kept so that a table growing moves its entries without hashing them
-/// again, which would read every name's text from wherever it is in memory.
-#[derive(Clone, Debug)]
-struct Key {
-    hash: u64,
-    name: SharePath,
-}
-
-impl PartialEq for Key {
-    fn eq(&self, other: &Key) -> bool {
-        self.hash == other.hash && self.name == other.name
-    }
-}
-
-impl Eq for Key {}
-
-impl std::hash::Hash for Key {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        state.write_u64(self.hash);
-    }
-}
-
-/// The hasher of the name index's tables: passes on the hash a [`Key`] carries.
-#[derive(Debug, Default)]
-struct PassThrough(u64);
-
-impl std::hash::Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, _: &[u8]) {
-        unreachable!("a Key writes only its u64 hash")
-    }
-    fn write_u64(&mut self, hash: u64) {
-        self.0 = hash;
-    }
-}
-
-type Table = HashMap<Key, Holders, std::hash::BuildHasherDefault<PassThrough>>;
-
-/// The name index, `name -> holders`, as [`SHARDS`] hash tables chosen by the name's
-/// hash. A table that fills up doubles and moves every entry: at ten million names,
-/// one such move (estimated from the profile: ~8M entries at ~200 ns each) would hold
-/// the registry's lock for over a second, stopping every lookup. Each
-/// shard grows on its own, a 64th of the size, and moves its entries without hashing
-/// them again ([`Key`]).
-#[derive(Debug)]
-struct Holdings {
-    hasher: std::hash::RandomState,
-    shards: Box<[Table]>,
-}
-
-impl Default for Holdings {
-    fn default() -> Self {
-        Holdings {
-            hasher: std::hash::RandomState::new(),
-            shards: (0..SHARDS).map(|_| Table::default()).collect(),
-        }
-    }
-}
-
-impl Holdings {
-    fn key(&self, name: &SharePath) -> Key {
-        use std::hash::BuildHasher;
-        Key { hash: self.hasher.hash_one(name), name: name.clone() }
-    }
-
-    fn shard(key: &Key) -> usize {
-        // The top bits: the tables use the low ones to place entries.
-        (key.hash >> 58) as usize % SHARDS
-    }
-
-    fn get(&self, name: &SharePath) -> Option<&Holders> {
-        let key = self.key(name);
-        self.shards[Self::shard(&key)].get(&key)
-    }
-
-    fn get_mut(&mut self, name: &SharePath) -> Option<&mut Holders> {
-        let key = self.key(name);
-        self.shards[Self::shard(&key)].get_mut(&key)
-    }
-
-    fn entry(&mut self, name: SharePath) -> Entry<'_, Key, Holders> {
-        let key = self.key(&name);
-        self.shards[Self::shard(&key)].entry(key)
-    }
-
-    fn remove(&mut self, name: &SharePath) -> Option<Holders> {
-        let key = self.key(name);
-        self.shards[Self::shard(&key)].remove(&key)
-    }
-
-    #[cfg(test)]
-    fn iter(&self) -> impl Iterator<Item = (&SharePath, &Holders)> {
-        self.shards.iter().flatten().map(|(k, h)| (&k.name, h))
-    }
-
-    #[cfg(test)]
-    fn is_empty(&self) -> bool {
-        self.shards.iter().all(HashMap::is_empty)
-    }
-}
-
-impl std::ops::Index<&SharePath> for Holdings {
-    type Output = Holders;
-
-    fn index(&self, name: &SharePath) -> &Holders {
-        self.get(name).expect("every name in the index has holders")
-    }
-}
-
 /// A registered peer.
 #[derive(Debug)]
 struct Peer {
+    /// Its connection's address.
+    conn: SocketAddr,
     /// Its file server's port.
     port: u16,
-    /// Its id in `by_name`'s holders.
+    /// Its id in `by_name`'s holders, and its place in `peers`.
     id: PeerId,
     /// Its files, in the order it sent them (holders point into this list).
     files: Vec<FileInfo>,
@@ -451,8 +278,8 @@ struct Peer {
 /// The registry. See the module docs.
 #[derive(Debug, Default)]
 pub struct Registry {
-    peers: HashMap<SocketAddr, Peer>,
-    ids: Slab<SocketAddr>,
+    peers: Slab<Peer>,
+    ids: HashMap<SocketAddr, PeerId>,
     by_name: Holdings,
     names: BTreeSet<SharePath>,
     /// Peers holding part of a file under a name, with its size and root: a few per
@@ -472,6 +299,15 @@ impl Registry {
         Registry { limits, ..Registry::default() }
     }
 
+    /// The peer registered on connection `conn`.
+    fn peer(&self, conn: SocketAddr) -> Option<&Peer> {
+        self.ids.get(&conn).map(|&id| &self.peers[id as usize])
+    }
+
+    fn peer_mut(&mut self, conn: SocketAddr) -> Option<&mut Peer> {
+        self.ids.get(&conn).map(|&id| &mut self.peers[id as usize])
+    }
+
     /// Registers the peer on connection `conn`, or replaces its registration. Returns
     /// how many files it now shares.
     pub fn register(
@@ -481,10 +317,10 @@ impl Registry {
         files: Vec<FileInfo>,
     ) -> Result<usize, RegistryError> {
         check_registration(&self.limits, port, &files)?;
-        let before = self.peers.get(&conn).map_or(0, |p| p.files.len());
+        let before = self.peer(conn).map_or(0, |p| p.files.len());
         self.check_room(conn, before, files.len())?;
         // Downloads running go on through a new registration: their partials stay.
-        let partials = self.peers.get(&conn).map(|p| p.partials.clone()).unwrap_or_default();
+        let partials = self.peer(conn).map(|p| p.partials.clone()).unwrap_or_default();
         self.remove(conn);
         let count = self.insert(conn, port, files);
         if !partials.is_empty() {
@@ -504,7 +340,7 @@ impl Registry {
         files: Vec<FileInfo>,
     ) -> Result<usize, RegistryError> {
         self.check(&files)?;
-        let peer = self.peers.get(&conn).ok_or(RegistryError::NotRegistered)?;
+        let peer = self.peer(conn).ok_or(RegistryError::NotRegistered)?;
         let id = peer.id;
         let shares = |f: &FileInfo| {
             self.by_name.get(&f.name).is_some_and(|h| h.as_slice().iter().any(|h| h.peer == id))
@@ -514,7 +350,7 @@ impl Registry {
         if peer.partials.len() + new > MAX_PARTIALS_PER_PEER {
             return Err(RegistryError::TooManyPartials { max: MAX_PARTIALS_PER_PEER });
         }
-        let peer = self.peers.get_mut(&conn).expect("checked above");
+        let peer = &mut self.peers[id as usize];
         for f in files {
             match peer.partials.iter_mut().find(|p| p.name == f.name) {
                 Some(p) => *p = f,
@@ -529,7 +365,7 @@ impl Registry {
 
     /// Forgets that the peer `id` (at `conn`) holds part of `name`, if it did.
     fn end_partial(&mut self, conn: SocketAddr, id: PeerId, name: &SharePath) {
-        let Some(peer) = self.peers.get_mut(&conn) else { return };
+        let Some(peer) = self.peer_mut(conn) else { return };
         let Some(at) = peer.partials.iter().position(|p| p.name == *name) else { return };
         peer.partials.swap_remove(at);
         if let Some(ids) = self.partials.get_mut(name) {
@@ -542,14 +378,14 @@ impl Registry {
 
     /// Replaces a registered peer's file list. Returns how many files it now shares.
     pub fn update(&mut self, conn: SocketAddr, files: Vec<FileInfo>) -> Result<usize, RegistryError> {
-        let port = self.peers.get(&conn).ok_or(RegistryError::NotRegistered)?.port;
+        let port = self.peer(conn).ok_or(RegistryError::NotRegistered)?.port;
         self.register(conn, port, files)
     }
 
     /// Adds `new` files to a registered peer's list; a name it already shares gets the
     /// new size and hash. Returns how many files it now shares.
     pub fn add(&mut self, conn: SocketAddr, new: Vec<FileInfo>) -> Result<usize, RegistryError> {
-        let peer = self.peers.get(&conn).ok_or(RegistryError::NotRegistered)?;
+        let peer = self.peer(conn).ok_or(RegistryError::NotRegistered)?;
         self.check(&new)?;
         let id = peer.id;
         let have = peer.files.len();
@@ -561,20 +397,20 @@ impl Registry {
         for f in &new {
             self.end_partial(conn, id, &f.name); // a finished download
         }
-        let files = &mut self.peers.get_mut(&conn).expect("checked above").files;
+        let files = &mut self.peers[id as usize].files;
         for mut f in new {
             match self.by_name.entry(f.name.clone()) {
-                Entry::Vacant(e) => {
-                    self.names.insert(e.key().name.clone());
+                NameEntry::Vacant(e) => {
+                    self.names.insert(e.name().clone());
                     e.insert(Holders::One(Holder { peer: id, idx: files.len() as u32 }));
                     files.push(f);
                 }
-                Entry::Occupied(mut e) => {
-                    f.name = e.key().name.clone();
-                    match e.get_mut().find_mut(id) {
+                NameEntry::Occupied(stored, holders) => {
+                    f.name = stored.clone();
+                    match holders.find_mut(id) {
                         Some(h) => files[h.idx as usize] = f,
                         None => {
-                            e.get_mut().push(Holder { peer: id, idx: files.len() as u32 });
+                            holders.push(Holder { peer: id, idx: files.len() as u32 });
                             files.push(f);
                         }
                     }
@@ -589,11 +425,11 @@ impl Registry {
     /// Removes `names` from a registered peer's list; names it does not share are
     /// ignored, so a delete can be repeated. Returns how many files it now shares.
     pub fn delete(&mut self, conn: SocketAddr, names: &[SharePath]) -> Result<usize, RegistryError> {
-        let id = self.peers.get(&conn).ok_or(RegistryError::NotRegistered)?.id;
+        let id = self.peer(conn).ok_or(RegistryError::NotRegistered)?.id;
         for name in names {
             self.end_partial(conn, id, name); // an abandoned download
         }
-        let peer = self.peers.get_mut(&conn).expect("checked above");
+        let peer = &mut self.peers[id as usize];
         let files = &mut peer.files;
         let before = files.len();
         for name in names {
@@ -622,7 +458,8 @@ impl Registry {
 
     /// Removes a registration if there is one (a disconnect). Returns whether there was.
     pub fn remove(&mut self, conn: SocketAddr) -> bool {
-        let Some(Peer { id, files, partials, .. }) = self.peers.remove(&conn) else { return false };
+        let Some(id) = self.ids.remove(&conn) else { return false };
+        let Peer { files, partials, .. } = self.peers.remove(id as usize);
         for p in &partials {
             if let Some(ids) = self.partials.get_mut(&p.name) {
                 ids.retain(|&i| i != id);
@@ -639,14 +476,13 @@ impl Registry {
                 self.names.remove(&f.name);
             }
         }
-        self.ids.remove(id as usize);
         self.count(conn, files.len(), 0);
         true
     }
 
     /// Is the peer on `conn` registered?
     pub fn is_registered(&self, conn: SocketAddr) -> bool {
-        self.peers.contains_key(&conn)
+        self.ids.contains_key(&conn)
     }
 
     /// Number of registered peers.
@@ -663,10 +499,10 @@ impl Registry {
     /// file-server port, and its copy's size and root; then the peers that hold part
     /// of it (`complete` false).
     pub fn lookup(&self, name: &SharePath) -> Vec<PeerHit> {
-        let mut hits: Vec<PeerHit> = match self.by_name.get(name) {
-            Some(holders) => holders.as_slice().iter().map(|h| self.hit(*h)).collect(),
-            None => Vec::new(),
-        };
+        let mut hits: Vec<PeerHit> = self
+            .by_name
+            .read(name, |holders| holders.as_slice().iter().map(|h| self.hit(*h)).collect())
+            .unwrap_or_default();
         // Most of the time nobody is downloading anything: then a lookup does not hash
         // the name a second time for the partials' table.
         if !self.partials.is_empty()
@@ -679,22 +515,20 @@ impl Registry {
 
     /// A peer holding part of `name`, as a hit.
     fn partial_hit(&self, id: PeerId, name: &SharePath) -> Option<PeerHit> {
-        let conn = self.ids[id as usize];
-        let peer = &self.peers[&conn];
+        let peer = &self.peers[id as usize];
         let f = peer.partials.iter().find(|p| p.name == *name)?;
-        let addr = SocketAddr::new(conn.ip().to_canonical(), peer.port);
+        let addr = SocketAddr::new(peer.conn.ip().to_canonical(), peer.port);
         Some(PeerHit { addr, size: f.size, root: f.root, complete: false })
     }
 
     /// The peer address and file a holder points at.
     fn hit(&self, h: Holder) -> PeerHit {
-        let conn = self.ids[h.peer as usize];
-        let peer = &self.peers[&conn];
+        let peer = &self.peers[h.peer as usize];
         let f = &peer.files[h.idx as usize];
         // `to_canonical`: an IPv4 peer seen through a dual-stack socket is reported as
         // plain IPv4, which every client can connect to.
         PeerHit {
-            addr: SocketAddr::new(conn.ip().to_canonical(), peer.port),
+            addr: SocketAddr::new(peer.conn.ip().to_canonical(), peer.port),
             size: f.size,
             root: f.root,
             complete: true,
@@ -723,7 +557,7 @@ impl Registry {
         if pattern.matches_nothing() {
             return page;
         }
-        let asker = self.peers.get(&asker).map(|p| p.id);
+        let asker = self.ids.get(&asker).copied();
         let max = budget.names.max(1);
         let started = Instant::now();
         let start = after.map_or(Bound::Unbounded, Bound::Excluded);
@@ -768,24 +602,25 @@ impl Registry {
 
     /// Stores a new registration (limits already checked). Returns its file count.
     fn insert(&mut self, conn: SocketAddr, port: u16, mut files: Vec<FileInfo>) -> usize {
-        let id = PeerId::try_from(self.ids.insert(conn)).expect("fewer than 4 billion peers");
+        let id = PeerId::try_from(self.peers.vacant_key()).expect("fewer than 4 billion peers");
         for (idx, f) in files.iter_mut().enumerate() {
             let holder = Holder { peer: id, idx: idx as u32 };
             match self.by_name.entry(f.name.clone()) {
-                Entry::Vacant(e) => {
-                    self.names.insert(e.key().name.clone());
+                NameEntry::Vacant(e) => {
+                    self.names.insert(e.name().clone());
                     e.insert(Holders::One(holder));
                 }
-                Entry::Occupied(mut e) => {
+                NameEntry::Occupied(stored, holders) => {
                     // Keep one copy of the name's text for everyone who shares it.
-                    f.name = e.key().name.clone();
-                    e.get_mut().push(holder);
+                    f.name = stored.clone();
+                    holders.push(holder);
                 }
             }
         }
         let count = files.len();
         files.shrink_to_fit();
-        self.peers.insert(conn, Peer { port, id, files, partials: Vec::new() });
+        self.peers.insert(Peer { conn, port, id, files, partials: Vec::new() });
+        self.ids.insert(conn, id);
         self.count(conn, 0, count);
         count
     }
@@ -799,7 +634,7 @@ impl Registry {
     /// `conn` may have that many (a registration replaces what it has): the same limits
     /// as [`Registry::register`] checks, on the count alone.
     pub fn room_for(&self, conn: SocketAddr, count: usize) -> Result<(), RegistryError> {
-        let before = self.peers.get(&conn).map_or(0, |p| p.files.len());
+        let before = self.peer(conn).map_or(0, |p| p.files.len());
         self.check_room(conn, before, count)
     }
 
@@ -836,8 +671,9 @@ impl Registry {
     fn assert_consistent(&self) {
         let mut entries = 0;
         let mut per_ip: HashMap<IpAddr, usize> = HashMap::new();
-        for (conn, peer) in &self.peers {
-            assert_eq!(self.ids[peer.id as usize], *conn);
+        for (id, peer) in &self.peers {
+            let conn = &peer.conn;
+            assert_eq!((self.ids[conn], peer.id), (id as PeerId, id as PeerId));
             for (idx, f) in peer.files.iter().enumerate() {
                 let h = self.by_name[&f.name].as_slice().iter().find(|h| h.peer == peer.id).copied();
                 assert_eq!(h, Some(Holder { peer: peer.id, idx: idx as u32 }), "{f:?}");
@@ -855,11 +691,11 @@ impl Registry {
         assert_eq!(indexed, entries, "no index entry without a file");
         assert_eq!(self.ids.len(), self.peers.len());
         assert_eq!(self.total, entries);
-        let announced: usize = self.peers.values().map(|p| p.partials.len()).sum();
+        let announced: usize = self.peers.iter().map(|(_, p)| p.partials.len()).sum();
         assert_eq!(self.partials.values().map(Vec::len).sum::<usize>(), announced);
         for (name, ids) in &self.partials {
             for &id in ids {
-                assert!(self.peers[&self.ids[id as usize]].partials.iter().any(|p| p.name == *name));
+                assert!(self.peers[id as usize].partials.iter().any(|p| p.name == *name));
             }
         }
         assert_eq!(self.per_ip, per_ip);
