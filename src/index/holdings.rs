@@ -152,26 +152,16 @@ impl Holdings {
     pub fn read<R>(&self, name: &SharePath, read: impl Fn(&Holders) -> R) -> Option<R> {
         let (hash, shard) = self.locate(name);
         let table = &self.shards[shard];
-        if table.len == 0 {
-            return None;
-        }
-        let mut at = table.home(hash);
-        loop {
-            match &table.slots[at] {
-                Slot { entry: None, .. } => return None,
-                Slot { hash: h, entry: Some((stored, holders)) } if *h == hash => {
-                    // Ask for the stored name's length (its allocation's first line)
-                    // now, before `read`'s loads are asked for.
-                    let len = std::hint::black_box(stored.as_str().len());
-                    let got = read(holders);
-                    if len == name.as_str().len() && stored == name {
-                        return Some(got);
-                    }
-                }
-                _ => {}
+        table.probe(hash).find_map(|at| match &table.slots[at] {
+            Slot { hash: h, entry: Some((stored, holders)) } if *h == hash => {
+                // Ask for the stored name's length (its allocation's first line) now,
+                // before `read`'s loads are asked for.
+                std::hint::black_box(stored.as_str().len());
+                let got = read(holders);
+                (stored == name).then_some(got)
             }
-            at = (at + 1) & table.mask();
-        }
+            _ => None,
+        })
     }
 
     pub fn get_mut(&mut self, name: &SharePath) -> Option<&mut Holders> {
@@ -185,7 +175,7 @@ impl Holdings {
         let (hash, shard) = self.locate(&name);
         let table = &mut self.shards[shard];
         table.reserve_one();
-        match table.place(hash, &name) {
+        match table.place(hash, &name).expect("reserve_one made room") {
             Ok(at) => {
                 let (stored, holders) = table.slots[at].entry.as_mut().expect("found");
                 NameEntry::Occupied(stored, holders)
@@ -255,23 +245,29 @@ impl Table {
         hash as usize & self.mask()
     }
 
-    /// The slot holding `name`, or the empty slot where its probe ended.
-    fn place(&self, hash: u64, name: &SharePath) -> Result<usize, usize> {
-        let mut at = self.home(hash);
-        loop {
-            match &self.slots[at] {
-                Slot { entry: None, .. } => return Err(at),
-                Slot { hash: h, entry: Some((n, _)) } if *h == hash && n == name => return Ok(at),
-                _ => at = (at + 1) & self.mask(),
-            }
-        }
+    /// The slots a probe for `hash` visits: from its home to the first empty slot,
+    /// that one included (none in a table not yet allocated).
+    fn probe(&self, hash: u64) -> impl Iterator<Item = usize> + '_ {
+        let mut next = (!self.slots.is_empty()).then(|| self.home(hash));
+        std::iter::from_fn(move || {
+            let at = next?;
+            next = self.slots[at].entry.is_some().then(|| (at + 1) & self.mask());
+            Some(at)
+        })
+    }
+
+    /// `Ok` with the slot holding `name`, or `Err` with the empty slot where its probe
+    /// ended; `None` in a table not yet allocated.
+    fn place(&self, hash: u64, name: &SharePath) -> Option<Result<usize, usize>> {
+        let at = self.probe(hash).find(|&at| match &self.slots[at] {
+            Slot { entry: None, .. } => true,
+            Slot { hash: h, entry: Some((n, _)) } => *h == hash && n == name,
+        })?;
+        Some(if self.slots[at].entry.is_some() { Ok(at) } else { Err(at) })
     }
 
     fn find(&self, hash: u64, name: &SharePath) -> Option<usize> {
-        if self.len == 0 {
-            return None;
-        }
-        self.place(hash, name).ok()
+        self.place(hash, name)?.ok()
     }
 
     fn holders(&self, at: usize) -> &Holders {
@@ -418,7 +414,7 @@ mod tests {
         let (hash, shard) = h.locate(&name(1));
         let table = &mut h.shards[shard];
         table.reserve_one();
-        let at = table.place(hash, &name(2)).unwrap_err();
+        let at = table.place(hash, &name(2)).unwrap().unwrap_err();
         Vacant { table, at, hash, name: name(2) }.insert(one(2));
         assert_eq!(h.read(&name(1), |hs| hs.as_slice()[0].peer), None);
         insert(&mut h, 1);
