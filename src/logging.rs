@@ -258,16 +258,24 @@ impl Default for RateLimit {
 impl RateLimit {
     /// Logs `args` at `level`, prefixed by `who`, unless over the rate.
     pub fn log(&mut self, level: log::Level, who: impl fmt::Display, args: fmt::Arguments<'_>) {
+        if self.allow(level, &who) {
+            log::log!(level, "{who} {args}");
+        }
+    }
+
+    /// Whether a record at `level` from `who` is to be logged now (the caller then logs
+    /// it), taking its place in the rate; first logs the summary of suppressed records
+    /// if one is due. For callers that build a record only once it is allowed: under a
+    /// flood nearly every record is suppressed, and its text is then never made.
+    pub fn allow(&mut self, level: log::Level, who: &dyn fmt::Display) -> bool {
         if level > log::max_level() {
-            return;
+            return false;
         }
         let (summary, allowed) = self.admit(coarse_now());
         if let Some((count, over)) = summary {
-            summarise(&who, count, over);
+            summarise(who, count, over);
         }
-        if allowed {
-            log::log!(level, "{who} {args}");
-        }
+        allowed
     }
 
     /// Logs the count of suppressed records, if any (the source is ending).
@@ -369,6 +377,20 @@ mod tests {
         assert!((4..=5).contains(&summaries), "{summaries} summaries in 5 s");
         let left = limit.suppressed;
         assert_eq!(u64::from(logged) + counted + left, 50_000, "every record logged or counted");
+    }
+
+    #[test]
+    fn allow_lets_a_burst_through_and_refuses_the_rest_of_a_flood() {
+        // No logger is installed in unit tests; the level filter alone decides.
+        log::set_max_level(log::LevelFilter::Info);
+        let mut limit = RateLimit::default();
+        let start = Instant::now();
+        let allowed = (0..10_000).filter(|_| limit.allow(log::Level::Info, &"test")).count();
+        // The burst, and whatever the rate refilled while the loop ran.
+        let refilled = (start.elapsed().as_secs_f64() * f64::from(RECORDS_PER_SECOND)).ceil() as usize;
+        let burst = RECORDS_PER_SECOND as usize;
+        assert!((burst..=burst + refilled + 1).contains(&allowed), "{allowed} of 10,000 allowed");
+        assert!(!limit.allow(log::Level::Trace, &"test"), "a level the filter drops is never allowed");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use peerdex::wire::{self, FileInfo, Message, Reply, Request, Service};
 use rand::{RngExt, SeedableRng};
 
 use crate::common::connect_from;
-use crate::common::procfs::cpu_seconds;
+use crate::common::procfs::{cpu_seconds, cpu_user_system};
 
 /// One descriptor per connection: the register scenario holds 10,000 of them.
 pub struct Client {
@@ -306,6 +306,7 @@ pub fn lookup_load(
         c.stream.write_all(frame).expect("a request fits the socket buffer");
     };
     let switches = context_switches(&server_pid.to_string());
+    let (user, system) = cpu_user_system(&server_pid.to_string());
     let meter = CpuMeter::start(server_pid);
     let start = Instant::now();
     let end = start + window;
@@ -336,10 +337,14 @@ pub fn lookup_load(
     }
     let elapsed = start.elapsed().as_secs_f64();
     let switches = context_switches(&server_pid.to_string()) - switches;
+    let (user_after, system_after) = cpu_user_system(&server_pid.to_string());
+    let lookups = lat.len().max(1) as f64;
     let cpu = format!(
-        "{}; server context switches per lookup {:.2}",
+        "{}; server per lookup: {:.1} µs user + {:.1} µs system, {:.2} context switches",
         meter.report(),
-        switches as f64 / lat.len().max(1) as f64
+        (user_after - user) * 1e6 / lookups,
+        (system_after - system) * 1e6 / lookups,
+        switches as f64 / lookups
     );
     let mut all = Latencies(lat);
     let rate = all.0.len() as f64 / elapsed;

@@ -151,10 +151,14 @@ impl fmt::Display for Who<'_> {
 }
 
 /// Logs through the connection's rate limit: `record!(self, Level::Info, "...", ..)`.
+/// The record's arguments are evaluated only if it is allowed.
 macro_rules! record {
     ($conn:expr, $level:expr, $($arg:tt)+) => {{
+        let level = $level;
         let who = Who($conn.conn, $conn.session.user());
-        $conn.log.log($level, who, format_args!($($arg)+))
+        if $conn.log.allow(level, &who) {
+            log::log!(level, "{who} {}", format_args!($($arg)+));
+        }
     }};
 }
 
@@ -362,26 +366,37 @@ impl<'a> Connection<'a> {
                 return Ok(());
             }
             (_, request) => {
-                let what = Summary::of(&request);
                 let done = |r: Result<usize, super::RegistryError>| match r {
                     Ok(n) => Reply::Done { files: n as u32 },
                     Err(e) => Reply::Error(e.to_string()),
                 };
-                let reply = match request {
-                    Request::Register { port, files } => done(index.register(conn, port, files)),
-                    Request::Unregister => done(index.unregister(conn).map(|()| 0)),
-                    Request::Update { files } => done(index.update(conn, files)),
-                    Request::Delete { names } => done(index.delete(conn, &names)),
-                    Request::Add { files } => done(index.add(conn, files)),
-                    Request::Partial { files } => done(index.announce_partial(conn, files)),
-                    Request::Lookup { name } => match index.lookup(&name) {
-                        Ok(hits) if hits.is_empty() => Reply::NoPeers,
-                        Ok(hits) => Reply::Peers(hits),
-                        Err(e) => Reply::Error(e.to_string()),
-                    },
-                    Request::Ping | Request::List { .. } | Request::Login { .. } | Request::Proof { .. } => {
-                        unreachable!("answered above")
+                let (what, reply) = match request {
+                    // The hot path: the name moves to the log's summary after the
+                    // lookup, with no copy taken before.
+                    Request::Lookup { name } => {
+                        let reply = match index.lookup(&name) {
+                            Ok(hits) if hits.is_empty() => Reply::NoPeers,
+                            Ok(hits) => Reply::Peers(hits),
+                            Err(e) => Reply::Error(e.to_string()),
+                        };
+                        (Summary::Lookup(name), reply)
                     }
+                    change => (
+                        Summary::of(&change),
+                        done(match change {
+                            Request::Register { port, files } => index.register(conn, port, files),
+                            Request::Unregister => index.unregister(conn).map(|()| 0),
+                            Request::Update { files } => index.update(conn, files),
+                            Request::Delete { names } => index.delete(conn, &names),
+                            Request::Add { files } => index.add(conn, files),
+                            Request::Partial { files } => index.announce_partial(conn, files),
+                            Request::Lookup { .. }
+                            | Request::Ping
+                            | Request::List { .. }
+                            | Request::Login { .. }
+                            | Request::Proof { .. } => unreachable!("answered above"),
+                        }),
+                    ),
                 };
                 wire::send_msg(&mut w, &reply)?;
                 match &reply {
