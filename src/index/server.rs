@@ -68,6 +68,11 @@ const CLOSE_PATIENCE: Duration = Duration::from_secs(1);
 /// the registry, however odd the pattern) holds up lookups for long.
 pub const LIST_PAGE: PageBudget = PageBudget { names: 1024, time: Duration::from_millis(1) };
 
+/// Largest reply buffer a connection keeps from one reply to the next, so that a
+/// lookup's reply (52 bytes for one peer) costs no allocation, while 10,000 idle
+/// connections keep at most 40 MB between them.
+const REPLY_BUFFER_KEPT: usize = 4096;
+
 /// Names shown in a log record of a change; the rest are counted.
 const NAMES_LOGGED: usize = 3;
 
@@ -136,6 +141,8 @@ struct Connection<'a> {
     conn: SocketAddr,
     session: Session,
     log: RateLimit,
+    /// The last reply's frame, kept for the next one's (see [`REPLY_BUFFER_KEPT`]).
+    out: Vec<u8>,
 }
 
 /// How a connection is named in the log: its address, and its user once logged in.
@@ -164,7 +171,15 @@ macro_rules! record {
 
 impl<'a> Connection<'a> {
     fn new(index: &'a Index, config: &'a Config, budget: &'a Budget, conn: SocketAddr) -> Connection<'a> {
-        Connection { index, config, budget, conn, session: Session::default(), log: RateLimit::default() }
+        Connection {
+            index,
+            config,
+            budget,
+            conn,
+            session: Session::default(),
+            log: RateLimit::default(),
+            out: Vec::new(),
+        }
     }
 
     /// Runs the connection to its end and removes its registration.
@@ -398,7 +413,10 @@ impl<'a> Connection<'a> {
                         }),
                     ),
                 };
-                wire::send_msg(&mut w, &reply)?;
+                wire::send_msg_in(&mut w, &reply, &mut self.out)?;
+                if self.out.capacity() > REPLY_BUFFER_KEPT {
+                    self.out = Vec::new();
+                }
                 match &reply {
                     Reply::Error(e) => record!(self, Level::Info, "{what} -> refused: {e}"),
                     Reply::Done { files } => {

@@ -7,24 +7,20 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use super::DecodeError;
 use crate::name::SharePath;
 
-/// Builds one message's payload.
-pub(crate) struct Enc(Vec<u8>);
+/// Builds one message's payload at the end of a buffer (which may already hold a
+/// frame's length in front, or be kept from one message to the next).
+pub(crate) struct Enc<'a>(&'a mut Vec<u8>);
 
-impl Enc {
+impl<'a> Enc<'a> {
     /// A message that starts with `tag`.
-    pub(crate) fn new(tag: u8) -> Enc {
-        // Room for most messages (a lookup's reply with a hit is 52 bytes) at once.
-        let mut bytes = Vec::with_capacity(64);
-        bytes.push(tag);
-        Enc(bytes)
+    pub(crate) fn new(out: &'a mut Vec<u8>, tag: u8) -> Enc<'a> {
+        out.push(tag);
+        Enc(out)
     }
     /// A message that starts with `head` (the handshake's magic).
-    pub(crate) fn starting(head: &[u8]) -> Enc {
-        Enc(head.to_vec())
-    }
-    /// The payload.
-    pub(crate) fn done(self) -> Vec<u8> {
-        self.0
+    pub(crate) fn new_after(out: &'a mut Vec<u8>, head: &[u8]) -> Enc<'a> {
+        out.extend_from_slice(head);
+        Enc(out)
     }
     pub(crate) fn u8(&mut self, v: u8) -> &mut Self {
         self.0.push(v);

@@ -142,28 +142,24 @@ use file_reply_tag as rp;
 use file_request_tag as rq;
 
 impl Message for FileRequest {
-    fn encode(&self) -> Vec<u8> {
-        let mut e;
+    fn encode_into(&self, out: &mut Vec<u8>) {
         match self {
             FileRequest::Layer { root } => {
-                e = Enc::new(rq::LAYER);
-                e.bytes(root);
+                Enc::new(out, rq::LAYER).bytes(root);
             }
             FileRequest::Have { root } => {
-                e = Enc::new(rq::HAVE);
-                e.bytes(root);
+                Enc::new(out, rq::HAVE).bytes(root);
             }
             FileRequest::Get { root, first, count } => {
-                e = Enc::new(rq::GET);
-                e.bytes(root).u32(*first).u32(*count);
+                Enc::new(out, rq::GET).bytes(root).u32(*first).u32(*count);
             }
-            FileRequest::Status => e = Enc::new(rq::STATUS),
+            FileRequest::Status => {
+                Enc::new(out, rq::STATUS);
+            }
             FileRequest::Cancel { root, first, count } => {
-                e = Enc::new(rq::CANCEL);
-                e.bytes(root).u32(*first).u32(*count);
+                Enc::new(out, rq::CANCEL).bytes(root).u32(*first).u32(*count);
             }
         }
-        e.done()
     }
     fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
         let mut d = Dec(payload);
@@ -180,37 +176,29 @@ impl Message for FileRequest {
 }
 
 impl Message for FileReply {
-    fn encode(&self) -> Vec<u8> {
-        let mut e;
+    fn encode_into(&self, out: &mut Vec<u8>) {
         match self {
             FileReply::Layer(hashes) => {
-                e = Enc::new(rp::LAYER);
-                e.list(hashes, |e, h| {
+                Enc::new(out, rp::LAYER).list(hashes, |e, h| {
                     e.bytes(h);
                 });
             }
             FileReply::Have(bits) => {
-                e = Enc::new(rp::HAVE);
-                e.u32(bits.len()).bytes(bits.as_bytes());
+                Enc::new(out, rp::HAVE).u32(bits.len()).bytes(bits.as_bytes());
             }
             FileReply::Data { first, count, len } => {
-                e = Enc::new(rp::DATA);
-                e.u32(*first).u32(*count).u64(*len);
+                Enc::new(out, rp::DATA).u32(*first).u32(*count).u64(*len);
             }
             FileReply::Error(why) => {
-                e = Enc::new(rp::ERROR);
-                e.str(why);
+                Enc::new(out, rp::ERROR).str(why);
             }
             FileReply::Status { uploads, bytes_per_sec } => {
-                e = Enc::new(rp::STATUS);
-                e.u32(*uploads).u64(*bytes_per_sec);
+                Enc::new(out, rp::STATUS).u32(*uploads).u64(*bytes_per_sec);
             }
             FileReply::Cancelled { first, count } => {
-                e = Enc::new(rp::CANCELLED);
-                e.u32(*first).u32(*count);
+                Enc::new(out, rp::CANCELLED).u32(*first).u32(*count);
             }
         }
-        e.done()
     }
     fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
         let mut d = Dec(payload);

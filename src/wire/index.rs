@@ -207,7 +207,7 @@ const MIN_NAME_LEN: usize = 2 + 1;
 const MIN_HIT_LEN: usize = 1 + 4 + 2 + 8 + 32 + 1;
 const MIN_ENTRY_LEN: usize = MIN_FILE_LEN + 4 + 4;
 
-impl Enc {
+impl Enc<'_> {
     fn file(&mut self, f: &FileInfo) -> &mut Self {
         self.str(f.name.as_str()).u64(f.size).bytes(&f.root)
     }
@@ -257,59 +257,52 @@ impl Request {
 }
 
 impl Message for Request {
-    fn encode(&self) -> Vec<u8> {
-        let mut e;
+    fn encode_into(&self, out: &mut Vec<u8>) {
         match self {
             Request::Register { port, files } => {
-                e = Enc::new(rq::REGISTER);
-                e.u16(*port).list(files, |e, f| {
+                Enc::new(out, rq::REGISTER).u16(*port).list(files, |e, f| {
                     e.file(f);
                 });
             }
-            Request::Unregister => e = Enc::new(rq::UNREGISTER),
+            Request::Unregister => {
+                Enc::new(out, rq::UNREGISTER);
+            }
             Request::Update { files } => {
-                e = Enc::new(rq::UPDATE);
-                e.list(files, |e, f| {
+                Enc::new(out, rq::UPDATE).list(files, |e, f| {
                     e.file(f);
                 });
             }
             Request::Delete { names } => {
-                e = Enc::new(rq::DELETE);
-                e.list(names, |e, n| {
+                Enc::new(out, rq::DELETE).list(names, |e, n| {
                     e.str(n.as_str());
                 });
             }
             Request::List { pattern, limit } => {
-                e = Enc::new(rq::LIST);
-                e.str(pattern).opt_u32(*limit);
+                Enc::new(out, rq::LIST).str(pattern).opt_u32(*limit);
             }
             Request::Lookup { name } => {
-                e = Enc::new(rq::LOOKUP);
-                e.str(name.as_str());
+                Enc::new(out, rq::LOOKUP).str(name.as_str());
             }
-            Request::Ping => e = Enc::new(rq::PING),
+            Request::Ping => {
+                Enc::new(out, rq::PING);
+            }
             Request::Add { files } => {
-                e = Enc::new(rq::ADD);
-                e.list(files, |e, f| {
+                Enc::new(out, rq::ADD).list(files, |e, f| {
                     e.file(f);
                 });
             }
             Request::Login { user } => {
-                e = Enc::new(rq::LOGIN);
-                e.str(user);
+                Enc::new(out, rq::LOGIN).str(user);
             }
             Request::Proof { proof } => {
-                e = Enc::new(rq::PROOF);
-                e.bytes(proof);
+                Enc::new(out, rq::PROOF).bytes(proof);
             }
             Request::Partial { files } => {
-                e = Enc::new(rq::PARTIAL);
-                e.list(files, |e, f| {
+                Enc::new(out, rq::PARTIAL).list(files, |e, f| {
                     e.file(f);
                 });
             }
         }
-        e.done()
     }
     fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
         let mut d = Dec(payload);
@@ -335,45 +328,44 @@ impl Message for Request {
 }
 
 impl Message for Reply {
-    fn encode(&self) -> Vec<u8> {
-        let mut e;
+    fn encode_into(&self, out: &mut Vec<u8>) {
         match self {
             Reply::Done { files } => {
-                e = Enc::new(rp::DONE);
-                e.u32(*files);
+                Enc::new(out, rp::DONE).u32(*files);
             }
             Reply::Error(why) => {
-                e = Enc::new(rp::ERROR);
-                e.str(why);
+                Enc::new(out, rp::ERROR).str(why);
             }
             Reply::ListChunk(entries) => {
-                e = Enc::new(rp::LIST_CHUNK);
-                e.list(entries, |e, x| {
+                Enc::new(out, rp::LIST_CHUNK).list(entries, |e, x| {
                     e.str(x.name.as_str()).u64(x.size).bytes(&x.root).u32(x.peers).u32(x.partial);
                 });
             }
             Reply::ListEnd { truncated } => {
-                e = Enc::new(rp::LIST_END);
-                e.bool(*truncated);
+                Enc::new(out, rp::LIST_END).bool(*truncated);
             }
             Reply::Peers(hits) => {
-                e = Enc::new(rp::PEERS);
-                e.list(hits, |e, h| {
+                Enc::new(out, rp::PEERS).list(hits, |e, h| {
                     e.addr(&h.addr).u64(h.size).bytes(&h.root).bool(h.complete);
                 });
             }
-            Reply::NoPeers => e = Enc::new(rp::NO_PEERS),
-            Reply::Pong => e = Enc::new(rp::PONG),
+            Reply::NoPeers => {
+                Enc::new(out, rp::NO_PEERS);
+            }
+            Reply::Pong => {
+                Enc::new(out, rp::PONG);
+            }
             Reply::Challenge { salt, rounds, nonce } => {
-                e = Enc::new(rp::CHALLENGE);
-                e.u16(u16::try_from(salt.len()).expect("salts are short"))
+                Enc::new(out, rp::CHALLENGE)
+                    .u16(u16::try_from(salt.len()).expect("salts are short"))
                     .bytes(salt)
                     .u32(*rounds)
                     .bytes(nonce);
             }
-            Reply::LoggedIn => e = Enc::new(rp::LOGGED_IN),
+            Reply::LoggedIn => {
+                Enc::new(out, rp::LOGGED_IN);
+            }
         }
-        e.done()
     }
     fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
         let mut d = Dec(payload);

@@ -123,11 +123,21 @@ fn frame_header(payload: &[u8]) -> io::Result<[u8; 4]> {
 /// `msg` as the bytes of one frame, its length first: for a caller that writes them
 /// its own way.
 pub fn frame(msg: &impl Message) -> io::Result<Vec<u8>> {
-    let payload = msg.encode();
-    let mut frame = Vec::with_capacity(4 + payload.len());
-    frame.extend_from_slice(&frame_header(&payload)?);
-    frame.extend_from_slice(&payload);
+    let mut frame = Vec::with_capacity(64);
+    frame_into(msg, &mut frame)?;
     Ok(frame)
+}
+
+/// Puts `msg` in `buf` as one frame (its length, then its payload), in place of what
+/// `buf` held: the payload is encoded behind room left for its length, so nothing is
+/// copied.
+fn frame_into(msg: &impl Message, buf: &mut Vec<u8>) -> io::Result<()> {
+    buf.clear();
+    buf.extend_from_slice(&[0; 4]);
+    msg.encode_into(buf);
+    let header = frame_header(&buf[4..])?;
+    buf[..4].copy_from_slice(&header);
+    Ok(())
 }
 
 /// Receives one frame of at most `max_len` bytes. `Ok(None)` is a clean end of stream
@@ -229,15 +239,31 @@ impl From<DecodeError> for io::Error {
 
 /// A message that has a byte encoding.
 pub trait Message: Sized {
+    /// Appends the message's encoding, one frame payload, to `out`.
+    fn encode_into(&self, out: &mut Vec<u8>);
     /// Encodes the message as one frame payload.
-    fn encode(&self) -> Vec<u8>;
+    fn encode(&self) -> Vec<u8> {
+        // Room for most messages (a lookup's reply with a hit is 52 bytes) at once.
+        let mut out = Vec::with_capacity(64);
+        self.encode_into(&mut out);
+        out
+    }
     /// Decodes a whole frame payload; every byte must be used.
     fn decode(payload: &[u8]) -> Result<Self, DecodeError>;
 }
 
-/// Encodes `msg` and sends it as one frame.
+/// Encodes `msg` and sends it as one frame, with one `write`.
 pub fn send_msg(w: &mut impl Write, msg: &impl Message) -> io::Result<()> {
-    send_all(w, &msg.encode())
+    send_msg_in(w, msg, &mut Vec::with_capacity(64))
+}
+
+/// [`send_msg`], with the frame built in `buf` (whatever it held is replaced): a caller
+/// that sends one message after another keeps `buf` between them, and a message then
+/// costs no allocation.
+pub fn send_msg_in(w: &mut impl Write, msg: &impl Message, buf: &mut Vec<u8>) -> io::Result<()> {
+    frame_into(msg, buf)?;
+    w.write_all(buf)?;
+    w.flush()
 }
 
 /// Receives one frame and decodes it. An end of stream is `UnexpectedEof` here: callers
@@ -324,10 +350,8 @@ pub struct Welcome {
 }
 
 impl Message for Hello {
-    fn encode(&self) -> Vec<u8> {
-        let mut e = Enc::starting(&MAGIC);
-        e.u16(self.version).u8(self.service as u8);
-        e.done()
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        Enc::new_after(out, &MAGIC).u16(self.version).u8(self.service as u8);
     }
     fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
         let mut d = Dec(payload);
@@ -368,14 +392,13 @@ impl Hello {
 }
 
 impl Message for Welcome {
-    fn encode(&self) -> Vec<u8> {
-        let mut e = Enc::starting(&MAGIC);
+    fn encode_into(&self, out: &mut Vec<u8>) {
+        let mut e = Enc::new_after(out, &MAGIC);
         e.u16(self.version);
         match &self.refusal {
             None => e.u8(0),
             Some(why) => e.u8(1).str(why),
         };
-        e.done()
     }
     fn decode(payload: &[u8]) -> Result<Self, DecodeError> {
         let mut d = Dec(payload);
@@ -438,6 +461,33 @@ mod tests {
     fn sending_an_oversized_frame_is_refused() {
         let big = vec![0u8; MAX_FRAME_LEN + 1];
         let err = send_all(&mut Vec::new(), &big).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn a_kept_buffer_sends_each_message_whole_and_alone() {
+        let mut buf = b"left over from an earlier, longer message".to_vec();
+        let mut wire = Vec::new();
+        let messages = [Reply::Error("x".repeat(300)), Reply::NoPeers, Reply::Done { files: 7 }];
+        for m in &messages {
+            send_msg_in(&mut wire, m, &mut buf).unwrap();
+        }
+        let mut r = &wire[..];
+        for m in &messages {
+            assert_eq!(&recv_msg::<Reply>(&mut r).unwrap(), m);
+        }
+        assert!(r.is_empty(), "nothing but the three frames was sent");
+        let too_big = Reply::ListChunk(vec![
+            ListEntry {
+                name: SharePath::parse("n").unwrap(),
+                size: 0,
+                root: [0; 32],
+                peers: 1,
+                partial: 0,
+            };
+            MAX_FRAME_LEN / 40
+        ]);
+        let err = send_msg_in(&mut Vec::new(), &too_big, &mut buf).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
     }
 
@@ -587,15 +637,15 @@ mod tests {
         assert_eq!(Hello::decode(b"GET / HTTP/1.1\r\n"), Err(DecodeError::BadMagic));
         // A count of 4 billion files in a 7-byte message: refused, nothing allocated.
         assert_eq!(Request::decode(&[0x01, 0, 1, 0xff, 0xff, 0xff, 0xff]), Err(DecodeError::Truncated));
-        let mut traversal = Enc::new(0x06);
-        traversal.str("../etc/passwd");
+        let mut traversal = Vec::new();
+        Enc::new(&mut traversal, 0x06).str("../etc/passwd");
         assert_eq!(
-            Request::decode(&traversal.done()),
+            Request::decode(&traversal),
             Err(DecodeError::BadName("../etc/passwd".into(), NameError::Dots))
         );
-        let mut not_utf8 = Enc::new(0x06);
-        not_utf8.u16(2).bytes(&[0xff, 0xfe]);
-        assert_eq!(Request::decode(&not_utf8.done()), Err(DecodeError::InvalidUtf8));
+        let mut not_utf8 = Vec::new();
+        Enc::new(&mut not_utf8, 0x06).u16(2).bytes(&[0xff, 0xfe]);
+        assert_eq!(Request::decode(&not_utf8), Err(DecodeError::InvalidUtf8));
         // A bitfield of 10 pieces with a bit set past the tenth.
         assert_eq!(FileReply::decode(&[0x92, 0, 0, 0, 10, 0xff, 0xe0]), Err(DecodeError::BadBitfield));
         // A layer of a billion hashes in a few bytes: refused before allocating.
