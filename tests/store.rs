@@ -4,7 +4,7 @@
 //! others once its lease expires, and its peers move to a server that lives; a server
 //! stopped for longer than its lease closes its connections when it wakes, and its
 //! peers register again; the database cut off under load gives clean errors, and
-//! everything works again after.
+//! everything works again after; the longest name the store takes fits its indexes.
 //!
 //! Each test has a schema and a role of its own (tests/common/pg.rs). Without a
 //! PostgreSQL server the tests say they are skipped, unless PEERDEX_REQUIRE_POSTGRES=1.
@@ -195,6 +195,47 @@ fn a_prepared_lookup_reads_only_the_peers_that_hold_the_name() {
     let plan = plan.join("\n");
     assert!(!plan.contains("Seq Scan on peers"), "the lookup reads every peer:\n{plan}");
     assert!(plan.contains("peers_pkey"), "each holder's peer through its key:\n{plan}");
+}
+
+#[test]
+fn the_longest_name_the_store_takes_fits_its_indexes() {
+    use rand::RngExt;
+    let Some(schema) = Schema::new("the_longest_name_the_store_takes_fits_its_indexes") else { return };
+    let ws = workspace();
+    let max = peerdex::index::store::MAX_STORED_NAME.to_string();
+    let (_a, at_a) = server(&server_dir(&ws, "server-a"), "127.0.0.1", 0, &schema, &["--max-name-len", &max]);
+    // Random letters and digits, which PostgreSQL cannot compress: the name's full
+    // size in every index entry. Folders of 200 bytes, then a file name to the limit.
+    let mut rng = rand::rng();
+    let mut text = |n: usize| -> String {
+        (0..n).map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)])).collect()
+    };
+    let mut name = String::new();
+    while name.len() + 201 < peerdex::index::store::MAX_STORED_NAME - 1 {
+        name += &text(200);
+        name.push('/');
+    }
+    let rest = peerdex::index::store::MAX_STORED_NAME - name.len();
+    name += &text(rest);
+    assert_eq!(name.len(), peerdex::index::store::MAX_STORED_NAME);
+    let file = |name: &str| peerdex::wire::FileInfo {
+        name: SharePath::parse(name).unwrap(),
+        size: 7,
+        root: [1; 32],
+    };
+
+    let mut peer = RawIndexClient::connect(at_a);
+    let reply = peer.call(&Request::Register { port: 9, files: vec![file(&name)] });
+    assert_eq!(reply, Reply::Done { files: 1 }, "a {}-byte name is stored", name.len());
+    assert_eq!(holders(at_a, &name).len(), 1, "and found");
+    let (entries, _) = list_all(at_a, &name[1000..1040], None);
+    assert_eq!(entries, [(name.clone(), 7, 1, 0)], "and listed");
+    // One byte more is refused by the server's own limit, with the limit named.
+    let longer = format!("{name}x");
+    match peer.call(&Request::Add { files: vec![file(&longer)] }) {
+        Reply::Error(e) => assert!(e.contains(&max), "{e}"),
+        other => panic!("a {}-byte name: {other:?}", longer.len()),
+    }
 }
 
 /// A listing's entry as a test compares it: name, size, whole holders, partial holders.
