@@ -17,7 +17,8 @@ cd "$(dirname "$0")"
 
 echo "==> building"
 cargo build --quiet --bins
-bin=target/debug
+# Where cargo put them: a CARGO_TARGET_DIR set in the environment moves them.
+bin=${CARGO_TARGET_DIR:-target}/debug
 
 work=$(mktemp -d)
 pids=()
