@@ -179,21 +179,33 @@ pub struct CpuMeter {
     server: String,
     start: Instant,
     ours: f64,
-    theirs: f64,
+    /// The server's (user, system) seconds at the start.
+    theirs: (f64, f64),
 }
 
 impl CpuMeter {
     pub fn start(server_pid: u32) -> CpuMeter {
         let server = server_pid.to_string();
-        CpuMeter { ours: cpu_seconds("self"), theirs: cpu_seconds(&server), server, start: Instant::now() }
+        CpuMeter {
+            ours: cpu_seconds("self"),
+            theirs: cpu_user_system(&server),
+            server,
+            start: Instant::now(),
+        }
+    }
+
+    /// The server's (user, system) CPU seconds since the start.
+    pub fn server_user_system(&self) -> (f64, f64) {
+        let (user, system) = cpu_user_system(&self.server);
+        (user - self.theirs.0, system - self.theirs.1)
     }
 
     /// (generator, server) CPU over the window, in % of one core.
     pub fn cpu(&self) -> (f64, f64) {
         let wall = self.start.elapsed().as_secs_f64();
         let ours = (cpu_seconds("self") - self.ours) / wall * 100.0;
-        let theirs = (cpu_seconds(&self.server) - self.theirs) / wall * 100.0;
-        (ours, theirs)
+        let (user, system) = self.server_user_system();
+        (ours, (user + system) / wall * 100.0)
     }
 
     /// "generator X% / server Y%" of one core over the window.
@@ -306,7 +318,6 @@ pub fn lookup_load(
         c.stream.write_all(frame).expect("a request fits the socket buffer");
     };
     let switches = context_switches(&server_pid.to_string());
-    let (user, system) = cpu_user_system(&server_pid.to_string());
     let meter = CpuMeter::start(server_pid);
     let start = Instant::now();
     let end = start + window;
@@ -337,13 +348,13 @@ pub fn lookup_load(
     }
     let elapsed = start.elapsed().as_secs_f64();
     let switches = context_switches(&server_pid.to_string()) - switches;
-    let (user_after, system_after) = cpu_user_system(&server_pid.to_string());
+    let (user, system) = meter.server_user_system();
     let lookups = lat.len().max(1) as f64;
     let cpu = format!(
         "{}; server per lookup: {:.1} µs user + {:.1} µs system, {:.2} context switches",
         meter.report(),
-        (user_after - user) * 1e6 / lookups,
-        (system_after - system) * 1e6 / lookups,
+        user * 1e6 / lookups,
+        system * 1e6 / lookups,
         switches as f64 / lookups
     );
     let mut all = Latencies(lat);

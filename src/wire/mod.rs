@@ -252,7 +252,7 @@ pub trait Message: Sized {
     fn decode(payload: &[u8]) -> Result<Self, DecodeError>;
 }
 
-/// Encodes `msg` and sends it as one frame, with one `write`.
+/// Encodes `msg` and sends it as one frame ([`send_all`]).
 pub fn send_msg(w: &mut impl Write, msg: &impl Message) -> io::Result<()> {
     send_msg_in(w, msg, &mut Vec::with_capacity(64))
 }
@@ -261,9 +261,9 @@ pub fn send_msg(w: &mut impl Write, msg: &impl Message) -> io::Result<()> {
 /// that sends one message after another keeps `buf` between them, and a message then
 /// costs no allocation.
 pub fn send_msg_in(w: &mut impl Write, msg: &impl Message, buf: &mut Vec<u8>) -> io::Result<()> {
-    frame_into(msg, buf)?;
-    w.write_all(buf)?;
-    w.flush()
+    buf.clear();
+    msg.encode_into(buf);
+    send_all(w, buf)
 }
 
 /// Receives one frame and decodes it. An end of stream is `UnexpectedEof` here: callers
