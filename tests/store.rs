@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use common::pg::Schema;
 use common::{Proc, RawIndexClient, Stream, folder, wait_for, wait_showing, workspace};
+use peerdex::index::server::FIRST_LIST_PAGE;
 use peerdex::name::SharePath;
 use peerdex::wire::{self, Reply, Request};
 
@@ -310,8 +311,23 @@ fn a_listing_of_many_pages_arrives_whole_and_in_order_at_another_server() {
     assert_eq!(expected[2500].0, "name-02500");
     assert_eq!(expected[3601].0, "name-02501");
 
-    let (all, truncated) = list_all(at_b, "", None);
+    // The first page is a short one, sent on its own, so that a user sees the first
+    // entries as soon as they are found; the rest follows in order.
+    let mut client = RawIndexClient::connect(at_b);
+    wire::send_msg(&mut client.stream, &Request::List { pattern: String::new(), limit: None }).unwrap();
+    let Reply::ListChunk(first) = wire::recv_msg(&mut client.stream).unwrap() else {
+        panic!("no first page")
+    };
+    let first_names: std::collections::BTreeSet<_> = first.iter().map(|e| e.name.to_string()).collect();
+    assert!(
+        (1..=FIRST_LIST_PAGE.names).contains(&first_names.len()),
+        "a first page of {} names",
+        first_names.len()
+    );
+    let (rest, truncated) = read_listing(&mut client.stream);
     assert!(!truncated);
+    let all: Vec<Entry> =
+        first.into_iter().map(|e| (e.name.to_string(), e.size, e.peers, e.partial)).chain(rest).collect();
     assert_eq!(all.len(), expected.len());
     for (i, (got, want)) in all.iter().zip(&expected).enumerate() {
         assert_eq!(got, want, "entry {i}");
