@@ -71,9 +71,9 @@ pub const LIST_PAGE: PageBudget = PageBudget { names: 1024, time: Duration::from
 /// A listing's first page: 32 names, so that its first entries reach the user as soon
 /// as they are found. In the store, a first page of a common pattern is a walk of the
 /// names in order that stops at the page's last match: over 10M names, a word in 1.2%
-/// of them was first listed after 106-125 ms with 1,024 names a page and after 5-7 ms
+/// of them was first listed after 113-125 ms with 1,024 names a page and after 5-7 ms
 /// with 32, and a word in 0.12% (which PostgreSQL now walks to, where it searched the
-/// trigram index for 1,024) after 97-143 ms and 27-28 ms (docs/PERFORMANCE.md). The
+/// trigram index for 1,024) after 97-120 ms and 27-28 ms (docs/PERFORMANCE.md). The
 /// rest of the listing comes by [`LIST_PAGE`]s, or through the store's cursor.
 pub const FIRST_LIST_PAGE: PageBudget = PageBudget { names: 32, ..LIST_PAGE };
 

@@ -6,8 +6,9 @@
 //! `servers` with a lease it renews every third of the lease ([`DEFAULT_LEASE`], an
 //! option); its peers' rows point at that row, and go when their connection ends, as
 //! in memory. When a server dies without a word (kill -9), another one deletes that
-//! server's row, and so its peers' rows, once the lease has expired. A server that
-//! was only stopped that long finds its row gone, takes a new one and closes all its
+//! server's row, and so its peers' rows, once the lease has expired (its files first,
+//! a batch a statement: [`Store::reap`]). A server that was only stopped that long
+//! finds its row gone or marked gone, takes a new one and closes all its
 //! connections, so that its peers register again (they reconnect by themselves).
 //!
 //! ```text
@@ -60,6 +61,10 @@ use crate::content::Hash;
 use crate::name::SharePath;
 use crate::net::client_key;
 use crate::wire::{FileInfo, ListEntry, PeerHit};
+
+/// Files of dead servers' peers deleted in one statement by the lease thread
+/// ([`Store::reap`]), so that it renews its own lease in time however many there are.
+const REAP_BATCH: i64 = 10_000;
 
 /// How long a server's peers outlive it, if it dies without a word: its lease.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(15);
@@ -395,12 +400,14 @@ impl Store {
         let Ok(mut client) = self.pool.get() else { return Ok(false) };
         let lease = self.lease.as_millis() as f64;
         let renewed = client.execute(
-            "UPDATE servers SET lease_until = now() + $2 * interval '1 millisecond' WHERE id = $1",
+            "UPDATE servers SET lease_until = now() + $2 * interval '1 millisecond'
+             WHERE id = $1 AND lease_until <> '-infinity'",
             &[&self.server_id(), &lease],
         )?;
         if renewed == 0 {
             // Our lease ran out (this process was stopped, or the database out of
-            // reach, for longer than it) and another server removed us and our peers.
+            // reach, for longer than it) and another server is removing our peers, or
+            // has removed them with our row.
             // Their connections go on, but the index has forgotten them: they are shut
             // down once this server has a new row, and the peers connect and register
             // again (a connection made meanwhile is shut down too, and does the same).
@@ -412,10 +419,7 @@ impl Store {
             );
         }
         if reap {
-            let reaped = client.execute("DELETE FROM servers WHERE lease_until < now()", &[])?;
-            if reaped > 0 {
-                log::info!("index store: removed {reaped} server(s) whose lease expired, with their peers");
-            }
+            self.reap(&mut client, Instant::now() + self.lease / 6)?;
         }
         let pending = std::mem::take(&mut *lock(&self.pending));
         for conn in pending {
@@ -424,6 +428,52 @@ impl Store {
             }
         }
         Ok(true)
+    }
+
+    /// Removes the servers whose lease has expired, with their peers, working until `by`
+    /// at most; what is left then is removed at the next turn. Those servers are first
+    /// marked as gone (`lease_until = '-infinity'`, in one statement that a renewal
+    /// made meanwhile wins), so that none of them renews any more: one that was only
+    /// stopped finds itself gone and takes a new row. Their peers' files are then
+    /// deleted [`REAP_BATCH`] rows a statement, each peer's row once its files are gone,
+    /// and the servers' rows last.
+    ///
+    /// One statement for it all, as before, held this thread for as long as a dead
+    /// server's files took to delete: longer than its own lease, so that the other
+    /// servers could remove this one too, with every peer it served.
+    fn reap(&self, client: &mut postgres::Client, by: Instant) -> Result<(), postgres::Error> {
+        let marked = client.execute(
+            "UPDATE servers SET lease_until = '-infinity' WHERE lease_until < now() AND lease_until <> '-infinity'",
+            &[],
+        )?;
+        if marked > 0 {
+            log::info!("index store: {marked} server(s) let their lease expire; removing their peers");
+        }
+        let gone = client.query(
+            "SELECT peers.id FROM peers JOIN servers ON servers.id = peers.server_id
+             WHERE servers.lease_until = '-infinity'",
+            &[],
+        )?;
+        for peer in gone.iter().map(|r| r.get::<_, i64>(0)) {
+            // Rows another server is deleting are skipped, not waited for; the peer's
+            // row then waits for them, and takes whatever is left with it.
+            while client.execute(
+                "DELETE FROM files WHERE ctid = ANY(ARRAY(
+                     SELECT ctid FROM files WHERE peer_id = $1 LIMIT $2 FOR UPDATE SKIP LOCKED))",
+                &[&peer, &REAP_BATCH],
+            )? > 0
+            {
+                if Instant::now() >= by {
+                    return Ok(());
+                }
+            }
+            client.execute("DELETE FROM peers WHERE id = $1", &[&peer])?;
+        }
+        let reaped = client.execute("DELETE FROM servers WHERE lease_until = '-infinity'", &[])?;
+        if reaped > 0 {
+            log::info!("index store: removed {reaped} server(s) whose lease expired, with their peers");
+        }
+        Ok(())
     }
 
     /// A place among the listings being read (half the pool), waited for up to
