@@ -418,8 +418,9 @@ impl Store {
                 crate::text::count(dropped as u64, "connection")
             );
         }
-        if reap {
-            self.reap(&mut client, Instant::now() + self.lease / 6)?;
+        // A failed removal is tried again at the next turn; the lease itself was renewed.
+        if reap && let Err(e) = self.reap(&mut client, Instant::now() + self.lease / 6) {
+            log::warn!("index store: cannot remove the peers of servers whose lease expired: {e}");
         }
         let pending = std::mem::take(&mut *lock(&self.pending));
         for conn in pending {
