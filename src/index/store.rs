@@ -458,14 +458,17 @@ impl Store {
         for peer in gone.iter().map(|r| r.get::<_, i64>(0)) {
             // Rows another server is deleting are skipped, not waited for; the peer's
             // row then waits for them, and takes whatever is left with it.
-            while client.execute(
-                "DELETE FROM files WHERE ctid = ANY(ARRAY(
-                     SELECT ctid FROM files WHERE peer_id = $1 LIMIT $2 FOR UPDATE SKIP LOCKED))",
-                &[&peer, &REAP_BATCH],
-            )? > 0
-            {
+            loop {
                 if Instant::now() >= by {
                     return Ok(());
+                }
+                let deleted = client.execute(
+                    "DELETE FROM files WHERE ctid = ANY(ARRAY(
+                         SELECT ctid FROM files WHERE peer_id = $1 LIMIT $2 FOR UPDATE SKIP LOCKED))",
+                    &[&peer, &REAP_BATCH],
+                )?;
+                if deleted == 0 {
+                    break;
                 }
             }
             client.execute("DELETE FROM peers WHERE id = $1", &[&peer])?;
