@@ -17,6 +17,7 @@ use std::time::Instant;
 use common::pg::Schema;
 use common::{Proc, RawIndexClient, Stream, folder, wait_for, wait_showing, workspace};
 use peerdex::index::server::FIRST_LIST_PAGE;
+use peerdex::index::store::MAX_STORED_NAME;
 use peerdex::name::SharePath;
 use peerdex::wire::{self, Reply, Request};
 
@@ -245,7 +246,7 @@ fn the_longest_name_the_store_takes_fits_its_indexes() {
     use rand::RngExt;
     let Some(schema) = Schema::new("the_longest_name_the_store_takes_fits_its_indexes") else { return };
     let ws = workspace();
-    let max = peerdex::index::store::MAX_STORED_NAME.to_string();
+    let max = MAX_STORED_NAME.to_string();
     let (_a, at_a) = server(&server_dir(&ws, "server-a"), "127.0.0.1", 0, &schema, &["--max-name-len", &max]);
     // Random letters and digits, which PostgreSQL cannot compress: the name's full
     // size in every index entry. Folders of 200 bytes, then a file name to the limit.
@@ -254,13 +255,13 @@ fn the_longest_name_the_store_takes_fits_its_indexes() {
         (0..n).map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)])).collect()
     };
     let mut name = String::new();
-    while name.len() + 201 < peerdex::index::store::MAX_STORED_NAME - 1 {
+    while name.len() + 201 < MAX_STORED_NAME - 1 {
         name += &text(200);
         name.push('/');
     }
-    let rest = peerdex::index::store::MAX_STORED_NAME - name.len();
+    let rest = MAX_STORED_NAME - name.len();
     name += &text(rest);
-    assert_eq!(name.len(), peerdex::index::store::MAX_STORED_NAME);
+    assert_eq!(name.len(), MAX_STORED_NAME);
     let file = |name: &str| peerdex::wire::FileInfo {
         name: SharePath::parse(name).unwrap(),
         size: 7,
@@ -284,6 +285,11 @@ fn the_longest_name_the_store_takes_fits_its_indexes() {
 /// A listing's entry as a test compares it: name, size, whole holders, partial holders.
 type Entry = (String, u64, u32, u32);
 
+/// A listing's entry as [`Entry`].
+fn entry(e: wire::ListEntry) -> Entry {
+    (e.name.to_string(), e.size, e.peers, e.partial)
+}
+
 /// A listing's entries, and whether it was cut short.
 type Listing = (Vec<Entry>, bool);
 
@@ -297,9 +303,7 @@ fn try_read_listing(stream: &mut std::net::TcpStream) -> Result<Listing, String>
     let mut entries = Vec::new();
     loop {
         match wire::recv_msg(stream).unwrap() {
-            Reply::ListChunk(chunk) => {
-                entries.extend(chunk.into_iter().map(|e| (e.name.to_string(), e.size, e.peers, e.partial)))
-            }
+            Reply::ListChunk(chunk) => entries.extend(chunk.into_iter().map(entry)),
             Reply::ListEnd { truncated } => return Ok((entries, truncated)),
             Reply::Error(e) => return Err(e),
             other => panic!("{other:?} in a listing"),
@@ -368,8 +372,7 @@ fn a_listing_of_many_pages_arrives_whole_and_in_order_at_another_server() {
     );
     let (rest, truncated) = read_listing(&mut client.stream);
     assert!(!truncated);
-    let all: Vec<Entry> =
-        first.into_iter().map(|e| (e.name.to_string(), e.size, e.peers, e.partial)).chain(rest).collect();
+    let all: Vec<Entry> = first.into_iter().map(entry).chain(rest).collect();
     assert_eq!(all.len(), expected.len());
     for (i, (got, want)) in all.iter().zip(&expected).enumerate() {
         assert_eq!(got, want, "entry {i}");

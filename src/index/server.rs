@@ -573,8 +573,10 @@ fn send_listing(
     loop {
         let page = match &mut cursor {
             Some((cursor, _)) => cursor.next_page(),
-            None if after.is_none() => index.list_page(conn, &pattern, None, FIRST_LIST_PAGE),
-            None => index.list_page(conn, &pattern, after.as_ref(), LIST_PAGE),
+            None => {
+                let budget = if after.is_none() { FIRST_LIST_PAGE } else { LIST_PAGE };
+                index.list_page(conn, &pattern, after.as_ref(), budget)
+            }
         };
         let mut page = match page {
             Ok(page) => page,
