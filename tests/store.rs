@@ -16,6 +16,7 @@ use std::time::Instant;
 
 use common::pg::Schema;
 use common::{Proc, RawIndexClient, Stream, folder, wait_for, wait_showing, workspace};
+use peerdex::index::plan::{Plan, Sample};
 use peerdex::index::server::FIRST_LIST_PAGE;
 use peerdex::index::store::MAX_STORED_NAME;
 use peerdex::name::SharePath;
@@ -382,6 +383,60 @@ fn a_listing_of_many_pages_arrives_whole_and_in_order_at_another_server() {
     let (cut, truncated) = list_all(at_b, "", Some(3000));
     assert!(truncated);
     assert_eq!(cut, expected[..3000].to_vec());
+}
+
+#[test]
+fn listings_that_ask_the_trigram_index_for_rare_pieces_or_keep_from_walking_list_exactly_their_names() {
+    // Names like the store benchmark's, `bulkPPPPP-fileFFFFF.dat`: each trigram of a
+    // pattern is in many of them. A pattern the names' sample does not hold is asked
+    // for by its rarest trigrams, and the whole pattern is tested on what they leave;
+    // one whose matches sort far into the names is read through the index instead of
+    // walking to them (src/index/plan.rs). Either way the listing holds exactly the
+    // names that contain the pattern, ASCII case ignored.
+    let Some(schema) = Schema::new("listings_that_ask_the_trigram_index_for_rare_pieces") else { return };
+    let ws = workspace();
+    let (_a, at_a) = server(&server_dir(&ws, "server-a"), "127.0.0.1", 0, &schema, &[]);
+    let mut names: Vec<String> =
+        (1..=100).flat_map(|p| (1..=100).map(move |f| format!("bulk{p:05}-file{f:05}.dat"))).collect();
+    // Decoys that hold the rare trigrams in order but not the pattern, and the pattern
+    // in capitals.
+    let rare = "bulk00077-file00047";
+    names.extend(
+        ["bulk00077-file90047.dat", "x077y047", "BULK00077-FILE00047.BAK", "dir/bulk00077-file00047.dat"]
+            .map(String::from),
+    );
+    let values: Vec<String> = names.iter().map(|n| format!("('{n}')")).collect();
+    schema.admin(&format!(
+        "INSERT INTO peers (server_id, conn, ip, ip_key, port, files)
+             VALUES ((SELECT min(id) FROM servers), 'c:1', '127.0.0.2', '127.0.0.2', 9, {count});
+         INSERT INTO files (peer_id, name, size, root, complete)
+             SELECT (SELECT min(id) FROM peers), n, 1, decode(repeat('00', 32), 'hex'), true
+             FROM (VALUES {values}) v (n);
+         ANALYZE files;",
+        count = names.len(),
+        values = values.join(", ")
+    ));
+    let stats = schema.admin(peerdex::index::store::SAMPLE);
+    let sample = Sample::from_statistics(stats[0].get(0), stats[0].get(1), stats[0].get(2));
+    let bunched = "bulk00097";
+    let spread = "file0005";
+    // What each pattern tries: the plan as the server makes it from the same sample.
+    let narrowed = Plan::new(rare, "", &sample);
+    assert!(narrowed.pieces.is_some() && narrowed.through_index, "{rare}: {narrowed:?}");
+    let far = Plan::new(bunched, "", &sample);
+    assert!(far.pieces.is_none() && far.through_index, "{bunched}: {far:?}");
+    assert_eq!(Plan::new(spread, "", &sample), Plan::default(), "{spread}");
+
+    for pattern in [rare, bunched, spread, "BULK00077-file0004"] {
+        let lower = pattern.to_ascii_lowercase();
+        let mut want: Vec<&String> =
+            names.iter().filter(|n| n.to_ascii_lowercase().contains(&lower)).collect();
+        want.sort();
+        let (got, truncated) = list_all(at_a, pattern, None);
+        assert!(!truncated);
+        let got: Vec<&String> = got.iter().map(|e| &e.0).collect();
+        assert_eq!(got, want, "{pattern}");
+    }
 }
 
 #[test]

@@ -142,7 +142,14 @@ pub fn run(opts: &Opts, names: usize) {
         ),
     );
     let mut c = Client::connect(at_b);
-    for (label, pattern) in [("a rare pattern", "bulk00777-file0004"), ("a common one", "file00042")] {
+    // The last two match names that sort together, far into the names (peer 77's
+    // files; peers 770-779's): a walk of the names in order passes 77% of them first.
+    for (label, pattern) in [
+        ("a rare pattern", "bulk00777-file0004"),
+        ("a common one", "file00042"),
+        ("a bunched rare", "00777-file0"),
+        ("a bunched one", "bulk0077"),
+    ] {
         list_row(&mut c, &format!("{label:<14} ({pattern:?}) at B"), pattern);
     }
     drop((half_a, half_b));

@@ -1,10 +1,12 @@
 //! The indexing server: the [`registry`] (pure data), the [`login`] state machine
 //! (pure logic), the receive [`budget`], the [`server`] loop around them, and the
-//! [`store`] that keeps the registry in PostgreSQL for several servers instead.
+//! [`store`] that keeps the registry in PostgreSQL for several servers instead (with
+//! [`plan`], how its listings find their names).
 
 pub mod budget;
 mod holdings;
 pub mod login;
+pub mod plan;
 pub mod registry;
 pub mod server;
 pub mod store;

@@ -38,7 +38,10 @@
 //! after a given one, quick to its first row); the rest is one query read through a
 //! cursor a page at a time ([`Cursor`]), for as long as the client takes in each page
 //! promptly. From a client that reads slowly, the rest comes by keyset again, a page
-//! per statement, so that no connection waits on a client. At most half
+//! per statement, so that no connection waits on a client. What a listing asks the
+//! trigram index for (a rare pattern's rarest trigrams), and whether it may walk the
+//! names in order, is decided from PostgreSQL's own sample of the names
+//! ([`super::plan`]). At most half
 //! the pool's connections serve listings at once, so that many clients listing cannot
 //! make lookups wait; no statement runs longer than [`STATEMENT_TIMEOUT`]. A request made
 //! while the database cannot be reached gets `Error("index store unavailable")` (the
@@ -56,6 +59,7 @@ use postgres::NoTls;
 use postgres::types::{ToSql, Type};
 use r2d2_postgres::PostgresConnectionManager;
 
+use super::plan::{Plan, Sample};
 use super::registry::{self, Limits, ListPage, MAX_PARTIALS_PER_PEER, PageBudget, Pattern, RegistryError};
 use crate::content::Hash;
 use crate::name::SharePath;
@@ -253,7 +257,21 @@ pub struct Store {
     /// The server's connections, shut down if this server's peers are removed while
     /// they are connected (see [`Store::renew`]).
     clients: std::sync::OnceLock<crate::net::Live>,
+    /// PostgreSQL's sample of the names, for a listing's [`Plan`]: when it was last
+    /// asked for, and what came.
+    sample: Mutex<(Option<Instant>, Arc<Sample>)>,
 }
+
+/// How often a listing asks PostgreSQL for its sample of the names again
+/// ([`Store::sample`]); ANALYZE, which makes it, runs after a tenth of the rows changed.
+const SAMPLE_AGE: Duration = Duration::from_secs(60);
+
+/// The statistics PostgreSQL keeps of the trigram index's lowercased names: its most
+/// common ones and a histogram, up to 1,000 names (migration 3).
+pub const SAMPLE: &str =
+    "SELECT coalesce(most_common_vals::text::text[], '{}'), coalesce(most_common_freqs, '{}'),
+            coalesce(histogram_bounds::text::text[], '{}')
+     FROM pg_stats WHERE schemaname = current_schema() AND tablename = 'files_name_trgm'";
 
 /// A count of places taken, at most `max`, waited for with a deadline.
 #[derive(Debug)]
@@ -340,6 +358,7 @@ impl Store {
             pending: Mutex::default(),
             listing: Slots::new(places as usize / 2),
             clients: std::sync::OnceLock::new(),
+            sample: Mutex::default(),
         });
         store.take_server_row(&mut client).context("cannot register this server in the index store")?;
         drop(client);
@@ -487,6 +506,36 @@ impl Store {
             log::warn!("index store: every listing place stayed taken for {} s", LISTING_WAIT.as_secs());
             RegistryError::StoreUnavailable
         })
+    }
+
+    /// PostgreSQL's sample of the names, asked for again when [`SAMPLE_AGE`] old (by one
+    /// listing; the others meanwhile use the one before). Empty until ANALYZE has run,
+    /// or if it cannot be read: listings then ask the trigram index for whole patterns.
+    fn sample(&self, client: &mut Client) -> Arc<Sample> {
+        {
+            let mut cached = lock(&self.sample);
+            if cached.0.is_some_and(|at| at.elapsed() < SAMPLE_AGE) {
+                return Arc::clone(&cached.1);
+            }
+            cached.0 = Some(Instant::now());
+        }
+        let fresh = match client.query_opt(SAMPLE, &[]) {
+            Ok(Some(row)) => Sample::from_statistics(row.get(0), row.get(1), row.get(2)),
+            Ok(None) => Sample::default(),
+            Err(e) => {
+                log::debug!("index store: cannot read the names' statistics: {e}");
+                Sample::default()
+            }
+        };
+        let fresh = Arc::new(fresh);
+        lock(&self.sample).1 = Arc::clone(&fresh);
+        fresh
+    }
+
+    /// How a listing finds the names after `after` that contain `pattern`: see
+    /// [`Plan`].
+    fn plan(&self, client: &mut Client, pattern: &Pattern, after: &str) -> Plan {
+        Plan::new(pattern.text(), after, &self.sample(client))
     }
 
     fn client(&self) -> Result<Client, RegistryError> {
@@ -773,7 +822,11 @@ impl Store {
         after: &SharePath,
     ) -> Result<Cursor<'_>, RegistryError> {
         let place = self.listing_place()?;
-        let client = self.client()?;
+        let mut client = self.client()?;
+        let after = after.as_str();
+        // Made before the transaction, which a failed read of the sample would abort.
+        // Planned for all its rows: whether to walk the names is PostgreSQL's choice.
+        let plan = self.plan(&mut client, pattern, after);
         let mut cursor = Cursor { client, _place: place, held: Vec::new(), done: false, open: false };
         cursor
             .client
@@ -781,23 +834,27 @@ impl Store {
             .map_err(unavailable)?;
         cursor.open = true;
         let like = contains(pattern);
+        let (server, asker) = (self.server_id(), asker.to_string());
+        let matching = matching(&plan, "f.name", 2, 5);
+        let mut params: Vec<(&(dyn ToSql + Sync), Type)> =
+            vec![(&after, Type::TEXT), (&like, Type::TEXT), (&server, Type::INT8), (&asker, Type::TEXT)];
+        if let Some(pieces) = &plan.pieces {
+            params.push((pieces, Type::TEXT));
+        }
         run(
             &mut **cursor.client,
-            "DECLARE peerdex_listing NO SCROLL CURSOR FOR
+            &format!(
+                "DECLARE peerdex_listing NO SCROLL CURSOR FOR
                  WITH me AS (SELECT coalesce((SELECT id FROM peers WHERE server_id = $3 AND conn = $4), 0) AS id)
                  SELECT f.name, f.size, f.root,
                         count(*) FILTER (WHERE f.complete), count(*) FILTER (WHERE NOT f.complete)
                  FROM files f, me
-                 WHERE f.name > $1 AND lower(f.name) LIKE $2 AND f.peer_id <> me.id
+                 WHERE f.name > $1 AND {matching} AND f.peer_id <> me.id
                  GROUP BY f.name, f.size, f.root
                  HAVING count(*) FILTER (WHERE f.complete) > 0
-                 ORDER BY f.name, f.size, f.root",
-            &[
-                (&after.as_str(), Type::TEXT),
-                (&like, Type::TEXT),
-                (&self.server_id(), Type::INT8),
-                (&asker.to_string(), Type::TEXT),
-            ],
+                 ORDER BY f.name, f.size, f.root"
+            ),
+            &params,
         )?;
         Ok(cursor)
     }
@@ -822,13 +879,32 @@ impl Store {
         let like = contains(pattern);
         let after = after.map_or("", SharePath::as_str);
         let names = budget.names.max(1) as i64;
+        let plan = self.plan(&mut client, pattern, after);
+        let matching = matching(&plan, "name", 2, 6);
+        // A fence (`OFFSET 0`) that keeps the page's order and limit out of the query
+        // that finds the matches, so that it is planned for all of them: through the
+        // trigram index, not by walking the names in order.
+        let fence = if plan.through_index { "OFFSET 0" } else { "" };
+        let server = self.server_id();
+        let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![
+            (&after, Type::TEXT),
+            (&like, Type::TEXT),
+            (&server, Type::INT8),
+            (&names, Type::INT8),
+            (&asker, Type::TEXT),
+        ];
+        if let Some(pieces) = &plan.pieces {
+            params.push((pieces, Type::TEXT));
+        }
         let rows = run(
             &mut **client,
             // The asker's own files are left out (0: it is not registered here).
-            "WITH me AS (SELECT coalesce((SELECT id FROM peers WHERE server_id = $3 AND conn = $5), 0) AS id),
+            &format!(
+                "WITH me AS (SELECT coalesce((SELECT id FROM peers WHERE server_id = $3 AND conn = $5), 0) AS id),
                  page AS (
-                     SELECT DISTINCT name FROM files, me
-                     WHERE complete AND name > $1 AND lower(name) LIKE $2 AND peer_id <> me.id
+                     SELECT DISTINCT name FROM (
+                         SELECT name FROM files, me
+                         WHERE complete AND name > $1 AND {matching} AND peer_id <> me.id {fence}) m
                      ORDER BY name LIMIT $4)
                  SELECT f.name, f.size, f.root,
                         count(*) FILTER (WHERE f.complete), count(*) FILTER (WHERE NOT f.complete),
@@ -837,14 +913,9 @@ impl Store {
                  WHERE f.peer_id <> me.id
                  GROUP BY f.name, f.size, f.root
                  HAVING count(*) FILTER (WHERE f.complete) > 0
-                 ORDER BY f.name, f.size, f.root",
-            &[
-                (&after, Type::TEXT),
-                (&like, Type::TEXT),
-                (&self.server_id(), Type::INT8),
-                (&names, Type::INT8),
-                (&asker, Type::TEXT),
-            ],
+                 ORDER BY f.name, f.size, f.root"
+            ),
+            &params,
         )?;
         let full = rows.first().is_some_and(|r| r.get::<_, i64>(5) >= names);
         page.entries.extend(rows.iter().filter_map(list_entry));
@@ -993,6 +1064,18 @@ fn migrate(client: &mut postgres::Client) -> Result<(), postgres::Error> {
         log::info!("index store: applied migration {version}");
     }
     tx.commit()
+}
+
+/// The condition that the lowercased `column` contains the pattern (parameter
+/// `$like`), as `plan` has it: with pieces (parameter `$pieces`), the trigram index is
+/// asked for those, and the whole pattern is tested on an expression the index does
+/// not serve (`|| ''`). Of that expression PostgreSQL's planner knows nothing but the
+/// pattern's length, and so takes it for rare, as the plan found it.
+fn matching(plan: &Plan, column: &str, like: usize, pieces: usize) -> String {
+    match plan.pieces {
+        Some(_) => format!("lower({column}) LIKE ${pieces} AND lower({column}) || '' LIKE ${like}"),
+        None => format!("lower({column}) LIKE ${like}"),
+    }
 }
 
 /// The key for the limits per address: see [`client_key`].

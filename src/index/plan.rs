@@ -1,0 +1,324 @@
+//! How the store's listing finds its names: which parts of the pattern it asks the
+//! trigram index for, and whether it may walk the names in order.
+//!
+//! A listing's page is the first names in name order that contain a pattern.
+//! PostgreSQL finds them one of two ways, and picks by its estimate of how common the
+//! pattern is:
+//!
+//! - It **walks** the names' btree in order and tests each, until the page is full:
+//!   quick when matches are everywhere, but it walks past every name before the first
+//!   match. PostgreSQL takes matches to be spread evenly; names are not. Over 10M
+//!   names `bulkPPPPP-fileFFFFF.dat`, `bulk0077`'s 100,000 matches all sort after 77%
+//!   of the names, and its first page took 3.1 s.
+//! - It asks the **trigram index** (pg_trgm in a GIN index) for all the names that
+//!   hold each of the pattern's trigrams, intersects those lists, and reads and sorts
+//!   the names left. A list costs its length to read however few names are left:
+//!   every trigram of `bulk00777-file0004` but one is in 5-100% of those names, and
+//!   its 10 matches took 0.57 s, 290 MB of lists read.
+//!
+//! [`Plan::new`] looks at a sample of the names (the one PostgreSQL keeps of the
+//! index's lowercased names, up to 1,000, for planning; [`Sample`]):
+//!
+//! - A pattern no sample name holds is rare. The index is asked only for its rarest
+//!   trigrams, rarest first, until no sample name holds them all: the pieces of the
+//!   pattern they make (`%0777%e000%`). The whole pattern is then tested on the few
+//!   names the pieces leave (199, found in 14 ms, where all its trigrams took 0.57 s).
+//! - A pattern whose sample matches all sort far after the listing's start, further
+//!   than an even spread would put them and further than reading all its matches
+//!   would cost, is listed through the index, never by a walk (`bulk0077`: 0.6 s).
+//! - Otherwise PostgreSQL chooses, as before.
+//!
+//! Pure: no database, unit-tested below.
+
+use memchr::memmem;
+
+/// Fewest names a sample may hold to be trusted (PostgreSQL keeps up to 1,000 for the
+/// store's index, its statistics target; 100 by default).
+const MIN_SAMPLE: usize = 100;
+
+/// A trigram in more than this share of the names never narrows: its list costs half
+/// the index's names to read, for at most half the names to test.
+const USEFUL_SHARE: f64 = 0.5;
+
+/// If the rare trigrams leave more than this share of the names to test, the whole
+/// pattern is asked for instead: testing a name costs a read of the table, hundreds
+/// of times what a trigram list's entry costs.
+const MOST_LEFT: f64 = 0.01;
+
+/// Names a walk in name order passes in the time that the trigram index's way takes
+/// to read and sort one match (about 10 here: 0.4 µs a name walked, 3-5 µs a match),
+/// with a margin for how little a sample tells.
+const WALKED_PER_MATCH: f64 = 50.0;
+
+/// How unlikely an even spread of the matches must make the sample's, for a listing to
+/// be kept from walking: that none of its `k` matches comes before the first one's
+/// place.
+const UNEVEN: f64 = 0.25;
+
+/// A listing's plan: see the module docs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// A LIKE pattern of the pattern's rare pieces (`%0777%e000%`), to ask the trigram
+    /// index for instead of the whole pattern, which is then tested on the names left.
+    pub pieces: Option<String>,
+    /// Read all the matches through the trigram index and sort them: never walk the
+    /// names in order.
+    pub through_index: bool,
+}
+
+impl Plan {
+    /// The plan for the names after `after` that contain `pattern` (lowercased), by
+    /// what `sample` shows of the names.
+    pub fn new(pattern: &str, after: &str, sample: &Sample) -> Plan {
+        if sample.len() < MIN_SAMPLE || pattern.is_empty() {
+            return Plan::default();
+        }
+        let holders = sample.holders(pattern);
+        let share = sample.share(&holders);
+        if share == 0.0 {
+            let pieces = narrow(pattern, sample);
+            return Plan { through_index: pieces.is_some(), pieces };
+        }
+        Plan { pieces: None, through_index: sample.bunched_late(&holders, share, after) }
+    }
+}
+
+/// Lowercased names with the share of all names each one stands for: PostgreSQL's
+/// most common values, then its histogram (in name order).
+#[derive(Debug, Clone, Default)]
+pub struct Sample {
+    names: Vec<(String, f64)>,
+    total: f64,
+    /// Where the names in name order begin.
+    sorted_from: usize,
+}
+
+impl Sample {
+    /// A sample of `names` in no order, each with its weight (the share of all names
+    /// it stands for).
+    pub fn new(names: Vec<(String, f64)>) -> Sample {
+        let total = names.iter().map(|(_, w)| w).sum();
+        Sample { sorted_from: names.len(), names, total }
+    }
+
+    /// PostgreSQL's statistics of a column: its most common values with their
+    /// frequencies, then a histogram (values splitting the rest into equal shares).
+    pub fn from_statistics(common: Vec<String>, frequencies: Vec<f32>, histogram: Vec<String>) -> Sample {
+        let rest = (1.0 - frequencies.iter().map(|&f| f64::from(f)).sum::<f64>()).max(0.0);
+        let each = rest / histogram.len().max(1) as f64;
+        let common: Vec<(String, f64)> =
+            common.into_iter().zip(frequencies.into_iter().map(f64::from)).collect();
+        let sorted_from = common.len();
+        let names: Vec<(String, f64)> =
+            common.into_iter().chain(histogram.into_iter().map(|h| (h, each))).collect();
+        let total = names.iter().map(|(_, w)| w).sum();
+        Sample { names, total, sorted_from }
+    }
+
+    /// Do the sample's names in name order after `after` that contain the pattern (its
+    /// `holders`, `share` of all names) all come so late that a walk from `after` would
+    /// pass more names before the first than an even spread would put there, and more
+    /// than reading all the matches through the trigram index would cost?
+    fn bunched_late(&self, holders: &[bool], share: f64, after: &str) -> bool {
+        let after = after.to_ascii_lowercase();
+        let sorted = &self.names[self.sorted_from..];
+        let start = sorted.partition_point(|(n, _)| *n <= after);
+        let rest = &holders[self.sorted_from + start..];
+        let Some(first) = rest.iter().position(|h| *h) else { return false };
+        let before = first as f64 / rest.len() as f64;
+        let found = rest.iter().filter(|h| **h).count();
+        before > WALKED_PER_MATCH * share && (1.0 - before).powi(found as i32) < UNEVEN
+    }
+
+    fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Which names of the sample contain `text`.
+    fn holders(&self, text: &str) -> Vec<bool> {
+        let finder = memmem::Finder::new(text.as_bytes());
+        self.names.iter().map(|(n, _)| finder.find(n.as_bytes()).is_some()).collect()
+    }
+
+    /// The share of all names that the sample's names marked in `which` stand for.
+    fn share(&self, which: &[bool]) -> f64 {
+        let held: f64 = self.names.iter().zip(which).filter(|(_, in_it)| **in_it).map(|((_, w), _)| w).sum();
+        if self.total > 0.0 { held / self.total } else { 0.0 }
+    }
+}
+
+/// A LIKE pattern (`%0777%e000%`) that every name containing `pattern` (lowercased,
+/// held by no name of the sample) matches, made of `pattern`'s rare trigrams as the
+/// `sample` shows them, in order; `None` to ask the index for the whole pattern.
+///
+/// A trigram here is three ASCII letters or digits in a row (pg_trgm also makes
+/// trigrams of word boundaries, which the whole pattern still has). Trigrams that
+/// overlap go in one piece (`077` and `777` make `0777`), and pieces are apart in the
+/// pattern, so that `%piece%piece%` holds wherever the pattern does; a trigram that
+/// would overlap a chosen one by a letter without being next to it is passed over.
+fn narrow(pattern: &str, sample: &Sample) -> Option<String> {
+    let bytes = pattern.as_bytes();
+    let windows: Vec<usize> = (0..bytes.len().saturating_sub(2))
+        .filter(|&i| bytes[i..i + 3].iter().all(u8::is_ascii_alphanumeric))
+        .collect();
+    if windows.len() < 2 {
+        return None;
+    }
+    let mut rarest: Vec<(usize, Vec<bool>, f64)> = windows
+        .iter()
+        .map(|&i| {
+            let holders = sample.holders(&pattern[i..i + 3]);
+            let share = sample.share(&holders);
+            (i, holders, share)
+        })
+        .collect();
+    rarest.sort_by(|a, b| a.2.total_cmp(&b.2).then(a.0.cmp(&b.0)));
+    let mut chosen: Vec<usize> = Vec::new();
+    let mut left = vec![true; sample.len()];
+    for (at, holders, share) in &rarest {
+        let left_share = sample.share(&left);
+        // Once no name of the sample is left, only trigrams the sample never saw are
+        // still worth their lists.
+        if *share > USEFUL_SHARE || (left_share == 0.0 && *share > 0.0) {
+            break;
+        }
+        let apart = |c: &usize| c.abs_diff(*at) != 2 || chosen.contains(&(c.min(at) + 1));
+        if chosen.iter().all(apart) {
+            chosen.push(*at);
+            left.iter_mut().zip(holders).for_each(|(l, h)| *l &= *h);
+        }
+    }
+    if chosen.len() == windows.len() || sample.share(&left) > MOST_LEFT {
+        return None;
+    }
+    chosen.sort_unstable();
+    let mut like = String::from("%");
+    for (k, &at) in chosen.iter().enumerate() {
+        match k.checked_sub(1).map(|p| chosen[p]) {
+            Some(before) if before + 1 == at => like.push(char::from(bytes[at + 2])),
+            Some(_) => {
+                like.push('%');
+                like.push_str(&pattern[at..at + 3]);
+            }
+            None => like.push_str(&pattern[at..at + 3]),
+        }
+    }
+    like.push('%');
+    Some(like)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 1,000 names as the store benchmark makes them: `bulkPPPPP-fileFFFFF.dat`, a
+    /// thousand peers' numbers and ten thousand files' numbers, evenly spread.
+    fn digit_names() -> Sample {
+        let names = (0..1000)
+            .map(|k| (format!("bulk{:05}-file{:05}.dat", 1 + k, 1 + (k * 7919) % 10_000), 0.001))
+            .collect();
+        Sample::new(names)
+    }
+
+    /// Does `like` (only `%` as a wildcard) match `name`?
+    fn like_matches(like: &str, name: &str) -> bool {
+        let mut rest = name;
+        for piece in like.split('%').filter(|p| !p.is_empty()) {
+            match rest.find(piece) {
+                Some(at) => rest = &rest[at + piece.len()..],
+                None => return false,
+            }
+        }
+        true
+    }
+
+    #[test]
+    fn a_pattern_of_common_trigrams_is_narrowed_to_its_rare_ones() {
+        let plan = Plan::new("bulk00777-file0004", "", &digit_names());
+        assert!(plan.through_index, "{plan:?}");
+        let like = plan.pieces.expect("narrowed");
+        assert!(!like.contains("bul") && !like.contains("fil"), "common trigrams asked for: {like}");
+        assert!(like.contains("777"), "the rarest trigram is left out: {like}");
+        assert!(like_matches(&like, "bulk00777-file00042.dat"));
+    }
+
+    #[test]
+    fn every_name_that_holds_the_pattern_matches_the_narrowed_one() {
+        let sample = digit_names();
+        for pattern in ["file00042", "bulk00777-file0004", "e00042", "k0012", "file0999", "00777-file0"] {
+            let Some(like) = narrow(pattern, &sample) else { continue };
+            for (before, after) in [("", ""), ("bulk00001-", ".dat"), ("x", "9")] {
+                let name = format!("{before}{pattern}{after}");
+                assert!(like_matches(&like, &name), "{name} does not match {like} (from {pattern})");
+            }
+        }
+    }
+
+    #[test]
+    fn trigrams_one_letter_apart_are_never_two_pieces() {
+        // `e00` and `004` are in no name, `000` in all: as `%e00%004%` the two rare
+        // ones would miss `e0004` itself, since they share its middle `0`.
+        let sample = Sample::new((0..200).map(|k| (format!("x000y{k:03}"), 1.0)).collect());
+        let like = narrow("e0004", &sample).expect("narrowed");
+        assert!(like_matches(&like, "e0004"), "{like} misses the pattern itself");
+        assert!(!like.contains("000"), "{like} asks for the common trigram");
+    }
+
+    #[test]
+    fn a_pattern_the_sample_holds_is_asked_for_whole() {
+        // In the sample: common enough that PostgreSQL may walk the names in order.
+        assert_eq!(Plan::new("bulk00007", "", &digit_names()), Plan::default());
+        assert_eq!(Plan::new("file", "", &digit_names()), Plan::default());
+    }
+
+    #[test]
+    fn a_pattern_whose_trigrams_are_all_rare_is_asked_for_whole() {
+        // Narrowing would ask for the same trigrams.
+        assert_eq!(Plan::new("qwxz", "", &digit_names()), Plan::default());
+    }
+
+    #[test]
+    fn too_small_a_sample_or_too_short_a_pattern_narrows_nothing() {
+        let small = Sample::new((0..10).map(|k| (format!("bulk{k:05}"), 0.1)).collect());
+        assert_eq!(Plan::new("bulk00777-file0004", "", &small), Plan::default());
+        assert_eq!(Plan::new("bu", "", &digit_names()), Plan::default());
+        assert_eq!(Plan::new("", "", &Sample::default()), Plan::default());
+    }
+
+    /// A histogram of 1,000 names in name order, `name000` to `name999`, where the
+    /// ones for which `holds` is true end in `-x`.
+    fn histogram(holds: impl Fn(usize) -> bool) -> Sample {
+        let names = (0..1000).map(|k| format!("name{k:03}{}", if holds(k) { "-x" } else { "" })).collect();
+        Sample::from_statistics(Vec::new(), Vec::new(), names)
+    }
+
+    #[test]
+    fn matches_bunched_far_into_the_names_are_never_walked_to() {
+        // `bulk0077`'s: all after 77% of the names.
+        assert!(Plan::new("-x", "", &histogram(|k| (770..780).contains(&k))).through_index);
+        // One match only, but far: an even spread would put it there one time in four.
+        assert!(Plan::new("-x", "", &histogram(|k| k == 900)).through_index);
+    }
+
+    #[test]
+    fn matches_spread_evenly_or_near_the_start_are_left_to_postgresql() {
+        assert_eq!(Plan::new("-x", "", &histogram(|k| k % 100 == 50)), Plan::default());
+        assert_eq!(Plan::new("-x", "", &histogram(|k| (20..30).contains(&k))), Plan::default());
+        // A common pattern: reading all its matches costs more than the walk.
+        assert_eq!(Plan::new("-x", "", &histogram(|k| k >= 500)), Plan::default());
+        // Bunched, but the listing goes on from just before them.
+        assert_eq!(Plan::new("-x", "name769", &histogram(|k| (770..780).contains(&k))), Plan::default());
+    }
+
+    #[test]
+    fn statistics_weigh_common_values_by_their_frequency() {
+        // Half the names are one common value; a trigram only it holds is in half.
+        let sample = Sample::from_statistics(
+            vec!["shared-0001.dat".into()],
+            vec![0.5],
+            (0..200).map(|k| format!("peer{k:04}-x.dat")).collect(),
+        );
+        let holders = sample.holders("sha");
+        assert!((sample.share(&holders) - 0.5).abs() < 1e-9);
+    }
+}
