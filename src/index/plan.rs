@@ -40,9 +40,10 @@ const MIN_SAMPLE: usize = 100;
 /// the index's names to read, for at most half the names to test.
 const USEFUL_SHARE: f64 = 0.5;
 
-/// If the rare trigrams leave more than this share of the names to test, the whole
-/// pattern is asked for instead: testing a name costs a read of the table, hundreds
-/// of times what a trigram list's entry costs.
+/// If the rare trigrams leave more than this share of the names to test (or twice the
+/// pattern's own share, if more), the whole pattern is asked for instead: testing a
+/// name costs a read of the table, hundreds of times what a trigram list's entry
+/// costs.
 const MOST_LEFT: f64 = 0.01;
 
 /// Names a walk in name order passes in the time that the trigram index's way takes
@@ -76,10 +77,13 @@ impl Plan {
         let holders = sample.holders(pattern);
         let share = sample.share(&holders);
         if share == 0.0 {
-            let pieces = narrow(pattern, sample);
+            let pieces = narrow(pattern, sample, share);
             return Plan { through_index: pieces.is_some(), pieces };
         }
-        Plan { pieces: None, through_index: sample.bunched_late(&holders, share, after) }
+        if !sample.bunched_late(&holders, share, after) {
+            return Plan::default();
+        }
+        Plan { pieces: narrow(pattern, sample, share), through_index: true }
     }
 }
 
@@ -148,15 +152,17 @@ impl Sample {
 }
 
 /// A LIKE pattern (`%0777%e000%`) that every name containing `pattern` (lowercased,
-/// held by no name of the sample) matches, made of `pattern`'s rare trigrams as the
-/// `sample` shows them, in order; `None` to ask the index for the whole pattern.
+/// held by `share` of the names as the `sample` shows them) matches, made of
+/// `pattern`'s rare trigrams, rarest first, until the sample's names that hold them all
+/// are no more than those that hold the pattern; `None` to ask the index for the whole
+/// pattern.
 ///
 /// A trigram here is three ASCII letters or digits in a row (pg_trgm also makes
 /// trigrams of word boundaries, which the whole pattern still has). Trigrams that
 /// overlap go in one piece (`077` and `777` make `0777`), and pieces are apart in the
 /// pattern, so that `%piece%piece%` holds wherever the pattern does; a trigram that
 /// would overlap a chosen one by a letter without being next to it is passed over.
-fn narrow(pattern: &str, sample: &Sample) -> Option<String> {
+fn narrow(pattern: &str, sample: &Sample, share: f64) -> Option<String> {
     let bytes = pattern.as_bytes();
     let windows: Vec<usize> = (0..bytes.len().saturating_sub(2))
         .filter(|&i| bytes[i..i + 3].iter().all(u8::is_ascii_alphanumeric))
@@ -175,11 +181,10 @@ fn narrow(pattern: &str, sample: &Sample) -> Option<String> {
     rarest.sort_by(|a, b| a.2.total_cmp(&b.2).then(a.0.cmp(&b.0)));
     let mut chosen: Vec<usize> = Vec::new();
     let mut left = vec![true; sample.len()];
-    for (at, holders, share) in &rarest {
-        let left_share = sample.share(&left);
-        // Once no name of the sample is left, only trigrams the sample never saw are
-        // still worth their lists.
-        if *share > USEFUL_SHARE || (left_share == 0.0 && *share > 0.0) {
+    for (at, holders, in_names) in &rarest {
+        // Once only the pattern's own names are left (none, for a rare one), only
+        // trigrams the sample never saw are still worth their lists.
+        if *in_names > USEFUL_SHARE || (sample.share(&left) <= share && *in_names > 0.0) {
             break;
         }
         let apart = |c: &usize| c.abs_diff(*at) != 2 || chosen.contains(&(c.min(at) + 1));
@@ -188,7 +193,7 @@ fn narrow(pattern: &str, sample: &Sample) -> Option<String> {
             left.iter_mut().zip(holders).for_each(|(l, h)| *l &= *h);
         }
     }
-    if chosen.len() == windows.len() || sample.share(&left) > MOST_LEFT {
+    if chosen.len() == windows.len() || sample.share(&left) > MOST_LEFT.max(2.0 * share) {
         return None;
     }
     chosen.sort_unstable();
@@ -246,7 +251,7 @@ mod tests {
     fn every_name_that_holds_the_pattern_matches_the_narrowed_one() {
         let sample = digit_names();
         for pattern in ["file00042", "bulk00777-file0004", "e00042", "k0012", "file0999", "00777-file0"] {
-            let Some(like) = narrow(pattern, &sample) else { continue };
+            let Some(like) = narrow(pattern, &sample, 0.0) else { continue };
             for (before, after) in [("", ""), ("bulk00001-", ".dat"), ("x", "9")] {
                 let name = format!("{before}{pattern}{after}");
                 assert!(like_matches(&like, &name), "{name} does not match {like} (from {pattern})");
@@ -259,7 +264,7 @@ mod tests {
         // `e00` and `004` are in no name, `000` in all: as `%e00%004%` the two rare
         // ones would miss `e0004` itself, since they share its middle `0`.
         let sample = Sample::new((0..200).map(|k| (format!("x000y{k:03}"), 1.0)).collect());
-        let like = narrow("e0004", &sample).expect("narrowed");
+        let like = narrow("e0004", &sample, 0.0).expect("narrowed");
         assert!(like_matches(&like, "e0004"), "{like} misses the pattern itself");
         assert!(!like.contains("000"), "{like} asks for the common trigram");
     }
@@ -298,6 +303,19 @@ mod tests {
         assert!(Plan::new("-x", "", &histogram(|k| (770..780).contains(&k))).through_index);
         // One match only, but far: an even spread would put it there one time in four.
         assert!(Plan::new("-x", "", &histogram(|k| k == 900)).through_index);
+    }
+
+    #[test]
+    fn bunched_matches_are_read_through_their_rare_trigrams() {
+        // `bulk0077` in names of peers 1 to 1,000, in name order: `bul`, `ulk`, `lk0`
+        // and `k00` are in every name.
+        let names =
+            (1..=1000).map(|k| format!("bulk{k:05}-file{:05}.dat", 1 + (k * 7919) % 10_000)).collect();
+        let plan = Plan::new("bulk0077", "", &Sample::from_statistics(Vec::new(), Vec::new(), names));
+        assert!(plan.through_index, "{plan:?}");
+        let like = plan.pieces.expect("narrowed");
+        assert!(!like.contains("bul") && !like.contains("k00"), "common trigrams asked for: {like}");
+        assert!(like_matches(&like, "bulk00771-file00001.dat"), "{like}");
     }
 
     #[test]
