@@ -46,6 +46,10 @@ const USEFUL_SHARE: f64 = 0.5;
 /// costs.
 const MOST_LEFT: f64 = 0.01;
 
+/// Trigrams of a pattern weighed against the sample, from its start: each costs a
+/// search of every sample name, and a pattern may be 4,096 bytes long.
+const MOST_TRIGRAMS: usize = 64;
+
 /// Names a walk in name order passes in the time that the trigram index's way takes
 /// to read and sort one match (about 10 here: 0.4 µs a name walked, 3-5 µs a match),
 /// with a margin for how little a sample tells.
@@ -122,7 +126,9 @@ impl Sample {
     /// Do the sample's names in name order after `after` that contain the pattern (its
     /// `holders`, `share` of all names) all come so late that a walk from `after` would
     /// pass more names before the first than an even spread would put there, and more
-    /// than reading all the matches through the trigram index would cost?
+    /// than reading all the matches through the trigram index would cost? (The
+    /// sample's order is that of the lowercased names: the names' own, but for
+    /// capitals.)
     fn bunched_late(&self, holders: &[bool], share: f64, after: &str) -> bool {
         let after = after.to_ascii_lowercase();
         let sorted = &self.names[self.sorted_from..];
@@ -134,8 +140,14 @@ impl Sample {
         before > WALKED_PER_MATCH * share && (1.0 - before).powi(found as i32) < UNEVEN
     }
 
-    fn len(&self) -> usize {
+    /// How many names the sample holds.
+    pub fn len(&self) -> usize {
         self.names.len()
+    }
+
+    /// Whether the sample holds no names (no statistics yet).
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
     }
 
     /// Which names of the sample contain `text`.
@@ -162,10 +174,12 @@ impl Sample {
 /// overlap go in one piece (`077` and `777` make `0777`), and pieces are apart in the
 /// pattern, so that `%piece%piece%` holds wherever the pattern does; a trigram that
 /// would overlap a chosen one by a letter without being next to it is passed over.
+/// Only the first [`MOST_TRIGRAMS`] are weighed.
 fn narrow(pattern: &str, sample: &Sample, share: f64) -> Option<String> {
     let bytes = pattern.as_bytes();
     let windows: Vec<usize> = (0..bytes.len().saturating_sub(2))
         .filter(|&i| bytes[i..i + 3].iter().all(u8::is_ascii_alphanumeric))
+        .take(MOST_TRIGRAMS)
         .collect();
     if windows.len() < 2 {
         return None;
@@ -267,6 +281,17 @@ mod tests {
         let like = narrow("e0004", &sample, 0.0).expect("narrowed");
         assert!(like_matches(&like, "e0004"), "{like} misses the pattern itself");
         assert!(!like.contains("000"), "{like} asks for the common trigram");
+    }
+
+    #[test]
+    fn a_long_pattern_is_narrowed_by_its_first_trigrams_only() {
+        // 4,000 letters and digits: weighing each of its trigrams against the sample
+        // would cost a listing hundreds of milliseconds of the server's time.
+        let pattern: String =
+            (0..4000).map(|i| char::from(b"0123456789qwxz"[(i * 7 + i / 13) % 14])).collect();
+        let like = narrow(&pattern, &digit_names(), 0.0).expect("narrowed");
+        assert!(like_matches(&like, &pattern), "{like}");
+        assert!(like_matches(&like, &pattern[..MOST_TRIGRAMS + 2]), "{like} goes past the first trigrams");
     }
 
     #[test]

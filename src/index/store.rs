@@ -64,6 +64,7 @@ use super::registry::{self, Limits, ListPage, MAX_PARTIALS_PER_PEER, PageBudget,
 use crate::content::Hash;
 use crate::name::SharePath;
 use crate::net::client_key;
+use crate::text::Clip;
 use crate::wire::{FileInfo, ListEntry, PeerHit};
 
 /// Files of dead servers' peers deleted in one statement by the lease thread
@@ -527,6 +528,7 @@ impl Store {
                 Sample::default()
             }
         };
+        log::debug!("index store: read a sample of {} names", fresh.len());
         let fresh = Arc::new(fresh);
         lock(&self.sample).1 = Arc::clone(&fresh);
         fresh
@@ -535,7 +537,9 @@ impl Store {
     /// How a listing finds the names after `after` that contain `pattern`: see
     /// [`Plan`].
     fn plan(&self, client: &mut Client, pattern: &Pattern, after: &str) -> Plan {
-        Plan::new(pattern.text(), after, &self.sample(client))
+        let plan = Plan::new(pattern.text(), after, &self.sample(client));
+        log::debug!("index store: listing plan for {} after {}: {plan:?}", Clip(pattern.text()), Clip(after));
+        plan
     }
 
     fn client(&self) -> Result<Client, RegistryError> {
