@@ -208,6 +208,59 @@ fn a_dead_servers_many_files_go_a_batch_at_a_time_and_the_living_keep_their_rows
 }
 
 #[test]
+fn a_lock_on_the_files_longer_than_a_statement_may_run_costs_no_server_its_lease() {
+    // A lock on `files` (a migration rebuilding an index, a bulk load) makes a
+    // disconnect's removal time out after STATEMENT_TIMEOUT; it is left to the lease
+    // thread, which tries it again every turn. Each try must give up within the turn,
+    // or the thread misses its renewals, the other server takes this one for dead and
+    // removes every peer it serves (as a benchmark's bulk load once did).
+    let Some(schema) = Schema::new("a_lock_on_the_files_longer_than_a_statement") else { return };
+    let ws = workspace();
+    let lease = ["--lease", "2"];
+    let (mut a, at_a) = server(&server_dir(&ws, "server-a"), "127.0.0.1", 0, &schema, &lease);
+    let (_b, at_b) = server(&server_dir(&ws, "server-b"), "127.0.0.1", 0, &schema, &lease);
+    let a_row: i64 = schema.admin(&format!("SELECT id FROM servers WHERE address = '{at_a}'"))[0].get(0);
+    let _kept = common::register_fake(at_a, 9001, common::info("kept.bin", b"kept"));
+    let leaving = common::register_fake(at_a, 9002, common::info("leaving.bin", b"leaving"));
+    let held = peerdex::index::store::STATEMENT_TIMEOUT + std::time::Duration::from_secs(4);
+    std::thread::scope(|s| {
+        let locker = s.spawn(|| {
+            schema.admin(&format!(
+                "BEGIN; LOCK TABLE files IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep({}); COMMIT;",
+                held.as_secs()
+            ))
+        });
+        wait_for("the lock on files", || {
+            let locks: i64 = schema.admin(
+                "SELECT count(*) FROM pg_locks WHERE relation = 'files'::regclass AND mode = 'AccessExclusiveLock' AND granted",
+            )[0]
+            .get(0);
+            locks == 1
+        });
+        drop(leaving);
+        locker.join().unwrap();
+    });
+    // A's row is renewed after the lock, not marked gone or replaced.
+    wait_showing(
+        "server A's own lease to be renewed after the lock",
+        || {
+            let renewed: i64 = schema.admin(&format!(
+                "SELECT count(*) FROM servers WHERE id = {a_row} AND lease_until > now() + interval '1 second'"
+            ))[0]
+            .get(0);
+            renewed == 1
+        },
+        &mut [&mut a],
+    );
+    assert_eq!(
+        holders(at_b, "kept.bin"),
+        [SocketAddr::from(([127, 0, 0, 1], 9001))],
+        "A's peer is still found at B"
+    );
+    wait_for("the removal left to the lease thread", || holders(at_b, "leaving.bin").is_empty());
+}
+
+#[test]
 fn a_prepared_lookup_reads_only_the_peers_that_hold_the_name() {
     // The plan PostgreSQL keeps for a prepared statement from its sixth run on is its
     // generic one, made without the name. With 1,000 peers each sharing 20 of 2,000

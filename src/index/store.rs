@@ -438,15 +438,28 @@ impl Store {
                 crate::text::count(dropped as u64, "connection")
             );
         }
-        // A failed removal is tried again at the next turn; the lease itself was renewed.
-        if reap && let Err(e) = self.reap(&mut client, Instant::now() + self.lease / 6) {
+        // The rest of the turn works for a sixth of the lease at most, each statement
+        // too: one that waits on a lock (a migration rebuilding an index, a bulk load)
+        // must not hold this thread past the next renewal, or the other servers take
+        // this one for dead and remove every peer it serves. What is not done is tried
+        // again at the next turn; the lease itself was renewed.
+        let turn = self.lease / 6;
+        let by = Instant::now() + turn;
+        client.batch_execute(&format!("SET statement_timeout = {}", turn.as_millis().max(1)))?;
+        if reap && let Err(e) = self.reap(&mut client, by) {
             log::warn!("index store: cannot remove the peers of servers whose lease expired: {e}");
         }
         let pending = std::mem::take(&mut *lock(&self.pending));
         for conn in pending {
-            if self.remove(conn).is_err() {
+            if Instant::now() >= by || self.remove_with(&mut client, conn).is_err() {
                 lock(&self.pending).push(conn);
             }
+        }
+        if client
+            .batch_execute(&format!("SET statement_timeout = {}", STATEMENT_TIMEOUT.as_millis()))
+            .is_err()
+        {
+            client.broken = true;
         }
         Ok(true)
     }
@@ -756,9 +769,13 @@ impl Store {
 
     /// Removes the registration of the peer on `conn`, if any. Returns whether there was.
     pub fn remove(&self, conn: SocketAddr) -> Result<bool, RegistryError> {
-        let mut client = self.client()?;
+        self.remove_with(&mut self.client()?, conn)
+    }
+
+    /// [`Store::remove`] on `client`.
+    fn remove_with(&self, client: &mut Client, conn: SocketAddr) -> Result<bool, RegistryError> {
         let removed = run(
-            &mut **client,
+            &mut ***client,
             "DELETE FROM peers WHERE server_id = $1 AND conn = $2 RETURNING id",
             &[(&self.server_id(), Type::INT8), (&conn.to_string(), Type::TEXT)],
         )?;
