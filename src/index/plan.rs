@@ -104,7 +104,8 @@ pub struct Sample {
 impl Sample {
     /// A sample of `names` in no order, each with its weight (the share of all names
     /// it stands for).
-    pub fn new(names: Vec<(String, f64)>) -> Sample {
+    #[cfg(test)]
+    fn new(names: Vec<(String, f64)>) -> Sample {
         let total = names.iter().map(|(_, w)| w).sum();
         Sample { sorted_from: names.len(), names, total }
     }

@@ -856,12 +856,9 @@ impl Store {
         cursor.open = true;
         let like = contains(pattern);
         let (server, asker) = (self.server_id(), asker.to_string());
-        let matching = matching(&plan, "f.name", 2, 5);
         let mut params: Vec<(&(dyn ToSql + Sync), Type)> =
             vec![(&after, Type::TEXT), (&like, Type::TEXT), (&server, Type::INT8), (&asker, Type::TEXT)];
-        if let Some(pieces) = &plan.pieces {
-            params.push((pieces, Type::TEXT));
-        }
+        let matching = matching(&plan, "f.name", &mut params);
         run(
             &mut **cursor.client,
             &format!(
@@ -901,7 +898,6 @@ impl Store {
         let after = after.map_or("", SharePath::as_str);
         let names = budget.names.max(1) as i64;
         let plan = self.plan(&mut client, pattern, after);
-        let matching = matching(&plan, "name", 2, 6);
         // A fence (`OFFSET 0`) that keeps the page's order and limit out of the query
         // that finds the matches, so that it is planned for all of them: through the
         // trigram index, not by walking the names in order.
@@ -914,9 +910,7 @@ impl Store {
             (&names, Type::INT8),
             (&asker, Type::TEXT),
         ];
-        if let Some(pieces) = &plan.pieces {
-            params.push((pieces, Type::TEXT));
-        }
+        let matching = matching(&plan, "name", &mut params);
         let rows = run(
             &mut **client,
             // The asker's own files are left out (0: it is not registered here).
@@ -1087,15 +1081,19 @@ fn migrate(client: &mut postgres::Client) -> Result<(), postgres::Error> {
     tx.commit()
 }
 
-/// The condition that the lowercased `column` contains the pattern (parameter
-/// `$like`), as `plan` has it: with pieces (parameter `$pieces`), the trigram index is
-/// asked for those, and the whole pattern is tested on an expression the index does
-/// not serve (`|| ''`). Of that expression PostgreSQL's planner knows nothing but the
-/// pattern's length, and so takes it for rare, as the plan found it.
-fn matching(plan: &Plan, column: &str, like: usize, pieces: usize) -> String {
-    match plan.pieces {
-        Some(_) => format!("lower({column}) LIKE ${pieces} AND lower({column}) || '' LIKE ${like}"),
-        None => format!("lower({column}) LIKE ${like}"),
+/// The condition that the lowercased `column` contains the pattern (parameter `$2`),
+/// as `plan` has it: with pieces (added to `params` as the last parameter), the trigram
+/// index is asked for those, and the whole pattern is tested on an expression the
+/// index does not serve (`|| ''`). Of that expression PostgreSQL's planner knows
+/// nothing but the pattern's length, and so takes it for rare, as the plan found it.
+fn matching<'a>(plan: &'a Plan, column: &str, params: &mut Vec<(&'a (dyn ToSql + Sync), Type)>) -> String {
+    match &plan.pieces {
+        Some(pieces) => {
+            params.push((pieces, Type::TEXT));
+            let at = params.len();
+            format!("lower({column}) LIKE ${at} AND lower({column}) || '' LIKE $2")
+        }
+        None => format!("lower({column}) LIKE $2"),
     }
 }
 
