@@ -213,11 +213,14 @@ fn a_lock_on_the_files_longer_than_a_statement_may_run_costs_no_server_its_lease
     // disconnect's removal time out after STATEMENT_TIMEOUT; it is left to the lease
     // thread, which tries it again every turn. Each try must give up within the turn,
     // or the thread misses its renewals, the other server takes this one for dead and
-    // removes every peer it serves (as a benchmark's bulk load once did).
+    // removes every peer it serves (as a benchmark's bulk load once did). Meanwhile
+    // lookups waiting on the lock hold every connection of A's pool: the lease thread
+    // must not need one.
     let Some(schema) = Schema::new("a_lock_on_the_files_longer_than_a_statement") else { return };
     let ws = workspace();
     let lease = ["--lease", "2"];
-    let (mut a, at_a) = server(&server_dir(&ws, "server-a"), "127.0.0.1", 0, &schema, &lease);
+    let pool = ["--lease", "2", "--store-pool", "2"];
+    let (mut a, at_a) = server(&server_dir(&ws, "server-a"), "127.0.0.1", 0, &schema, &pool);
     let (_b, at_b) = server(&server_dir(&ws, "server-b"), "127.0.0.1", 0, &schema, &lease);
     let a_row: i64 = schema.admin(&format!("SELECT id FROM servers WHERE address = '{at_a}'"))[0].get(0);
     let _kept = common::register_fake(at_a, 9001, common::info("kept.bin", b"kept"));
@@ -237,7 +240,21 @@ fn a_lock_on_the_files_longer_than_a_statement_may_run_costs_no_server_its_lease
             .get(0);
             locks == 1
         });
+        let lookups: Vec<_> = (0..2).map(|_| s.spawn(|| lookup(at_a, "kept.bin"))).collect();
+        wait_for("two lookups at A waiting on the lock, with both its pooled connections", || {
+            let waiting: i64 = schema
+                .admin("SELECT count(*) FROM pg_locks WHERE relation = 'files'::regclass AND NOT granted")[0]
+                .get(0);
+            waiting == 2
+        });
         drop(leaving);
+        for asked in lookups {
+            assert_eq!(
+                asked.join().unwrap(),
+                Reply::Error("index store unavailable".into()),
+                "a lookup that waited on the lock for longer than a statement may run"
+            );
+        }
         locker.join().unwrap();
     });
     // A's row is renewed after the lock, not marked gone or replaced.

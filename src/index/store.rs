@@ -47,6 +47,8 @@
 //! while the database cannot be reached gets `Error("index store unavailable")` (the
 //! pool keeps trying to connect, with backoff); a disconnect's removal that fails is
 //! retried by the lease thread, so a peer gone during an outage does not stay listed.
+//! The lease thread has one more connection of its own, outside the pool, so that
+//! requests holding every pooled connection cannot keep it from renewing the lease.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -225,10 +227,7 @@ impl r2d2::ManageConnection for Manager {
     /// row.
     fn connect(&self) -> Result<Conn, postgres::Error> {
         let mut client = self.0.connect()?;
-        client.batch_execute(&format!(
-            "SET synchronous_commit = off; SET jit = off; SET statement_timeout = {}",
-            STATEMENT_TIMEOUT.as_millis()
-        ))?;
+        configure(&mut client, STATEMENT_TIMEOUT)?;
         Ok(Conn { client, lookup: None, broken: false })
     }
 
@@ -337,7 +336,7 @@ impl Store {
             );
         }
         let config: postgres::Config = url.parse().with_context(|| format!("invalid --store URL {url:?}"))?;
-        let manager = Manager(PostgresConnectionManager::new(config, NoTls));
+        let manager = Manager(PostgresConnectionManager::new(config.clone(), NoTls));
         let pool = r2d2::Pool::builder()
             .max_size(pool.max(1))
             .min_idle(Some(1))
@@ -366,7 +365,7 @@ impl Store {
         let renewing = Arc::clone(&store);
         thread::Builder::new()
             .name("lease".into())
-            .spawn(move || renewing.keep_lease())
+            .spawn(move || renewing.keep_lease(config))
             .context("cannot start the lease thread")?;
         Ok(store)
     }
@@ -395,29 +394,43 @@ impl Store {
     /// lease has expired (and so their peers), and retries failed removals. Runs for
     /// as long as the process.
     ///
+    /// The thread has a connection of its own (`config`, connected again when lost),
+    /// not one from the pool: the pool's connections can all be taken for longer than
+    /// a lease, by requests waiting on a lock (a migration rebuilding an index, a bulk
+    /// load) or by a crowd of clients, and a lease thread waiting for one would let
+    /// the other servers take this one for dead and remove every peer it serves. Every
+    /// statement on it may run for a sixth of the lease at most ([`Store::renew`]).
+    ///
     /// After the database was out of reach, no server may have renewed: this one
     /// deletes no other until it has renewed its own for a whole lease again, by when
     /// every living server has too. (Otherwise the first server back would delete all
     /// the others, and every peer with them.)
-    fn keep_lease(&self) {
+    fn keep_lease(&self, mut config: postgres::Config) {
+        let turn = self.lease / 6;
+        config.connect_timeout(turn.max(Duration::from_secs(1)));
+        let mut own: Option<postgres::Client> = None;
         let mut may_reap = Instant::now() + self.lease;
         loop {
             thread::sleep(self.lease / 3); // the lease's own rhythm, not a wait for an event
-            match self.renew(Instant::now() >= may_reap) {
-                Ok(true) => {}
-                Ok(false) => may_reap = Instant::now() + self.lease,
-                Err(e) => {
-                    log::warn!("index store: cannot renew this server's lease: {e}");
-                    may_reap = Instant::now() + self.lease;
-                }
+            if own.as_ref().is_none_or(postgres::Client::is_closed) {
+                own = lease_connection(&config, turn)
+                    .inspect_err(|e| log::warn!("index store: the lease thread cannot connect: {e}"))
+                    .ok();
+            }
+            let Some(client) = own.as_mut() else {
+                may_reap = Instant::now() + self.lease;
+                continue;
+            };
+            if let Err(e) = self.renew(client, Instant::now() >= may_reap) {
+                log::warn!("index store: cannot renew this server's lease: {e}");
+                may_reap = Instant::now() + self.lease;
             }
         }
     }
 
-    /// Renews the lease and, if `reap`, deletes the servers whose lease has expired.
-    /// Returns false if the database could not be reached.
-    fn renew(&self, reap: bool) -> Result<bool, postgres::Error> {
-        let Ok(mut client) = self.pool.get() else { return Ok(false) };
+    /// Renews the lease on `client` and, if `reap`, deletes the servers whose lease
+    /// has expired; then retries the removals that failed.
+    fn renew(&self, client: &mut postgres::Client, reap: bool) -> Result<(), postgres::Error> {
         let lease = self.lease.as_millis() as f64;
         let renewed = client.execute(
             "UPDATE servers SET lease_until = now() + $2 * interval '1 millisecond'
@@ -431,37 +444,28 @@ impl Store {
             // Their connections go on, but the index has forgotten them: they are shut
             // down once this server has a new row, and the peers connect and register
             // again (a connection made meanwhile is shut down too, and does the same).
-            self.take_server_row(&mut client)?;
+            self.take_server_row(client)?;
             let dropped = self.clients.get().map_or(0, crate::net::Live::shut_down_all);
             log::error!(
                 "index store: this server's lease expired and its peers were removed from the index; closed its {} so that they register again",
                 crate::text::count(dropped as u64, "connection")
             );
         }
-        // The rest of the turn works for a sixth of the lease at most, each statement
-        // too: one that waits on a lock (a migration rebuilding an index, a bulk load)
-        // must not hold this thread past the next renewal, or the other servers take
-        // this one for dead and remove every peer it serves. What is not done is tried
-        // again at the next turn; the lease itself was renewed.
-        let turn = self.lease / 6;
-        let by = Instant::now() + turn;
-        client.batch_execute(&format!("SET statement_timeout = {}", turn.as_millis().max(1)))?;
-        if reap && let Err(e) = self.reap(&mut client, by) {
+        // The rest of the turn works for a sixth of the lease at most (each statement
+        // too, see `lease_connection`): one that waits on a lock must not hold this
+        // thread past the next renewal. What is not done is tried again at the next
+        // turn; the lease itself was renewed.
+        let by = Instant::now() + self.lease / 6;
+        if reap && let Err(e) = self.reap(client, by) {
             log::warn!("index store: cannot remove the peers of servers whose lease expired: {e}");
         }
         let pending = std::mem::take(&mut *lock(&self.pending));
         for conn in pending {
-            if Instant::now() >= by || self.remove_with(&mut client, conn).is_err() {
+            if Instant::now() >= by || self.remove_with(client, conn).is_err() {
                 lock(&self.pending).push(conn);
             }
         }
-        if client
-            .batch_execute(&format!("SET statement_timeout = {}", STATEMENT_TIMEOUT.as_millis()))
-            .is_err()
-        {
-            client.broken = true;
-        }
-        Ok(true)
+        Ok(())
     }
 
     /// Removes the servers whose lease has expired, with their peers, working until `by`
@@ -769,13 +773,13 @@ impl Store {
 
     /// Removes the registration of the peer on `conn`, if any. Returns whether there was.
     pub fn remove(&self, conn: SocketAddr) -> Result<bool, RegistryError> {
-        self.remove_with(&mut self.client()?, conn)
+        self.remove_with(&mut self.client()?.client, conn)
     }
 
     /// [`Store::remove`] on `client`.
-    fn remove_with(&self, client: &mut Client, conn: SocketAddr) -> Result<bool, RegistryError> {
+    fn remove_with(&self, client: &mut postgres::Client, conn: SocketAddr) -> Result<bool, RegistryError> {
         let removed = run(
-            &mut ***client,
+            client,
             "DELETE FROM peers WHERE server_id = $1 AND conn = $2 RETURNING id",
             &[(&self.server_id(), Type::INT8), (&conn.to_string(), Type::TEXT)],
         )?;
@@ -1062,6 +1066,24 @@ fn run(
     params: &[(&(dyn ToSql + Sync), Type)],
 ) -> Result<Vec<postgres::Row>, RegistryError> {
     client.query_typed(sql, params).map_err(unavailable)
+}
+
+/// The lease thread's own connection ([`Store::keep_lease`]), on which no statement
+/// runs longer than `turn`: a renewal, or a removal waiting on a lock, gives up in time
+/// for the next renewal.
+fn lease_connection(config: &postgres::Config, turn: Duration) -> Result<postgres::Client, postgres::Error> {
+    let mut client = config.connect(NoTls)?;
+    configure(&mut client, turn)?;
+    Ok(client)
+}
+
+/// A new connection's settings ([`Manager::connect`] says why): no statement runs
+/// longer than `statement_timeout`.
+fn configure(client: &mut postgres::Client, statement_timeout: Duration) -> Result<(), postgres::Error> {
+    client.batch_execute(&format!(
+        "SET synchronous_commit = off; SET jit = off; SET statement_timeout = {}",
+        statement_timeout.as_millis().max(1)
+    ))
 }
 
 /// Applies the migrations the database lacks, recording each in `peerdex_migrations`.
