@@ -208,6 +208,57 @@ fn a_dead_servers_many_files_go_a_batch_at_a_time_and_the_living_keep_their_rows
 }
 
 #[test]
+fn a_dead_servers_peers_leave_lookups_and_the_address_limit_before_their_files_are_deleted() {
+    // A dead server's files go a batch at a time, over many turns if it served
+    // millions. Its peers must not be found, nor counted against their address (which
+    // would refuse them when they register again at a living server), meanwhile.
+    let Some(schema) = Schema::new("a_dead_servers_peers_leave_lookups") else { return };
+    let ws = workspace();
+    let (mut b, at_b) =
+        server(ws.path(), "127.0.0.1", 0, &schema, &["--lease", "2", "--max-files-per-ip", "3"]);
+    schema.admin(
+        "INSERT INTO servers (address, lease_until) VALUES ('dead', now() - interval '1 hour');
+         INSERT INTO peers (server_id, conn, ip, ip_key, port, files)
+             VALUES ((SELECT id FROM servers WHERE address = 'dead'), 'd:0', '127.0.0.2', '127.0.0.2', 9, 3);
+         INSERT INTO files (peer_id, name, size, root, complete)
+             SELECT (SELECT id FROM peers WHERE conn = 'd:0'), 'dead-' || i, i, decode(repeat('00', 32), 'hex'), true
+             FROM generate_series(1, 3) i;",
+    );
+    // One of its files is locked, so that its deletion cannot finish.
+    let mut locker = postgres::Client::connect(&common::pg::admin_url(), postgres::NoTls).unwrap();
+    locker
+        .batch_execute(&format!(
+            "SET search_path = {}, public; BEGIN; SELECT 1 FROM files WHERE name = 'dead-1' FOR UPDATE",
+            schema.name
+        ))
+        .unwrap();
+    wait_showing(
+        "the dead server marked gone and its unlocked files deleted",
+        || {
+            let row = &schema.admin(
+                "SELECT (SELECT count(*) FROM servers WHERE address = 'dead' AND lease_until = '-infinity'),
+                        (SELECT count(*) FROM files WHERE name LIKE 'dead-%')",
+            )[0];
+            (row.get::<_, i64>(0), row.get::<_, i64>(1)) == (1, 1)
+        },
+        &mut [&mut b],
+    );
+    assert_eq!(lookup(at_b, "dead-1"), Reply::NoPeers, "a dead server's peer is not found");
+    let mut again = RawIndexClient::connect_from("127.0.0.2", at_b);
+    let files: Vec<_> = (1..=3).map(|i| common::info(&format!("dead-{i}"), b"x")).collect();
+    assert_eq!(
+        again.call(&Request::Register { port: 9, files }),
+        Reply::Done { files: 3 },
+        "its address registers its 3 files again at a living server, within its limit of 3"
+    );
+    locker.batch_execute("COMMIT").unwrap();
+    wait_for("the dead server and its files to be removed", || {
+        schema.admin("SELECT count(*) FROM servers WHERE address = 'dead'")[0].get::<_, i64>(0) == 0
+    });
+    assert_eq!(holders(at_b, "dead-1"), [SocketAddr::from(([127, 0, 0, 2], 9))], "found at its new server");
+}
+
+#[test]
 fn a_lock_on_the_files_longer_than_a_statement_may_run_costs_no_server_its_lease() {
     // A lock on `files` (a migration rebuilding an index, a bulk load) makes a
     // disconnect's removal time out after STATEMENT_TIMEOUT; it is left to the lease
