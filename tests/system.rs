@@ -224,6 +224,18 @@ fn bad_arguments_are_usage_errors() {
         assert_eq!(status.code(), Some(2), "{args:?}\n{}", p.dump());
         assert!(p.lines(Stream::Err)[0].starts_with("error:"), "{args:?}\n{}", p.dump());
     }
+    // A lease so short that servers would take each other for dead, or absurdly long:
+    // refused before any database is asked, naming the range.
+    for lease in ["0.01", "100000"] {
+        let args = ["127.0.0.1", "0", "--store", "postgres://nobody@127.0.0.1:1/none", "--lease", lease];
+        let mut p = Proc::start(env!("CARGO_BIN_EXE_indexing-server"), &args, ws.path());
+        assert_eq!(p.finish().code(), Some(2), "{}", p.dump());
+        let error = p.lines(Stream::Err).join("\n");
+        assert!(
+            error.contains(&format!("a lease of {lease} s is out of range: it must be 1 to 86400 seconds")),
+            "{error}"
+        );
+    }
     let mut p = Proc::start(env!("CARGO_BIN_EXE_peer"), &["127.0.0.1", "1"], ws.path());
     assert_eq!(p.finish().code(), Some(2));
 }

@@ -96,8 +96,20 @@ struct Args {
     store_pool: u32,
     /// Seconds this server's peers outlive it in the --store database if it dies
     /// without a word; it renews its lease every third of that.
-    #[arg(long, value_name = "SECS", default_value = "15", value_parser = cli::parse_secs, requires = "store")]
+    #[arg(long, value_name = "SECS", default_value = "15", value_parser = parse_lease, requires = "store")]
     lease: Duration,
+}
+
+/// `--lease`: seconds, within [`index::store::MIN_LEASE`] and [`index::store::MAX_LEASE`].
+fn parse_lease(text: &str) -> Result<Duration, String> {
+    let (min, max) = (index::store::MIN_LEASE, index::store::MAX_LEASE);
+    Some(cli::parse_secs(text)?).filter(|lease| (min..=max).contains(lease)).ok_or_else(|| {
+        format!(
+            "a lease of {text} s is out of range: it must be {} to {} seconds",
+            min.as_secs(),
+            max.as_secs()
+        )
+    })
 }
 
 /// `indexing-server adduser FILE NAME`: adds an account to a users file, or changes
