@@ -329,6 +329,51 @@ fn a_lock_on_the_files_longer_than_a_statement_may_run_costs_no_server_its_lease
 }
 
 #[test]
+fn a_database_host_gone_silent_costs_a_request_seconds_and_then_the_server_recovers() {
+    // A database host that vanishes without closing its connections (powered off, cut
+    // off, a primary replaced by its standby) never answers: the server's packets go
+    // unacknowledged. TCP alone gives up after about 15 minutes, with the request's
+    // thread and connection held all that time (this client gives up after 60 s and
+    // fails the test). The server takes such a connection for dead after DEAD_HOST
+    // (10 s) and answers "index store unavailable". The server runs in a network
+    // namespace and reaches PostgreSQL through a forwarder on this side of the link,
+    // whose packets back are then dropped.
+    let Some(schema) = Schema::new("a_database_host_gone_silent") else { return };
+    let Some(link) = common::netns::Link::new("a_database_host_gone_silent") else { return };
+    let ws = workspace();
+    let admin = common::pg::admin_url();
+    let host = admin.split_once('@').map_or(admin.as_str(), |(_, h)| h).split('/').next().unwrap().to_owned();
+    let pg = std::net::ToSocketAddrs::to_socket_addrs(&host).unwrap().next().unwrap();
+    let forwarder = common::netns::forward(SocketAddr::new(link.outer.into(), 0), pg);
+    let url = schema.url.replacen(&host, &forwarder.to_string(), 1);
+    let log = ws.path().join("log.log");
+    let inner = link.inner.to_string();
+    let args = [&inner, "0", "--store", &url, "--log-file", log.to_str().unwrap()];
+    let mut index = link.start(env!("CARGO_BIN_EXE_indexing-server"), &args, ws.path());
+    let at: SocketAddr =
+        index.expect(Stream::Out, "listening on ").trim_start_matches("listening on ").parse().unwrap();
+    let outer = link.outer.to_string();
+    let ask = || {
+        RawIndexClient::connect_from(&outer, at)
+            .call(&Request::Lookup { name: SharePath::parse("kept.bin").unwrap() })
+    };
+    let mut kept = RawIndexClient::connect_from(&outer, at);
+    let files = vec![common::info("kept.bin", b"kept")];
+    assert_eq!(kept.call(&Request::Register { port: 9001, files }), Reply::Done { files: 1 });
+    let found = |r: &Reply| matches!(r, Reply::Peers(hits) if hits.len() == 1);
+    assert!(found(&ask()));
+
+    link.hold(forwarder.port());
+    assert_eq!(
+        ask(),
+        Reply::Error("index store unavailable".into()),
+        "a lookup while the database's host is silent"
+    );
+    link.release();
+    wait_showing("lookups to be answered again", || found(&ask()), &mut [&mut index]);
+}
+
+#[test]
 fn a_prepared_lookup_reads_only_the_peers_that_hold_the_name() {
     // The plan PostgreSQL keeps for a prepared statement from its sixth run on is its
     // generic one, made without the name. With 1,000 peers each sharing 20 of 2,000

@@ -103,6 +103,14 @@ pub const MAX_STORED_NAME: usize = 2600;
 /// database; a registration of 200,000 files takes a few seconds.
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long the database's host may leave what we sent unacknowledged, or stay
+/// silent to keepalive probes, before its connection is taken for dead (TCP's own
+/// patience is about 15 minutes). A host that vanishes without closing its connections
+/// (powered off, cut off, a primary replaced by its standby) then costs each request
+/// on one of them 10 s and an "index store unavailable", not a quarter of an hour,
+/// and the lease thread reconnects in time.
+const DEAD_HOST: Duration = Duration::from_secs(10);
+
 /// How long a request waits for a pooled connection before it is told the store is
 /// unavailable: long enough for a burst of requests on a busy server to be served in
 /// turn, short enough that a peer hears of an outage well before its own timeouts.
@@ -354,7 +362,15 @@ impl Store {
                 limits.name_len
             );
         }
-        let config: postgres::Config = url.parse().with_context(|| format!("invalid --store URL {url:?}"))?;
+        let mut config: postgres::Config =
+            url.parse().with_context(|| format!("invalid --store URL {url:?}"))?;
+        // Unless the URL says otherwise (libpq's `tcp_user_timeout`, `keepalives_idle`).
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(DEAD_HOST);
+        }
+        if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
+            config.keepalives_idle(DEAD_HOST).keepalives_interval(DEAD_HOST / 5);
+        }
         let manager = Manager(PostgresConnectionManager::new(config.clone(), NoTls));
         let pool = r2d2::Pool::builder()
             .max_size(pool.max(1))
@@ -427,6 +443,8 @@ impl Store {
     fn keep_lease(&self, mut config: postgres::Config) {
         let turn = self.lease / 6;
         config.connect_timeout(turn.max(Duration::from_secs(1)));
+        let patience = config.get_tcp_user_timeout().copied().unwrap_or(DEAD_HOST);
+        config.tcp_user_timeout(turn.max(Duration::from_secs(1)).min(patience));
         let mut own: Option<postgres::Client> = None;
         let mut may_reap = Instant::now() + self.lease;
         loop {
