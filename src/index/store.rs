@@ -302,29 +302,57 @@ pub const SAMPLE: &str =
             coalesce(histogram_bounds::text::text[], '{}')
      FROM pg_stats WHERE schemaname = current_schema() AND tablename = 'files_name_trgm'";
 
-/// A count of places taken, at most `max`, waited for with a deadline.
+/// A count of places taken, at most `max`, waited for with a deadline, in turn: a
+/// place given back goes to the one that has waited longest, never to one that came
+/// after it. Without turns, a client listing without pause could take every freed
+/// place before the waiters woke, and a listing behind it be refused after
+/// [`LISTING_WAIT`] while places changed hands many times.
 #[derive(Debug)]
 struct Slots {
-    taken: Mutex<usize>,
+    state: Mutex<Turns>,
     freed: std::sync::Condvar,
     max: usize,
 }
 
+/// The places taken, and the tickets of those waiting, oldest first.
+#[derive(Debug, Default)]
+struct Turns {
+    taken: usize,
+    waiting: std::collections::VecDeque<u64>,
+    next_ticket: u64,
+}
+
 impl Slots {
     fn new(max: usize) -> Slots {
-        Slots { taken: Mutex::new(0), freed: std::sync::Condvar::new(), max: max.max(1) }
+        Slots { state: Mutex::default(), freed: std::sync::Condvar::new(), max: max.max(1) }
     }
 
-    /// Takes a place, waiting up to `wait` for one; `None` if none came free.
+    /// Takes a place, waiting in turn up to `wait` for one; `None` if none came free.
     fn take(&self, wait: Duration) -> Option<SlotGuard<'_>> {
         let deadline = Instant::now() + wait;
-        let mut taken = lock(&self.taken);
-        while *taken >= self.max {
-            let left = deadline.checked_duration_since(Instant::now())?;
-            taken = self.freed.wait_timeout(taken, left).unwrap_or_else(PoisonError::into_inner).0;
+        let mut turns = lock(&self.state);
+        let ticket = turns.next_ticket;
+        turns.next_ticket += 1;
+        turns.waiting.push_back(ticket);
+        while !(turns.waiting.front() == Some(&ticket) && turns.taken < self.max) {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                turns.waiting.retain(|&t| t != ticket);
+                // The next in line may be free to go now that this one is not ahead.
+                self.freed.notify_all();
+                return None;
+            };
+            turns = self.freed.wait_timeout(turns, left).unwrap_or_else(PoisonError::into_inner).0;
         }
-        *taken += 1;
+        turns.waiting.pop_front();
+        turns.taken += 1;
+        // The next in line may take a place too, if one is left.
+        self.freed.notify_all();
         Some(SlotGuard(self))
+    }
+
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        lock(&self.state).waiting.len()
     }
 }
 
@@ -333,8 +361,9 @@ struct SlotGuard<'a>(&'a Slots);
 
 impl Drop for SlotGuard<'_> {
     fn drop(&mut self) {
-        *lock(&self.0.taken) -= 1;
-        self.0.freed.notify_one();
+        lock(&self.0.state).taken -= 1;
+        // Every waiter looks: only the first in line may take it.
+        self.0.freed.notify_all();
     }
 }
 
@@ -1244,6 +1273,34 @@ mod tests {
         drop(a);
         assert!(slots.take(Duration::ZERO).is_some(), "a place given back is taken again");
         assert!(Slots::new(0).take(Duration::ZERO).is_some(), "a pool of one still lists");
+    }
+
+    #[test]
+    fn listing_places_go_to_those_waiting_in_the_order_they_came() {
+        let slots = Slots::new(1);
+        let held = slots.take(Duration::ZERO);
+        let (order, got) = std::sync::mpsc::channel();
+        std::thread::scope(|s| {
+            for who in ["first", "second"] {
+                let (slots, order) = (&slots, order.clone());
+                let before = slots.waiting();
+                s.spawn(move || {
+                    let place = slots.take(Duration::from_secs(60));
+                    order.send(who).unwrap();
+                    drop(place);
+                });
+                // Each is in line before the next comes (a condition, not a pause).
+                while slots.waiting() == before {
+                    std::thread::yield_now();
+                }
+            }
+            drop(held);
+            // A newcomer that will not wait finds the freed place promised to the
+            // first in line, not free for the taking.
+            assert!(slots.take(Duration::ZERO).is_none(), "a newcomer went before those waiting");
+            assert_eq!(got.recv().unwrap(), "first");
+            assert_eq!(got.recv().unwrap(), "second");
+        });
     }
 
     #[test]
