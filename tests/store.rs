@@ -261,9 +261,9 @@ fn a_lock_on_the_files_longer_than_a_statement_may_run_costs_no_server_its_lease
     // disconnect's removal time out after STATEMENT_TIMEOUT; it is left to the lease
     // thread, which tries it again every turn. Each try must give up within the turn,
     // or the thread misses its renewals, the other server takes this one for dead and
-    // removes every peer it serves (as a benchmark's bulk load once did). Meanwhile
-    // lookups waiting on the lock hold every connection of A's pool: the lease thread
-    // must not need one.
+    // removes every peer it serves (as a benchmark's bulk load once did). Meanwhile a
+    // lookup and a registration waiting on the lock hold every connection of A's pool:
+    // the lease thread must not need one.
     let Some(schema) = Schema::new("a_lock_on_the_files_longer_than_a_statement") else { return };
     let ws = workspace();
     let lease = ["--lease", "2"];
@@ -288,19 +288,31 @@ fn a_lock_on_the_files_longer_than_a_statement_may_run_costs_no_server_its_lease
             .get(0);
             locks == 1
         });
-        let lookups: Vec<_> = (0..2).map(|_| s.spawn(|| lookup(at_a, "kept.bin"))).collect();
-        wait_for("two lookups at A waiting on the lock, with both its pooled connections", || {
-            let waiting: i64 = schema
-                .admin("SELECT count(*) FROM pg_locks WHERE relation = 'files'::regclass AND NOT granted")[0]
+        // Lookups asked at once share one connection (one statement for all): a lookup
+        // and a registration take the two.
+        let asked = [
+            s.spawn(|| lookup(at_a, "kept.bin")),
+            s.spawn(|| {
+                let file = common::info("new.bin", b"new");
+                RawIndexClient::connect(at_a).call(&Request::Register { port: 9003, files: vec![file] })
+            }),
+        ];
+        wait_for(
+            "a lookup and a registration at A waiting on the lock, with both its pooled connections",
+            || {
+                let waiting: i64 = schema.admin(
+                    "SELECT count(*) FROM pg_locks WHERE relation = 'files'::regclass AND NOT granted",
+                )[0]
                 .get(0);
-            waiting == 2
-        });
+                waiting == 2
+            },
+        );
         drop(leaving);
-        for asked in lookups {
+        for asked in asked {
             assert_eq!(
                 asked.join().unwrap(),
                 Reply::Error("index store unavailable".into()),
-                "a lookup that waited on the lock for longer than a statement may run"
+                "a request that waited on the lock for longer than a statement may run"
             );
         }
         locker.join().unwrap();
@@ -371,6 +383,73 @@ fn a_database_host_gone_silent_costs_a_request_seconds_and_then_the_server_recov
 }
 
 #[test]
+fn lookups_asked_at_once_go_in_one_statement_and_each_gets_its_own_answer() {
+    // While `files` is locked, the first lookup waits on the lock in PostgreSQL and the
+    // others, asked meanwhile, wait for it at the server; when the lock goes, they go
+    // together in one statement (which the server logs at debug level). Each must get
+    // the holders of its own name, not a neighbour's: names held by one peer, by two
+    // (in the order of a lone lookup), and by none, between the others.
+    let Some(schema) = Schema::new("lookups_asked_at_once_go_in_one_statement") else { return };
+    let ws = workspace();
+    let (mut a, at) = server(ws.path(), "127.0.0.1", 0, &schema, &["--log-level", "debug", "-v"]);
+    let port = |k: u16| SocketAddr::from(([127, 0, 0, 1], 9100 + k));
+    let _peers: Vec<_> = (0..16)
+        .map(|k| common::register_fake(at, port(k).port(), common::info(&format!("one-{k}"), b"x")))
+        .chain([30, 31].map(|k| common::register_fake(at, port(k).port(), common::info("two", b"x"))))
+        .collect();
+    let mut asked: Vec<(String, Vec<SocketAddr>)> =
+        (0..16).map(|k| (format!("one-{k}"), vec![port(k)])).collect();
+    asked.insert(5, ("two".into(), vec![port(30), port(31)]));
+    asked.insert(9, ("none-1".into(), Vec::new()));
+    asked.push(("none-2".into(), Vec::new()));
+
+    let mut locker = postgres::Client::connect(&common::pg::admin_url(), postgres::NoTls).unwrap();
+    locker.batch_execute(&format!("SET search_path = {}, public", schema.name)).unwrap();
+    let waiting_on_the_lock = |locker: &mut postgres::Client| -> i64 {
+        let sql = "SELECT count(*) FROM pg_locks WHERE relation = 'files'::regclass AND NOT granted";
+        locker.query_one(sql, &[]).unwrap().get(0)
+    };
+    // Those asked after the first one are almost always in by the time the lock goes;
+    // a round in which some came late is done again.
+    for round in 1.. {
+        locker.batch_execute("BEGIN; LOCK TABLE files IN ACCESS EXCLUSIVE MODE").unwrap();
+        let mut clients: Vec<_> = asked.iter().map(|_| RawIndexClient::connect(at)).collect();
+        for (c, (name, _)) in clients.iter_mut().zip(&asked) {
+            let name = SharePath::parse(name).unwrap();
+            wire::send_msg(&mut c.stream, &Request::Lookup { name }).unwrap();
+        }
+        wait_for("a lookup to wait on the lock", || waiting_on_the_lock(&mut locker) > 0);
+        locker.batch_execute("COMMIT").unwrap();
+        for (c, (name, holders)) in clients.iter_mut().zip(&asked) {
+            let expected = match holders.is_empty() {
+                true => Reply::NoPeers,
+                false => Reply::Peers(
+                    holders
+                        .iter()
+                        .map(|&addr| wire::PeerHit { addr, ..peer_hit(common::info(name, b"x")) })
+                        .collect(),
+                ),
+            };
+            assert_eq!(wire::recv_msg::<Reply>(&mut c.stream).unwrap(), expected, "the lookup of {name}");
+        }
+        if a.expect_any(&["lookups in one statement"], std::time::Duration::from_secs(2)).is_some() {
+            break;
+        }
+        assert!(round < 10, "no lookups went together in {round} rounds:\n{}", a.dump_all());
+    }
+}
+
+/// What a lookup answers of a holder of `file` with its whole file.
+fn peer_hit(file: wire::FileInfo) -> wire::PeerHit {
+    wire::PeerHit {
+        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        size: file.size,
+        root: file.root,
+        complete: true,
+    }
+}
+
+#[test]
 fn a_prepared_lookup_reads_only_the_peers_that_hold_the_name() {
     // The plan PostgreSQL keeps for a prepared statement from its sixth run on is its
     // generic one, made without the name. With 1,000 peers each sharing 20 of 2,000
@@ -393,16 +472,25 @@ fn a_prepared_lookup_reads_only_the_peers_that_hold_the_name() {
     let mut db = postgres::Client::connect(&common::pg::admin_url(), postgres::NoTls).unwrap();
     db.batch_execute(&format!(
         "SET search_path = {}, public; SET plan_cache_mode = force_generic_plan;
-         PREPARE lookup(text) AS {}",
+         PREPARE lookup(text) AS {};
+         PREPARE lookup_many(text[]) AS {}",
         schema.name,
-        peerdex::index::store::LOOKUP
+        peerdex::index::store::LOOKUP,
+        peerdex::index::store::LOOKUP_MANY
     ))
     .unwrap();
-    let plan: Vec<String> =
-        db.query("EXPLAIN EXECUTE lookup('name-7')", &[]).unwrap().iter().map(|r| r.get(0)).collect();
-    let plan = plan.join("\n");
-    assert!(!plan.contains("Seq Scan on peers"), "the lookup reads every peer:\n{plan}");
-    assert!(plan.contains("peers_pkey"), "each holder's peer through its key:\n{plan}");
+    // One name, and a batch of lookups (several names in one statement).
+    for execute in ["EXECUTE lookup('name-7')", "EXECUTE lookup_many('{name-7,name-1999,name-3}')"] {
+        let plan: Vec<String> =
+            db.query(&format!("EXPLAIN {execute}"), &[]).unwrap().iter().map(|r| r.get(0)).collect();
+        let plan = plan.join("\n");
+        assert!(!plan.contains("Seq Scan"), "{execute} reads every peer or every file:\n{plan}");
+        assert!(plan.contains("peers_pkey"), "{execute}: each holder's peer through its key:\n{plan}");
+        assert!(
+            plan.contains("files_name"),
+            "{execute}: each name's holders through the names' index:\n{plan}"
+        );
+    }
 }
 
 #[test]

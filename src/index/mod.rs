@@ -1,8 +1,10 @@
 //! The indexing server: the [`registry`] (pure data), the [`login`] state machine
 //! (pure logic), the receive [`budget`], the [`server`] loop around them, and the
 //! [`store`] that keeps the registry in PostgreSQL for several servers instead (with
-//! [`plan`], how its listings find their names).
+//! [`plan`], how its listings find their names, and `batch`, how lookups asked at
+//! once go to the database together).
 
+mod batch;
 pub mod budget;
 mod holdings;
 pub mod login;
