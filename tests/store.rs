@@ -450,6 +450,36 @@ fn peer_hit(file: wire::FileInfo) -> wire::PeerHit {
 }
 
 #[test]
+fn a_database_not_in_utf8_is_refused_at_start_with_the_reason() {
+    // Names are Unicode; a LATIN1 database cannot hold most of them, and a name it
+    // cannot hold would fail every lookup asked at the same time (one statement).
+    let Some(schema) = Schema::new("a_database_not_in_utf8_is_refused_at_start") else { return };
+    struct Database(String);
+    impl Drop for Database {
+        fn drop(&mut self) {
+            let mut admin = postgres::Client::connect(&common::pg::admin_url(), postgres::NoTls).unwrap();
+            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0));
+        }
+    }
+    let latin1 = Database(format!("{}_latin1", schema.name));
+    let mut admin = postgres::Client::connect(&common::pg::admin_url(), postgres::NoTls).unwrap();
+    admin
+        .batch_execute(&format!(
+            "CREATE DATABASE {} ENCODING 'LATIN1' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'",
+            latin1.0
+        ))
+        .unwrap();
+    let admin_url = common::pg::admin_url();
+    let url = format!("{}/{}", admin_url.rsplit_once('/').unwrap().0, latin1.0);
+    let ws = workspace();
+    let args = ["127.0.0.1", "0", "--store", url.as_str()];
+    let mut server = Proc::start(env!("CARGO_BIN_EXE_indexing-server"), &args, ws.path());
+    server.expect(Stream::Err, r#"the index store's database is in "LATIN1", and names are Unicode: --store needs a database in UTF8"#);
+    assert_eq!(server.finish().code(), Some(1), "{}", server.dump());
+    assert!(!server.lines(Stream::Out).iter().any(|l| l.starts_with("listening on")), "{}", server.dump());
+}
+
+#[test]
 fn a_prepared_lookup_reads_only_the_peers_that_hold_the_name() {
     // The plan PostgreSQL keeps for a prepared statement from its sixth run on is its
     // generic one, made without the name. With 1,000 peers each sharing 20 of 2,000

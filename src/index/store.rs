@@ -443,6 +443,19 @@ impl Store {
             .with_context(|| format!("cannot connect to the index store {}", redacted(url)))?;
         let places = pool.max_size();
         let mut client = pool.get().context("cannot connect to the index store")?;
+        // Names are Unicode. In a database of another encoding, a name it cannot hold
+        // fails its statement: a registration, and every lookup asked at the same time
+        // (one statement for all).
+        let encoding: String = client
+            .query_one("SHOW server_encoding", &[])
+            .context("cannot read the index store's encoding")?
+            .get(0);
+        if encoding != "UTF8" {
+            anyhow::bail!(
+                "the index store's database is in {}, and names are Unicode: --store needs a database in UTF8 (createdb --encoding UTF8 --template template0)",
+                Clip(&encoding)
+            );
+        }
         migrate(&mut client).context("cannot apply the index store's migrations")?;
         let store = Arc::new(Store {
             pool,
