@@ -388,7 +388,8 @@ fn lookups_asked_at_once_go_in_one_statement_and_each_gets_its_own_answer() {
     // others, asked meanwhile, wait for it at the server; when the lock goes, they go
     // together in one statement (which the server logs at debug level). Each must get
     // the holders of its own name, not a neighbour's: names held by one peer, by two
-    // (in the order of a lone lookup), and by none, between the others.
+    // (in the order of a lone lookup), and by none, between the others, and one name
+    // asked twice.
     let Some(schema) = Schema::new("lookups_asked_at_once_go_in_one_statement") else { return };
     let ws = workspace();
     let (mut a, at) = server(ws.path(), "127.0.0.1", 0, &schema, &["--log-level", "debug", "-v"]);
@@ -402,6 +403,7 @@ fn lookups_asked_at_once_go_in_one_statement_and_each_gets_its_own_answer() {
     asked.insert(5, ("two".into(), vec![port(30), port(31)]));
     asked.insert(9, ("none-1".into(), Vec::new()));
     asked.push(("none-2".into(), Vec::new()));
+    asked.push(("one-3".into(), vec![port(3)])); // asked twice in one batch
 
     let mut locker = postgres::Client::connect(&common::pg::admin_url(), postgres::NoTls).unwrap();
     locker.batch_execute(&format!("SET search_path = {}, public", schema.name)).unwrap();
