@@ -4,7 +4,7 @@
 //! previous ones were being answered (group commit, applied to reads).
 //!
 //! With one statement a lookup, 50 clients make 50 database processes take turns on
-//! the database's cores, and a lookup's wait is 50 turns of parse, plan, execute and
+//! the database's cores, and a lookup's wait is 50 turns of bind, execute and
 //! reply (Little's law: p99 10-16 ms here, docs/SCALING.md). With statements for many
 //! lookups, each turn answers many, and the database's cost per lookup is an index
 //! search.
