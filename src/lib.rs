@@ -41,3 +41,10 @@ pub mod net;
 pub mod peer;
 pub mod text;
 pub mod wire;
+
+/// Locks `m`, taking a poisoned lock as it is, so that one thread's panic (one
+/// connection's, one download's) does not take down every thread sharing the lock.
+/// Every mutex in the crate is locked this way; this is the one place it is written.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

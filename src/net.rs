@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::net::{IpAddr, Ipv6Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -194,7 +194,7 @@ impl Slots {
     /// Takes a place for a client at `ip`, or says why there is none.
     pub fn take(&self, ip: IpAddr) -> Result<Slot, Full> {
         let key = client_key(ip);
-        let mut taken = self.shared.taken.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut taken = crate::lock(&self.shared.taken);
         let (all, by_ip) = &mut *taken;
         if *all >= self.shared.max {
             return Err(Full::All(self.shared.max));
@@ -210,13 +210,13 @@ impl Slots {
 
     /// Places taken now.
     pub fn taken(&self) -> usize {
-        self.shared.taken.lock().unwrap_or_else(PoisonError::into_inner).0
+        crate::lock(&self.shared.taken).0
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut taken = self.shared.taken.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut taken = crate::lock(&self.shared.taken);
         let (all, by_ip) = &mut *taken;
         *all -= 1;
         if let Some(mine) = by_ip.get_mut(&self.key) {
@@ -250,14 +250,14 @@ pub struct Live {
 impl Live {
     /// Holds `stream` until the returned guard is dropped (a panicking thread's too).
     fn enter(&self, stream: &Arc<TcpStream>) -> Entered<'_> {
-        let key = self.sockets.lock().unwrap_or_else(PoisonError::into_inner).insert(Arc::clone(stream));
+        let key = crate::lock(&self.sockets).insert(Arc::clone(stream));
         Entered { live: self, key }
     }
 
     /// Shuts down every connection being served (each thread sees its client gone and
     /// ends as it would then). Returns how many there were.
     pub fn shut_down_all(&self) -> usize {
-        let sockets = self.sockets.lock().unwrap_or_else(PoisonError::into_inner);
+        let sockets = crate::lock(&self.sockets);
         for (_, stream) in sockets.iter() {
             let _ = stream.shutdown(Shutdown::Both);
         }
@@ -273,7 +273,7 @@ struct Entered<'a> {
 
 impl Drop for Entered<'_> {
     fn drop(&mut self) {
-        self.live.sockets.lock().unwrap_or_else(PoisonError::into_inner).remove(self.key);
+        crate::lock(&self.live.sockets).remove(self.key);
     }
 }
 

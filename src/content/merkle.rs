@@ -248,7 +248,7 @@ pub fn hash_file(file: &File, size: u64) -> io::Result<Tree> {
                 at += bytes.len() as u64;
             }
             let h = piece_of_leaves(&geometry, std::mem::take(&mut leaves), (r.end - r.start) as usize);
-            layer.lock().unwrap_or_else(std::sync::PoisonError::into_inner)[i] = h;
+            crate::lock(&layer)[i] = h;
         }
     };
     if workers == 1 {

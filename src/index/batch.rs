@@ -23,7 +23,9 @@
 //! on its own.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+
+use crate::lock;
 
 /// Batches of requests, at most `lanes` of them answered at once. See the module docs.
 pub struct Batcher<Q, A> {
@@ -62,11 +64,6 @@ enum Turn<Q, A> {
 struct Batch<Q, A> {
     queries: Vec<Q>,
     slots: Vec<Arc<Slot<Q, A>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Nothing here is left half-changed by a panic: a poisoned lock is used as it is.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl<Q, A> Slot<Q, A> {

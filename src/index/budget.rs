@@ -107,7 +107,7 @@ impl Budget {
         }
         let shared = &self.shared;
         shared.waiters.fetch_add(1, Ordering::SeqCst);
-        let mut guard = shared.lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut guard = crate::lock(&shared.lock);
         let booked = loop {
             if let Some(booking) = self.try_book(bytes, limit) {
                 break Some(booking);
@@ -138,7 +138,7 @@ impl Drop for Booking<'_> {
         // Taking the lock orders this release after a waiter's last look, so the
         // waiter is either looking again (and sees the room) or waiting (and is woken).
         if shared.waiters.load(Ordering::SeqCst) > 0 {
-            let _guard = shared.lock.lock().unwrap_or_else(PoisonError::into_inner);
+            let _guard = crate::lock(&shared.lock);
             shared.freed.notify_all();
         }
     }

@@ -30,7 +30,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Mutex, PoisonError};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rand::RngExt;
@@ -138,7 +138,7 @@ impl Accounts {
         let Some(pending) = &session.pending else {
             return ProofStep::Answer(Reply::Error("send login first".into()));
         };
-        let mut throttle = self.throttle.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut throttle = crate::lock(&self.throttle);
         match throttle.book(client_key(ip), &pending.user, now) {
             Ok(at) => ProofStep::CheckAt(at),
             Err(wait) => ProofStep::Answer(Reply::Error(format!(
@@ -156,7 +156,7 @@ impl Accounts {
             return Reply::Error("send login first".into());
         };
         if key.is_some_and(|key| auth::verify(&key, &user, &nonce, proof)) {
-            let mut throttle = self.throttle.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut throttle = crate::lock(&self.throttle);
             throttle.succeeded(client_key(ip), &user, now);
             session.user = Some(user);
             return Reply::LoggedIn;

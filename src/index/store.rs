@@ -67,6 +67,7 @@ use super::batch::Batcher;
 use super::plan::{Plan, Sample};
 use super::registry::{self, Limits, ListPage, MAX_PARTIALS_PER_PEER, PageBudget, Pattern, RegistryError};
 use crate::content::Hash;
+use crate::lock;
 use crate::name::SharePath;
 use crate::net::client_key;
 use crate::text::Clip;
@@ -1331,10 +1332,6 @@ fn redacted(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

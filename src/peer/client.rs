@@ -12,12 +12,13 @@
 
 use std::io::{self, BufReader};
 use std::net::{IpAddr, SocketAddr, TcpStream};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
 
 use crate::auth;
+use crate::lock;
 use crate::net::{self, ConnectTimeouts};
 use crate::text::escape;
 use crate::wire::{self, ListEntry, Reply, Request, Service};
@@ -229,10 +230,6 @@ impl IndexClient {
             }
         })
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Connects to the first of `addrs` that answers and shakes hands.

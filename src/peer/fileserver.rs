@@ -24,7 +24,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use log::info;
@@ -121,7 +121,7 @@ struct InRound {
 
 impl Rounds {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Hash, Round>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::lock(&self.0)
     }
 
     fn join(&self, root: Hash, pieces: u32) -> InRound {
@@ -280,7 +280,7 @@ fn handle(shared: &Shared, stream: &TcpStream, from: SocketAddr) -> io::Result<(
                     continue;
                 }
                 if let Some(view) = &s.partial {
-                    let held = view.have.lock().unwrap_or_else(PoisonError::into_inner).clone();
+                    let held = crate::lock(&view.have).clone();
                     if !(first..first + count).all(|i| held.get(i)) {
                         let why = format!(
                             "cannot send pieces {first}..{} of {:?}: this peer holds {} of its {pieces} pieces (it is downloading it)",
@@ -461,7 +461,7 @@ impl Serving {
     /// those nobody asked for yet while others fetch it too (super-seeding).
     fn have(&self) -> Bitfield {
         match (&self.partial, &self.round) {
-            (Some(view), _) => view.have.lock().unwrap_or_else(PoisonError::into_inner).clone(),
+            (Some(view), _) => crate::lock(&view.have).clone(),
             (None, Some(round)) => round.have(self.geometry.pieces()),
             (None, None) => Bitfield::full(self.geometry.pieces()),
         }
@@ -570,7 +570,7 @@ impl Throughput {
 
     fn record(&self, bytes: u64) {
         let now = Throughput::now();
-        let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut buckets = crate::lock(&self.buckets);
         let len = buckets.len() as u64;
         let slot = &mut buckets[(now % len) as usize];
         if slot.0 != now {
@@ -581,7 +581,7 @@ impl Throughput {
 
     fn rate(&self) -> u64 {
         let now = Throughput::now();
-        let buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
+        let buckets = crate::lock(&self.buckets);
         let recent: u64 =
             buckets.iter().filter(|(sec, _)| now.saturating_sub(*sec) < Self::WINDOW).map(|b| b.1).sum();
         recent / Self::WINDOW

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ use super::download::{DownloadConfig, Downloader, Note, Penalties, Progress};
 use super::folder::{SharedFolder, Skip};
 use super::printer::{Event, Printer};
 use super::screen::{BarState, Screen};
+use crate::lock;
 use crate::name::SharePath;
 use crate::text::escape;
 use crate::wire::{FileInfo, LIST_PART_BYTES, MAX_FILES_PER_PEER, Request};
@@ -144,7 +145,7 @@ impl Node {
                 .name("download".into())
                 .spawn(move || {
                     loop {
-                        let next = jobs.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                        let next = lock(&jobs).recv();
                         let Ok((name, content)) = next else { return };
                         if lock(&me.cancelled).remove(&name) {
                             lock(&me.in_flight).remove(&name);
@@ -582,8 +583,4 @@ fn scan(folder: &SharedFolder) -> anyhow::Result<(Vec<FileInfo>, Skipped)> {
 /// Bytes a second since the download started.
 pub fn rate(done: u64, progress: &Progress) -> u64 {
     (done as f64 / progress.started.elapsed().as_secs_f64().max(0.001)) as u64
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }

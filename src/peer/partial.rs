@@ -28,7 +28,7 @@ use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::content::Bitfield;
@@ -87,7 +87,7 @@ impl Partial {
     /// record is read, its layer checked against the root and its pieces hashed again;
     /// a record that does not check out is ignored.
     pub fn open(folder: &Path, root: &Hash, size: u64, in_use: &InUse) -> io::Result<Option<Partial>> {
-        if !in_use.lock().unwrap_or_else(PoisonError::into_inner).insert(*root) {
+        if !crate::lock(in_use).insert(*root) {
             return Ok(None);
         }
         let data_path = data_path(folder, root);
@@ -111,7 +111,7 @@ impl Partial {
         let data = match opened {
             Ok(data) => data,
             Err(e) => {
-                in_use.lock().unwrap_or_else(PoisonError::into_inner).remove(root);
+                crate::lock(in_use).remove(root);
                 return Err(e);
             }
         };
@@ -227,7 +227,7 @@ impl Drop for Partial {
         if !self.done && !self.holds_any {
             let _ = remove(&self.data_path);
         }
-        self.in_use.lock().unwrap_or_else(PoisonError::into_inner).remove(&self.root);
+        crate::lock(&self.in_use).remove(&self.root);
     }
 }
 

@@ -23,7 +23,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{self, Write as _};
-use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::{self, ThreadId};
 use std::time::Duration;
 
@@ -31,6 +31,8 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle, TermLike};
 use unicode_width::UnicodeWidthStr;
 
 use super::node::Node;
+
+use crate::lock;
 
 /// How often the bars are drawn again: at most ten times a second, as the issue asks
 /// and as indicatif's own default for a terminal.
@@ -343,10 +345,6 @@ impl TermLike for Capture {
         *lock(&self.line) = building.trim_end().to_owned();
         Ok(())
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]

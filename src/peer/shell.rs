@@ -550,7 +550,7 @@ impl Shell {
         loop {
             screen.reading();
             let read = editor.readline(PROMPT);
-            let drawn = std::mem::take(&mut *typed.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+            let drawn = std::mem::take(&mut *crate::lock(&typed));
             let line = match &read {
                 Ok(line) => line.clone(),
                 // Ctrl-C or Ctrl-D: the line as it was drawn.
@@ -774,7 +774,7 @@ impl Shell {
     /// Keeps a listing's lines for `download #N`; returns how many there are.
     fn remember(&self, lines: Vec<Pick>) -> usize {
         let n = lines.len();
-        *self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = lines;
+        *crate::lock(&self.last) = lines;
         n
     }
 
@@ -786,7 +786,7 @@ impl Shell {
             Target::Folder(folder) => self.download_folder(&folder),
             Target::Glob(glob) => self.download_glob(&glob),
             Target::Line(n) => {
-                let last = self.last.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let last = crate::lock(&self.last);
                 let Some(pick) = last.get(n - 1).cloned() else {
                     match last.len() {
                         0 => {
@@ -991,7 +991,7 @@ impl rustyline::hint::Hinter for Completion {
 
     /// No hints; called on every change of the line, it keeps [`Completion::typed`].
     fn hint(&self, line: &str, _: usize, _: &rustyline::Context<'_>) -> Option<String> {
-        line.clone_into(&mut self.typed.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        line.clone_into(&mut crate::lock(&self.typed));
         None
     }
 }

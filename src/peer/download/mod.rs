@@ -135,7 +135,7 @@ pub struct Penalties {
 impl Penalties {
     /// Sends `source` to the back of the order for [`PENALTY`].
     pub fn penalize(&self, source: SocketAddr) {
-        let mut until = self.until.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut until = crate::lock(&self.until);
         let now = Instant::now();
         until.retain(|_, t| *t > now);
         until.insert(source, now + PENALTY);
@@ -143,7 +143,7 @@ impl Penalties {
 
     /// Is `source` at the back of the order now?
     pub fn holds(&self, source: SocketAddr) -> bool {
-        let until = self.until.lock().unwrap_or_else(PoisonError::into_inner);
+        let until = crate::lock(&self.until);
         until.get(&source).is_some_and(|t| *t > Instant::now())
     }
 }
@@ -590,7 +590,7 @@ impl Downloader<'_> {
             }
             // No source left: the hashers finish what they hold, then stop.
             shared.stop.store(true, Ordering::SeqCst);
-            shared.jobs.lock().unwrap_or_else(PoisonError::into_inner).take();
+            crate::lock(&shared.jobs).take();
             blamed
         });
 
@@ -779,7 +779,7 @@ pub(super) struct Job {
 
 impl Shared<'_> {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::lock(&self.state)
     }
 
     fn stopped(&self) -> bool {
@@ -818,13 +818,13 @@ impl Shared<'_> {
     /// Offers piece `i` to other peers, or stops offering it.
     fn offer(&self, i: u32, verified: bool) {
         if let Some(view) = &self.view {
-            let mut have = view.have.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut have = crate::lock(&view.have);
             if verified { have.set(i) } else { have.unset(i) }
         }
     }
 
     /// A sender of pieces to the hashers; `None` once the download is over.
     fn jobs(&self) -> Option<mpsc::SyncSender<Job>> {
-        self.jobs.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        crate::lock(&self.jobs).clone()
     }
 }

@@ -1,7 +1,7 @@
 //! The threads that check pieces and put them in the file: hashers on every core, and
 //! one writer (concurrent writes to one file spin on its inode's lock).
 
-use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 
 use anyhow::anyhow;
 
@@ -18,7 +18,7 @@ pub(super) fn hash_pieces(
     writer: mpsc::SyncSender<Job>,
 ) {
     loop {
-        let job = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
+        let job = crate::lock(queue).recv();
         let Ok(job) = job else { return };
         let Job { piece, source, .. } = job;
         let skip = shared.lock().sources[source].bad.is_some();

@@ -24,6 +24,7 @@ use log::debug;
 
 use super::partial::{self, InUse, Partial};
 use crate::content::merkle::{self, Hash};
+use crate::lock;
 use crate::name::{SharePath, TEMP_PREFIX};
 use crate::wire::FileInfo;
 pub use walk::Skip;
@@ -516,10 +517,6 @@ impl SharedFolder {
         let in_use = lock(&self.partials).clone();
         partial::evict(&self.root, needed, &in_use)
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 #[cfg(test)]
