@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use crate::common::netns::run;
 use crate::common::{Proc, Stream};
 
 /// A network namespace with its loopback up and an HTB qdisc on it: traffic is
@@ -16,20 +17,11 @@ pub struct Netns {
     classes: u32,
 }
 
-fn run(cmd: &str, args: &[&str]) -> Result<(), String> {
-    let out = Command::new(cmd).args(args).output().map_err(|e| format!("{cmd}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("{cmd} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
-
 impl Netns {
     /// Creates the namespace `peerdex-bench-<pid>`.
     pub fn new() -> Result<Netns, String> {
         let name = format!("peerdex-bench-{}", std::process::id());
-        run("ip", &["netns", "add", &name])?;
+        run(&["ip", "netns", "add", &name])?;
         let ns = Netns { name, classes: 0 };
         ns.exec_status("ip", &["link", "set", "lo", "up"])?;
         ns.exec_status("tc", &["qdisc", "add", "dev", "lo", "root", "handle", "1:", "htb", "default", "99"])?;
@@ -41,9 +33,9 @@ impl Netns {
     }
 
     fn exec_status(&self, cmd: &str, args: &[&str]) -> Result<(), String> {
-        let mut all = vec!["netns", "exec", &self.name, cmd];
+        let mut all = vec!["ip", "netns", "exec", &self.name, cmd];
         all.extend(args);
-        run("ip", &all)
+        run(&all)
     }
 
     /// Caps the traffic sent from TCP port `port` (in this namespace) at `mbit` Mbit/s.
@@ -111,7 +103,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = run("ip", &["netns", "del", &self.name]);
+        let _ = run(&["ip", "netns", "del", &self.name]);
     }
 }
 

@@ -26,7 +26,8 @@ pub struct Link {
     pub inner: Ipv4Addr,
 }
 
-fn run(args: &[&str]) -> Result<(), String> {
+/// Runs `args[0]` with the rest as its arguments; its stderr is the error if it fails.
+pub fn run(args: &[&str]) -> Result<(), String> {
     let out = Command::new(args[0]).args(&args[1..]).output().map_err(|e| format!("{}: {e}", args[0]))?;
     match out.status.success() {
         true => Ok(()),
