@@ -299,13 +299,7 @@ fn a_lock_on_the_files_longer_than_a_statement_may_run_costs_no_server_its_lease
         ];
         wait_for(
             "a lookup and a registration at A waiting on the lock, with both its pooled connections",
-            || {
-                let waiting: i64 = schema.admin(
-                    "SELECT count(*) FROM pg_locks WHERE relation = 'files'::regclass AND NOT granted",
-                )[0]
-                .get(0);
-                waiting == 2
-            },
+            || waiting_on_files(&schema) == 2,
         );
         drop(leaving);
         for asked in asked {
@@ -407,10 +401,6 @@ fn lookups_asked_at_once_go_in_one_statement_and_each_gets_its_own_answer() {
 
     let mut locker = postgres::Client::connect(&common::pg::admin_url(), postgres::NoTls).unwrap();
     locker.batch_execute(&format!("SET search_path = {}, public", schema.name)).unwrap();
-    let waiting_on_the_lock = |locker: &mut postgres::Client| -> i64 {
-        let sql = "SELECT count(*) FROM pg_locks WHERE relation = 'files'::regclass AND NOT granted";
-        locker.query_one(sql, &[]).unwrap().get(0)
-    };
     // Those asked after the first one are almost always in by the time the lock goes;
     // a round in which some came late is done again.
     for round in 1.. {
@@ -420,7 +410,7 @@ fn lookups_asked_at_once_go_in_one_statement_and_each_gets_its_own_answer() {
             let name = SharePath::parse(name).unwrap();
             wire::send_msg(&mut c.stream, &Request::Lookup { name }).unwrap();
         }
-        wait_for("a lookup to wait on the lock", || waiting_on_the_lock(&mut locker) > 0);
+        wait_for("a lookup to wait on the lock", || waiting_on_files(&schema) > 0);
         locker.batch_execute("COMMIT").unwrap();
         for (c, (name, holders)) in clients.iter_mut().zip(&asked) {
             let expected = match holders.is_empty() {
@@ -439,6 +429,11 @@ fn lookups_asked_at_once_go_in_one_statement_and_each_gets_its_own_answer() {
         }
         assert!(round < 10, "no lookups went together in {round} rounds:\n{}", a.dump_all());
     }
+}
+
+/// Statements waiting for a lock on the schema's `files`.
+fn waiting_on_files(schema: &Schema) -> i64 {
+    schema.admin("SELECT count(*) FROM pg_locks WHERE relation = 'files'::regclass AND NOT granted")[0].get(0)
 }
 
 /// What a lookup answers of a holder of `file` with its whole file.
