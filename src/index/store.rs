@@ -935,7 +935,9 @@ impl Store {
     }
 
     /// The holders of each of `names`, in their order: one statement on one pooled
-    /// connection, [`LOOKUP`] for one name and [`LOOKUP_MANY`] for more.
+    /// connection, [`LOOKUP`] for one name and [`LOOKUP_MANY`] for more. A lone lookup
+    /// (one client) keeps the plain statement: pgbench at one client gave 11.4k/s for
+    /// it, 10.6k/s for [`LOOKUP_MANY`] of one name.
     fn lookup_many(&self, names: &[SharePath]) -> Vec<Result<Vec<PeerHit>, RegistryError>> {
         let found = self.client().and_then(|mut client| {
             let conn = &mut *client;
