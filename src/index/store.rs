@@ -1357,12 +1357,18 @@ mod tests {
         let held = slots.take(Duration::ZERO);
         let (order, got) = std::sync::mpsc::channel();
         std::thread::scope(|s| {
+            // Each keeps its place until let go, so that the newcomer below finds it
+            // either promised or taken, however the threads are scheduled.
+            let mut let_go = Vec::new();
             for who in ["first", "second"] {
                 let (slots, order) = (&slots, order.clone());
+                let (go, gate) = std::sync::mpsc::channel::<()>();
+                let_go.push(go);
                 let before = slots.waiting();
                 s.spawn(move || {
                     let place = slots.take(Duration::from_secs(60));
                     order.send(who).unwrap();
+                    let _ = gate.recv();
                     drop(place);
                 });
                 // Each is in line before the next comes (a condition, not a pause).
@@ -1374,8 +1380,10 @@ mod tests {
             // A newcomer that will not wait finds the freed place promised to the
             // first in line, not free for the taking.
             assert!(slots.take(Duration::ZERO).is_none(), "a newcomer went before those waiting");
-            assert_eq!(got.recv().unwrap(), "first");
-            assert_eq!(got.recv().unwrap(), "second");
+            for (expected, go) in ["first", "second"].into_iter().zip(let_go) {
+                assert_eq!(got.recv().unwrap(), expected);
+                go.send(()).unwrap();
+            }
         });
     }
 
