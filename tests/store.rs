@@ -18,7 +18,7 @@ use common::pg::Schema;
 use common::{Proc, RawIndexClient, Stream, folder, wait_for, wait_showing, workspace};
 use peerdex::index::plan::{Plan, Sample};
 use peerdex::index::server::FIRST_LIST_PAGE;
-use peerdex::index::store::MAX_STORED_NAME;
+use peerdex::index::store::{GROWTH_LOCK, MAX_STORED_NAME, TAKE_GROWTH_LOCK};
 use peerdex::name::SharePath;
 use peerdex::wire::{self, Reply, Request};
 
@@ -253,6 +253,53 @@ fn a_dead_servers_peers_leave_lookups_listings_and_the_address_limit_before_thei
         schema.admin("SELECT count(*) FROM servers WHERE address = 'dead'")[0].get::<_, i64>(0) == 0
     });
     assert_eq!(holders(at_b, "dead-1"), [SocketAddr::from(([127, 0, 0, 2], 9))], "found at its new server");
+}
+
+#[test]
+fn the_limit_in_all_holds_against_registrations_from_two_addresses_at_two_servers_at_once() {
+    // Each registration checks the sums at the end of its transaction. Two at once,
+    // from different addresses at different servers, each counting before the other
+    // committed, would both pass a limit of 3 with 2 files each. The test holds the
+    // lock that such checks take until both wait for it, so that they meet there
+    // (with a lock per address, as before, neither waited and both were stored).
+    let Some(schema) = Schema::new("the_limit_in_all_holds_against_registrations") else { return };
+    let ws = workspace();
+    let (dir_a, dir_b) = (server_dir(&ws, "server-a"), server_dir(&ws, "server-b"));
+    let (_a, at_a) = server(&dir_a, "127.0.0.1", 0, &schema, &["--max-files", "3"]);
+    let (_b, at_b) = server(&dir_b, "127.0.0.1", 0, &schema, &["--max-files", "3"]);
+    let mut locker = postgres::Client::connect(&common::pg::admin_url(), postgres::NoTls).unwrap();
+    locker.batch_execute(&format!("SET search_path = {}, public; BEGIN", schema.name)).unwrap();
+    locker.execute(TAKE_GROWTH_LOCK, &[&GROWTH_LOCK]).unwrap();
+    let mut clients =
+        [("127.0.0.2", at_a, "from-a"), ("127.0.0.3", at_b, "from-b")].map(|(from, at, name)| {
+            let mut c = RawIndexClient::connect_from(from, at);
+            let files = (1..=2).map(|i| common::info(&format!("{name}-{i}"), b"x")).collect();
+            wire::send_msg(&mut c.stream, &Request::Register { port: 9, files }).unwrap();
+            c
+        });
+    wait_for("both registrations to wait for the growth lock", || {
+        let waiting: i64 = schema.admin(&format!(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objsubid = 2 AND NOT granted
+             AND classid = {GROWTH_LOCK} AND objid = (hashtext('{}')::bigint & 4294967295)::oid",
+            schema.name
+        ))[0]
+            .get(0);
+        waiting == 2
+    });
+    locker.batch_execute("COMMIT").unwrap();
+    let mut replies: Vec<Reply> =
+        clients.iter_mut().map(|c| wire::recv_msg(&mut c.stream).unwrap()).collect();
+    replies.sort_by_key(|r| !matches!(r, Reply::Done { .. }));
+    assert_eq!(
+        replies,
+        [
+            Reply::Done { files: 2 },
+            Reply::Error("the index is full: it holds its limit of 3 files in all".into())
+        ],
+        "one registration is stored, the other refused"
+    );
+    let stored: i64 = schema.admin("SELECT count(*) FROM files")[0].get(0);
+    assert_eq!(stored, 2, "nothing of the refused registration is stored");
 }
 
 #[test]

@@ -25,10 +25,10 @@
 //! `files.complete` is false for a partial download a peer announced. `peers.files`
 //! counts its complete files, so that the limits per address and in all are sums over
 //! peers rather than counts over files; they hold across all servers, checked in the
-//! transaction that makes the change. One address's growing changes take an advisory
-//! lock on the address, so its limit holds exactly however many connections it opens
-//! at once; the limit in all can be passed by the registrations of different
-//! addresses made at the very same moment, one each at most.
+//! transaction that makes the change. The changes that grow a count take one advisory
+//! lock for the sums and the commit ([`GROWTH_LOCK`]), so that the limits hold
+//! exactly however many connections, from however many addresses, at however many
+//! servers, grow their counts at once.
 //!
 //! The database's connections come from a pool (r2d2) sized by `--store-pool`, fit for
 //! the thread per connection: a request takes one for its statements and gives it
@@ -204,6 +204,16 @@ CREATE INDEX peers_gone ON peers (id) WHERE gone;
 
 /// A key for `pg_advisory_xact_lock` while migrating: "peerdex" in ASCII.
 const MIGRATION_LOCK: i64 = 0x0070_6565_7264_6578;
+
+/// The first key of the lock that the changes growing the number of files take at
+/// the end of their transactions ([`Store::check_room`]): "pdx+" in ASCII. The second
+/// key is the hash of the schema's name, so that indexes kept in different schemas
+/// of one database do not wait for each other. Both keys are 32-bit: their lock
+/// space is apart from the one-key locks of the migrations.
+pub const GROWTH_LOCK: i32 = 0x7064_782b;
+
+/// Takes the growth lock ([`GROWTH_LOCK`]) until the end of the transaction.
+pub const TAKE_GROWTH_LOCK: &str = "SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))";
 
 type Pool = r2d2::Pool<Manager>;
 type Client = r2d2::PooledConnection<Manager>;
@@ -732,12 +742,15 @@ impl Store {
         if after <= before {
             return Ok(());
         }
-        // One address's changes that grow its count are checked one at a time, on every
-        // server, at the end of their transactions (the lock is held only for the sums
-        // and the commit), so that its limit holds exactly against many connections.
+        // The changes that grow a count are checked one at a time, on every server, at
+        // the end of their transactions (the lock is held only for the sums and the
+        // commit), so that the limits per address and in all hold exactly against any
+        // number of connections from any number of addresses. (A lock for each address
+        // let the registrations of different addresses at the same moment pass the
+        // limit in all, one each at most.)
         let key = ip_key(conn.ip());
         if counted {
-            run(tx, "SELECT pg_advisory_xact_lock(hashtext($1))", &[(&key, Type::TEXT)])?;
+            run(tx, TAKE_GROWTH_LOCK, &[(&GROWTH_LOCK, Type::INT4)])?;
         }
         let sums = run(
             tx,
