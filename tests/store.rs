@@ -303,6 +303,60 @@ fn the_limit_in_all_holds_against_registrations_from_two_addresses_at_two_server
 }
 
 #[test]
+fn each_servers_count_of_files_follows_every_change_and_the_limit_in_all_is_checked_against_them() {
+    // The limit in all is checked against each living server's count of its peers'
+    // files (`server_counts`), which every change keeps: registrations, additions,
+    // deletions, updates, unregistrations and disconnects, at two servers.
+    let Some(schema) = Schema::new("each_servers_count_of_files_follows_every_change") else { return };
+    let ws = workspace();
+    let (dir_a, dir_b) = (server_dir(&ws, "server-a"), server_dir(&ws, "server-b"));
+    let (_a, at_a) = server(&dir_a, "127.0.0.1", 0, &schema, &["--max-files", "10"]);
+    let (_b, at_b) = server(&dir_b, "127.0.0.1", 0, &schema, &["--max-files", "10"]);
+    let files = |prefix: &str, n: usize| -> Vec<wire::FileInfo> {
+        (1..=n).map(|i| common::info(&format!("{prefix}-{i}"), b"x")).collect()
+    };
+    // Each living server's count against the sum over its peers' rows.
+    let counts = || -> Vec<(i64, i64)> {
+        schema
+            .admin(
+                "SELECT c.files, (SELECT coalesce(sum(files), 0) FROM peers WHERE server_id = s.id)::bigint
+                 FROM servers s JOIN server_counts c ON c.server_id = s.id ORDER BY s.id",
+            )
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    };
+    let mut one = RawIndexClient::connect_from("127.0.0.2", at_a);
+    let mut two = RawIndexClient::connect_from("127.0.0.3", at_b);
+    assert_eq!(one.call(&Request::Register { port: 9, files: files("one", 3) }), Reply::Done { files: 3 });
+    assert_eq!(two.call(&Request::Register { port: 9, files: files("two", 4) }), Reply::Done { files: 4 });
+    // Two new names and one it has: 5.
+    let mut more = files("more", 2);
+    more.push(common::info("one-1", b"x"));
+    assert_eq!(one.call(&Request::Add { files: more }), Reply::Done { files: 5 });
+    let two_1 = SharePath::parse("two-1").unwrap();
+    assert_eq!(two.call(&Request::Delete { names: vec![two_1] }), Reply::Done { files: 3 });
+    assert_eq!(two.call(&Request::Update { files: files("two", 2) }), Reply::Done { files: 2 });
+    assert_eq!(counts(), [(5, 5), (2, 2)]);
+    let mut three = RawIndexClient::connect_from("127.0.0.4", at_a);
+    assert_eq!(
+        three.call(&Request::Register { port: 9, files: files("three", 4) }),
+        Reply::Error("the index is full: it holds its limit of 10 files in all".into()),
+        "5 + 2 + 4 files are over the limit of 10"
+    );
+    assert_eq!(counts(), [(5, 5), (2, 2)], "nothing of the refused registration is counted");
+    drop(one);
+    wait_for("the disconnected peer's files to leave the index", || lookup(at_b, "more-1") == Reply::NoPeers);
+    wait_for("its server's count to follow", || counts() == [(0, 0), (2, 2)]);
+    assert_eq!(
+        three.call(&Request::Register { port: 9, files: files("three", 4) }),
+        Reply::Done { files: 4 }
+    );
+    assert_eq!(two.call(&Request::Unregister), Reply::Done { files: 0 });
+    assert_eq!(counts(), [(4, 4), (0, 0)]);
+}
+
+#[test]
 fn a_lock_on_the_files_longer_than_a_statement_may_run_costs_no_server_its_lease() {
     // A lock on `files` (a migration rebuilding an index, a bulk load) makes a
     // disconnect's removal time out after STATEMENT_TIMEOUT; it is left to the lease
