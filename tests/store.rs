@@ -37,6 +37,12 @@ fn server_dir(ws: &tempfile::TempDir, name: &str) -> std::path::PathBuf {
     dir
 }
 
+/// Servers A and B on 127.0.0.1, each in a folder of its own, on `schema`, both with
+/// `extra` options.
+fn two_servers(ws: &tempfile::TempDir, schema: &Schema, extra: &[&str]) -> [(Proc, SocketAddr); 2] {
+    ["server-a", "server-b"].map(|name| server(&server_dir(ws, name), "127.0.0.1", 0, schema, extra))
+}
+
 fn lookup(index: SocketAddr, name: &str) -> Reply {
     RawIndexClient::connect(index).call(&Request::Lookup { name: SharePath::parse(name).unwrap() })
 }
@@ -54,9 +60,7 @@ fn holders(index: SocketAddr, name: &str) -> Vec<SocketAddr> {
 fn a_peer_registered_at_one_server_is_found_at_another() {
     let Some(schema) = Schema::new("a_peer_registered_at_one_server_is_found_at_another") else { return };
     let ws = workspace();
-    let (dir_a, dir_b) = (server_dir(&ws, "server-a"), server_dir(&ws, "server-b"));
-    let (_a, at_a) = server(&dir_a, "127.0.0.1", 0, &schema, &[]);
-    let (_b, at_b) = server(&dir_b, "127.0.0.1", 0, &schema, &[]);
+    let [(_a, at_a), (_b, at_b)] = two_servers(&ws, &schema, &[]);
 
     let shared = folder(ws.path(), "shared", &[("hello world.txt", b"hello"), ("album/01.flac", b"la")]);
     let (mut pa, files_a) = Proc::registered_peer(at_a, &shared, 2);
@@ -141,10 +145,7 @@ fn a_killed_servers_peers_leave_with_its_lease_and_move_to_a_living_server() {
 fn a_server_that_outlived_its_lease_drops_its_clients_and_they_register_again() {
     let Some(schema) = Schema::new("a_server_that_outlived_its_lease") else { return };
     let ws = workspace();
-    let (dir_a, dir_b) = (server_dir(&ws, "server-a"), server_dir(&ws, "server-b"));
-    let lease = ["--lease", "2"];
-    let (mut a, at_a) = server(&dir_a, "127.0.0.1", 0, &schema, &lease);
-    let (_b, at_b) = server(&dir_b, "127.0.0.1", 0, &schema, &lease);
+    let [(mut a, at_a), (_b, at_b)] = two_servers(&ws, &schema, &["--lease", "2"]);
     let shared = folder(ws.path(), "shared", &[("song.flac", b"la la")]);
     let (mut pa, files_a) = Proc::registered_peer(at_a, &shared, 1);
     assert_eq!(holders(at_b, "song.flac"), [files_a]);
@@ -264,9 +265,7 @@ fn the_limit_in_all_holds_against_registrations_from_two_addresses_at_two_server
     // (with a lock per address, as before, neither waited and both were stored).
     let Some(schema) = Schema::new("the_limit_in_all_holds_against_registrations") else { return };
     let ws = workspace();
-    let (dir_a, dir_b) = (server_dir(&ws, "server-a"), server_dir(&ws, "server-b"));
-    let (_a, at_a) = server(&dir_a, "127.0.0.1", 0, &schema, &["--max-files", "3"]);
-    let (_b, at_b) = server(&dir_b, "127.0.0.1", 0, &schema, &["--max-files", "3"]);
+    let [(_a, at_a), (_b, at_b)] = two_servers(&ws, &schema, &["--max-files", "3"]);
     let mut locker = postgres::Client::connect(&common::pg::admin_url(), postgres::NoTls).unwrap();
     locker.batch_execute(&format!("SET search_path = {}, public; BEGIN", schema.name)).unwrap();
     locker.execute(TAKE_GROWTH_LOCK, &[&GROWTH_LOCK]).unwrap();
@@ -309,9 +308,7 @@ fn each_servers_count_of_files_follows_every_change_and_the_limit_in_all_is_chec
     // deletions, updates, unregistrations and disconnects, at two servers.
     let Some(schema) = Schema::new("each_servers_count_of_files_follows_every_change") else { return };
     let ws = workspace();
-    let (dir_a, dir_b) = (server_dir(&ws, "server-a"), server_dir(&ws, "server-b"));
-    let (_a, at_a) = server(&dir_a, "127.0.0.1", 0, &schema, &["--max-files", "10"]);
-    let (_b, at_b) = server(&dir_b, "127.0.0.1", 0, &schema, &["--max-files", "10"]);
+    let [(_a, at_a), (_b, at_b)] = two_servers(&ws, &schema, &["--max-files", "10"]);
     let files = |prefix: &str, n: usize| -> Vec<wire::FileInfo> {
         (1..=n).map(|i| common::info(&format!("{prefix}-{i}"), b"x")).collect()
     };
@@ -705,8 +702,7 @@ fn a_listing_of_many_pages_arrives_whole_and_in_order_at_another_server() {
     // than a fetch holds) and must each arrive once, in order.
     let Some(schema) = Schema::new("a_listing_of_many_pages_arrives_whole_and_in_order") else { return };
     let ws = workspace();
-    let (_a, _) = server(&server_dir(&ws, "server-a"), "127.0.0.1", 0, &schema, &[]);
-    let (_b, at_b) = server(&server_dir(&ws, "server-b"), "127.0.0.1", 0, &schema, &[]);
+    let [(_a, _), (_b, at_b)] = two_servers(&ws, &schema, &[]);
     // At A, 1,100 peers: name-00000 .. name-04999, one holder each (size = number);
     // name-02500x held by every peer, each with content of its own (1,100 entries);
     // name-00002 held by a second peer with the same content; name-00001 also being
