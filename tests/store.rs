@@ -761,16 +761,19 @@ fn a_listing_of_many_pages_arrives_whole_and_in_order_at_another_server() {
 }
 
 #[test]
-fn listings_that_ask_the_trigram_index_for_rare_pieces_or_keep_from_walking_list_exactly_their_names() {
+fn listings_that_ask_the_trigram_index_for_rare_pieces_keep_from_walking_or_walk_list_exactly_their_names() {
     // Names like the store benchmark's, `bulkPPPPP-fileFFFFF.dat`: each trigram of a
     // pattern is in many of them. A pattern the names' sample does not hold is asked
     // for by its rarest trigrams, and the whole pattern is tested on what they leave;
     // one whose matches sort far into the names is read through the index (by its
-    // rare trigrams too) instead of walking to them (src/index/plan.rs). Either way
-    // the listing holds exactly the names that contain the pattern, ASCII case ignored.
+    // rare trigrams too) instead of walking to them; the first page of one in a tenth
+    // of the names, spread over them, is found by walking the names in order, and
+    // nothing else (src/index/plan.rs). Each way the listing holds exactly the names
+    // that contain the pattern, ASCII case ignored.
     let Some(schema) = Schema::new("listings_that_ask_the_trigram_index_for_rare_pieces") else { return };
     let ws = workspace();
-    let (_a, at_a) = server(&server_dir(&ws, "server-a"), "127.0.0.1", 0, &schema, &[]);
+    let dir_a = server_dir(&ws, "server-a");
+    let (_a, at_a) = server(&dir_a, "127.0.0.1", 0, &schema, &["--log-level", "debug"]);
     let mut names: Vec<String> =
         (1..=100).flat_map(|p| (1..=100).map(move |f| format!("bulk{p:05}-file{f:05}.dat"))).collect();
     // Decoys that hold the rare trigrams in order but not the pattern, and the pattern
@@ -792,7 +795,7 @@ fn listings_that_ask_the_trigram_index_for_rare_pieces_or_keep_from_walking_list
         values = values.join(", ")
     ));
     let stats = schema.admin(peerdex::index::store::SAMPLE);
-    let sample = Sample::from_statistics(stats[0].get(0), stats[0].get(1), stats[0].get(2));
+    let sample = Sample::from_statistics(stats[0].get(0), stats[0].get(1), stats[0].get(2), stats[0].get(3));
     let bunched = "bulk00097";
     let spread = "file0005";
     // What each pattern tries: the plan as the server makes it from the same sample.
@@ -801,6 +804,8 @@ fn listings_that_ask_the_trigram_index_for_rare_pieces_or_keep_from_walking_list
     let far = Plan::new(bunched, "", &sample);
     assert!(far.pieces.is_some() && far.through_index, "{bunched}: {far:?}");
     assert_eq!(Plan::new(spread, "", &sample), Plan::default(), "{spread}");
+    let first_page = Plan::for_page(spread, "", &sample, FIRST_LIST_PAGE.names);
+    assert_eq!(first_page, Plan { walk: true, ..Plan::default() }, "{spread}'s first page");
 
     for pattern in [rare, bunched, spread, "BULK00077-file0004"] {
         let lower = pattern.to_ascii_lowercase();
@@ -812,6 +817,11 @@ fn listings_that_ask_the_trigram_index_for_rare_pieces_or_keep_from_walking_list
         let got: Vec<&String> = got.iter().map(|e| &e.0).collect();
         assert_eq!(got, want, "{pattern}");
     }
+    // The server made the same plan: its log says so (at the debug level).
+    let walked = format!("listing plan for \"{spread}\" after \"\": {first_page:?}");
+    wait_for("the server's log to show the walk's plan", || {
+        std::fs::read_to_string(dir_a.join("log.log")).is_ok_and(|log| log.contains(&walked))
+    });
 }
 
 #[test]

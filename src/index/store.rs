@@ -353,10 +353,12 @@ pub struct Store {
 const SAMPLE_AGE: Duration = Duration::from_secs(60);
 
 /// The statistics PostgreSQL keeps of the trigram index's lowercased names: its most
-/// common ones and a histogram, up to 1,000 names (migration 3).
+/// common ones and a histogram, up to 1,000 names (migration 3); and how many names it
+/// last counted (-1 if it has not).
 pub const SAMPLE: &str =
     "SELECT coalesce(most_common_vals::text::text[], '{}'), coalesce(most_common_freqs, '{}'),
-            coalesce(histogram_bounds::text::text[], '{}')
+            coalesce(histogram_bounds::text::text[], '{}'),
+            coalesce((SELECT reltuples::float8 FROM pg_class WHERE oid = 'files'::regclass), -1)
      FROM pg_stats WHERE schemaname = current_schema() AND tablename = 'files_name_trgm'";
 
 /// A count of places taken, at most `max`, waited for with a deadline, in turn: a
@@ -684,7 +686,7 @@ impl Store {
             cached.0 = Some(Instant::now());
         }
         let fresh = match client.query_opt(SAMPLE, &[]) {
-            Ok(Some(row)) => Sample::from_statistics(row.get(0), row.get(1), row.get(2)),
+            Ok(Some(row)) => Sample::from_statistics(row.get(0), row.get(1), row.get(2), row.get(3)),
             Ok(None) => Sample::default(),
             Err(e) => {
                 log::debug!("index store: cannot read the names' statistics: {e}");
@@ -697,10 +699,14 @@ impl Store {
         fresh
     }
 
-    /// How a listing finds the names after `after` that contain `pattern`: see
-    /// [`Plan`].
-    fn plan(&self, client: &mut Client, pattern: &Pattern, after: &str) -> Plan {
-        let plan = Plan::new(pattern.text(), after, &self.sample(client));
+    /// How a listing finds the names after `after` that contain `pattern`: all of them
+    /// ([`Plan::new`]), or a page of at most `page` ([`Plan::for_page`]).
+    fn plan(&self, client: &mut Client, pattern: &Pattern, after: &str, page: Option<usize>) -> Plan {
+        let sample = self.sample(client);
+        let plan = match page {
+            Some(page) => Plan::for_page(pattern.text(), after, &sample, page),
+            None => Plan::new(pattern.text(), after, &sample),
+        };
         log::debug!("index store: listing plan for {} after {}: {plan:?}", Clip(pattern.text()), Clip(after));
         plan
     }
@@ -1043,7 +1049,7 @@ impl Store {
         let after = after.as_str();
         // Made before the transaction, which a failed read of the sample would abort.
         // Planned for all its rows: whether to walk the names is PostgreSQL's choice.
-        let plan = self.plan(&mut client, pattern, after);
+        let plan = self.plan(&mut client, pattern, after, None);
         let mut cursor = Cursor { client, _place: place, held: Vec::new(), done: false, open: false };
         cursor
             .client
@@ -1094,7 +1100,7 @@ impl Store {
         let like = contains(pattern);
         let after = after.map_or("", SharePath::as_str);
         let names = budget.names.max(1) as i64;
-        let plan = self.plan(&mut client, pattern, after);
+        let plan = self.plan(&mut client, pattern, after, Some(budget.names));
         // A fence (`OFFSET 0`) that keeps the page's order and limit out of the query
         // that finds the matches, so that it is planned for all of them: through the
         // trigram index, not by walking the names in order.
@@ -1109,11 +1115,9 @@ impl Store {
         ];
         let matching = matching(&plan, "name", &mut params);
         let me = me(3, 5);
-        let rows = run(
-            &mut **client,
-            // The asker's own files are left out (0: it is not registered here).
-            &format!(
-                "WITH {me},
+        // The asker's own files are left out (0: it is not registered here).
+        let sql = format!(
+            "WITH {me},
                  page AS (
                      SELECT DISTINCT name FROM (
                          SELECT name FROM files, me
@@ -1128,9 +1132,21 @@ impl Store {
                  GROUP BY f.name, f.size, f.root
                  HAVING count(*) FILTER (WHERE f.complete) > 0
                  ORDER BY f.name, f.size, f.root"
-            ),
-            &params,
-        )?;
+        );
+        let rows = match plan.walk {
+            // The walk and nothing else, whatever PostgreSQL estimates from the same
+            // statistics (see plan.rs): no bitmap of the trigram index's matches, and
+            // no scan of the whole table to sort. For this transaction only.
+            true => {
+                let mut tx = client.build_transaction().read_only(true).start().map_err(unavailable)?;
+                tx.batch_execute("SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off")
+                    .map_err(unavailable)?;
+                let rows = run(&mut tx, &sql, &params)?;
+                tx.commit().map_err(unavailable)?;
+                rows
+            }
+            false => run(&mut **client, &sql, &params)?,
+        };
         let full = rows.first().is_some_and(|r| r.get::<_, i64>(5) >= names);
         page.entries.extend(rows.iter().filter_map(list_entry));
         if full {
