@@ -94,6 +94,19 @@ impl Plan {
     /// The plan for the names after `after` that contain `pattern` (lowercased), by
     /// what `sample` shows of the names.
     pub fn new(pattern: &str, after: &str, sample: &Sample) -> Plan {
+        Plan::make(pattern, after, sample, None)
+    }
+
+    /// The plan for one page of at most `page` names after `after`: [`Plan::new`]'s,
+    /// or, where that leaves the way to PostgreSQL, a walk of the names in order if
+    /// the sample shows the pattern common enough after `after` that the walk is sure
+    /// to be short and reading all the matches is not ([`Sample::walk_pays`]).
+    pub fn for_page(pattern: &str, after: &str, sample: &Sample, page: usize) -> Plan {
+        Plan::make(pattern, after, sample, Some(page))
+    }
+
+    /// [`Plan::new`], or with a `page`, [`Plan::for_page`].
+    fn make(pattern: &str, after: &str, sample: &Sample, page: Option<usize>) -> Plan {
         if sample.len() < MIN_SAMPLE || pattern.is_empty() {
             return Plan::default();
         }
@@ -104,21 +117,10 @@ impl Plan {
             return Plan { through_index: pieces.is_some(), pieces, walk: false };
         }
         if !sample.bunched_late(&holders, share, after) {
-            return Plan::default();
+            let walk = page.is_some_and(|page| sample.walk_pays(&holders, after, page));
+            return Plan { walk, ..Plan::default() };
         }
         Plan { pieces: narrow(pattern, sample, share), through_index: true, walk: false }
-    }
-
-    /// The plan for one page of at most `page` names after `after`: [`Plan::new`]'s,
-    /// or, where that leaves the way to PostgreSQL, a walk of the names in order if
-    /// the sample shows the pattern common enough after `after` that the walk is sure
-    /// to be short and reading all the matches is not ([`Sample::walk_pays`]).
-    pub fn for_page(pattern: &str, after: &str, sample: &Sample, page: usize) -> Plan {
-        let plan = Plan::new(pattern, after, sample);
-        if plan != Plan::default() || sample.len() < MIN_SAMPLE || pattern.is_empty() {
-            return plan;
-        }
-        Plan { walk: sample.walk_pays(&sample.holders(pattern), after, page), ..plan }
     }
 }
 
@@ -179,10 +181,7 @@ impl Sample {
     /// before)^k < 1/4` took it for spread), its first page took 0.47-0.61 s by the
     /// walk and 24 ms through the index.
     fn bunched_late(&self, holders: &[bool], share: f64, after: &str) -> bool {
-        let after = after.to_ascii_lowercase();
-        let sorted = &self.names[self.sorted_from..];
-        let start = sorted.partition_point(|(n, _)| *n <= after);
-        let rest = &holders[self.sorted_from + start..];
+        let rest = self.after(holders, after);
         let Some(first) = rest.iter().position(|h| *h) else { return false };
         let before = first as f64 / rest.len() as f64;
         let found = rest.iter().filter(|h| **h).count();
@@ -197,17 +196,22 @@ impl Sample {
     /// 1` of them, and the walk must look [`WALK_MARGIN`] times cheaper. Whether they
     /// are bunched is [`Sample::bunched_late`]'s question, asked first.
     fn walk_pays(&self, holders: &[bool], after: &str, page: usize) -> bool {
-        let after = after.to_ascii_lowercase();
-        let sorted = &self.names[self.sorted_from..];
-        let start = sorted.partition_point(|(n, _)| *n <= after);
-        let rest = &holders[self.sorted_from + start..];
+        let rest = self.after(holders, after);
         let found = rest.iter().filter(|h| **h).count();
         if found < MIN_WALK_HOLDERS || self.rows == 0.0 {
             return false;
         }
         let walked = page as f64 * rest.len() as f64 / (found - 1) as f64;
-        let matches = self.rows * found as f64 / sorted.len() as f64;
+        let matches = self.rows * found as f64 / (self.names.len() - self.sorted_from) as f64;
         walked * WALK_MARGIN < WALKED_PER_MATCH * matches
+    }
+
+    /// Of `holders` (one mark per sample name), those of the names in name order
+    /// after `after` (compared lowercased, as the sample's names are).
+    fn after<'h>(&self, holders: &'h [bool], after: &str) -> &'h [bool] {
+        let after = after.to_ascii_lowercase();
+        let start = self.names[self.sorted_from..].partition_point(|(n, _)| *n <= after);
+        &holders[self.sorted_from + start..]
     }
 
     /// How many names the sample holds.
@@ -388,8 +392,13 @@ mod tests {
     /// A histogram of 1,000 names in name order, `name000` to `name999`, where the
     /// ones for which `holds` is true end in `-x`.
     fn histogram(holds: impl Fn(usize) -> bool) -> Sample {
+        histogram_of(1e7, holds)
+    }
+
+    /// [`histogram`], of a table PostgreSQL counted `rows` rows in.
+    fn histogram_of(rows: f64, holds: impl Fn(usize) -> bool) -> Sample {
         let names = (0..1000).map(|k| format!("name{k:03}{}", if holds(k) { "-x" } else { "" })).collect();
-        Sample::from_statistics(Vec::new(), Vec::new(), names, 1e7)
+        Sample::from_statistics(Vec::new(), Vec::new(), names, rows)
     }
 
     #[test]
@@ -453,12 +462,10 @@ mod tests {
             Plan::default()
         );
         // Few names in all: reading every match costs little.
-        let names = (0..1000).map(|k| format!("name{k:03}{}", if k % 50 == 7 { "-x" } else { "" })).collect();
-        let small = Sample::from_statistics(Vec::new(), Vec::new(), names, 1000.0);
+        let small = histogram_of(1000.0, |k| k % 50 == 7);
         assert_eq!(Plan::for_page("-x", "", &small, 32), Plan::default());
         // No count of the names.
-        let names = (0..1000).map(|k| format!("name{k:03}{}", if k % 50 == 7 { "-x" } else { "" })).collect();
-        let unknown = Sample::from_statistics(Vec::new(), Vec::new(), names, -1.0);
+        let unknown = histogram_of(-1.0, |k| k % 50 == 7);
         assert_eq!(Plan::for_page("-x", "", &unknown, 32), Plan::default());
         // Bunched late: read through the index, as [`Plan::new`] has it.
         let late = Plan::for_page("-x", "", &histogram(|k| (770..780).contains(&k)), 32);
