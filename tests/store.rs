@@ -544,34 +544,109 @@ fn peer_hit(file: wire::FileInfo) -> wire::PeerHit {
     }
 }
 
+/// A database of its own for a test, named after `schema` and `suffix`, created from
+/// template0 (so without extensions) with `options`; dropped at the end.
+struct Database {
+    name: String,
+    /// Its URL, as the administrator.
+    url: String,
+}
+
+impl Database {
+    fn new(schema: &Schema, suffix: &str, options: &str) -> Database {
+        let name = format!("{}_{suffix}", schema.name);
+        let mut admin = postgres::Client::connect(&common::pg::admin_url(), postgres::NoTls).unwrap();
+        admin.batch_execute(&format!("CREATE DATABASE {name} TEMPLATE template0 {options}")).unwrap();
+        let admin_url = common::pg::admin_url();
+        let url = format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0);
+        Database { name, url }
+    }
+
+    /// Runs `sql` in it as the administrator.
+    fn admin(&self, sql: &str) -> Vec<postgres::Row> {
+        let mut admin = postgres::Client::connect(&self.url, postgres::NoTls).unwrap();
+        admin.query(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let mut admin = postgres::Client::connect(&common::pg::admin_url(), postgres::NoTls).unwrap();
+        let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+    }
+}
+
 #[test]
 fn a_database_not_in_utf8_is_refused_at_start_with_the_reason() {
     // Names are Unicode; a LATIN1 database cannot hold most of them, and a name it
     // cannot hold would fail every lookup asked at the same time (one statement).
     let Some(schema) = Schema::new("a_database_not_in_utf8_is_refused_at_start") else { return };
-    struct Database(String);
-    impl Drop for Database {
-        fn drop(&mut self) {
-            let mut admin = postgres::Client::connect(&common::pg::admin_url(), postgres::NoTls).unwrap();
-            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.0));
-        }
-    }
-    let latin1 = Database(format!("{}_latin1", schema.name));
-    let mut admin = postgres::Client::connect(&common::pg::admin_url(), postgres::NoTls).unwrap();
-    admin
-        .batch_execute(&format!(
-            "CREATE DATABASE {} ENCODING 'LATIN1' TEMPLATE template0 LC_COLLATE 'C' LC_CTYPE 'C'",
-            latin1.0
-        ))
-        .unwrap();
-    let admin_url = common::pg::admin_url();
-    let url = format!("{}/{}", admin_url.rsplit_once('/').unwrap().0, latin1.0);
+    let latin1 = Database::new(&schema, "latin1", "ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C'");
+    let url = latin1.url.as_str();
     let ws = workspace();
-    let args = ["127.0.0.1", "0", "--store", url.as_str()];
+    let args = ["127.0.0.1", "0", "--store", url];
     let mut server = Proc::start(env!("CARGO_BIN_EXE_indexing-server"), &args, ws.path());
     server.expect(Stream::Err, r#"the index store's database is in "LATIN1", and names are Unicode: --store needs a database in UTF8"#);
     assert_eq!(server.finish().code(), Some(1), "{}", server.dump());
     assert!(!server.lines(Stream::Out).iter().any(|l| l.starts_with("listening on")), "{}", server.dump());
+}
+
+#[test]
+fn indexes_in_several_schemas_of_a_database_without_pg_trgm_share_it_and_outlive_each_other() {
+    // pg_trgm lives in one schema of a database. The first server installs it; the
+    // servers of every other schema must find it, with `public` in their search path
+    // or not, and dropping the first server's schema must not take it away from them.
+    let Some(schema) = Schema::new("indexes_in_several_schemas_of_a_database_without_pg_trgm") else {
+        return;
+    };
+    let db = Database::new(&schema, "fresh", "ENCODING 'UTF8'");
+    db.admin("CREATE SCHEMA first");
+    db.admin("CREATE SCHEMA second");
+    db.admin("CREATE SCHEMA alone");
+    let ws = workspace();
+    let start = |schema: &str, path: &str| {
+        let url = format!("{}?options=-csearch_path%3D{path}", db.url);
+        let args = ["127.0.0.1", "0", "--store", url.as_str()];
+        Proc::index_server_with(&server_dir(&ws, schema), &args)
+    };
+    let (first, at_first) = start("first", "first,public");
+    let installed: Vec<String> = db
+        .admin("SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'pg_trgm'")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(installed, ["public"], "pg_trgm goes where every schema's servers can see it");
+    let (_second, at_second) = start("second", "second,public");
+    let (_alone, at_alone) = start("alone", "alone");
+
+    let report = peerdex::wire::FileInfo {
+        name: SharePath::parse("Annual Report.pdf").unwrap(),
+        size: 9,
+        root: [3; 32],
+    };
+    let mut peers = Vec::new();
+    for index in [at_first, at_second, at_alone] {
+        let mut peer = RawIndexClient::connect(index);
+        assert_eq!(
+            peer.call(&Request::Register { port: 9, files: vec![report.clone()] }),
+            Reply::Done { files: 1 }
+        );
+        peers.push(peer);
+        let (entries, _) = list_all(index, "REPORT", None);
+        assert_eq!(entries, [("Annual Report.pdf".to_string(), 9, 1, 0)], "listed at {index}");
+    }
+
+    // The first index goes, schema and all; the others keep their trigram indexes.
+    drop(first);
+    db.admin("DROP SCHEMA first CASCADE");
+    for (name, index) in [("second", at_second), ("alone", at_alone)] {
+        let trigrams = db.admin(&format!(
+            "SELECT 1 FROM pg_indexes WHERE schemaname = '{name}' AND indexname = 'files_name_trgm'"
+        ));
+        assert_eq!(trigrams.len(), 1, "{name} keeps its trigram index");
+        let (entries, _) = list_all(index, "nnual", None);
+        assert_eq!(entries, [("Annual Report.pdf".to_string(), 9, 1, 0)], "still listed at {name}");
+    }
 }
 
 #[test]

@@ -136,7 +136,7 @@ const LISTING_WAIT: Duration = Duration::from_secs(LISTING_HOLD.as_secs() + POOL
 /// under an advisory lock, so that servers starting together apply each once).
 const MIGRATIONS: [&str; 5] = [
     r#"
-CREATE EXTENSION IF NOT EXISTS pg_trgm;
+-- pg_trgm's operator classes are in the search path here: see `find_trigrams`.
 CREATE TABLE servers (
     id bigserial PRIMARY KEY,
     address text NOT NULL,
@@ -1328,6 +1328,9 @@ fn migrate(client: &mut postgres::Client) -> Result<(), postgres::Error> {
         "CREATE TABLE IF NOT EXISTS peerdex_migrations (version integer PRIMARY KEY, applied timestamptz NOT NULL DEFAULT now())",
     )?;
     let done: i32 = tx.query_one("SELECT coalesce(max(version), 0) FROM peerdex_migrations", &[])?.get(0);
+    if (done as usize) < MIGRATIONS.len() {
+        find_trigrams(&mut tx)?;
+    }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(done as usize) {
         let version = i as i32 + 1;
         tx.batch_execute(sql)?;
@@ -1335,6 +1338,44 @@ fn migrate(client: &mut postgres::Client) -> Result<(), postgres::Error> {
         log::info!("index store: applied migration {version}");
     }
     tx.commit()
+}
+
+/// Installs pg_trgm if the database lacks it, and puts the schema it is in at the end
+/// of the search path for the rest of `tx`, so that the migrations find its operator
+/// classes (`gin_trgm_ops`).
+///
+/// An extension lives in one schema of its database. Created plainly, it goes to the
+/// first schema of the search path: the index's own, for a server given
+/// `search_path=mine,public`. The servers of another schema in that database then did
+/// not find its operator classes and could not start, and dropping the first schema
+/// would have dropped the extension and with it every other schema's trigram index.
+/// So it goes to `public` where this role may create there, as a database's owner
+/// installs it by hand (docs/SCALING.md), and only otherwise to the index's schema.
+fn find_trigrams(tx: &mut postgres::Transaction) -> Result<(), postgres::Error> {
+    const WHERE: &str = "SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'pg_trgm'";
+    let schema: String = match tx.query_opt(WHERE, &[])? {
+        Some(row) => row.get(0),
+        None => {
+            let public: bool = tx
+                .query_one(
+                    "SELECT coalesce((SELECT has_schema_privilege(oid, 'CREATE') FROM pg_namespace WHERE nspname = 'public'), false)",
+                    &[],
+                )?
+                .get(0);
+            tx.batch_execute(if public {
+                "CREATE EXTENSION IF NOT EXISTS pg_trgm SCHEMA public"
+            } else {
+                "CREATE EXTENSION IF NOT EXISTS pg_trgm"
+            })?;
+            tx.query_one(WHERE, &[])?.get(0)
+        }
+    };
+    log::info!("index store: pg_trgm is in schema {}", Clip(&schema));
+    tx.execute(
+        "SELECT set_config('search_path', concat_ws(', ', nullif(current_setting('search_path'), ''), $1::text), true)",
+        &[&schema],
+    )?;
+    Ok(())
 }
 
 /// The condition that the lowercased `column` contains the pattern (parameter `$2`),
