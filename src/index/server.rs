@@ -384,8 +384,9 @@ impl<'a> Connection<'a> {
                 record!(
                     self,
                     Level::Info,
-                    "list matching {}, limit {limit} -> {sent} entries",
-                    Clip(&pattern)
+                    "list matching {}, limit {limit} -> {sent} {}",
+                    Clip(&pattern),
+                    if sent == 1 { "entry" } else { "entries" }
                 );
                 return Ok(());
             }
