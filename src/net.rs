@@ -293,7 +293,7 @@ pub fn serve<H>(
     handle: H,
 ) -> io::Result<()>
 where
-    H: Fn(&TcpStream, SocketAddr, Slot) + Clone + Send + 'static,
+    H: Fn(&Arc<TcpStream>, SocketAddr, Slot) + Clone + Send + 'static,
 {
     let slots = Slots::new(limits.max, limits.per_ip);
     let mut refusals = crate::logging::RateLimit::default();

@@ -509,7 +509,26 @@ fn lookups_asked_at_once_go_in_one_statement_and_each_gets_its_own_answer() {
             wire::send_msg(&mut c.stream, &Request::Lookup { name }).unwrap();
         }
         wait_for("a lookup to wait on the lock", || waiting_on_files(&schema) > 0);
+        // A client that asks again without waiting for its replies gets them in order,
+        // though a lookups' thread writes the first ones and the connection's the last:
+        // its connection reads the second lookup while the first is queued, and waits.
+        let mut eager = RawIndexClient::connect(at);
+        for request in [lookup_of("one-1"), lookup_of("two"), Request::Ping] {
+            wire::send_msg(&mut eager.stream, &request).unwrap();
+        }
+        a.expect(Stream::Err, "asked again before the reply to its last lookup is out");
         locker.batch_execute("COMMIT").unwrap();
+        let hits = |name: &str, ports: &[u16]| {
+            Reply::Peers(
+                ports
+                    .iter()
+                    .map(|&k| wire::PeerHit { addr: port(k), ..peer_hit(common::info(name, b"x")) })
+                    .collect(),
+            )
+        };
+        for expected in [hits("one-1", &[1]), hits("two", &[30, 31]), Reply::Pong] {
+            assert_eq!(wire::recv_msg::<Reply>(&mut eager.stream).unwrap(), expected, "replies in order");
+        }
         for (c, (name, holders)) in clients.iter_mut().zip(&asked) {
             let expected = match holders.is_empty() {
                 true => Reply::NoPeers,
@@ -523,10 +542,17 @@ fn lookups_asked_at_once_go_in_one_statement_and_each_gets_its_own_answer() {
             assert_eq!(wire::recv_msg::<Reply>(&mut c.stream).unwrap(), expected, "the lookup of {name}");
         }
         if a.expect_any(&["lookups in one statement"], std::time::Duration::from_secs(2)).is_some() {
+            // Each lookup is logged with its outcome, whichever thread answered it.
+            a.expect(Stream::Err, r#"lookup "none-2" -> no registered peer shares it"#);
+            a.expect(Stream::Err, r#"lookup "two" -> 2 peers"#);
             break;
         }
         assert!(round < 10, "no lookups went together in {round} rounds:\n{}", a.dump_all());
     }
+}
+
+fn lookup_of(name: &str) -> Request {
+    Request::Lookup { name: SharePath::parse(name).unwrap() }
 }
 
 /// Statements waiting for a lock on the schema's `files`.

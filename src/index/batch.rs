@@ -9,11 +9,15 @@
 //! lookups, each turn answers many, and the database's cost per lookup is an index
 //! search.
 //!
-//! At most `lanes` batches are being answered at once. A request that comes while one
-//! is free is answered at once, alone (a lone client waits for nothing); one that
-//! comes while all are busy queues, and when a lane's batch is answered, the whole
-//! queue (up to `most`) becomes its next batch. The batch is answered by the thread
-//! of its oldest request (it has nothing else to do), so no thread is added.
+//! One batch is answered at a time (the *lane*). A request that comes while the lane
+//! is free takes it and is answered at once, alone, on its caller's thread (a lone
+//! client waits for nothing). One that comes while the lane is taken queues with a
+//! way to deliver its answer, and its caller goes on at once: it does not wait. The
+//! queue is answered by the batcher's own thread ([`Batcher::serve`]), which takes the
+//! lane from whoever held it and answers the queue a batch (up to `most`) at a time
+//! until it is empty. So under load a lookup costs its connection's thread no sleep
+//! and wake-up beside the one for its request: the serving thread writes the reply
+//! (docs/PERFORMANCE.md, "Replies written by the serving thread").
 //!
 //! A request joins only a batch that is sent after it came, never one already sent,
 //! so a lookup sees every change made before it was asked, as alone: a registration
@@ -23,292 +27,360 @@
 //! on its own.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{Condvar, Mutex};
 
 use crate::lock;
 
-/// Batches of requests, at most `lanes` of them answered at once. See the module docs.
+/// Where a queued request's answer goes.
+pub type Deliver<A> = Box<dyn FnOnce(A) + Send>;
+
+/// Batches of requests, answered one at a time. See the module docs.
 pub struct Batcher<Q, A> {
     queue: Mutex<Queue<Q, A>>,
-    lanes: usize,
+    /// The serving thread waits here for the lane.
+    handed: Condvar,
     most: usize,
 }
 
 impl<Q, A> std::fmt::Debug for Batcher<Q, A> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Batcher").field("lanes", &self.lanes).field("most", &self.most).finish()
+        f.debug_struct("Batcher").field("most", &self.most).finish()
     }
 }
 
 struct Queue<Q, A> {
-    waiting: VecDeque<(Q, Arc<Slot<Q, A>>)>,
-    /// Batches being answered.
-    running: usize,
+    waiting: VecDeque<(Q, Deliver<A>)>,
+    lane: Lane,
+    /// With the lane [`Lane::Serving`]: a serving thread holds it (its batch is being
+    /// answered by the database); if not, the next serving thread free takes it.
+    held: bool,
+    /// [`Batcher::close`] was called: the serving thread ends.
+    closed: bool,
 }
 
-/// Where a queued request learns its answer, or that it is to answer a batch.
-struct Slot<Q, A> {
-    turn: Mutex<Turn<Q, A>>,
-    changed: Condvar,
-}
-
-enum Turn<Q, A> {
-    Waiting,
-    /// Answer this batch (the request's own query first) and the lane is yours.
-    Lead(Batch<Q, A>),
-    Done(A),
-}
-
-/// A batch's queries and, beside them, where each one's answer goes; the first is the
-/// leader's own and has no slot.
-struct Batch<Q, A> {
-    queries: Vec<Q>,
-    slots: Vec<Arc<Slot<Q, A>>>,
-}
-
-impl<Q, A> Slot<Q, A> {
-    fn set(&self, turn: Turn<Q, A>) {
-        *lock(&self.turn) = turn;
-        self.changed.notify_one();
-    }
+/// Who answers now.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Lane {
+    /// Nobody: the next request is answered at once, alone.
+    Free,
+    /// A caller, its own request alone; the queue waits for it.
+    Caller,
+    /// The serving thread, the queue.
+    Serving,
 }
 
 impl<Q, A> Batcher<Q, A> {
-    /// At most `lanes` batches answered at once (at least one), each of at most `most`
-    /// requests (at least one).
-    pub fn new(lanes: usize, most: usize) -> Batcher<Q, A> {
+    /// Batches of at most `most` requests (at least one).
+    pub fn new(most: usize) -> Batcher<Q, A> {
         Batcher {
-            queue: Mutex::new(Queue { waiting: VecDeque::new(), running: 0 }),
-            lanes: lanes.max(1),
+            queue: Mutex::new(Queue {
+                waiting: VecDeque::new(),
+                lane: Lane::Free,
+                held: false,
+                closed: false,
+            }),
+            handed: Condvar::new(),
             most: most.max(1),
         }
     }
 
-    /// The answer to `query`, answered with others in a batch by `run`, which gives
-    /// the answers to a batch's queries in their order. A batch's requests whose
-    /// answer `run` does not give (it gave too few, or panicked) get `failed()`.
+    /// `Some` answer to `query`, by `run` on this thread, alone, if the lane is free
+    /// (`failed()` if `run` gives none). Otherwise `None`: `query` is queued, and
+    /// [`Batcher::serve`] answers it with others and gives `deliver` its answer.
     ///
-    /// Every caller must pass a `run` that answers as any other would: the batch this
-    /// call answers may hold other callers' queries.
-    pub fn call(&self, query: Q, run: impl FnOnce(&[Q]) -> Vec<A>, failed: impl Fn() -> A) -> A {
-        let batch = {
+    /// `run` must answer as the serving thread's would: the queue waits for it.
+    pub fn ask(
+        &self,
+        query: Q,
+        run: impl FnOnce(&[Q]) -> Vec<A>,
+        failed: impl Fn() -> A,
+        deliver: impl FnOnce(A) + Send + 'static,
+    ) -> Option<A> {
+        {
             let mut queue = lock(&self.queue);
-            if queue.running < self.lanes {
-                queue.running += 1;
-                let mut batch = Batch { queries: vec![query], slots: Vec::new() };
-                self.take(&mut queue, &mut batch);
-                batch
-            } else {
-                let slot = Arc::new(Slot { turn: Mutex::new(Turn::Waiting), changed: Condvar::new() });
-                queue.waiting.push_back((query, Arc::clone(&slot)));
-                drop(queue);
-                let mut turn = lock(&slot.turn);
-                loop {
-                    match std::mem::replace(&mut *turn, Turn::Waiting) {
-                        Turn::Waiting => {
-                            turn = slot.changed.wait(turn).unwrap_or_else(PoisonError::into_inner)
-                        }
-                        Turn::Done(answer) => return answer,
-                        Turn::Lead(batch) => break batch,
-                    }
+            if queue.lane != Lane::Free {
+                queue.waiting.push_back((query, Box::new(deliver)));
+                return None;
+            }
+            queue.lane = Lane::Caller;
+        }
+        // Whatever happens in `run` (a panic), the lane goes on.
+        struct Release<'a, Q, A>(&'a Batcher<Q, A>);
+        impl<Q, A> Drop for Release<'_, Q, A> {
+            fn drop(&mut self) {
+                let mut queue = lock(&self.0.queue);
+                if queue.waiting.is_empty() {
+                    queue.lane = Lane::Free;
+                } else {
+                    queue.lane = Lane::Serving;
+                    self.0.handed.notify_one();
                 }
             }
-        };
-        self.lead(batch, run, failed)
+        }
+        let release = Release(self);
+        let answer = run(std::slice::from_ref(&query)).into_iter().next();
+        drop(release);
+        Some(answer.unwrap_or_else(failed))
     }
 
-    /// Moves queued requests into `batch`, up to `most` in all.
-    fn take(&self, queue: &mut Queue<Q, A>, batch: &mut Batch<Q, A>) {
-        let room = self.most.saturating_sub(batch.queries.len()).min(queue.waiting.len());
-        for (query, slot) in queue.waiting.drain(..room) {
-            batch.queries.push(query);
-            batch.slots.push(slot);
-        }
-    }
-
-    /// Answers `batch` (holding a lane), passes the lane on to the queue's oldest
-    /// request with the queue as its batch (or frees it), then gives the others their
-    /// answers, and returns the leader's own.
-    fn lead(&self, batch: Batch<Q, A>, run: impl FnOnce(&[Q]) -> Vec<A>, failed: impl Fn() -> A) -> A {
-        let Batch { queries, slots } = batch;
-        let mut leading = Leading { batcher: self, slots, handed_on: false, failed: &failed };
-        let answers = run(&queries);
-        drop(queries);
-        leading.hand_on();
-        let mut answers = answers.into_iter();
-        let own = answers.next().unwrap_or_else(&failed);
-        for slot in std::mem::take(&mut leading.slots) {
-            slot.set(Turn::Done(answers.next().unwrap_or_else(&failed)));
-        }
-        own
-    }
-}
-
-/// A lane held by a batch's leader: whatever happens to the leader (`run` panicked),
-/// its lane is passed on and its batch's requests answered.
-struct Leading<'a, Q, A, F: Fn() -> A> {
-    batcher: &'a Batcher<Q, A>,
-    /// The slots not yet answered.
-    slots: Vec<Arc<Slot<Q, A>>>,
-    handed_on: bool,
-    failed: &'a F,
-}
-
-impl<Q, A, F: Fn() -> A> Leading<'_, Q, A, F> {
-    fn hand_on(&mut self) {
-        if std::mem::replace(&mut self.handed_on, true) {
-            return;
-        }
-        let mut queue = lock(&self.batcher.queue);
-        if let Some((query, slot)) = queue.waiting.pop_front() {
-            let mut next = Batch { queries: vec![query], slots: Vec::new() };
-            self.batcher.take(&mut queue, &mut next);
+    /// Answers the queue, a batch at a time, each batch by `run`, which gives the
+    /// answers to a batch's queries in their order; a request whose answer `run` does
+    /// not give (it gave too few, or panicked) gets `failed()`. A panicking `deliver`
+    /// costs only its own answer. Runs on a thread of its own until [`Batcher::close`],
+    /// and then fails what is still queued.
+    pub fn serve(&self, run: impl Fn(&[Q]) -> Vec<A>, failed: impl Fn() -> A) {
+        let mut queue = lock(&self.queue);
+        loop {
+            if queue.closed {
+                let waiting = std::mem::take(&mut queue.waiting);
+                drop(queue);
+                for (_, deliver) in waiting {
+                    let _ = catch_unwind(AssertUnwindSafe(|| deliver(failed())));
+                }
+                return;
+            }
+            if queue.lane != Lane::Serving || queue.held {
+                queue = self.handed.wait(queue).unwrap_or_else(std::sync::PoisonError::into_inner);
+                continue;
+            }
+            if queue.waiting.is_empty() {
+                queue.lane = Lane::Free;
+                continue;
+            }
+            let n = self.most.min(queue.waiting.len());
+            let (queries, delivers): (Vec<Q>, Vec<Deliver<A>>) = queue.waiting.drain(..n).unzip();
+            queue.held = true;
             drop(queue);
-            slot.set(Turn::Lead(next));
-        } else {
-            queue.running -= 1;
+            let answers = catch_unwind(AssertUnwindSafe(|| run(&queries))).unwrap_or_default();
+            drop(queries);
+            // The lane goes on before the answers go out, so that the next batch is
+            // being answered by the database while they do.
+            {
+                let mut queue = lock(&self.queue);
+                queue.held = false;
+                if queue.waiting.is_empty() {
+                    queue.lane = Lane::Free;
+                } else {
+                    self.handed.notify_one();
+                }
+            }
+            let mut answers = answers.into_iter();
+            for deliver in delivers {
+                let answer = answers.next().unwrap_or_else(&failed);
+                let _ = catch_unwind(AssertUnwindSafe(|| deliver(answer)));
+            }
+            queue = lock(&self.queue);
         }
     }
-}
 
-impl<Q, A, F: Fn() -> A> Drop for Leading<'_, Q, A, F> {
-    fn drop(&mut self) {
-        self.hand_on();
-        for slot in self.slots.drain(..) {
-            slot.set(Turn::Done((self.failed)()));
-        }
+    /// Ends [`Batcher::serve`] (for tests: a server's batcher serves for as long as
+    /// the process runs).
+    #[cfg(test)]
+    pub fn close(&self) {
+        lock(&self.queue).closed = true;
+        self.handed.notify_all();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Barrier;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// How long a test waits for an answer before it fails (instead of hanging).
+    const PATIENCE: Duration = Duration::from_secs(20);
+
+    /// A deliverer that sends `(which, answer)` down `tx`.
+    fn to<A: Send + 'static>(tx: &mpsc::Sender<(u32, A)>, which: u32) -> impl FnOnce(A) + Send + 'static {
+        let tx = tx.clone();
+        move |answer| tx.send((which, answer)).unwrap()
+    }
+
+    /// Until `b` holds `n` requests in its queue.
+    fn until_queued<Q, A>(b: &Batcher<Q, A>, n: usize) {
+        while lock(&b.queue).waiting.len() < n {
+            std::thread::yield_now();
+        }
+    }
 
     #[test]
-    fn a_lone_request_is_answered_at_once_alone() {
-        let b = Batcher::new(2, 64);
+    fn a_lone_request_is_answered_at_once_alone_on_its_callers_thread() {
+        let b = Batcher::new(64);
+        let (tx, rx) = mpsc::channel();
         let mut sizes = Vec::new();
-        for i in 0..5 {
-            let got = b.call(
+        for i in 0..5u32 {
+            let got = b.ask(
                 i,
-                |qs: &[i32]| {
+                |qs: &[u32]| {
                     sizes.push(qs.len());
                     qs.iter().map(|q| q * 10).collect()
                 },
-                || -1,
+                || u32::MAX,
+                to(&tx, i),
             );
-            assert_eq!(got, i * 10);
+            assert_eq!(got, Some(i * 10));
         }
         assert_eq!(sizes, [1; 5]);
+        drop(tx);
+        assert!(rx.recv().is_err(), "nothing is delivered for a request answered at once");
+        assert_eq!(lock(&b.queue).lane, Lane::Free);
     }
 
-    /// Requests that come while every lane is busy go together, each gets its own
-    /// answer, and none is answered by a batch sent before it came.
+    /// Requests that come while one is being answered queue, their callers go on at
+    /// once, and the serving thread answers them together, each to its own deliverer;
+    /// none is answered by a batch sent before it came.
     #[test]
-    fn requests_that_wait_together_go_together_and_each_gets_its_own_answer() {
-        let b = Batcher::new(1, 64);
-        let (sent, batches) = (AtomicUsize::new(0), Mutex::new(Vec::new()));
-        // The first request holds the only lane until the other 20 have queued.
-        let queued = Barrier::new(2);
+    fn requests_asked_while_one_is_answered_go_together_and_each_gets_its_own_answer() {
+        let b = Batcher::new(64);
+        let batches = Mutex::new(Vec::new());
+        let (tx, rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let go_rx = Mutex::new(go_rx);
         std::thread::scope(|s| {
             s.spawn(|| {
-                let got = b.call(
-                    1000,
-                    |qs: &[usize]| {
-                        queued.wait();
-                        qs.to_vec()
+                b.serve(
+                    |qs: &[u32]| {
+                        lock(&batches).push(qs.to_vec());
+                        qs.iter().map(|q| q + 1).collect()
                     },
-                    || usize::MAX,
-                );
-                assert_eq!(got, 1000);
+                    || u32::MAX,
+                )
             });
-            // Until the lane is taken.
-            while lock(&b.queue).running == 0 {
+            // The first request holds the lane until the other 20 have queued.
+            let first = s.spawn(|| {
+                let run = |qs: &[u32]| {
+                    lock(&go_rx).recv_timeout(PATIENCE).unwrap();
+                    qs.to_vec()
+                };
+                b.ask(1000, run, || u32::MAX, |_| panic!("answered at once"))
+            });
+            while lock(&b.queue).lane != Lane::Caller {
                 std::thread::yield_now();
             }
-            let waiting = (0..20)
-                .map(|i| {
-                    let (b, sent, batches) = (&b, &sent, &batches);
-                    s.spawn(move || {
-                        b.call(
-                            i,
-                            |qs: &[usize]| {
-                                sent.fetch_add(1, Ordering::SeqCst);
-                                lock(batches).push(qs.to_vec());
-                                qs.iter().map(|q| q + 1).collect()
-                            },
-                            || usize::MAX,
-                        )
-                    })
-                })
-                .collect::<Vec<_>>();
-            while lock(&b.queue).waiting.len() < 20 {
-                std::thread::yield_now();
+            for i in 0..20 {
+                let got = b.ask(i, |_| panic!("the lane is taken"), || u32::MAX, to(&tx, i));
+                assert_eq!(got, None, "a request asked while another is answered queues");
             }
-            queued.wait();
-            for (i, h) in waiting.into_iter().enumerate() {
-                assert_eq!(h.join().unwrap(), i + 1);
-            }
+            go_tx.send(()).unwrap();
+            assert_eq!(first.join().unwrap(), Some(1000));
+            let mut answers: Vec<(u32, u32)> = (0..20).map(|_| rx.recv_timeout(PATIENCE).unwrap()).collect();
+            answers.sort();
+            assert_eq!(answers, (0..20).map(|i| (i, i + 1)).collect::<Vec<_>>());
+            assert_eq!(*lock(&batches), [(0..20).collect::<Vec<_>>()], "one batch, sent after they came");
+            assert_eq!(lock(&b.queue).lane, Lane::Free);
+            b.close();
         });
-        assert_eq!(sent.load(Ordering::SeqCst), 1, "{:?}", lock(&batches));
-        let mut all = lock(&batches)[0].clone();
-        all.sort();
-        assert_eq!(all, (0..20).collect::<Vec<_>>());
-        assert_eq!(lock(&b.queue).running, 0);
     }
 
     #[test]
-    fn a_batch_is_at_most_most_requests_and_a_failed_one_answers_every_request() {
-        let b = Batcher::new(1, 3);
-        let queued = Barrier::new(2);
+    fn a_batch_is_at_most_most_requests_and_a_failed_one_still_answers_every_request() {
+        let b = Batcher::new(3);
         let sizes = Mutex::new(Vec::new());
+        let (tx, rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let go_rx = Mutex::new(go_rx);
         std::thread::scope(|s| {
             s.spawn(|| {
-                b.call(
-                    0,
-                    |_: &[u32]| {
-                        queued.wait();
-                        vec![0]
+                b.serve(
+                    |qs: &[u32]| {
+                        lock(&sizes).push(qs.len());
+                        // The first batch panics, the others give one answer too few.
+                        if lock(&sizes).len() == 1 {
+                            panic!("the store went away");
+                        }
+                        qs[..qs.len() - 1].to_vec()
                     },
                     || 99,
                 )
             });
-            while lock(&b.queue).running == 0 {
+            let first = s.spawn(|| {
+                let run = |_: &[u32]| {
+                    lock(&go_rx).recv_timeout(PATIENCE).unwrap();
+                    vec![0]
+                };
+                b.ask(0, run, || 99, |_| panic!("answered at once"))
+            });
+            while lock(&b.queue).lane != Lane::Caller {
                 std::thread::yield_now();
             }
-            let waiting = (1..=7)
-                .map(|i| {
-                    let (b, sizes) = (&b, &sizes);
-                    s.spawn(move || {
-                        b.call(
-                            i,
-                            |qs: &[u32]| {
-                                lock(sizes).push(qs.len());
-                                // The first batch panics, the others give one answer too few.
-                                if lock(sizes).len() == 1 {
-                                    panic!("the store went away");
-                                }
-                                qs[..qs.len() - 1].to_vec()
-                            },
-                            || 99,
-                        )
-                    })
-                })
-                .collect::<Vec<_>>();
-            while lock(&b.queue).waiting.len() < 7 {
-                std::thread::yield_now();
+            for i in 1..=7 {
+                let deliver = to(&tx, i);
+                // A deliverer that panics costs only its own answer.
+                let deliver =
+                    move |answer| if i == 5 { panic!("the client went away") } else { deliver(answer) };
+                assert_eq!(b.ask(i, |_| panic!("the lane is taken"), || 99, deliver), None);
             }
-            queued.wait();
-            let answers: Vec<_> = waiting.into_iter().map(|h| h.join()).collect();
-            // The first batch's leader panicked and its two followers were failed; the
-            // second batch's last request and the third's only one were not answered.
-            let own = (1..=7).zip(&answers).filter(|(i, a)| matches!(a, Ok(x) if x == i)).count();
-            let failed = answers.iter().filter(|a| matches!(a, Ok(99))).count();
-            assert_eq!((answers.iter().filter(|a| a.is_err()).count(), own, failed), (1, 2, 4));
+            until_queued(&b, 7);
+            go_tx.send(()).unwrap();
+            assert_eq!(first.join().unwrap(), Some(0));
+            let mut answers: Vec<(u32, u32)> = (0..6).map(|_| rx.recv_timeout(PATIENCE).unwrap()).collect();
+            answers.sort();
+            // [1, 2, 3] panicked; of [4, 5, 6] the last had no answer; [7] had none.
+            assert_eq!(answers, [(1, 99), (2, 99), (3, 99), (4, 4), (6, 99), (7, 99)]);
+            b.close();
         });
         assert_eq!(*lock(&sizes), [3, 3, 1]);
-        assert_eq!(lock(&b.queue).running, 0);
+        assert_eq!(lock(&b.queue).lane, Lane::Free);
+    }
+
+    /// With two serving threads, the lane passes on before a batch's answers go out:
+    /// the next batch is answered while a deliverer of the last one is still busy (a
+    /// client slow to take its reply holds up no one else).
+    #[test]
+    fn the_next_batch_is_answered_while_the_last_ones_answers_go_out() {
+        let b = Batcher::new(64);
+        let (tx, rx) = mpsc::channel();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let go_rx = Mutex::new(go_rx);
+        let (queued_tx, queued_rx) = mpsc::channel::<()>();
+        let queued_rx = Mutex::new(queued_rx);
+        let (second_tx, second_rx) = mpsc::channel::<()>();
+        let second_rx = Mutex::new(second_rx);
+        let run = |qs: &[u32]| {
+            if qs == [1] {
+                // The first batch waits, being answered, until the second has queued.
+                lock(&queued_rx).recv_timeout(PATIENCE).unwrap();
+            } else {
+                second_tx.send(()).unwrap();
+            }
+            qs.iter().map(|q| q * 10).collect()
+        };
+        std::thread::scope(|s| {
+            let serving = [s.spawn(|| b.serve(run, || 99)), s.spawn(|| b.serve(run, || 99))];
+            let first = s.spawn(|| {
+                let run = |qs: &[u32]| {
+                    lock(&go_rx).recv_timeout(PATIENCE).unwrap();
+                    qs.to_vec()
+                };
+                b.ask(0, run, || 99, |_| panic!("answered at once"))
+            });
+            while lock(&b.queue).lane != Lane::Caller {
+                std::thread::yield_now();
+            }
+            // Request 1's deliverer waits until the second batch is being answered.
+            let one = to(&tx, 1);
+            let slow = move |answer| {
+                lock(&second_rx).recv_timeout(PATIENCE).expect("the next batch was answered meanwhile");
+                one(answer)
+            };
+            assert_eq!(b.ask(1, |_| panic!("the lane is taken"), || 99, slow), None);
+            go_tx.send(()).unwrap();
+            assert_eq!(first.join().unwrap(), Some(0));
+            // While batch [1] is answered, request 2 queues.
+            while !lock(&b.queue).held {
+                std::thread::yield_now();
+            }
+            assert_eq!(b.ask(2, |_| panic!("the lane is taken"), || 99, to(&tx, 2)), None);
+            queued_tx.send(()).unwrap();
+            let mut answers: Vec<(u32, u32)> = (0..2).map(|_| rx.recv_timeout(PATIENCE).unwrap()).collect();
+            answers.sort();
+            assert_eq!(answers, [(1, 10), (2, 20)]);
+            b.close();
+            for t in serving {
+                t.join().unwrap();
+            }
+        });
     }
 }

@@ -22,6 +22,10 @@ pub use store::Store;
 
 use crate::name::SharePath;
 use crate::wire::{FileInfo, PeerHit};
+pub use batch::Deliver;
+
+/// A lookup's answer: the peers sharing the name, whole first.
+pub type Looked = Result<Vec<PeerHit>, RegistryError>;
 
 /// A cheap-to-clone handle on the shared registry; every connection thread has one.
 ///
@@ -170,12 +174,19 @@ impl Index {
         }
     }
 
-    /// [`Registry::lookup`].
-    pub fn lookup(&self, name: &SharePath) -> Result<Vec<PeerHit>, RegistryError> {
+    /// [`Registry::lookup`]: `Some` answer now, or, in the store while other lookups
+    /// are being answered, `None`, and the answer goes to the deliverer that
+    /// `hand_over` makes ([`Store::lookup`]), from another thread.
+    pub fn lookup(&self, name: &SharePath, hand_over: impl FnOnce() -> Deliver<Looked>) -> Option<Looked> {
         match &self.backend {
-            Backend::Memory(r) => Ok(Index::read(r, |r| r.lookup(name))),
-            Backend::Store(s) => s.lookup(name),
+            Backend::Memory(r) => Some(Ok(Index::read(r, |r| r.lookup(name)))),
+            Backend::Store(s) => s.lookup(name, hand_over()),
         }
+    }
+
+    /// Whether a lookup may be answered from another thread ([`Index::lookup`]).
+    pub fn hands_over(&self) -> bool {
+        matches!(self.backend, Backend::Store(_))
     }
 
     /// The rest of a listing after `after`, read through the store's cursor

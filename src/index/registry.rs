@@ -1119,12 +1119,15 @@ mod tests {
                             }
                             _ => {
                                 let n = &names[rng.random_range(0..names.len())];
-                                let _ = index.lookup(&name(n));
+                                let _ = index.lookup(&name(n), || unreachable!("answered at once in memory"));
                             }
                         }
                     }
                     for n in &names {
-                        let hits = index.lookup(&name(n)).unwrap();
+                        let hits = index
+                            .lookup(&name(n), || unreachable!("answered at once in memory"))
+                            .unwrap()
+                            .unwrap();
                         let at_me = hits.iter().filter(|h| h.addr.port() == 1000 + t).count();
                         let want = usize::from(mine.as_ref().is_some_and(|m| m.contains_key(n)));
                         assert_eq!(at_me, want, "thread {t}, name {n}");

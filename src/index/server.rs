@@ -8,9 +8,10 @@
 //! second per connection.
 
 use std::fmt;
+use std::io::Write;
 use std::io::{self, BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,8 @@ use log::Level;
 
 use super::budget::{Budget, RECEIVE_BUDGET, SMALL_FRAME, UNBOOKED_FRAME};
 use super::login::{Accounts, ProofStep, Session};
-use super::{Index, PageBudget, Pattern, RegistryError, store};
+use super::{Deliver, Index, Looked, PageBudget, Pattern, RegistryError, store};
+use crate::lock;
 use crate::logging::RateLimit;
 use crate::name::SharePath;
 use crate::net::{self, ConnLimits, Live, Slot, Timed, close_gently, is_timeout};
@@ -137,7 +139,7 @@ pub fn serve(listener: TcpListener, index: Index, config: Config) -> io::Result<
     let live = Live::default();
     index.on_forgotten(live.clone());
     net::serve(listener, "index", limits, live, move |stream, from, slot| {
-        Connection::new(&index, &config, &budget, from).run(stream, slot)
+        Connection::new(&index, &config, &budget, from, stream).run(stream, slot)
     })
 }
 
@@ -149,9 +151,163 @@ struct Connection<'a> {
     /// The client's address: the connection's name in the registry and in the log.
     conn: SocketAddr,
     session: Session,
-    log: RateLimit,
+    log: Limit,
     /// The last reply's frame, kept for the next one's (see [`REPLY_BUFFER_KEPT`]).
     out: Vec<u8>,
+    /// With the store, where the lookups' thread writes this connection's replies to
+    /// lookups answered in a batch ([`Index::lookup`]).
+    outbox: Option<Arc<Outbox>>,
+}
+
+/// A connection's rate limit for its records: its own, or, with the store, shared with
+/// the lookups' thread, which logs the lookups it answers for it.
+enum Limit {
+    Own(RateLimit),
+    Shared(Arc<Outbox>),
+}
+
+impl Limit {
+    /// [`RateLimit::allow`].
+    fn allow(&mut self, level: Level, who: &dyn fmt::Display) -> bool {
+        match self {
+            Limit::Own(limit) => limit.allow(level, who),
+            Limit::Shared(outbox) => lock(&outbox.log).allow(level, who),
+        }
+    }
+
+    /// [`RateLimit::finish`].
+    fn finish(&mut self, who: &dyn fmt::Display) {
+        match self {
+            Limit::Own(limit) => limit.finish(who),
+            Limit::Shared(outbox) => lock(&outbox.log).finish(who),
+        }
+    }
+}
+
+/// Where the lookups' thread of a store ([`super::batch`]) writes a connection's reply
+/// to a lookup answered in a batch, so that the connection's thread need not sleep
+/// until the batch is answered and be woken for the reply: it goes back to reading
+/// its client at once. Under load that is one sleep and wake-up a lookup instead of two
+/// (docs/PERFORMANCE.md, "Replies written by the serving thread").
+///
+/// Replies go out in the order their requests came: while one is on its way, the
+/// connection writes nothing ([`Outbox::wait_sent`]). A client that waits for each
+/// reply never makes it wait.
+struct Outbox {
+    stream: Arc<TcpStream>,
+    conn: SocketAddr,
+    /// A reply is on its way from another thread.
+    pending: Mutex<bool>,
+    sent: Condvar,
+    /// The connection's rate limit for its records ([`Limit::Shared`]).
+    log: Mutex<RateLimit>,
+}
+
+impl Outbox {
+    /// Waits until no reply is on its way. Asked before each request is answered:
+    /// nearly always at once, since a client asks again once it has its reply.
+    fn wait_sent(&self) {
+        let mut pending = lock(&self.pending);
+        while *pending {
+            pending = self.sent.wait(pending).unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    /// Ends the connection: a reply that cannot be written whole leaves the client
+    /// nothing it could read after it.
+    fn close(&self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// A reply on its way ([`Outbox`]): the connection writes nothing until this is
+/// dropped, whether the reply was written, failed, or was never asked for (the lookup
+/// was answered at once, on the connection's own thread).
+struct OnItsWay(Arc<Outbox>);
+
+impl OnItsWay {
+    fn new(outbox: &Arc<Outbox>) -> OnItsWay {
+        *lock(&outbox.pending) = true;
+        OnItsWay(Arc::clone(outbox))
+    }
+
+    /// Writes the reply to the lookup of `name` by `user` and logs it, on a lookups'
+    /// thread. What the socket cannot take at once (a client that does not read, a
+    /// very long list of holders) is written by a thread of its own, with the
+    /// connection's write timeout, so that no client holds up the other lookups.
+    fn deliver(self, name: SharePath, user: Option<&str>, answer: Looked) {
+        let outbox = &self.0;
+        let reply = lookup_reply(answer);
+        let frame = wire::frame(&reply);
+        let mut at = 0;
+        if let Ok(frame) = &frame {
+            while at < frame.len() {
+                let flags = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
+                match rustix::net::send(&*outbox.stream, &frame[at..], flags) {
+                    Ok(n) => at += n,
+                    Err(rustix::io::Errno::INTR) => {}
+                    Err(rustix::io::Errno::AGAIN) => break,
+                    // The connection's thread finds out for itself, reading.
+                    Err(_) => at = frame.len(),
+                }
+            }
+        }
+        // After the reply, as on the connection's own thread: the log costs the client
+        // no latency.
+        let who = Who(outbox.conn, user);
+        if lock(&outbox.log).allow(Level::Info, &who) {
+            log::info!("{who} {}{}", Summary::Lookup(name), Outcome(&reply));
+        }
+        let Ok(frame) = frame else {
+            // Longer than a frame may be: no client could read it.
+            outbox.close();
+            return;
+        };
+        if at == frame.len() {
+            return;
+        }
+        let name = format!("index {} reply", outbox.conn);
+        let rest = move || {
+            if (&*self.0.stream).write_all(&frame[at..]).is_err() {
+                self.0.close();
+            }
+        };
+        if let Err(e) = thread::Builder::new().name(name).spawn(rest) {
+            log::warn!("cannot start a thread to write a reply ({e}); its connection is closed");
+            // The thread's closure, this one included, is dropped: the reply is over.
+        }
+    }
+}
+
+impl Drop for OnItsWay {
+    fn drop(&mut self) {
+        *lock(&self.0.pending) = false;
+        self.0.sent.notify_all();
+    }
+}
+
+/// The reply to a lookup.
+fn lookup_reply(answer: Looked) -> Reply {
+    match answer {
+        Ok(hits) if hits.is_empty() => Reply::NoPeers,
+        Ok(hits) => Reply::Peers(hits),
+        Err(e) => Reply::Error(e.to_string()),
+    }
+}
+
+/// A reply's outcome as a request's record ends with it: ` -> ok, 3 files registered`.
+struct Outcome<'a>(&'a Reply);
+
+impl fmt::Display for Outcome<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            Reply::Error(e) => write!(f, " -> refused: {e}"),
+            Reply::Done { files } => write!(f, " -> ok, {} registered", count(*files, "file")),
+            Reply::Peers(hits) => write!(f, " -> {}", count(hits.len() as u64, "peer")),
+            Reply::NoPeers => write!(f, " -> no registered peer shares it"),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// How a connection is named in the log: its address, and its user once logged in.
@@ -179,15 +335,53 @@ macro_rules! record {
 }
 
 impl<'a> Connection<'a> {
-    fn new(index: &'a Index, config: &'a Config, budget: &'a Budget, conn: SocketAddr) -> Connection<'a> {
+    fn new(
+        index: &'a Index,
+        config: &'a Config,
+        budget: &'a Budget,
+        conn: SocketAddr,
+        stream: &Arc<TcpStream>,
+    ) -> Connection<'a> {
+        let outbox = index.hands_over().then(|| {
+            Arc::new(Outbox {
+                stream: Arc::clone(stream),
+                conn,
+                pending: Mutex::new(false),
+                sent: Condvar::new(),
+                log: Mutex::default(),
+            })
+        });
         Connection {
             index,
             config,
             budget,
             conn,
             session: Session::default(),
-            log: RateLimit::default(),
+            log: outbox.clone().map_or_else(|| Limit::Own(RateLimit::default()), Limit::Shared),
             out: Vec::new(),
+            outbox,
+        }
+    }
+
+    /// Where the lookups' thread delivers the answer to a lookup of `name` (with the
+    /// store, [`Index::lookup`]); from now until then, this connection writes nothing.
+    fn hand_over(&self, name: &SharePath) -> Deliver<Looked> {
+        let reply = OnItsWay::new(self.outbox.as_ref().expect("only the store hands lookups over"));
+        let (name, user) = (name.clone(), self.session.user().map(Box::<str>::from));
+        Box::new(move |answer| reply.deliver(name, user.as_deref(), answer))
+    }
+
+    /// [`Outbox::wait_sent`], with the store.
+    fn wait_sent(&mut self) {
+        if self.outbox.as_ref().is_some_and(|outbox| *lock(&outbox.pending)) {
+            record!(
+                self,
+                Level::Debug,
+                "asked again before the reply to its last lookup is out: waiting for it"
+            );
+            if let Some(outbox) = &self.outbox {
+                outbox.wait_sent();
+            }
         }
     }
 
@@ -247,7 +441,9 @@ impl<'a> Connection<'a> {
         loop {
             reader.get_mut().await_frame(config.idle_timeout, config.read_timeout);
             let max = self.max_frame();
-            let len = match wire::recv_len(&mut reader, max) {
+            let len = wire::recv_len(&mut reader, max);
+            self.wait_sent();
+            let len = match len {
                 Ok(Some(len)) => len,
                 Ok(None) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::InvalidData => {
@@ -399,12 +595,11 @@ impl<'a> Connection<'a> {
                     // The hot path: the name moves to the log's summary after the
                     // lookup, with no copy taken before.
                     Request::Lookup { name } => {
-                        let reply = match index.lookup(&name) {
-                            Ok(hits) if hits.is_empty() => Reply::NoPeers,
-                            Ok(hits) => Reply::Peers(hits),
-                            Err(e) => Reply::Error(e.to_string()),
+                        let Some(answer) = index.lookup(&name, || self.hand_over(&name)) else {
+                            // Answered in a batch: a lookups' thread replies and logs.
+                            return Ok(());
                         };
-                        (Summary::Lookup(name), reply)
+                        (Summary::Lookup(name), lookup_reply(answer))
                     }
                     change => (
                         Summary::of(&change),
@@ -427,17 +622,7 @@ impl<'a> Connection<'a> {
                 if self.out.capacity() > REPLY_BUFFER_KEPT {
                     self.out = Vec::new();
                 }
-                match &reply {
-                    Reply::Error(e) => record!(self, Level::Info, "{what} -> refused: {e}"),
-                    Reply::Done { files } => {
-                        record!(self, Level::Info, "{what} -> ok, {} registered", count(*files, "file"))
-                    }
-                    Reply::Peers(hits) => {
-                        record!(self, Level::Info, "{what} -> {}", count(hits.len() as u64, "peer"))
-                    }
-                    Reply::NoPeers => record!(self, Level::Info, "{what} -> no registered peer shares it"),
-                    _ => record!(self, Level::Info, "{what}"),
-                }
+                record!(self, Level::Info, "{what}{}", Outcome(&reply));
             }
         }
         Ok(())
@@ -647,5 +832,50 @@ mod tests {
         assert_eq!(Summary::of(&none).to_string(), "delete 0 files");
         let long = Request::Lookup { name: SharePath::parse(&"y".repeat(255)).unwrap() };
         assert!(Summary::of(&long).to_string().ends_with("\"... (255 bytes)"));
+    }
+
+    /// A reply that the socket cannot take at once (a client that does not read it, a
+    /// long list of holders) does not hold up the lookups' thread that delivers it:
+    /// a thread of its own writes the rest, and the connection writes nothing until
+    /// it is out. The client, reading at last, gets the whole reply.
+    #[test]
+    fn a_reply_too_long_for_the_socket_leaves_the_lookups_thread_free() {
+        use crate::wire::PeerHit;
+        use std::sync::mpsc;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        rustix::net::sockopt::set_socket_recv_buffer_size(&client, 4096).unwrap();
+        let (server, from) = listener.accept().unwrap();
+        rustix::net::sockopt::set_socket_send_buffer_size(&server, 4096).unwrap();
+        let outbox = Arc::new(Outbox {
+            stream: Arc::new(server),
+            conn: from,
+            pending: Mutex::new(false),
+            sent: Condvar::new(),
+            log: Mutex::default(),
+        });
+        // About 270 KB of reply: far more than the two sockets hold.
+        let hits: Vec<PeerHit> = (0..5000u16)
+            .map(|i| PeerHit {
+                addr: SocketAddr::from(([10, 0, 0, 1], i)),
+                size: 7,
+                root: [3; 32],
+                complete: true,
+            })
+            .collect();
+        let reply = OnItsWay::new(&outbox);
+        let (done_tx, done_rx) = mpsc::channel();
+        let answer = Ok(hits.clone());
+        thread::spawn(move || {
+            reply.deliver(SharePath::parse("popular.iso").unwrap(), None, answer);
+            done_tx.send(()).unwrap();
+        });
+        done_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("deliver returns while the client reads nothing");
+        assert!(*lock(&outbox.pending), "the rest is still on its way, and the connection waits for it");
+        let got: Reply = wire::recv_msg(&mut &client).unwrap();
+        assert_eq!(got, Reply::Peers(hits));
+        outbox.wait_sent();
     }
 }

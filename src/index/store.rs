@@ -65,7 +65,8 @@ use postgres::NoTls;
 use postgres::types::{ToSql, Type};
 use r2d2_postgres::PostgresConnectionManager;
 
-use super::batch::Batcher;
+use super::Looked;
+use super::batch::{Batcher, Deliver};
 use super::plan::{Plan, Sample};
 use super::registry::{self, Limits, ListPage, MAX_PARTIALS_PER_PEER, PageBudget, Pattern, RegistryError};
 use crate::content::Hash;
@@ -257,13 +258,12 @@ pub const LOOKUP_MANY: &str = "SELECT q.i, p.ip, p.port, f.size, f.root, f.compl
      CROSS JOIN LATERAL (SELECT ip, port, id FROM peers WHERE peers.id = f.peer_id AND NOT gone OFFSET 0) p
      ORDER BY q.i, f.complete DESC, p.id";
 
-/// Batches of lookups one server has the database answer at once ([`super::batch`]):
-/// one. Each batch is one statement on a pooled connection, and the lookups that come
-/// while it runs wait for it and go together next, so a batch grows with the clients
-/// asking. With 50 clients here that made batches of 12 on average and p99 2.8-3.3 ms;
-/// with two batches at once, each half as large, p99 3.9-4.1 ms (`cargo bench --
-/// store`, docs/PERFORMANCE.md).
-const LOOKUP_LANES: usize = 1;
+/// Threads that answer the lookups asked while others are being answered
+/// ([`super::batch`]). One batch is answered by the database at a time (with two at
+/// once, each was half as large, and p99 at 50 clients was 3.9-4.1 ms against
+/// 2.8-3.3, docs/PERFORMANCE.md); a second thread starts the next batch while the
+/// first writes its batch's replies.
+const LOOKUP_THREADS: usize = 2;
 
 /// The most lookups in one statement: a server's connections each wait for one
 /// lookup, so a batch is as large as the number of clients asking at once, and more
@@ -345,7 +345,7 @@ pub struct Store {
     /// asked for, and what came.
     sample: Mutex<(Option<Instant>, Arc<Sample>)>,
     /// Lookups that wait at the same time, answered by one statement.
-    lookups: Batcher<SharePath, Result<Vec<PeerHit>, RegistryError>>,
+    lookups: Batcher<SharePath, Looked>,
 }
 
 /// How often a listing asks PostgreSQL for its sample of the names again
@@ -497,7 +497,7 @@ impl Store {
             listing: Slots::new(places as usize / 2),
             clients: std::sync::OnceLock::new(),
             sample: Mutex::default(),
-            lookups: Batcher::new(LOOKUP_LANES.min(places as usize), LOOKUP_BATCH),
+            lookups: Batcher::new(LOOKUP_BATCH),
         });
         store.take_server_row(&mut client).context("cannot register this server in the index store")?;
         drop(client);
@@ -506,6 +506,16 @@ impl Store {
             .name("lease".into())
             .spawn(move || renewing.keep_lease(config))
             .context("cannot start the lease thread")?;
+        for _ in 0..LOOKUP_THREADS {
+            let serving = Arc::clone(&store);
+            thread::Builder::new()
+                .name("lookups".into())
+                .spawn(move || {
+                    let failed = || Err(RegistryError::StoreUnavailable);
+                    serving.lookups.serve(|names| serving.lookup_many(names), failed)
+                })
+                .context("cannot start the lookups' threads")?;
+        }
         Ok(store)
     }
 
@@ -979,11 +989,15 @@ impl Store {
 
     /// [`registry::Registry::lookup`]: the peers sharing `name` whole, then those
     /// holding part of it.
-    pub fn lookup(&self, name: &SharePath) -> Result<Vec<PeerHit>, RegistryError> {
-        self.lookups.call(
+    /// `Some` answer at once if no other lookup is being answered; otherwise `None`,
+    /// and `deliver` gets the answer from the lookups' thread, with the lookups that
+    /// came meanwhile ([`super::batch`]).
+    pub fn lookup(&self, name: &SharePath, deliver: Deliver<Looked>) -> Option<Looked> {
+        self.lookups.ask(
             name.clone(),
             |names| self.lookup_many(names),
             || Err(RegistryError::StoreUnavailable),
+            deliver,
         )
     }
 
@@ -991,7 +1005,7 @@ impl Store {
     /// connection, [`LOOKUP`] for one name and [`LOOKUP_MANY`] for more. A lone lookup
     /// (one client) keeps the plain statement: pgbench at one client gave 11.4k/s for
     /// it, 10.6k/s for [`LOOKUP_MANY`] of one name.
-    fn lookup_many(&self, names: &[SharePath]) -> Vec<Result<Vec<PeerHit>, RegistryError>> {
+    fn lookup_many(&self, names: &[SharePath]) -> Vec<Looked> {
         let found = self.client().and_then(|mut client| {
             let conn = &mut *client;
             let (prepared, statement, kind) = match names {
