@@ -9,15 +9,16 @@
 //! lookups, each turn answers many, and the database's cost per lookup is an index
 //! search.
 //!
-//! One batch is answered at a time (the *lane*). A request that comes while the lane
-//! is free takes it and is answered at once, alone, on its caller's thread (a lone
-//! client waits for nothing). One that comes while the lane is taken queues with a
-//! way to deliver its answer, and its caller goes on at once: it does not wait. The
-//! queue is answered by the batcher's own thread ([`Batcher::serve`]), which takes the
-//! lane from whoever held it and answers the queue a batch (up to `most`) at a time
-//! until it is empty. So under load a lookup costs its connection's thread no sleep
-//! and wake-up beside the one for its request: the serving thread writes the reply
-//! (docs/PERFORMANCE.md, "Replies written by the serving thread").
+//! One batch is answered by the database at a time (the *lane*). A request that comes
+//! while the lane is free takes it and is answered at once, alone, on its caller's
+//! thread (a lone client waits for nothing). One that comes while the lane is taken
+//! queues with a way to deliver its answer, and its caller goes on at once: it does
+//! not wait. The queue is answered by serving threads ([`Batcher::serve`]), a batch (up
+//! to `most`) at a time, until it is empty. A serving thread whose batch's answers are
+//! in passes the lane to another before it delivers them, so that the database answers
+//! the next batch meanwhile. So under load a lookup costs its connection's thread no
+//! sleep and wake-up beside the one for its request: the serving thread writes the
+//! reply (docs/PERFORMANCE.md, "Replies written by the lookups' threads").
 //!
 //! A request joins only a batch that is sent after it came, never one already sent,
 //! so a lookup sees every change made before it was asked, as alone: a registration

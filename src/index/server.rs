@@ -188,7 +188,7 @@ impl Limit {
 /// to a lookup answered in a batch, so that the connection's thread need not sleep
 /// until the batch is answered and be woken for the reply: it goes back to reading
 /// its client at once. Under load that is one sleep and wake-up a lookup instead of two
-/// (docs/PERFORMANCE.md, "Replies written by the serving thread").
+/// (docs/PERFORMANCE.md, "Replies written by the lookups' threads").
 ///
 /// Replies go out in the order their requests came: while one is on its way, the
 /// connection writes nothing ([`Outbox::wait_sent`]). A client that waits for each
