@@ -267,14 +267,20 @@ impl OnItsWay {
             return;
         }
         let name = format!("index {} reply", outbox.conn);
+        let outbox = Arc::clone(outbox);
         let rest = move || {
             if (&*self.0.stream).write_all(&frame[at..]).is_err() {
                 self.0.close();
             }
         };
-        if let Err(e) = thread::Builder::new().name(name).spawn(rest) {
-            log::warn!("cannot start a thread to write a reply ({e}); its connection is closed");
-            // The thread's closure, this one included, is dropped: the reply is over.
+        if let Err(e) = thread::Builder::new().name(name).stack_size(net::CONNECTION_STACK_SIZE).spawn(rest) {
+            // The closure, this reply's `OnItsWay` in it, is dropped: the reply is over,
+            // half written.
+            log::warn!(
+                "{} cannot start a thread to write a reply ({e}); the connection is closed",
+                outbox.conn
+            );
+            outbox.close();
         }
     }
 }
