@@ -989,9 +989,10 @@ impl Store {
 
     /// [`registry::Registry::lookup`]: the peers sharing `name` whole, then those
     /// holding part of it.
+    ///
     /// `Some` answer at once if no other lookup is being answered; otherwise `None`,
-    /// and `deliver` gets the answer from the lookups' thread, with the lookups that
-    /// came meanwhile ([`super::batch`]).
+    /// and `deliver` gets the answer from a lookups' thread, answered with the lookups
+    /// that came meanwhile ([`super::batch`]).
     pub fn lookup(&self, name: &SharePath, deliver: Deliver<Looked>) -> Option<Looked> {
         self.lookups.ask(
             name.clone(),
