@@ -39,7 +39,7 @@ pub type Deliver<A> = Box<dyn FnOnce(A) + Send>;
 /// Batches of requests, answered one at a time. See the module docs.
 pub struct Batcher<Q, A> {
     queue: Mutex<Queue<Q, A>>,
-    /// The serving thread waits here for the lane.
+    /// The serving threads wait here for the lane.
     handed: Condvar,
     most: usize,
 }
@@ -56,7 +56,7 @@ struct Queue<Q, A> {
     /// With the lane [`Lane::Serving`]: a serving thread holds it (its batch is being
     /// answered by the database); if not, the next serving thread free takes it.
     held: bool,
-    /// [`Batcher::close`] was called: the serving thread ends.
+    /// [`Batcher::close`] was called: the serving threads end.
     closed: bool,
 }
 
@@ -67,7 +67,7 @@ enum Lane {
     Free,
     /// A caller, its own request alone; the queue waits for it.
     Caller,
-    /// The serving thread, the queue.
+    /// The serving threads, a batch of the queue at a time.
     Serving,
 }
 
@@ -90,7 +90,7 @@ impl<Q, A> Batcher<Q, A> {
     /// (`failed()` if `run` gives none). Otherwise `None`: `query` is queued, and
     /// [`Batcher::serve`] answers it with others and gives `deliver` its answer.
     ///
-    /// `run` must answer as the serving thread's would: the queue waits for it.
+    /// `run` must answer as the serving threads' would: the queue waits for it.
     pub fn ask(
         &self,
         query: Q,
