@@ -581,9 +581,9 @@ struct Database {
 impl Database {
     fn new(schema: &Schema, suffix: &str, options: &str) -> Database {
         let name = format!("{}_{suffix}", schema.name);
-        let mut admin = postgres::Client::connect(&common::pg::admin_url(), postgres::NoTls).unwrap();
-        admin.batch_execute(&format!("CREATE DATABASE {name} TEMPLATE template0 {options}")).unwrap();
         let admin_url = common::pg::admin_url();
+        let mut admin = postgres::Client::connect(&admin_url, postgres::NoTls).unwrap();
+        admin.batch_execute(&format!("CREATE DATABASE {name} TEMPLATE template0 {options}")).unwrap();
         let url = format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0);
         Database { name, url }
     }
@@ -650,6 +650,7 @@ fn indexes_in_several_schemas_of_a_database_without_pg_trgm_share_it_and_outlive
         size: 9,
         root: [3; 32],
     };
+    // Kept open: a registration lasts as long as its connection.
     let mut peers = Vec::new();
     for index in [at_first, at_second, at_alone] {
         let mut peer = RawIndexClient::connect(index);

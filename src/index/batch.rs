@@ -199,6 +199,27 @@ mod tests {
         move |answer| tx.send((which, answer)).unwrap()
     }
 
+    /// A request for `query` that takes the free lane and holds it until `go` gets a
+    /// message, then is answered with itself; returned once the lane is taken.
+    fn hold_lane<'s, 'e>(
+        s: &'s std::thread::Scope<'s, 'e>,
+        b: &'e Batcher<u32, u32>,
+        go: &'e Mutex<mpsc::Receiver<()>>,
+        query: u32,
+    ) -> std::thread::ScopedJoinHandle<'s, Option<u32>> {
+        let first = s.spawn(move || {
+            let run = |qs: &[u32]| {
+                lock(go).recv_timeout(PATIENCE).unwrap();
+                qs.to_vec()
+            };
+            b.ask(query, run, || u32::MAX, |_| panic!("answered at once"))
+        });
+        while lock(&b.queue).lane != Lane::Caller {
+            std::thread::yield_now();
+        }
+        first
+    }
+
     /// Until `b` holds `n` requests in its queue.
     fn until_queued<Q, A>(b: &Batcher<Q, A>, n: usize) {
         while lock(&b.queue).waiting.len() < n {
@@ -250,16 +271,7 @@ mod tests {
                 )
             });
             // The first request holds the lane until the other 20 have queued.
-            let first = s.spawn(|| {
-                let run = |qs: &[u32]| {
-                    lock(&go_rx).recv_timeout(PATIENCE).unwrap();
-                    qs.to_vec()
-                };
-                b.ask(1000, run, || u32::MAX, |_| panic!("answered at once"))
-            });
-            while lock(&b.queue).lane != Lane::Caller {
-                std::thread::yield_now();
-            }
+            let first = hold_lane(s, &b, &go_rx, 1000);
             for i in 0..20 {
                 let got = b.ask(i, |_| panic!("the lane is taken"), || u32::MAX, to(&tx, i));
                 assert_eq!(got, None, "a request asked while another is answered queues");
@@ -296,16 +308,7 @@ mod tests {
                     || 99,
                 )
             });
-            let first = s.spawn(|| {
-                let run = |_: &[u32]| {
-                    lock(&go_rx).recv_timeout(PATIENCE).unwrap();
-                    vec![0]
-                };
-                b.ask(0, run, || 99, |_| panic!("answered at once"))
-            });
-            while lock(&b.queue).lane != Lane::Caller {
-                std::thread::yield_now();
-            }
+            let first = hold_lane(s, &b, &go_rx, 0);
             for i in 1..=7 {
                 let deliver = to(&tx, i);
                 // A deliverer that panics costs only its own answer.
@@ -350,16 +353,7 @@ mod tests {
         };
         std::thread::scope(|s| {
             let serving = [s.spawn(|| b.serve(run, || 99)), s.spawn(|| b.serve(run, || 99))];
-            let first = s.spawn(|| {
-                let run = |qs: &[u32]| {
-                    lock(&go_rx).recv_timeout(PATIENCE).unwrap();
-                    qs.to_vec()
-                };
-                b.ask(0, run, || 99, |_| panic!("answered at once"))
-            });
-            while lock(&b.queue).lane != Lane::Caller {
-                std::thread::yield_now();
-            }
+            let first = hold_lane(s, &b, &go_rx, 0);
             // Request 1's deliverer waits until the second batch is being answered.
             let one = to(&tx, 1);
             let slow = move |answer| {

@@ -1367,8 +1367,8 @@ fn migrate(client: &mut postgres::Client) -> Result<(), postgres::Error> {
 /// So it goes to `public` where this role may create there, as a database's owner
 /// installs it by hand (docs/SCALING.md), and only otherwise to the index's schema.
 fn find_trigrams(tx: &mut postgres::Transaction) -> Result<(), postgres::Error> {
-    const WHERE: &str = "SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'pg_trgm'";
-    let schema: String = match tx.query_opt(WHERE, &[])? {
+    const FIND: &str = "SELECT extnamespace::regnamespace::text FROM pg_extension WHERE extname = 'pg_trgm'";
+    let schema: String = match tx.query_opt(FIND, &[])? {
         Some(row) => row.get(0),
         None => {
             let public: bool = tx
@@ -1382,7 +1382,7 @@ fn find_trigrams(tx: &mut postgres::Transaction) -> Result<(), postgres::Error> 
             } else {
                 "CREATE EXTENSION IF NOT EXISTS pg_trgm"
             })?;
-            tx.query_one(WHERE, &[])?.get(0)
+            tx.query_one(FIND, &[])?.get(0)
         }
     };
     log::info!("index store: pg_trgm is in schema {}", Clip(&schema));
