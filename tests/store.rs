@@ -18,7 +18,7 @@ use common::pg::Schema;
 use common::{Proc, RawIndexClient, Stream, folder, wait_for, wait_showing, workspace};
 use peerdex::index::plan::{Plan, Sample};
 use peerdex::index::server::FIRST_LIST_PAGE;
-use peerdex::index::store::{GROWTH_LOCK, MAX_STORED_NAME, TAKE_GROWTH_LOCK};
+use peerdex::index::store::{FIRST_WALK, GROWTH_LOCK, MAX_STORED_NAME, TAKE_GROWTH_LOCK};
 use peerdex::name::SharePath;
 use peerdex::wire::{self, Reply, Request};
 
@@ -923,6 +923,51 @@ fn listings_that_ask_the_trigram_index_for_rare_pieces_keep_from_walking_or_walk
     let walked = format!("listing plan for \"{spread}\" after \"\": {first_page:?}");
     wait_for("the server's log to show the walk's plan", || {
         std::fs::read_to_string(dir_a.join("log.log")).is_ok_and(|log| log.contains(&walked))
+    });
+}
+
+#[test]
+fn a_first_page_walks_a_bounded_stretch_of_the_names_and_the_rest_follows_from_where_it_ended() {
+    // A pattern too rare for the names' sample to show is found for the first page by
+    // walking at most FIRST_WALK rows in name order, not by reading all its matches
+    // through the trigram index, nor by walking to its first match however far that
+    // is; the rest comes from where the walk ended. Here the walk's last row is the
+    // second of a name's two holders, and that name and those either side of the
+    // walk's end each arrive once, in order, with every holder counted.
+    let Some(schema) = Schema::new("a_first_page_walks_a_bounded_stretch_of_the_names") else { return };
+    let ws = workspace();
+    let dir = server_dir(&ws, "server");
+    let (_server, at) = server(&dir, "127.0.0.1", 0, &schema, &["--log-level", "debug"]);
+    // In name order: a-hit-1 (row 1), FIRST_WALK - 3 others, c-hit-2, then d-hit-3's
+    // two holders (rows FIRST_WALK and FIRST_WALK + 1), e-hit-4, 100 others, z-hit-5.
+    schema.admin(&format!(
+        "INSERT INTO peers (server_id, conn, ip, ip_key, port, files)
+             SELECT (SELECT min(id) FROM servers), 'c:' || p, '127.0.0.2', '127.0.0.2', 9, 1
+             FROM generate_series(0, 1) p;
+         INSERT INTO files (peer_id, name, size, root, complete)
+             SELECT (SELECT min(id) FROM peers), n, 7, decode(repeat('00', 32), 'hex'), true
+             FROM (SELECT format('b-%s', lpad(g::text, 6, '0')) FROM generate_series(1, {fill}) g
+                   UNION ALL SELECT format('f-%s', g) FROM generate_series(1, 100) g
+                   UNION ALL VALUES ('a-hit-1'), ('c-hit-2'), ('d-hit-3'), ('e-hit-4'), ('z-hit-5')) v (n);
+         INSERT INTO files (peer_id, name, size, root, complete)
+             VALUES ((SELECT max(id) FROM peers), 'd-hit-3', 7, decode(repeat('00', 32), 'hex'), true);
+         ANALYZE files;",
+        fill = FIRST_WALK - 3,
+    ));
+    let mut client = RawIndexClient::connect(at);
+    wire::send_msg(&mut client.stream, &Request::List { pattern: "HIT".into(), limit: None }).unwrap();
+    let Reply::ListChunk(first) = wire::recv_msg(&mut client.stream).unwrap() else {
+        panic!("no first page")
+    };
+    let hit = |n: &str, peers: u32| (n.to_owned(), 7, peers, 0);
+    let first: Vec<Entry> = first.into_iter().map(entry).collect();
+    assert_eq!(first, [hit("a-hit-1", 1), hit("c-hit-2", 1), hit("d-hit-3", 2)], "the first page");
+    let (rest, truncated) = read_listing(&mut client.stream);
+    assert!(!truncated);
+    assert_eq!(rest, [hit("e-hit-4", 1), hit("z-hit-5", 1)], "the rest");
+    wait_for("the server's log to show where the first page's walk ended", || {
+        std::fs::read_to_string(dir.join("log.log"))
+            .is_ok_and(|log| log.contains("the first page walks to \"d-hit-3\""))
     });
 }
 

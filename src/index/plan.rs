@@ -35,7 +35,9 @@
 //!   0.35 s). PostgreSQL's own estimate, from the same statistics, walked for such
 //!   words after every `ANALYZE` tried by hand, but in one run of the benchmark it
 //!   read that word's matches through the index (310 ms). [`Plan::for_page`].
-//! - Otherwise PostgreSQL chooses, as before.
+//! - Otherwise PostgreSQL chooses, but for a listing's first page, which walks at most
+//!   [`super::store::FIRST_WALK`] names in order and leaves the rest to the listing's
+//!   cursor, from where it ended.
 //!
 //! Pure: no database, unit-tested below.
 
