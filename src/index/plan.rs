@@ -57,6 +57,19 @@ const USEFUL_SHARE: f64 = 0.5;
 /// costs.
 const MOST_LEFT: f64 = 0.01;
 
+/// Once a rare pattern's pieces leave none of the sample's names, a trigram in at
+/// most this share of the names is still asked for: the sample cannot tell how many
+/// names the pieces leave to test (up to a few in a thousand), and each one the
+/// trigram keeps out saves a read of the table (4-13 µs here), where its list costs at
+/// most this share of the names at about 8 ns an entry (under 2 ms over 10M names).
+/// Over 10M names made of words, `wcug` by its rarest trigram left 3,936 names to
+/// test, 17-54 ms; by both, 122, 2-4 ms (docs/PERFORMANCE.md).
+const CHEAP_SHARE: f64 = 0.02;
+
+/// The most, as a share of the names, that the lists of the trigrams asked for only
+/// because they are cheap ([`CHEAP_SHARE`]) may hold in all.
+const CHEAP_LISTS: f64 = 0.05;
+
 /// Trigrams of a pattern weighed against the sample, from its start: each costs a
 /// search of every sample name, and a pattern may be 4,096 bytes long.
 const MOST_TRIGRAMS: usize = 64;
@@ -115,8 +128,11 @@ impl Plan {
         let holders = sample.holders(pattern);
         let share = sample.share(&holders);
         if share == 0.0 {
+            // Rare: through the index, by its pieces or whole, if it has a trigram to
+            // ask for; without one, the index cannot serve it.
             let pieces = narrow(pattern, sample, share);
-            return Plan { through_index: pieces.is_some(), pieces, walk: false };
+            let through_index = pieces.is_some() || !trigrams(pattern).is_empty();
+            return Plan { through_index, pieces, walk: false };
         }
         if !sample.bunched_late(&holders, share, after) {
             let walk = page.is_some_and(|page| sample.walk_pays(&holders, after, page));
@@ -253,10 +269,7 @@ impl Sample {
 /// Only the first [`MOST_TRIGRAMS`] are weighed.
 fn narrow(pattern: &str, sample: &Sample, share: f64) -> Option<String> {
     let bytes = pattern.as_bytes();
-    let windows: Vec<usize> = (0..bytes.len().saturating_sub(2))
-        .filter(|&i| bytes[i..i + 3].iter().all(u8::is_ascii_alphanumeric))
-        .take(MOST_TRIGRAMS)
-        .collect();
+    let windows = trigrams(pattern);
     if windows.len() < 2 {
         return None;
     }
@@ -271,16 +284,25 @@ fn narrow(pattern: &str, sample: &Sample, share: f64) -> Option<String> {
     rarest.sort_by(|a, b| a.2.total_cmp(&b.2).then(a.0.cmp(&b.0)));
     let mut chosen: Vec<usize> = Vec::new();
     let mut left = vec![true; sample.len()];
+    // The lists read since only the pattern's own names were left in the sample.
+    let mut cheap = 0.0;
     for (at, holders, in_names) in &rarest {
-        // Once only the pattern's own names are left (none, for a rare one), only
-        // trigrams the sample never saw are still worth their lists.
-        if *in_names > USEFUL_SHARE || (sample.share(&left) <= share && *in_names > 0.0) {
+        // Once only the pattern's own names are left (none, for a rare one), the
+        // sample no longer tells what a trigram saves; only cheap ones are still
+        // worth their lists.
+        let narrowed = sample.share(&left) <= share;
+        if *in_names > USEFUL_SHARE
+            || (narrowed && (*in_names > CHEAP_SHARE || cheap + in_names > CHEAP_LISTS))
+        {
             break;
         }
         let apart = |c: &usize| c.abs_diff(*at) != 2 || chosen.contains(&(c.min(at) + 1));
         if chosen.iter().all(apart) {
             chosen.push(*at);
             left.iter_mut().zip(holders).for_each(|(l, h)| *l &= *h);
+            if narrowed {
+                cheap += in_names;
+            }
         }
     }
     if chosen.len() == windows.len() || sample.share(&left) > MOST_LEFT.max(2.0 * share) {
@@ -300,6 +322,16 @@ fn narrow(pattern: &str, sample: &Sample, share: f64) -> Option<String> {
     }
     like.push('%');
     Some(like)
+}
+
+/// Where `pattern`'s first [`MOST_TRIGRAMS`] trigrams begin: three ASCII letters or
+/// digits in a row (see [`narrow`]).
+fn trigrams(pattern: &str) -> Vec<usize> {
+    let bytes = pattern.as_bytes();
+    (0..bytes.len().saturating_sub(2))
+        .filter(|&i| bytes[i..i + 3].iter().all(u8::is_ascii_alphanumeric))
+        .take(MOST_TRIGRAMS)
+        .collect()
 }
 
 #[cfg(test)]
@@ -378,9 +410,36 @@ mod tests {
     }
 
     #[test]
-    fn a_pattern_whose_trigrams_are_all_rare_is_asked_for_whole() {
+    fn a_pattern_whose_trigrams_are_all_rare_is_asked_for_whole_through_the_index() {
         // Narrowing would ask for the same trigrams.
-        assert_eq!(Plan::new("qwxz", "", &digit_names()), Plan::default());
+        let whole = Plan { through_index: true, ..Plan::default() };
+        assert_eq!(Plan::new("qwxz", "", &digit_names()), whole);
+        // Without a trigram the index cannot serve it: PostgreSQL's choice.
+        assert_eq!(Plan::new("q-z", "", &digit_names()), Plan::default());
+    }
+
+    #[test]
+    fn a_rare_words_cheap_trigrams_are_asked_for_beside_its_rarest() {
+        // Names made of words: `wcug`'s `wcu` is in none of the sample's names, `cug`
+        // in 1% of them, `ugx` in 3%. `wcu` alone leaves none of the sample, but the
+        // sample cannot say how many of all the names it leaves to test; `cug` is
+        // cheap enough to ask for, `ugx` is not.
+        let names = (0..1000)
+            .map(|k| {
+                let word = match k {
+                    _ if k % 100 == 7 => "acugb",
+                    _ if k % 100 < 3 => "ugxab",
+                    _ => "plain",
+                };
+                (format!("name{k:03} {word}.mp3"), 0.001)
+            })
+            .collect();
+        let sample = Sample::new(names);
+        let whole = Plan { through_index: true, ..Plan::default() };
+        assert_eq!(Plan::new("wcug", "", &sample), whole, "both trigrams: the whole pattern");
+        let plan = Plan::new("wcugx", "", &sample);
+        assert_eq!(plan.pieces.as_deref(), Some("%wcug%"), "{plan:?}");
+        assert!(plan.through_index);
     }
 
     #[test]

@@ -1122,7 +1122,7 @@ impl Store {
         let plan = self.plan(&mut client, pattern, after, Some(budget.names));
         // A first page that the plan leaves to PostgreSQL walks a bounded stretch of the
         // names, up to `upto` (to their end if fewer follow): see [`FIRST_WALK`].
-        let mut first_walk = is_first && !plan.walk && !plan.through_index;
+        let mut first_walk = is_first && !plan.walk;
         let mut upto = None;
         if first_walk {
             let end = run(&mut **client, WALK_END, &[(&after, Type::TEXT), (&(FIRST_WALK - 1), Type::INT8)])?;
@@ -1141,7 +1141,7 @@ impl Store {
         // A fence (`OFFSET 0`) that keeps the page's order and limit out of the query
         // that finds the matches, so that it is planned for all of them: through the
         // trigram index, not by walking the names in order.
-        let fence = if plan.through_index { "OFFSET 0" } else { "" };
+        let fence = if plan.through_index && !first_walk { "OFFSET 0" } else { "" };
         let server = self.server_id();
         let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![
             (&after, Type::TEXT),
@@ -1211,7 +1211,7 @@ impl Store {
 /// This walk costs at most about 10 ms (0.4-0.7 µs a name, docs/PERFORMANCE.md),
 /// finds a word in 0.12% of the names about 20 times, and delays the first entry of a
 /// pattern it does not find by its cost.
-pub const FIRST_WALK: i64 = 16_384;
+pub const FIRST_WALK: i64 = 8_192;
 
 /// The name of a listing's [`FIRST_WALK`]th row after `$1`, where its first page's walk
 /// ends; no row if fewer follow.
@@ -1373,13 +1373,28 @@ fn lease_connection(config: &postgres::Config, turn: Duration) -> Result<postgre
 }
 
 /// A new connection's settings ([`Manager::connect`] says why): no statement runs
-/// longer than `statement_timeout`.
+/// longer than `statement_timeout`, and a step of a statement may use
+/// [`LISTING_WORK_MEM`], or more if the database's own setting allows more.
 fn configure(client: &mut postgres::Client, statement_timeout: Duration) -> Result<(), postgres::Error> {
     client.batch_execute(&format!(
-        "SET synchronous_commit = off; SET jit = off; SET statement_timeout = {}",
-        statement_timeout.as_millis().max(1)
+        "SET synchronous_commit = off; SET jit = off; SET statement_timeout = {};
+         SELECT set_config('work_mem', greatest(pg_size_bytes(current_setting('work_mem')), {}) / 1024 || 'kB', false)",
+        statement_timeout.as_millis().max(1),
+        LISTING_WORK_MEM,
     ))
 }
+
+/// The memory (`work_mem`) a step of a statement may use at least, in bytes: for a
+/// listing that reads many matches through the trigram index, the bitmap of the
+/// table's pages that hold them, and the sort of their rows. PostgreSQL's default,
+/// 4 MiB, holds a bitmap of about 65,000 pages exactly, and past that it keeps only
+/// which pages hold matches (lossy), and tests every row of those pages again. Over
+/// 10M names (155,000 pages), a word in a million of them then tested 6.4M rows
+/// and took 8.2-8.6 s to read and sort; with 16-32 MiB, 4.5-5.7 s (docs/PERFORMANCE.md).
+/// 32 MiB holds the bitmap of a table of about 500,000 pages (4 GiB), more than the
+/// 20M files the index holds at most. At most half the pool's connections list at
+/// once, so the listings of one server use at most 8 x 64 MiB (bitmap and sort).
+const LISTING_WORK_MEM: u64 = 32 << 20;
 
 /// Applies the migrations the database lacks, recording each in `peerdex_migrations`.
 fn migrate(client: &mut postgres::Client) -> Result<(), postgres::Error> {
