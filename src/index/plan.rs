@@ -19,10 +19,13 @@
 //! [`Plan::new`] looks at a sample of the names (the one PostgreSQL keeps of the
 //! index's lowercased names, up to 1,000, for planning; [`Sample`]):
 //!
-//! - A pattern no sample name holds is rare. The index is asked only for its rarest
-//!   trigrams, rarest first, until no sample name holds them all: the pieces of the
-//!   pattern they make (`%0777%e000%`). The whole pattern is then tested on the few
-//!   names the pieces leave (199, found in 14 ms, where all its trigrams took 0.57 s).
+//! - A pattern no sample name holds is rare, and read through the index. The index
+//!   is asked only for its rarest trigrams, rarest first, until no sample name holds
+//!   them all, and then for those in at most [`CHEAP_SHARE`] of the names: the pieces
+//!   of the pattern they make (`%0777%e000%`). The whole pattern is then tested on the
+//!   few names the pieces leave (199, found in 14 ms, where all its trigrams took
+//!   0.57 s). If the pieces are all its trigrams, the index is asked for the whole
+//!   pattern.
 //! - A pattern whose sample matches all sort far after the listing's start, so far
 //!   that walking to them (weighed by how likely the sample makes it that they are
 //!   bunched there, not spread evenly) would cost more than reading all its matches,
@@ -35,9 +38,11 @@
 //!   0.35 s). PostgreSQL's own estimate, from the same statistics, walked for such
 //!   words after every `ANALYZE` tried by hand, but in one run of the benchmark it
 //!   read that word's matches through the index (310 ms). [`Plan::for_page`].
-//! - Otherwise PostgreSQL chooses, but for a listing's first page, which walks at most
-//!   [`super::store::FIRST_WALK`] names in order and leaves the rest to the listing's
-//!   cursor, from where it ended.
+//! - Otherwise PostgreSQL chooses.
+//!
+//! A listing's first page, unless its plan insists on the walk, walks at most
+//! [`super::store::FIRST_WALK`] names in order, and leaves the rest to the listing's
+//! cursor, from where it ended, with this plan.
 //!
 //! Pure: no database, unit-tested below.
 
@@ -258,8 +263,8 @@ impl Sample {
 /// A LIKE pattern (`%0777%e000%`) that every name containing `pattern` (lowercased,
 /// held by `share` of the names as the `sample` shows them) matches, made of
 /// `pattern`'s rare trigrams, rarest first, until the sample's names that hold them all
-/// are no more than those that hold the pattern; `None` to ask the index for the whole
-/// pattern.
+/// are no more than those that hold the pattern, and then its cheap ones
+/// ([`CHEAP_SHARE`], [`CHEAP_LISTS`]); `None` to ask the index for the whole pattern.
 ///
 /// A trigram here is three ASCII letters or digits in a row (pg_trgm also makes
 /// trigrams of word boundaries, which the whole pattern still has). Trigrams that

@@ -39,8 +39,8 @@
 //! Lookups asked while this server's previous ones are being answered wait for them
 //! and go together, as one statement ([`super::batch`], [`LOOKUP_MANY`]).
 //! A listing's first page is one statement by keyset ([`Store::list_page`]: the names
-//! after a given one, quick to its first row; where its plan is PostgreSQL's choice,
-//! a walk of at most [`FIRST_WALK`] names); the rest is one query read through a
+//! after a given one, quick to its first row: a walk of at most [`FIRST_WALK`] names
+//! unless its plan insists on the walk); the rest is one query read through a
 //! cursor a page at a time ([`Cursor`]), for as long as the client takes in each page
 //! promptly. From a client that reads slowly, the rest comes by keyset again, a page
 //! per statement, so that no connection waits on a client. What a listing asks the
@@ -1099,8 +1099,8 @@ impl Store {
     /// [`registry::Registry::list_page`]: a page of at most `budget.names` names that
     /// contain the pattern (ASCII case ignored, through the trigram index), after
     /// `after`, each name's contents one entry, in name order. A listing's first page
-    /// (no `after`) whose plan is PostgreSQL's choice walks at most [`FIRST_WALK`]
-    /// rows: if it is not full, its `next` is the last name walked, matched or not.
+    /// (no `after`) walks at most [`FIRST_WALK`] rows unless its plan insists on the
+    /// walk: if it is not full, its `next` is the last name walked, matched or not.
     pub fn list_page(
         &self,
         asker: SocketAddr,
@@ -1120,8 +1120,8 @@ impl Store {
         let after = after.map_or("", SharePath::as_str);
         let names = budget.names.max(1) as i64;
         let plan = self.plan(&mut client, pattern, after, Some(budget.names));
-        // A first page that the plan leaves to PostgreSQL walks a bounded stretch of the
-        // names, up to `upto` (to their end if fewer follow): see [`FIRST_WALK`].
+        // A first page walks a bounded stretch of the names, up to `upto` (to their end
+        // if fewer follow), unless the plan insists on the walk: see [`FIRST_WALK`].
         let mut first_walk = is_first && !plan.walk;
         let mut upto = None;
         if first_walk {
@@ -1200,17 +1200,17 @@ impl Store {
 }
 
 /// Most rows (a name's holder each) that a listing's first page walks in name order,
-/// testing each, when its plan leaves the way to PostgreSQL ([`Plan::for_page`] found
-/// the sample too thin to be sure of a short walk); the listing's rest, from the last
-/// name walked, is then read through the cursor as PostgreSQL plans it for all its rows.
+/// testing each, unless its plan insists on the walk ([`Plan::for_page`]: the sample
+/// shows the pattern common and spread, and the walk sure to be short). The listing's
+/// rest, from the last name walked, is then read through the cursor as its plan has it
+/// for all its rows: through the trigram index for a rare pattern.
 ///
-/// PostgreSQL's own choice for such a page errs both ways. It reads every match
-/// through the trigram index when its sample holds none of the pattern: 62-80 ms to a
-/// first entry over 10M names for a word in 0.12% of them, all 12,456 read and sorted
-/// for 32. It walks when its sample holds one or two: 1-8 s for a word in 0.015%.
-/// This walk costs at most about 10 ms (0.4-0.7 µs a name, docs/PERFORMANCE.md),
-/// finds a word in 0.12% of the names about 20 times, and delays the first entry of a
-/// pattern it does not find by its cost.
+/// Over 10M names, reading every match of a word in 0.12% of them through the index
+/// to list its first 32 took 0.1-0.9 s, and PostgreSQL, left to choose, walked to a
+/// word in 0.015% for 0.2-1.1 s. This walk costs 10-15 ms (0.4-0.6 µs a row to find
+/// where it ends, 0.75 µs a row tested), finds a word in 0.12% of the names about ten
+/// times, and delays the first entry of a pattern it does not find by that much
+/// (first entries 9-33 ms for all four words measured, docs/PERFORMANCE.md).
 pub const FIRST_WALK: i64 = 8_192;
 
 /// The name of a listing's [`FIRST_WALK`]th row after `$1`, where its first page's walk
@@ -1393,7 +1393,8 @@ fn configure(client: &mut postgres::Client, statement_timeout: Duration) -> Resu
 /// and took 8.2-8.6 s to read and sort; with 16-32 MiB, 4.5-5.7 s (docs/PERFORMANCE.md).
 /// 32 MiB holds the bitmap of a table of about 500,000 pages (4 GiB), more than the
 /// 20M files the index holds at most. At most half the pool's connections list at
-/// once, so the listings of one server use at most 8 x 64 MiB (bitmap and sort).
+/// once, each using at most twice this (bitmap and sort): 256 MiB a server with the
+/// default pool of 16.
 const LISTING_WORK_MEM: u64 = 32 << 20;
 
 /// Applies the migrations the database lacks, recording each in `peerdex_migrations`.
