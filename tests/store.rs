@@ -924,6 +924,11 @@ fn listings_that_ask_the_trigram_index_for_rare_pieces_keep_from_walking_or_walk
     wait_for("the server's log to show the walk's plan", || {
         std::fs::read_to_string(dir_a.join("log.log")).is_ok_and(|log| log.contains(&walked))
     });
+    // A first page walks a bounded stretch of the names, but not for matches that the
+    // sample shows far from the start (nor where the plan walks anyway).
+    let log = std::fs::read_to_string(dir_a.join("log.log")).unwrap();
+    let bounded = |p: &str| log.contains(&format!("the first page of \"{p}\" walks to"));
+    assert!(bounded(rare) && !bounded(bunched) && !bounded(spread), "{log}");
 }
 
 #[test]
@@ -967,7 +972,7 @@ fn a_first_page_walks_a_bounded_stretch_of_the_names_and_the_rest_follows_from_w
     assert_eq!(rest, [hit("e-hit-4", 1), hit("z-hit-5", 1)], "the rest");
     wait_for("the server's log to show where the first page's walk ended", || {
         std::fs::read_to_string(dir.join("log.log"))
-            .is_ok_and(|log| log.contains("the first page walks to \"d-hit-3\""))
+            .is_ok_and(|log| log.contains("the first page of \"hit\" walks to \"d-hit-3\""))
     });
 }
 

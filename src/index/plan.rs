@@ -40,9 +40,9 @@
 //!   read that word's matches through the index (310 ms). [`Plan::for_page`].
 //! - Otherwise PostgreSQL chooses.
 //!
-//! A listing's first page, unless its plan insists on the walk, walks at most
-//! [`super::store::FIRST_WALK`] names in order, and leaves the rest to the listing's
-//! cursor, from where it ended, with this plan.
+//! A listing's first page, unless its plan insists on the walk or has the matches
+//! bunched late, walks at most [`super::store::FIRST_WALK`] names in order, and leaves
+//! the rest to the listing's cursor, from where it ended, with this plan.
 //!
 //! Pure: no database, unit-tested below.
 
@@ -108,6 +108,10 @@ pub struct Plan {
     /// Walk the names in order, testing each, until the page is full: never read the
     /// matches through the trigram index ([`Plan::for_page`]).
     pub walk: bool,
+    /// The sample's matches all sort far after the listing's start (and so
+    /// `through_index`): a first page's bounded walk from there
+    /// ([`super::store::FIRST_WALK`]) would only delay its first entry.
+    pub bunched_late: bool,
 }
 
 impl Plan {
@@ -137,13 +141,13 @@ impl Plan {
             // ask for; without one, the index cannot serve it.
             let pieces = narrow(pattern, sample, share);
             let through_index = pieces.is_some() || !trigrams(pattern).is_empty();
-            return Plan { through_index, pieces, walk: false };
+            return Plan { through_index, pieces, ..Plan::default() };
         }
         if !sample.bunched_late(&holders, share, after) {
             let walk = page.is_some_and(|page| sample.walk_pays(&holders, after, page));
             return Plan { walk, ..Plan::default() };
         }
-        Plan { pieces: narrow(pattern, sample, share), through_index: true, walk: false }
+        Plan { pieces: narrow(pattern, sample, share), through_index: true, walk: false, bunched_late: true }
     }
 }
 
@@ -470,7 +474,8 @@ mod tests {
     #[test]
     fn matches_bunched_far_into_the_names_are_never_walked_to() {
         // `bulk0077`'s: all after 77% of the names.
-        assert!(Plan::new("-x", "", &histogram(|k| (770..780).contains(&k))).through_index);
+        let far = Plan::new("-x", "", &histogram(|k| (770..780).contains(&k)));
+        assert!(far.through_index && far.bunched_late, "{far:?}");
         // One match only, but far: an even spread would put it there one time in ten.
         assert!(Plan::new("-x", "", &histogram(|k| k == 900)).through_index);
         // One match 60% in: an even spread would put it there 40 times in 100, but the
