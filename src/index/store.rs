@@ -1214,11 +1214,12 @@ impl Store {
 ///
 /// Over 10M names, reading every match of a word in 0.12% of them through the index
 /// to list its first 32 took 0.13-0.8 s, and PostgreSQL, left to choose, walked to a
-/// word in 0.015% for 0.24-1.1 s. This walk costs about 10 ms (0.4-0.6 µs a row to
+/// word in 0.015% for 0.24-1.1 s. This walk costs about 5 ms (0.4-0.6 µs a row to
 /// find where it ends, 0.75 µs a row tested), finds a word in 0.12% of the names about
-/// ten times, and delays the first entry of a pattern it does not find by that much
-/// (first entries 5-23 ms for the five words measured, docs/PERFORMANCE.md).
-pub const FIRST_WALK: i64 = 8_192;
+/// five times, and delays the first entry of a pattern it does not find by that much
+/// (first entries 5-24 ms for the five words measured; with 8,192 rows, up to 34 ms
+/// later, docs/PERFORMANCE.md).
+pub const FIRST_WALK: i64 = 4_096;
 
 /// The name of a listing's [`FIRST_WALK`]th row after `$1`, where its first page's walk
 /// ends; no row if fewer follow.
