@@ -1400,9 +1400,10 @@ fn configure(client: &mut postgres::Client, statement_timeout: Duration) -> Resu
 /// 10M names (155,000 pages), a word in a million of them then tested 6.4M rows
 /// and took 8.2-8.6 s to read and sort; with 16-32 MiB, 4.5-5.7 s (docs/PERFORMANCE.md).
 /// 32 MiB holds the bitmap of a table of about 500,000 pages (4 GiB), more than the
-/// 20M files the index holds at most. At most half the pool's connections list at
-/// once, each using at most twice this (bitmap and sort): 256 MiB a server with the
-/// default pool of 16.
+/// 20M files the index holds at most. It is set on every pooled connection: a step
+/// of any statement may use this much (a listing's two, the bitmap and the sort), so
+/// a server's statements may use a few times the pool's size in all, at most half of
+/// them listings. Only a step that needs the memory takes it.
 const LISTING_WORK_MEM: u64 = 32 << 20;
 
 /// Applies the migrations the database lacks, recording each in `peerdex_migrations`.
