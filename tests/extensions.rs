@@ -18,7 +18,7 @@ fn a_watched_folder_reaches_the_index_by_itself() {
     let (_index, index_addr) = Proc::index_server(ws.path());
     let (_pa, _) = Proc::registered_peer(index_addr, &a, 1);
     let (mut pb, _) = Proc::peer(index_addr, &b);
-    assert_eq!(pb.list(""), ["first.txt\t1 bytes\t1 peer"]);
+    assert_eq!(pb.list(""), ["first.txt\t1 byte\t1 peer"]);
 
     // A file copied in appears in the other peer's listing; nobody types a command.
     let outside = ws.path().join("copy-me.txt");
@@ -31,13 +31,13 @@ fn a_watched_folder_reaches_the_index_by_itself() {
     // Renamed: the old name goes, the new one comes.
     fs::rename(a.join("copied.txt"), a.join("renamed.txt")).unwrap();
     wait_for("the rename to be listed", || {
-        pb.list("") == ["first.txt\t1 bytes\t1 peer", "renamed.txt\t6 bytes\t1 peer"]
+        pb.list("") == ["first.txt\t1 byte\t1 peer", "renamed.txt\t6 bytes\t1 peer"]
     });
 
     // Removed: gone from the listing.
     let t = Instant::now();
     fs::remove_file(a.join("renamed.txt")).unwrap();
-    wait_for("the removal to be listed", || pb.list("") == ["first.txt\t1 bytes\t1 peer"]);
+    wait_for("the removal to be listed", || pb.list("") == ["first.txt\t1 byte\t1 peer"]);
     eprintln!("a removed file left the listing after {:?}", t.elapsed());
 }
 
@@ -216,7 +216,7 @@ fn with_accounts_everything_needs_a_login() {
     pb.expect(Stream::Err, "error: register failed: the index server says: login required");
     pb.send("login ann");
     pb.expect(Stream::Out, "logged in as ann");
-    assert_eq!(pb.list(""), ["x.txt\t1 bytes\t1 peer"]);
+    assert_eq!(pb.list(""), ["x.txt\t1 byte\t1 peer"]);
     pb.send("download x.txt");
     pb.expect(Stream::Out, "downloaded x.txt");
 

@@ -278,7 +278,7 @@ fn a_watched_tree_reaches_the_index_by_itself() {
     // (The watching peer's own output, if this ever times out.)
     common::wait_showing(
         "a file in new folders to be listed",
-        || names(&mut pb) == ["new/deeper/x.txt 2 bytes", "top.txt 1 bytes"],
+        || names(&mut pb) == ["new/deeper/x.txt 2 bytes", "top.txt 1 byte"],
         &mut [&mut pa],
     );
     put(ws.path(), "staging/album/01.flac", b"one");
@@ -290,7 +290,7 @@ fn a_watched_tree_reaches_the_index_by_itself() {
                 "album/01.flac 3 bytes",
                 "album/02.flac 4 bytes",
                 "new/deeper/x.txt 2 bytes",
-                "top.txt 1 bytes",
+                "top.txt 1 byte",
             ]
     });
     // Nothing changes at the top: only a watch on the subfolder sees this.
@@ -301,12 +301,12 @@ fn a_watched_tree_reaches_the_index_by_itself() {
                 "album/01.flac 3 bytes",
                 "album/02.flac 4 bytes",
                 "new/deeper/x.txt 7 bytes",
-                "top.txt 1 bytes",
+                "top.txt 1 byte",
             ]
     });
     fs::remove_dir_all(a.join("new")).unwrap();
     wait_for("a deleted folder to be listed", || {
-        names(&mut pb) == ["album/01.flac 3 bytes", "album/02.flac 4 bytes", "top.txt 1 bytes"]
+        names(&mut pb) == ["album/01.flac 3 bytes", "album/02.flac 4 bytes", "top.txt 1 byte"]
     });
 }
 

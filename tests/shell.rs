@@ -277,7 +277,7 @@ fn download_takes_several_names_globs_and_lines_of_the_last_listing() {
     pb.send("download *.flac");
     pb.expect(Stream::Out, "downloading 2 files matching *.flac");
     let got = sorted(&mut pb, Stream::Out, "downloaded ", 2);
-    assert!(got[0].starts_with("downloaded one.flac (1 bytes) from "), "{got:?}");
+    assert!(got[0].starts_with("downloaded one.flac (1 byte) from "), "{got:?}");
     assert!(got[1].starts_with("downloaded two.flac (2 bytes) from "), "{got:?}");
     assert!(!b.join("album").exists());
 

@@ -74,7 +74,7 @@ fn a_killed_peer_leaves_the_listing() {
     let (_index, index_addr) = Proc::index_server(ws.path());
     let (mut pa, _) = Proc::registered_peer(index_addr, &a, 1);
     let (mut pb, _) = Proc::peer(index_addr, &b);
-    assert_eq!(pb.list(""), ["only-at-a.txt\t1 bytes\t1 peer"]);
+    assert_eq!(pb.list(""), ["only-at-a.txt\t1 byte\t1 peer"]);
 
     pa.kill(); // SIGKILL: no chance to unregister
     wait_for("A's files to leave the listing", || pb.list("").is_empty());
@@ -164,17 +164,17 @@ fn delete_and_update_reach_the_other_peers() {
     pa.send("delete drop");
     pa.expect(Stream::Out, "deleted drop");
     assert!(!a.join("drop").exists());
-    assert_eq!(pb.list(""), ["keep\t1 bytes\t1 peer"]);
+    assert_eq!(pb.list(""), ["keep\t1 byte\t1 peer"]);
 
     fs::write(a.join("new one"), b"333").unwrap();
     pa.send("update");
     pa.expect(Stream::Out, "updated: 2 files registered");
-    assert_eq!(pb.list(""), ["keep\t1 bytes\t1 peer", "new one\t3 bytes\t1 peer"]);
+    assert_eq!(pb.list(""), ["keep\t1 byte\t1 peer", "new one\t3 bytes\t1 peer"]);
     assert_eq!(pb.list("NEW"), ["new one\t3 bytes\t1 peer"], "pattern ignores case");
     pb.send("get_files_list --limit 1");
     assert_eq!(
         pb.read_until(Stream::Out, " at other peers"),
-        ["keep\t1 bytes\t1 peer", "1 file at other peers (more not shown)"]
+        ["keep\t1 byte\t1 peer", "1 file at other peers (more not shown)"]
     );
 
     pa.send("delete drop");

@@ -121,9 +121,9 @@ fn options_may_come_anywhere_on_the_line() {
     pb.send("get_files_list big --limit 1");
     assert_eq!(
         pb.read_until(Stream::Out, " at other peers"),
-        ["big-1\t1 bytes\t1 peer", "1 file at other peers (more not shown)"]
+        ["big-1\t1 byte\t1 peer", "1 file at other peers (more not shown)"]
     );
-    assert_eq!(pb.list("--limit=5 BIG"), ["big-1\t1 bytes\t1 peer", "big-2\t1 bytes\t1 peer"]);
+    assert_eq!(pb.list("--limit=5 BIG"), ["big-1\t1 byte\t1 peer", "big-2\t1 byte\t1 peer"]);
 }
 
 #[test]

@@ -207,10 +207,10 @@ pub fn text(event: &Event) -> Option<(String, bool)> {
                 0 => String::new(),
                 n => format!(", {n} downloading"),
             };
-            (format!("{}\t{} bytes\t{}{partial}", e.name, e.size, count(e.peers, "peer")), false)
+            (format!("{}\t{}\t{}{partial}", e.name, count(e.size, "byte"), count(e.peers, "peer")), false)
         }
         Event::Folder { path, files, bytes } => {
-            (format!("{path}/\t{bytes} bytes\t{}", count(*files, "file")), false)
+            (format!("{path}/\t{}\t{}", count(*bytes, "byte"), count(*files, "file")), false)
         }
         Event::ListEnd { files, folders, place, truncated } => {
             let more = if *truncated { " (more not shown)" } else { "" };
@@ -247,14 +247,21 @@ pub fn text(event: &Event) -> Option<(String, bool)> {
         Event::Downloaded { name, size, root, sources, resumed, contents } => {
             let resumed = match resumed {
                 0 => String::new(),
-                n => format!(", {n} bytes of it already here"),
+                n => format!(", {} of it already here", count(*n, "byte")),
             };
             // Which one, when the name had several.
             let which = match contents {
                 0 | 1 => String::new(),
                 n => format!("; content {} of the {n} under that name", short_id(root)),
             };
-            (format!("downloaded {name} ({size} bytes) {}{resumed}{which}", from_sources(sources)), false)
+            (
+                format!(
+                    "downloaded {name} ({}) {}{resumed}{which}",
+                    count(*size, "byte"),
+                    from_sources(sources)
+                ),
+                false,
+            )
         }
         Event::Failed { name, why, .. } => {
             (format!("error: cannot download {name:?}: {}", escape(why)), true)
