@@ -1128,18 +1128,15 @@ impl Store {
         let mut upto = None;
         if first_walk {
             let end = run(&mut **client, WALK_END, &[(&after, Type::TEXT), (&(FIRST_WALK - 1), Type::INT8)])?;
+            let what = Clip(pattern.text());
             match end.first().map(|r| SharePath::parse(r.get(0))) {
-                None => {}
-                Some(Ok(name)) => upto = Some(name),
+                None => log::debug!("index store: the first page of {what} walks to the names' end"),
+                Some(Ok(name)) => {
+                    log::debug!("index store: the first page of {what} walks to {}", Clip(name.as_str()));
+                    upto = Some(name);
+                }
                 // A name this server would not take cannot be where the rest begins.
                 Some(Err(_)) => first_walk = false,
-            }
-            let what = Clip(pattern.text());
-            match &upto {
-                Some(name) => {
-                    log::debug!("index store: the first page of {what} walks to {}", Clip(name.as_str()))
-                }
-                None => log::debug!("index store: the first page of {what} walks to the names' end"),
             }
         }
         let upto_text = upto.as_ref().map_or("", SharePath::as_str);
@@ -1208,9 +1205,9 @@ impl Store {
 /// testing each, unless its plan insists on the walk ([`Plan::for_page`]: the sample
 /// shows the pattern common and spread, and the walk sure to be short) or the sample's
 /// matches all sort far from the start ([`Plan::bunched_late`]: the walk would find
-/// none; 43-58 ms to the first of 9,999 such names through the index, over 10M). The listing's
-/// rest, from the last name walked, is then read through the cursor as its plan has it
-/// for all its rows: through the trigram index for a rare pattern.
+/// none). The listing's rest, from the last name walked, is then read through the
+/// cursor as its plan has it for all its rows: through the trigram index for a rare
+/// pattern.
 ///
 /// Over 10M names, reading every match of a word in 0.12% of them through the index
 /// to list its first 32 took 0.13-0.8 s, and PostgreSQL, left to choose, walked to a
