@@ -977,6 +977,55 @@ fn a_first_page_walks_a_bounded_stretch_of_the_names_and_the_rest_follows_from_w
 }
 
 #[test]
+fn a_first_page_walks_on_while_it_finds_nothing_among_many_names_that_hold_the_patterns_trigrams() {
+    // `tpmu tpmu` in two names, after 20,000 that hold `tpmu`: the trigram index can
+    // only be asked for `tpm` and `pmu`, and would have all 20,000 read to find the
+    // two. The first page walks FIRST_WALK rows, finds nothing, and walks four times
+    // as many from there, which holds both; the rest follows from where it ended.
+    let Some(schema) = Schema::new("a_first_page_walks_on_while_it_finds_nothing") else { return };
+    let ws = workspace();
+    let dir = server_dir(&ws, "server");
+    let (_server, at) = server(&dir, "127.0.0.1", 0, &schema, &["--log-level", "debug"]);
+    // In name order: 20,000 `a-NNNNNN tpmu`, the two matches, 1,000 `z-NNNN`.
+    schema.admin(
+        "INSERT INTO peers (server_id, conn, ip, ip_key, port, files)
+             VALUES ((SELECT min(id) FROM servers), 'c:1', '127.0.0.2', '127.0.0.2', 9, 1);
+         INSERT INTO files (peer_id, name, size, root, complete)
+             SELECT (SELECT min(id) FROM peers), n, 7, decode(repeat('00', 32), 'hex'), true
+             FROM (SELECT format('a-%s tpmu', lpad(g::text, 6, '0')) FROM generate_series(1, 20000) g
+                   UNION ALL SELECT format('z-%s', lpad(g::text, 4, '0')) FROM generate_series(1, 1000) g
+                   UNION ALL VALUES ('m-tpmu tpmu-1'), ('n-TPMU tpmu-2')) v (n);
+         ANALYZE files;",
+    );
+    // The plan the server makes, from the same sample: a walk longer than two steps.
+    let stats = schema.admin(peerdex::index::store::SAMPLE);
+    let sample = Sample::from_statistics(stats[0].get(0), stats[0].get(1), stats[0].get(2), stats[0].get(3));
+    let plan = Plan::for_page("tpmu tpmu", "", &sample, FIRST_LIST_PAGE.names);
+    assert!(plan.first_walk > 5 * FIRST_WALK, "{plan:?}");
+
+    let mut client = RawIndexClient::connect(at);
+    wire::send_msg(&mut client.stream, &Request::List { pattern: "tpmu TPMU".into(), limit: None }).unwrap();
+    let Reply::ListChunk(first) = wire::recv_msg(&mut client.stream).unwrap() else {
+        panic!("no first page")
+    };
+    let hit = |n: &str| (n.to_owned(), 7, 1, 0);
+    let first: Vec<Entry> = first.into_iter().map(entry).collect();
+    assert_eq!(first, [hit("m-tpmu tpmu-1"), hit("n-TPMU tpmu-2")], "the first page");
+    let (rest, truncated) = read_listing(&mut client.stream);
+    assert!(!truncated);
+    assert!(rest.is_empty(), "the rest: {rest:?}");
+    // Rows 4,096 and 20,480 (4,096 + 16,384) in name order end the two steps.
+    let steps = ["walks to \"a-004096 tpmu\"", "walks to \"z-0478\""];
+    wait_for("the server's log to show the first page's two steps", || {
+        std::fs::read_to_string(dir.join("log.log")).is_ok_and(|log| {
+            steps.iter().all(|step| log.contains(&format!("the first page of \"tpmu tpmu\" {step}")))
+        })
+    });
+    let log = std::fs::read_to_string(dir.join("log.log")).unwrap();
+    assert_eq!(log.matches("the first page of \"tpmu tpmu\" walks").count(), 2, "{log}");
+}
+
+#[test]
 fn a_client_that_stops_reading_a_listing_holds_no_database_connection() {
     // With a pool of two connections one listing is read at a time. A client that
     // stops reading part way must not keep that place: its listing's cursor is let go

@@ -41,9 +41,11 @@
 //!   read that word's matches through the index (310 ms). [`Plan::for_page`].
 //! - Otherwise PostgreSQL chooses.
 //!
-//! A listing's first page, unless its plan insists on the walk or has the matches
-//! bunched late, walks at most [`super::store::FIRST_WALK`] names in order, and leaves
-//! the rest to the listing's cursor, from where it ended, with this plan.
+//! A listing's first page, unless its plan insists on the walk or the sample shows the
+//! matches surely bunched late, walks the names in order, [`super::store::FIRST_WALK`]
+//! of them and then four times as many each step while it finds none, up to as many as
+//! the index's way would cost ([`Plan::first_walk`]), and leaves the rest to the
+//! listing's cursor, from where it ended, with this plan.
 //!
 //! Pure: no database, unit-tested below.
 
@@ -92,6 +94,20 @@ const WALKED_PER_MATCH: f64 = 50.0;
 /// for 32 names expected to pass 8,000.
 const MIN_WALK_HOLDERS: usize = 5;
 
+/// Names a first page's walk passes in the time that the trigram index's way takes to
+/// read and test one name it finds (a candidate: a name that holds every trigram asked
+/// for, whether or not it holds the pattern). Over 10M names made of words, 121,046
+/// candidates of `tpmu tpmu` took 250 ms and 45,991 of `99999` 127 ms (2-3 µs each,
+/// a read of the table's page), where a walk costs 0.5-0.8 µs a name (finding its end,
+/// then testing each): docs/PERFORMANCE.md.
+const WALKED_PER_CANDIDATE: f64 = 3.0;
+
+/// Most rows a listing's first page walks in name order, in steps four times longer
+/// each ([`super::store::FIRST_WALK`] first), while none of its matches is found
+/// ([`Plan::first_walk`]): about 40 ms here. A pattern in one name in 50,000 is found
+/// within it nearly three times in four.
+pub const MOST_FIRST_WALK: i64 = 65_536;
+
 /// How many times cheaper than reading every match through the index (counted in
 /// names walked, [`WALKED_PER_MATCH`] a match) a page's walk must look before the plan
 /// insists on it.
@@ -110,9 +126,18 @@ pub struct Plan {
     /// matches through the trigram index ([`Plan::for_page`]).
     pub walk: bool,
     /// The sample's matches all sort far after the listing's start (and so
-    /// `through_index`): a first page's bounded walk from there
-    /// ([`super::store::FIRST_WALK`]) would only delay its first entry.
+    /// `through_index`).
     pub bunched_late: bool,
+    /// Most rows a listing's first page walks in name order, testing each, before the
+    /// rest is read as the plan has it from where the walk ended; 0 for none (the
+    /// plan walks anyway, or the sample shows the matches far from the start in at
+    /// least [`MIN_WALK_HOLDERS`] names: the walk would find none). Between
+    /// [`super::store::FIRST_WALK`] and [`MOST_FIRST_WALK`]: as many as the index's
+    /// way costs in names walked ([`WALKED_PER_CANDIDATE`] a candidate), so that a
+    /// pattern rare among names that hold its trigrams (`tpmu tpmu`: 182 names of
+    /// 121,046 with `tpmu`) is found by the walk, not after all its candidates are
+    /// read, and one whose trigrams are rare is not walked for long.
+    pub first_walk: i64,
 }
 
 impl Plan {
@@ -132,23 +157,37 @@ impl Plan {
 
     /// [`Plan::new`], or with a `page`, [`Plan::for_page`].
     fn make(pattern: &str, after: &str, sample: &Sample, page: Option<usize>) -> Plan {
+        let bounded = |first_walk: i64| if page.is_some() { first_walk } else { 0 };
         if sample.len() < MIN_SAMPLE || pattern.is_empty() {
-            return Plan::default();
+            return Plan { first_walk: bounded(super::store::FIRST_WALK), ..Plan::default() };
         }
         let holders = sample.holders(pattern);
         let share = sample.share(&holders);
-        if share == 0.0 {
+        let mut plan = if share == 0.0 {
             // Rare: through the index, by its pieces or whole, if it has a trigram to
             // ask for; without one, the index cannot serve it.
             let pieces = narrow(pattern, sample, share);
             let through_index = pieces.is_some() || !trigrams(pattern).is_empty();
-            return Plan { through_index, pieces, ..Plan::default() };
-        }
-        if !sample.bunched_late(&holders, share, after) {
+            Plan { through_index, pieces, ..Plan::default() }
+        } else if !sample.bunched_late(&holders, share, after) {
             let walk = page.is_some_and(|page| sample.walk_pays(&holders, after, page));
-            return Plan { walk, ..Plan::default() };
+            Plan { walk, ..Plan::default() }
+        } else {
+            Plan {
+                pieces: narrow(pattern, sample, share),
+                through_index: true,
+                bunched_late: true,
+                ..Plan::default()
+            }
+        };
+        // One or a few sample names far in are weak evidence that the matches are all
+        // there: `zvvdfiw zvvdfiw`, in one name of 700 throughout, was read through its
+        // 1M candidates (0.8 s) because the sample's one match was 60% in.
+        let surely_late = plan.bunched_late && sample.found_after(&holders, after) >= MIN_WALK_HOLDERS;
+        if !plan.walk && !surely_late {
+            plan.first_walk = bounded(sample.first_walk(pattern, plan.pieces.as_deref()));
         }
-        Plan { pieces: narrow(pattern, sample, share), through_index: true, walk: false, bunched_late: true }
+        plan
     }
 }
 
@@ -217,6 +256,33 @@ impl Sample {
         bunched * before > WALKED_PER_MATCH * share
     }
 
+    /// How many of the sample's names after `after` are marked in `holders`.
+    fn found_after(&self, holders: &[bool], after: &str) -> usize {
+        self.after(holders, after).iter().filter(|h| **h).count()
+    }
+
+    /// [`Plan::first_walk`] for `pattern` (lowercased), with the trigram index asked
+    /// for `pieces` (a LIKE pattern from [`narrow`]) or, without them, for all of its
+    /// trigrams: [`WALKED_PER_CANDIDATE`] names for each name that holds them all (the
+    /// share of the sample's names that do, of PostgreSQL's count of the names; all of
+    /// them if there is no trigram to ask for), within its bounds.
+    fn first_walk(&self, pattern: &str, pieces: Option<&str>) -> i64 {
+        let asked: Vec<&str> = match pieces {
+            Some(like) => like
+                .split('%')
+                .flat_map(|piece| (0..piece.len().saturating_sub(2)).map(move |i| &piece[i..i + 3]))
+                .collect(),
+            None => trigrams(pattern).into_iter().map(|i| &pattern[i..i + 3]).collect(),
+        };
+        let mut all = vec![true; self.names.len()];
+        for trigram in &asked {
+            all.iter_mut().zip(self.holders(trigram)).for_each(|(a, h)| *a &= h);
+        }
+        let candidates = if asked.is_empty() { 1.0 } else { self.share(&all) };
+        let rows = WALKED_PER_CANDIDATE * candidates * self.rows;
+        (rows as i64).clamp(super::store::FIRST_WALK, MOST_FIRST_WALK)
+    }
+
     /// Would walking the names in order from `after` fill a page of `page` names with
     /// names the sample marks in `holders` surely and much sooner than reading all of
     /// those after `after` through the index? Only if the sample's names after `after`
@@ -225,7 +291,7 @@ impl Sample {
     /// are bunched is [`Sample::bunched_late`]'s question, asked first.
     fn walk_pays(&self, holders: &[bool], after: &str, page: usize) -> bool {
         let rest = self.after(holders, after);
-        let found = rest.iter().filter(|h| **h).count();
+        let found = self.found_after(holders, after);
         if found < MIN_WALK_HOLDERS || self.rows == 0.0 {
             return false;
         }
@@ -354,6 +420,7 @@ fn trigrams(pattern: &str) -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::index::store::FIRST_WALK;
 
     /// 1,000 names as the store benchmark makes them: `bulkPPPPP-fileFFFFF.dat`, a
     /// thousand peers' numbers and ten thousand files' numbers, evenly spread.
@@ -362,6 +429,13 @@ mod tests {
             .map(|k| (format!("bulk{:05}-file{:05}.dat", 1 + k, 1 + (k * 7919) % 10_000), 0.001))
             .collect();
         Sample::new(names)
+    }
+
+    /// [`digit_names`] as PostgreSQL's histogram of a table of `rows` rows.
+    fn digit_names_of(rows: f64) -> Sample {
+        let mut names: Vec<String> = digit_names().names.into_iter().map(|(n, _)| n).collect();
+        names.sort();
+        Sample::from_statistics(Vec::new(), Vec::new(), names, rows)
     }
 
     /// Does `like` (only `%` as a wildcard) match `name`?
@@ -529,6 +603,46 @@ mod tests {
     }
 
     #[test]
+    fn a_first_page_walks_as_far_as_the_index_would_cost_within_its_bounds() {
+        // Names made of words: `tpmu` in a tenth of them, `tpmu tpmu` in none of the
+        // sample's. The index can be asked only for `tpm` and `pmu`, which leave a
+        // tenth of 10M names to read: the walk may go to its most.
+        let words = |rows| {
+            let names = (0..1000)
+                .map(|k| format!("{:05} {} z{k}.mp3", k, if k % 10 == 3 { "tpmu" } else { "ab" }))
+                .collect();
+            Sample::from_statistics(Vec::new(), Vec::new(), names, rows)
+        };
+        let plan = Plan::for_page("tpmu tpmu", "", &words(1e7), 32);
+        assert!(plan.through_index && !plan.walk, "{plan:?}");
+        assert_eq!(plan.first_walk, MOST_FIRST_WALK, "{plan:?}");
+        // Over 100,000 names, the index's candidates cost 30,000 names walked.
+        assert_eq!(Plan::for_page("tpmu tpmu", "", &words(1e5), 32).first_walk, 30_000);
+        // A pattern whose rare trigrams leave no sample name: the shortest walk.
+        let rare = Plan::for_page("bulk00777-file0004", "", &digit_names_of(1e7), 32);
+        assert!(rare.pieces.is_some(), "{rare:?}");
+        assert_eq!(rare.first_walk, FIRST_WALK, "{rare:?}");
+        // The plan for a cursor (all the rest) has no first page to walk.
+        assert_eq!(Plan::new("tpmu tpmu", "", &words(1e7)).first_walk, 0);
+    }
+
+    #[test]
+    fn only_matches_surely_bunched_late_are_not_walked_to_on_a_first_page() {
+        // `bulk0077`'s ten sample names, all after 77%: the walk would find nothing.
+        let far = Plan::for_page("-x", "", &histogram(|k| (770..780).contains(&k)), 32);
+        assert!(far.bunched_late && far.first_walk == 0, "{far:?}");
+        // One sample name 60% in is taken for bunched there, and the rest is read
+        // through the index, but the first page walks first: `zvvdfiw zvvdfiw`, in one
+        // name of 700 throughout, had its first entry after 0.8 s.
+        let one = Plan::for_page("-x", "", &histogram(|k| k == 600), 32);
+        assert!(one.bunched_late && one.through_index, "{one:?}");
+        assert_eq!(one.first_walk, MOST_FIRST_WALK, "{one:?}");
+        // A page the plan walks anyway.
+        let spread = Plan::for_page("-x", "", &histogram(|k| k % 50 == 7), 32);
+        assert!(spread.walk && spread.first_walk == 0, "{spread:?}");
+    }
+
+    #[test]
     fn matches_spread_evenly_or_near_the_start_are_left_to_postgresql() {
         assert_eq!(Plan::new("-x", "", &histogram(|k| k % 100 == 50)), Plan::default());
         assert_eq!(Plan::new("-x", "", &histogram(|k| (20..30).contains(&k))), Plan::default());
@@ -554,21 +668,24 @@ mod tests {
     fn a_page_is_left_to_postgresql_where_a_walk_is_not_sure_to_be_short() {
         // Too few of the sample's names to trust the share: the walk grows as its
         // inverse, and a share of 0.015% took a walk of 1-8 s.
+        // `-x` has no trigram: every name is the index's candidate, and the first
+        // page walks as far as it may before PostgreSQL is left to choose.
+        let bounded = |first_walk| Plan { first_walk, ..Plan::default() };
         for few in [1, 2, 4] {
             let plan = Plan::for_page("-x", "", &histogram(|k| k % 250 == 9 && k / 250 < few), 32);
-            assert_eq!(plan, Plan::default(), "{few} of the sample's names");
+            assert_eq!(plan, bounded(MOST_FIRST_WALK), "{few} of the sample's names");
         }
         // Common, but all before the page's start.
         assert_eq!(
             Plan::for_page("-x", "name500", &histogram(|k| k < 400 && k % 10 == 0), 32),
-            Plan::default()
+            bounded(MOST_FIRST_WALK)
         );
         // Few names in all: reading every match costs little.
         let small = histogram_of(1000.0, |k| k % 50 == 7);
-        assert_eq!(Plan::for_page("-x", "", &small, 32), Plan::default());
+        assert_eq!(Plan::for_page("-x", "", &small, 32), bounded(FIRST_WALK));
         // No count of the names.
         let unknown = histogram_of(-1.0, |k| k % 50 == 7);
-        assert_eq!(Plan::for_page("-x", "", &unknown, 32), Plan::default());
+        assert_eq!(Plan::for_page("-x", "", &unknown, 32), bounded(FIRST_WALK));
         // Bunched late: read through the index, as [`Plan::new`] has it.
         let late = Plan::for_page("-x", "", &histogram(|k| (770..780).contains(&k)), 32);
         assert!(late.through_index && !late.walk, "{late:?}");

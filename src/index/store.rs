@@ -1099,9 +1099,10 @@ impl Store {
     /// [`registry::Registry::list_page`]: a page of at most `budget.names` names that
     /// contain the pattern (ASCII case ignored, through the trigram index), after
     /// `after`, each name's contents one entry, in name order. A listing's first page
-    /// (no `after`) walks at most [`FIRST_WALK`] rows unless its plan insists on the
-    /// walk or has the matches bunched late: if it is not full, its `next` is the last
-    /// name walked, matched or not.
+    /// (no `after`) walks a bounded stretch of the names unless its plan says not to
+    /// ([`Plan::first_walk`]): [`FIRST_WALK`] rows, then four times as many each step
+    /// while it finds no match. If it is not full, its `next` is the last name walked,
+    /// matched or not.
     pub fn list_page(
         &self,
         asker: SocketAddr,
@@ -1109,52 +1110,101 @@ impl Store {
         after: Option<&SharePath>,
         budget: PageBudget,
     ) -> Result<ListPage, RegistryError> {
-        let mut page = ListPage::default();
         if pattern.matches_nothing() {
-            return Ok(page);
+            return Ok(ListPage::default());
         }
         let _place = self.listing_place()?;
         let mut client = self.client()?;
         let asker = asker.to_string();
-        let like = contains(pattern);
+        let names = budget.names.max(1) as i64;
         let is_first = after.is_none();
         let after = after.map_or("", SharePath::as_str);
-        let names = budget.names.max(1) as i64;
         let plan = self.plan(&mut client, pattern, after, Some(budget.names));
-        // A first page walks a bounded stretch of the names, up to `upto` (to their end
-        // if fewer follow), unless the plan insists on the walk or has the sample's
-        // matches far from its start: see [`FIRST_WALK`].
-        let mut first_walk = is_first && !plan.walk && !plan.bunched_late;
-        let mut upto = None;
-        if first_walk {
-            let end = run(&mut **client, WALK_END, &[(&after, Type::TEXT), (&(FIRST_WALK - 1), Type::INT8)])?;
-            let what = Clip(pattern.text());
-            match end.first().map(|r| SharePath::parse(r.get(0))) {
-                None => log::debug!("index store: the first page of {what} walks to the names' end"),
-                Some(Ok(name)) => {
-                    log::debug!("index store: the first page of {what} walks to {}", Clip(name.as_str()));
-                    upto = Some(name);
-                }
-                // A name this server would not take cannot be where the rest begins.
-                Some(Err(_)) => first_walk = false,
-            }
+        let server = self.server_id();
+        let mut page =
+            Page { client: &mut client, asker: &asker, like: contains(pattern), names, plan: &plan, server };
+        if !is_first || plan.first_walk == 0 {
+            return page.read(after);
         }
-        let upto_text = upto.as_ref().map_or("", SharePath::as_str);
+        // The first page walks a bounded stretch of the names, up to `upto` (to their
+        // end if fewer follow), longer while it finds nothing: see [`Plan::first_walk`].
+        let what = Clip(pattern.text());
+        let mut from = after.to_owned();
+        let (mut walked, mut stretch) = (0, FIRST_WALK.min(plan.first_walk));
+        loop {
+            let end =
+                run(&mut ***page.client, WALK_END, &[(&from, Type::TEXT), (&(stretch - 1), Type::INT8)])?;
+            let upto = match end.first().map(|r| SharePath::parse(r.get(0))) {
+                None => None,
+                Some(Ok(name)) => Some(name),
+                // A name this server would not take cannot be where the rest begins:
+                // the page is read as the plan has it.
+                Some(Err(_)) => return page.read(&from),
+            };
+            match &upto {
+                None => log::debug!("index store: the first page of {what} walks to the names' end"),
+                Some(name) => {
+                    log::debug!("index store: the first page of {what} walks to {}", Clip(name.as_str()))
+                }
+            }
+            let read = page.walk(&from, upto.as_ref())?;
+            walked += stretch;
+            let Some(upto) = upto.filter(|_| read.entries.is_empty() && walked < plan.first_walk) else {
+                return Ok(read);
+            };
+            from = upto.as_str().to_owned();
+            stretch = (stretch * 4).min(plan.first_walk - walked);
+        }
+    }
+}
+
+/// One page of a listing being read: see [`Store::list_page`].
+struct Page<'a> {
+    client: &'a mut Client,
+    asker: &'a str,
+    /// The LIKE pattern of the names that contain the pattern ([`contains`]).
+    like: String,
+    names: i64,
+    plan: &'a Plan,
+    /// This server's row.
+    server: i64,
+}
+
+impl Page<'_> {
+    /// The page after `from` as the plan has it.
+    fn read(&mut self, from: &str) -> Result<ListPage, RegistryError> {
+        self.query(from, None, self.plan.walk)
+    }
+
+    /// The page after `from`, up to `upto` (their end if `None`), by walking the names
+    /// in order. Not full, its `next` is `upto`.
+    fn walk(&mut self, from: &str, upto: Option<&SharePath>) -> Result<ListPage, RegistryError> {
+        let page = self.query(from, upto, true)?;
+        Ok(match page.next {
+            Some(_) => page,
+            None => ListPage { next: upto.cloned(), ..page },
+        })
+    }
+
+    /// The page after `from` (and up to `upto`), by walking the names in order if
+    /// `walk`. `next` is the page's last name if it is full.
+    fn query(&mut self, from: &str, upto: Option<&SharePath>, walk: bool) -> Result<ListPage, RegistryError> {
         // A fence (`OFFSET 0`) that keeps the page's order and limit out of the query
         // that finds the matches, so that it is planned for all of them: through the
         // trigram index, not by walking the names in order.
-        let fence = if plan.through_index && !first_walk { "OFFSET 0" } else { "" };
-        let server = self.server_id();
+        let fence = if self.plan.through_index && !walk { "OFFSET 0" } else { "" };
+        let server = self.server;
         let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![
-            (&after, Type::TEXT),
-            (&like, Type::TEXT),
+            (&from, Type::TEXT),
+            (&self.like, Type::TEXT),
             (&server, Type::INT8),
-            (&names, Type::INT8),
-            (&asker, Type::TEXT),
+            (&self.names, Type::INT8),
+            (&self.asker, Type::TEXT),
         ];
-        let mut matching = matching(&plan, "name", &mut params);
-        if upto.is_some() {
-            params.push((&upto_text, Type::TEXT));
+        let upto = upto.map(SharePath::as_str);
+        let mut matching = matching(self.plan, "name", &mut params);
+        if let Some(upto) = &upto {
+            params.push((upto, Type::TEXT));
             matching = format!("{matching} AND name <= ${}", params.len());
         }
         let me = me(3, 5);
@@ -1176,28 +1226,24 @@ impl Store {
                  HAVING count(*) FILTER (WHERE f.complete) > 0
                  ORDER BY f.name, f.size, f.root"
         );
-        let rows = match plan.walk || first_walk {
+        let rows = match walk {
             // The walk and nothing else, whatever PostgreSQL estimates from the same
             // statistics (see plan.rs): no bitmap of the trigram index's matches, and
             // no scan of the whole table to sort. For this transaction only.
             true => {
-                let mut tx = client.build_transaction().read_only(true).start().map_err(unavailable)?;
+                let mut tx = self.client.build_transaction().read_only(true).start().map_err(unavailable)?;
                 tx.batch_execute("SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off")
                     .map_err(unavailable)?;
                 let rows = run(&mut tx, &sql, &params)?;
                 tx.commit().map_err(unavailable)?;
                 rows
             }
-            false => run(&mut **client, &sql, &params)?,
+            false => run(&mut ***self.client, &sql, &params)?,
         };
-        let full = rows.first().is_some_and(|r| r.get::<_, i64>(5) >= names);
-        page.entries.extend(rows.iter().filter_map(list_entry));
-        page.next = match full {
-            true => page.entries.last().map(|e| e.name.clone()),
-            // The walk ended at `upto`, with names after it (perhaps no match before it).
-            false => upto,
-        };
-        Ok(page)
+        let full = rows.first().is_some_and(|r| r.get::<_, i64>(5) >= self.names);
+        let entries: Vec<ListEntry> = rows.iter().filter_map(list_entry).collect();
+        let next = if full { entries.last().map(|e| e.name.clone()) } else { None };
+        Ok(ListPage { entries, next })
     }
 }
 
