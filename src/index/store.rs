@@ -1247,13 +1247,13 @@ impl Page<'_> {
     }
 }
 
-/// Most rows (a name's holder each) that a listing's first page walks in name order,
+/// Rows (a name's holder each) that a listing's first page walks in name order first,
 /// testing each, unless its plan insists on the walk ([`Plan::for_page`]: the sample
 /// shows the pattern common and spread, and the walk sure to be short) or the sample's
-/// matches all sort far from the start ([`Plan::bunched_late`]: the walk would find
-/// none). The listing's rest, from the last name walked, is then read through the
-/// cursor as its plan has it for all its rows: through the trigram index for a rare
-/// pattern.
+/// matches surely all sort far from the start (the walk would find none). If it finds
+/// nothing, it walks on, four times as many rows each step, up to [`Plan::first_walk`].
+/// The listing's rest, from the last name walked, is then read through the cursor as
+/// its plan has it for all its rows: through the trigram index for a rare pattern.
 ///
 /// Over 10M names, reading every match of a word in 0.12% of them through the index
 /// to list its first 32 took 0.13-0.8 s, and PostgreSQL, left to choose, walked to a
