@@ -896,8 +896,7 @@ fn listings_that_ask_the_trigram_index_for_rare_pieces_keep_from_walking_or_walk
         count = names.len(),
         values = values.join(", ")
     ));
-    let stats = schema.admin(peerdex::index::store::SAMPLE);
-    let sample = Sample::from_statistics(stats[0].get(0), stats[0].get(1), stats[0].get(2), stats[0].get(3));
+    let sample = sample_of(&schema);
     let bunched = "bulk00097";
     let spread = "file0005";
     // What each pattern tries: the plan as the server makes it from the same sample.
@@ -929,6 +928,12 @@ fn listings_that_ask_the_trigram_index_for_rare_pieces_keep_from_walking_or_walk
     let log = std::fs::read_to_string(dir_a.join("log.log")).unwrap();
     let bounded = |p: &str| log.contains(&format!("the first page of \"{p}\" walks to"));
     assert!(bounded(rare) && !bounded(bunched) && !bounded(spread), "{log}");
+}
+
+/// PostgreSQL's sample of the names in `schema`, as a server reads it to plan a listing.
+fn sample_of(schema: &Schema) -> Sample {
+    let stats = schema.admin(peerdex::index::store::SAMPLE);
+    Sample::from_statistics(stats[0].get(0), stats[0].get(1), stats[0].get(2), stats[0].get(3))
 }
 
 #[test]
@@ -998,8 +1003,7 @@ fn a_first_page_walks_on_while_it_finds_nothing_among_many_names_that_hold_the_p
          ANALYZE files;",
     );
     // The plan the server makes, from the same sample: a walk longer than two steps.
-    let stats = schema.admin(peerdex::index::store::SAMPLE);
-    let sample = Sample::from_statistics(stats[0].get(0), stats[0].get(1), stats[0].get(2), stats[0].get(3));
+    let sample = sample_of(&schema);
     let plan = Plan::for_page("tpmu tpmu", "", &sample, FIRST_LIST_PAGE.names);
     assert!(plan.first_walk > 5 * FIRST_WALK, "{plan:?}");
 

@@ -292,7 +292,7 @@ impl Sample {
     /// are bunched is [`Sample::bunched_late`]'s question, asked first.
     fn walk_pays(&self, holders: &[bool], after: &str, page: usize) -> bool {
         let rest = self.after(holders, after);
-        let found = self.found_after(holders, after);
+        let found = rest.iter().filter(|h| **h).count();
         if found < MIN_WALK_HOLDERS || self.rows == 0.0 {
             return false;
         }
