@@ -432,6 +432,10 @@ fn endgame_duplicates_are_cancelled_at_the_slow_source() {
     assert_eq!(done, format!("downloaded f.bin (2097152 bytes) from {honest}"));
     assert!(fs::read(d.join("f.bin")).unwrap() == content, "the file differs");
     assert_eq!(sent.load(Ordering::SeqCst), 2 << 20, "every byte came from the honest source");
+    // The `Cancel` left the peer before the download ended, but the hoarder's thread
+    // may not have read it yet: wait for it.
+    let cancelled = |r: &FileRequest| matches!(r, FileRequest::Cancel { .. });
+    wait_for("the slow source to be told a Cancel", || seen.lock().unwrap().iter().any(cancelled));
     let requests = seen.lock().unwrap().clone();
     let gets: Vec<(u32, u32)> = requests
         .iter()
