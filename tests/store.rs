@@ -4,7 +4,8 @@
 //! others once its lease expires, and its peers move to a server that lives; a server
 //! stopped for longer than its lease closes its connections when it wakes, and its
 //! peers register again; the database cut off under load gives clean errors, and
-//! everything works again after; the longest name the store takes fits its indexes.
+//! everything works again after; connections the database closed while pooled cost no
+//! request an error; the longest name the store takes fits its indexes.
 //!
 //! Each test has a schema and a role of its own (tests/common/pg.rs). Without a
 //! PostgreSQL server the tests say they are skipped, unless PEERDEX_REQUIRE_POSTGRES=1.
@@ -1135,4 +1136,42 @@ fn the_database_cut_off_under_load_gives_clean_errors_then_works_again() {
     }
     let (_, threads) = index.rss_and_threads();
     eprintln!("server threads after the outage: {threads}");
+}
+
+/// Ends every connection of `schema`'s role to the database, waiting until each is gone.
+fn end_connections(schema: &Schema) {
+    let ended = schema.admin(&format!(
+        "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 10000)), count(*) FROM pg_stat_activity WHERE usename = '{}'",
+        schema.name
+    ));
+    let (ended, all) = (ended[0].get::<_, i64>(0), ended[0].get::<_, i64>(1));
+    assert_eq!(ended, all, "every connection of the role ended");
+    assert!(all > 0, "the server had connections to end");
+}
+
+#[test]
+fn connections_the_database_ended_while_pooled_cost_no_request_an_error() {
+    let Some(schema) = Schema::new("connections_the_database_ended_while_pooled") else { return };
+    let ws = workspace();
+    let (_index, at) = server(ws.path(), "127.0.0.1", 0, &schema, &["--store-pool", "6"]);
+    let shared = folder(ws.path(), "shared", &[("kept.txt", b"kept")]);
+    let (mut pa, files_a) = Proc::registered_peer(at, &shared, 1);
+    // Lookups at once, so that the pool holds several connections.
+    let asked: Vec<_> = (0..6).map(|_| std::thread::spawn(move || holders(at, "kept.txt"))).collect();
+    for a in asked {
+        assert_eq!(a.join().unwrap(), [files_a]);
+    }
+    // As a restart of the database, or an administrator, does: the pooled connections
+    // are closed while idle, and the server hears of it only when it uses one.
+    end_connections(&schema);
+    for _ in 0..8 {
+        assert_eq!(holders(at, "kept.txt"), [files_a]);
+    }
+    end_connections(&schema);
+    pa.send("update");
+    pa.expect(Stream::Out, "updated: 1 file registered");
+    end_connections(&schema);
+    let b = folder(ws.path(), "b", &[]);
+    let (mut pb, _) = Proc::peer(at, &b);
+    assert_eq!(pb.list("kept"), ["kept.txt\t4 bytes\t1 peer"]);
 }

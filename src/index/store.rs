@@ -470,6 +470,7 @@ impl Store {
             // No query before each use: a connection the database dropped fails its
             // request ("index store unavailable") and is not given out again.
             .test_on_check_out(false)
+            .error_handler(Box::new(ConnectFailures))
             .build(manager)
             .with_context(|| format!("cannot connect to the index store {}", redacted(url)))?;
         let places = pool.max_size();
@@ -566,7 +567,7 @@ impl Store {
             thread::sleep(self.lease / 3); // the lease's own rhythm, not a wait for an event
             if own.as_ref().is_none_or(postgres::Client::is_closed) {
                 own = lease_connection(&config, turn)
-                    .inspect_err(|e| log::warn!("index store: the lease thread cannot connect: {e}"))
+                    .inspect_err(|e| log::warn!("index store: the lease thread cannot connect: {}", Why(e)))
                     .ok();
             }
             let Some(client) = own.as_mut() else {
@@ -574,7 +575,7 @@ impl Store {
                 continue;
             };
             if let Err(e) = self.renew(client, Instant::now() >= may_reap) {
-                log::warn!("index store: cannot renew this server's lease: {e}");
+                log::warn!("index store: cannot renew this server's lease: {}", Why(&e));
                 may_reap = Instant::now() + self.lease;
             }
         }
@@ -609,7 +610,7 @@ impl Store {
         // turn; the lease itself was renewed.
         let by = Instant::now() + self.lease / 6;
         if reap && let Err(e) = self.reap(client, by) {
-            log::warn!("index store: cannot remove the peers of servers whose lease expired: {e}");
+            log::warn!("index store: cannot remove the peers of servers whose lease expired: {}", Why(&e));
         }
         let pending = std::mem::take(&mut *lock(&self.pending));
         for conn in pending {
@@ -687,7 +688,7 @@ impl Store {
 
     /// PostgreSQL's sample of the names, asked for again when [`SAMPLE_AGE`] old (by one
     /// listing; the others meanwhile use the one before). Empty until ANALYZE has run,
-    /// or if it cannot be read: listings then ask the trigram index for whole patterns.
+    /// or until it can be read: listings then ask the trigram index for whole patterns.
     fn sample(&self, client: &mut Client) -> Arc<Sample> {
         {
             let mut cached = lock(&self.sample);
@@ -700,8 +701,11 @@ impl Store {
             Ok(Some(row)) => Sample::from_statistics(row.get(0), row.get(1), row.get(2), row.get(3)),
             Ok(None) => Sample::default(),
             Err(e) => {
-                log::debug!("index store: cannot read the names' statistics: {e}");
-                Sample::default()
+                // The one before, until a listing reads them again.
+                log::debug!("index store: cannot read the names' statistics: {}", Why(&e));
+                let mut cached = lock(&self.sample);
+                cached.0 = None;
+                return Arc::clone(&cached.1);
             }
         };
         log::debug!("index store: read a sample of {} names", fresh.len());
@@ -727,6 +731,43 @@ impl Store {
             log::warn!("index store unavailable: {e}");
             RegistryError::StoreUnavailable
         })
+    }
+
+    /// What `work` gave on a pooled connection, with the connection. The database may
+    /// have ended a connection while it sat in the pool (a restart, an administrator's
+    /// `pg_terminate_backend`), which shows only when it is used; `work` then runs again
+    /// on another, up to once for each connection the pool may hold, so that a
+    /// database back from an outage costs no request an error. Running it again is
+    /// safe: a transaction whose connection closes is rolled back, and a change that
+    /// did commit stores the same rows when made twice (only an `Unregister` whose
+    /// answer was lost would hear that its peer was not registered).
+    fn client_for<T>(
+        &self,
+        mut work: impl FnMut(&mut Client) -> Result<T, RegistryError>,
+    ) -> Result<(Client, T), RegistryError> {
+        let mut closed = 0;
+        loop {
+            let mut client = self.client()?;
+            match work(&mut client) {
+                Err(RegistryError::StoreUnavailable)
+                    if closed < self.pool.max_size() && lost(&mut client) =>
+                {
+                    closed += 1;
+                    log::info!(
+                        "index store: the database had closed a pooled connection; the request goes to another"
+                    );
+                }
+                done => return done.map(|done| (client, done)),
+            }
+        }
+    }
+
+    /// What `work` gave on a pooled connection: [`Store::client_for`].
+    fn with_client<T>(
+        &self,
+        work: impl FnMut(&mut Client) -> Result<T, RegistryError>,
+    ) -> Result<T, RegistryError> {
+        self.client_for(work).map(|(_, done)| done)
     }
 
     /// The row of the peer on `conn` at this server, if registered, locked until the
@@ -816,124 +857,127 @@ impl Store {
         files: Vec<FileInfo>,
     ) -> Result<usize, RegistryError> {
         registry::check_registration(&self.limits, port, &files)?;
-        let mut client = self.client()?;
-        let mut tx = client.transaction().map_err(unavailable)?;
-        let peer = self.peer(&mut tx, conn)?;
-        let (before, count) = (peer.map_or(0, |p| p.2), files.len());
-        let id = match peer {
-            Some((id, _, _)) => {
-                // Downloads running go on through a new registration: their partials stay.
-                run(
-                    &mut tx,
-                    "WITH gone AS (DELETE FROM files WHERE peer_id = $1 AND complete)
-                     UPDATE peers SET port = $2 WHERE id = $1",
-                    &[(&id, Type::INT8), (&i32::from(port), Type::INT4)],
-                )?;
-                id
-            }
-            None => {
-                let ip = conn.ip().to_canonical();
-                let (conn, key) = (conn.to_string(), ip_key(ip));
-                run(
-                    &mut tx,
-                    "INSERT INTO peers (server_id, conn, ip, ip_key, port) VALUES ($1, $2, $3, $4, $5) RETURNING id",
-                    &[
-                        (&self.server_id(), Type::INT8),
-                        (&conn, Type::TEXT),
-                        (&ip.to_string(), Type::TEXT),
-                        (&key, Type::TEXT),
-                        (&i32::from(port), Type::INT4),
-                    ],
-                )?[0]
-                    .get(0)
-            }
-        };
-        insert(&mut tx, id, &files, true)?;
-        set_count(&mut tx, id, (before, count))?;
-        // Refused: the transaction is rolled back, and nothing is half-stored.
-        self.check_room(&mut tx, conn, (before, count), true)?;
-        tx.commit().map_err(unavailable)?;
-        Ok(count)
+        self.with_client(|client| {
+            let mut tx = client.transaction().map_err(unavailable)?;
+            let peer = self.peer(&mut tx, conn)?;
+            let (before, count) = (peer.map_or(0, |p| p.2), files.len());
+            let id = match peer {
+                Some((id, _, _)) => {
+                    // Downloads running go on through a new registration: their partials stay.
+                    run(
+                        &mut tx,
+                        "WITH gone AS (DELETE FROM files WHERE peer_id = $1 AND complete)
+                         UPDATE peers SET port = $2 WHERE id = $1",
+                        &[(&id, Type::INT8), (&i32::from(port), Type::INT4)],
+                    )?;
+                    id
+                }
+                None => {
+                    let ip = conn.ip().to_canonical();
+                    let (conn, key) = (conn.to_string(), ip_key(ip));
+                    run(
+                        &mut tx,
+                        "INSERT INTO peers (server_id, conn, ip, ip_key, port) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                        &[
+                            (&self.server_id(), Type::INT8),
+                            (&conn, Type::TEXT),
+                            (&ip.to_string(), Type::TEXT),
+                            (&key, Type::TEXT),
+                            (&i32::from(port), Type::INT4),
+                        ],
+                    )?[0]
+                        .get(0)
+                }
+            };
+            insert(&mut tx, id, &files, true)?;
+            set_count(&mut tx, id, (before, count))?;
+            // Refused: the transaction is rolled back, and nothing is half-stored.
+            self.check_room(&mut tx, conn, (before, count), true)?;
+            tx.commit().map_err(unavailable)?;
+            Ok(count)
+        })
     }
 
     /// [`registry::Registry::update`].
     pub fn update(&self, conn: SocketAddr, files: Vec<FileInfo>) -> Result<usize, RegistryError> {
-        let mut client = self.client()?;
-        let port = self.peer_now(&mut client, conn)?.ok_or(RegistryError::NotRegistered)?.1;
-        drop(client);
+        let port =
+            self.with_client(|client| self.peer_now(client, conn))?.ok_or(RegistryError::NotRegistered)?.1;
         self.register(conn, port, files)
     }
 
     /// [`registry::Registry::add`].
     pub fn add(&self, conn: SocketAddr, new: Vec<FileInfo>) -> Result<usize, RegistryError> {
-        let mut client = self.client()?;
-        let mut tx = client.transaction().map_err(unavailable)?;
-        let (id, _, have) = self.peer(&mut tx, conn)?.ok_or(RegistryError::NotRegistered)?;
-        registry::check_files(&self.limits, &new)?;
-        let names: Vec<&str> = new.iter().map(|f| f.name.as_str()).collect();
-        let known: i64 = run(
-            &mut tx,
-            "SELECT count(*) FROM files WHERE peer_id = $1 AND complete AND name = ANY($2)",
-            &[(&id, Type::INT8), (&names, Type::TEXT_ARRAY)],
-        )?[0]
-            .get(0);
-        let now = have + new.len() - known as usize;
-        insert(&mut tx, id, &new, true)?;
-        set_count(&mut tx, id, (have, now))?;
-        self.check_room(&mut tx, conn, (have, now), true)?;
-        tx.commit().map_err(unavailable)?;
-        Ok(now)
+        self.with_client(|client| {
+            let mut tx = client.transaction().map_err(unavailable)?;
+            let (id, _, have) = self.peer(&mut tx, conn)?.ok_or(RegistryError::NotRegistered)?;
+            registry::check_files(&self.limits, &new)?;
+            let names: Vec<&str> = new.iter().map(|f| f.name.as_str()).collect();
+            let known: i64 = run(
+                &mut tx,
+                "SELECT count(*) FROM files WHERE peer_id = $1 AND complete AND name = ANY($2)",
+                &[(&id, Type::INT8), (&names, Type::TEXT_ARRAY)],
+            )?[0]
+                .get(0);
+            let now = have + new.len() - known as usize;
+            insert(&mut tx, id, &new, true)?;
+            set_count(&mut tx, id, (have, now))?;
+            self.check_room(&mut tx, conn, (have, now), true)?;
+            tx.commit().map_err(unavailable)?;
+            Ok(now)
+        })
     }
 
     /// [`registry::Registry::delete`].
     pub fn delete(&self, conn: SocketAddr, names: &[SharePath]) -> Result<usize, RegistryError> {
-        let mut client = self.client()?;
-        let mut tx = client.transaction().map_err(unavailable)?;
-        let (id, _, have) = self.peer(&mut tx, conn)?.ok_or(RegistryError::NotRegistered)?;
-        let names: Vec<&str> = names.iter().map(SharePath::as_str).collect();
-        let gone: i64 = run(
-            &mut tx,
-            "WITH gone AS (DELETE FROM files WHERE peer_id = $1 AND name = ANY($2) RETURNING complete)
-             SELECT count(*) FILTER (WHERE complete) FROM gone",
-            &[(&id, Type::INT8), (&names, Type::TEXT_ARRAY)],
-        )?[0]
-            .get(0);
-        let now = have - gone as usize;
-        set_count(&mut tx, id, (have, now))?;
-        tx.commit().map_err(unavailable)?;
-        Ok(now)
+        self.with_client(|client| {
+            let mut tx = client.transaction().map_err(unavailable)?;
+            let (id, _, have) = self.peer(&mut tx, conn)?.ok_or(RegistryError::NotRegistered)?;
+            let names: Vec<&str> = names.iter().map(SharePath::as_str).collect();
+            let gone: i64 = run(
+                &mut tx,
+                "WITH gone AS (DELETE FROM files WHERE peer_id = $1 AND name = ANY($2) RETURNING complete)
+                 SELECT count(*) FILTER (WHERE complete) FROM gone",
+                &[(&id, Type::INT8), (&names, Type::TEXT_ARRAY)],
+            )?[0]
+                .get(0);
+            let now = have - gone as usize;
+            set_count(&mut tx, id, (have, now))?;
+            tx.commit().map_err(unavailable)?;
+            Ok(now)
+        })
     }
 
     /// [`registry::Registry::announce_partial`].
     pub fn announce_partial(&self, conn: SocketAddr, files: Vec<FileInfo>) -> Result<usize, RegistryError> {
         registry::check_files(&self.limits, &files)?;
-        let mut client = self.client()?;
-        let mut tx = client.transaction().map_err(unavailable)?;
-        let (id, _, have) = self.peer(&mut tx, conn)?.ok_or(RegistryError::NotRegistered)?;
-        let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
-        let rows = run(
-            &mut tx,
-            "SELECT name, complete FROM files WHERE peer_id = $1 AND name = ANY($2)",
-            &[(&id, Type::INT8), (&names, Type::TEXT_ARRAY)],
-        )?;
-        let held: std::collections::HashMap<String, bool> =
-            rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, bool>(1))).collect();
-        // A name it shares whole is not a partial.
-        let files: Vec<FileInfo> =
-            files.into_iter().filter(|f| held.get(f.name.as_str()) != Some(&true)).collect();
-        let new = files.iter().filter(|f| !held.contains_key(f.name.as_str())).count();
-        let partials: i64 = run(
-            &mut tx,
-            "SELECT count(*) FROM files WHERE peer_id = $1 AND NOT complete",
-            &[(&id, Type::INT8)],
-        )?[0]
-            .get(0);
-        if partials as usize + new > MAX_PARTIALS_PER_PEER {
-            return Err(RegistryError::TooManyPartials { max: MAX_PARTIALS_PER_PEER });
-        }
-        insert(&mut tx, id, &files, false)?;
-        tx.commit().map_err(unavailable)?;
-        Ok(have)
+        self.with_client(|client| {
+            let mut tx = client.transaction().map_err(unavailable)?;
+            let (id, _, have) = self.peer(&mut tx, conn)?.ok_or(RegistryError::NotRegistered)?;
+            let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+            let rows = run(
+                &mut tx,
+                "SELECT name, complete FROM files WHERE peer_id = $1 AND name = ANY($2)",
+                &[(&id, Type::INT8), (&names, Type::TEXT_ARRAY)],
+            )?;
+            let held: std::collections::HashMap<String, bool> =
+                rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, bool>(1))).collect();
+            // A name it shares whole is not a partial.
+            let files: Vec<FileInfo> =
+                files.iter().filter(|f| held.get(f.name.as_str()) != Some(&true)).cloned().collect();
+            let new = files.iter().filter(|f| !held.contains_key(f.name.as_str())).count();
+            let partials: i64 = run(
+                &mut tx,
+                "SELECT count(*) FROM files WHERE peer_id = $1 AND NOT complete",
+                &[(&id, Type::INT8)],
+            )?[0]
+                .get(0);
+            if partials as usize + new > MAX_PARTIALS_PER_PEER {
+                return Err(RegistryError::TooManyPartials { max: MAX_PARTIALS_PER_PEER });
+            }
+            insert(&mut tx, id, &files, false)?;
+            tx.commit().map_err(unavailable)?;
+            Ok(have)
+        })
     }
 
     /// [`registry::Registry::unregister`].
@@ -943,7 +987,7 @@ impl Store {
 
     /// Removes the registration of the peer on `conn`, if any. Returns whether there was.
     pub fn remove(&self, conn: SocketAddr) -> Result<bool, RegistryError> {
-        self.remove_with(&mut self.client()?.client, conn)
+        self.with_client(|client| self.remove_with(client, conn))
     }
 
     /// [`Store::remove`] on `client`: the peer's files first, then its row, with its
@@ -983,9 +1027,10 @@ impl Store {
 
     /// [`registry::Registry::room_for`].
     pub fn room_for(&self, conn: SocketAddr, count: usize) -> Result<(), RegistryError> {
-        let mut client = self.client()?;
-        let before = self.peer_now(&mut client, conn)?.map_or(0, |p| p.2);
-        self.check_room(&mut **client, conn, (before, count), false)
+        self.with_client(|client| {
+            let before = self.peer_now(client, conn)?.map_or(0, |p| p.2);
+            self.check_room(&mut ***client, conn, (before, count), false)
+        })
     }
 
     /// [`registry::Registry::lookup`]: the peers sharing `name` whole, then those
@@ -1008,8 +1053,8 @@ impl Store {
     /// (one client) keeps the plain statement: pgbench at one client gave 11.4k/s for
     /// it, 10.6k/s for [`LOOKUP_MANY`] of one name.
     fn lookup_many(&self, names: &[SharePath]) -> Vec<Looked> {
-        let found = self.client().and_then(|mut client| {
-            let conn = &mut *client;
+        let found = self.with_client(|client| {
+            let conn = &mut **client;
             let (prepared, statement, kind) = match names {
                 [_] => (&mut conn.lookup, LOOKUP, Type::TEXT),
                 _ => (&mut conn.lookup_many, LOOKUP_MANY, Type::TEXT_ARRAY),
@@ -1061,17 +1106,17 @@ impl Store {
         after: &SharePath,
     ) -> Result<Cursor<'_>, RegistryError> {
         let place = self.listing_place()?;
-        let mut client = self.client()?;
         let after = after.as_str();
-        // Made before the transaction, which a failed read of the sample would abort.
-        // Planned for all its rows: whether to walk the names is PostgreSQL's choice.
-        let plan = self.plan(&mut client, pattern, after, None);
-        let mut cursor = Cursor { client, _place: place, held: Vec::new(), done: false, open: false };
-        cursor
-            .client
-            .batch_execute("BEGIN READ ONLY; SET LOCAL cursor_tuple_fraction = 1")
-            .map_err(unavailable)?;
-        cursor.open = true;
+        let (client, plan) = self.client_for(|client| {
+            // Made before the transaction, which a failed read of the sample would abort.
+            // Planned for all its rows: whether to walk the names is PostgreSQL's choice.
+            let plan = self.plan(client, pattern, after, None);
+            client
+                .batch_execute("BEGIN READ ONLY; SET LOCAL cursor_tuple_fraction = 1")
+                .map_err(unavailable)?;
+            Ok(plan)
+        })?;
+        let mut cursor = Cursor { client, _place: place, held: Vec::new(), done: false };
         let like = contains(pattern);
         let (server, asker) = (self.server_id(), asker.to_string());
         let mut params: Vec<(&(dyn ToSql + Sync), Type)> =
@@ -1114,47 +1159,48 @@ impl Store {
             return Ok(ListPage::default());
         }
         let _place = self.listing_place()?;
-        let mut client = self.client()?;
-        let asker = asker.to_string();
-        let names = budget.names.max(1) as i64;
-        let is_first = after.is_none();
-        let after = after.map_or("", SharePath::as_str);
-        let plan = self.plan(&mut client, pattern, after, Some(budget.names));
-        let server = self.server_id();
-        let mut page =
-            Page { client: &mut client, asker: &asker, like: contains(pattern), names, plan: &plan, server };
-        if !is_first || plan.first_walk == 0 {
-            return page.read(after);
-        }
-        // The first page walks a bounded stretch of the names, up to `upto` (to their
-        // end if fewer follow), longer while it finds nothing: see [`Plan::first_walk`].
-        let what = Clip(pattern.text());
-        let mut from = after.to_owned();
-        let (mut walked, mut stretch) = (0, FIRST_WALK.min(plan.first_walk));
-        loop {
-            let end =
-                run(&mut ***page.client, WALK_END, &[(&from, Type::TEXT), (&(stretch - 1), Type::INT8)])?;
-            let upto = match end.first().map(|r| SharePath::parse(r.get(0))) {
-                None => None,
-                Some(Ok(name)) => Some(name),
-                // A name this server would not take cannot be where the rest begins:
-                // the page is read as the plan has it.
-                Some(Err(_)) => return page.read(&from),
-            };
-            match &upto {
-                None => log::debug!("index store: the first page of {what} walks to the names' end"),
-                Some(name) => {
-                    log::debug!("index store: the first page of {what} walks to {}", Clip(name.as_str()))
-                }
+        self.with_client(|client| {
+            let asker = asker.to_string();
+            let names = budget.names.max(1) as i64;
+            let is_first = after.is_none();
+            let after = after.map_or("", SharePath::as_str);
+            let plan = self.plan(client, pattern, after, Some(budget.names));
+            let server = self.server_id();
+            let mut page =
+                Page { client, asker: &asker, like: contains(pattern), names, plan: &plan, server };
+            if !is_first || plan.first_walk == 0 {
+                return page.read(after);
             }
-            let read = page.walk(&from, upto.as_ref())?;
-            walked += stretch;
-            let Some(upto) = upto.filter(|_| read.entries.is_empty() && walked < plan.first_walk) else {
-                return Ok(read);
-            };
-            from = upto.as_str().to_owned();
-            stretch = (stretch * 4).min(plan.first_walk - walked);
-        }
+            // The first page walks a bounded stretch of the names, up to `upto` (to their
+            // end if fewer follow), longer while it finds nothing: see [`Plan::first_walk`].
+            let what = Clip(pattern.text());
+            let mut from = after.to_owned();
+            let (mut walked, mut stretch) = (0, FIRST_WALK.min(plan.first_walk));
+            loop {
+                let end =
+                    run(&mut ***page.client, WALK_END, &[(&from, Type::TEXT), (&(stretch - 1), Type::INT8)])?;
+                let upto = match end.first().map(|r| SharePath::parse(r.get(0))) {
+                    None => None,
+                    Some(Ok(name)) => Some(name),
+                    // A name this server would not take cannot be where the rest begins:
+                    // the page is read as the plan has it.
+                    Some(Err(_)) => return page.read(&from),
+                };
+                match &upto {
+                    None => log::debug!("index store: the first page of {what} walks to the names' end"),
+                    Some(name) => {
+                        log::debug!("index store: the first page of {what} walks to {}", Clip(name.as_str()))
+                    }
+                }
+                let read = page.walk(&from, upto.as_ref())?;
+                walked += stretch;
+                let Some(upto) = upto.filter(|_| read.entries.is_empty() && walked < plan.first_walk) else {
+                    return Ok(read);
+                };
+                from = upto.as_str().to_owned();
+                stretch = (stretch * 4).min(plan.first_walk - walked);
+            }
+        })
     }
 }
 
@@ -1282,8 +1328,6 @@ pub struct Cursor<'a> {
     held: Vec<ListEntry>,
     /// Every row has been fetched.
     done: bool,
-    /// The transaction is open.
-    open: bool,
 }
 
 impl Cursor<'_> {
@@ -1316,7 +1360,7 @@ impl Drop for Cursor<'_> {
     /// Ends the transaction, which closes the cursor; a connection left inside it is
     /// closed rather than given out again.
     fn drop(&mut self) {
-        if self.open && self.client.batch_execute("ROLLBACK").is_err() {
+        if self.client.batch_execute("ROLLBACK").is_err() {
             self.client.broken = true;
         }
     }
@@ -1555,13 +1599,49 @@ fn hit(r: &postgres::Row, at: usize) -> Option<PeerHit> {
     Some(PeerHit { addr, size: r.get::<_, i64>(at + 2) as u64, root, complete: r.get(at + 4) })
 }
 
+/// Whether `client`, on which a request just failed, has lost its connection (and is
+/// then not given out again). The database's last words before it closes one (57P01,
+/// "terminating connection due to administrator command") may come as the answer to a
+/// statement, before the client has read the end of the connection: an empty
+/// statement, sent only after a failure, reads it.
+fn lost(client: &mut Client) -> bool {
+    let lost = client.is_closed() || client.batch_execute("").is_err();
+    client.broken |= lost;
+    lost
+}
+
 /// A database error as a request sees it; the cause goes to the log.
 fn unavailable(e: postgres::Error) -> RegistryError {
-    match e.as_db_error() {
-        Some(db) => log::warn!("index store: {}: {}", db.code().code(), db.message()),
-        None => log::warn!("index store: {e}"),
-    }
+    log::warn!("index store: {}", Why(&e));
     RegistryError::StoreUnavailable
+}
+
+/// A database error for the log, with its cause: the database's code and message
+/// (`57P03: the database system is starting up`), or what failed and why (`error
+/// communicating with the server: Connection reset by peer`), where the error's own
+/// text says only `db error`. Escaped: the text came over the network.
+struct Why<'a>(&'a postgres::Error);
+
+impl std::fmt::Display for Why<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let text = match (self.0.as_db_error(), std::error::Error::source(self.0)) {
+            (Some(db), _) => format!("{}: {}", db.code().code(), db.message()),
+            (None, Some(cause)) => format!("{}: {cause}", self.0),
+            (None, None) => self.0.to_string(),
+        };
+        f.write_str(&crate::text::escape(&text))
+    }
+}
+
+/// The pool's failures to connect, to the log with their cause (r2d2's own handler
+/// logs `db error` as an error, for each attempt).
+#[derive(Debug)]
+struct ConnectFailures;
+
+impl r2d2::HandleError<postgres::Error> for ConnectFailures {
+    fn handle_error(&self, e: postgres::Error) {
+        log::warn!("index store: cannot connect: {}", Why(&e));
+    }
 }
 
 /// `url` without its password, for messages.
