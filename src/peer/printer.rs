@@ -293,11 +293,16 @@ pub fn text(event: &Event) -> Option<(String, bool)> {
 }
 
 /// How far a download has come, as words: "524288 of 1048576 bytes (50%)",
-/// "210000 bytes/s", "2 sources".
+/// "210000 bytes/s", "2 sources". A total of 0 is a size not known yet (the index
+/// not yet answered): "size not known yet", not "0 of 0 bytes (100%)" (an empty file's
+/// download ends as soon as its size is known).
 fn progress(done: u64, total: u64, rate: u64, sources: usize) -> [String; 3] {
     let percent = (done * 100).checked_div(total).unwrap_or(100);
     [
-        format!("{done} of {total} bytes ({percent}%)"),
+        match total {
+            0 => "size not known yet".to_owned(),
+            _ => format!("{done} of {total} bytes ({percent}%)"),
+        },
         format!("{rate} bytes/s"),
         count(sources as u64, "source"),
     ]
@@ -406,6 +411,13 @@ mod tests {
         assert_eq!(human(4096), "4.0 KiB");
         assert_eq!(human(1_503_238_553), "1.4 GiB");
         assert_eq!(human(u64::MAX), "16.0 EiB");
+    }
+
+    #[test]
+    fn a_download_whose_size_is_not_known_yet_says_so_rather_than_100_percent() {
+        assert_eq!(progress(0, 0, 0, 0), ["size not known yet", "0 bytes/s", "0 sources"]);
+        assert_eq!(progress(524_288, 1_048_576, 210_000, 2)[0], "524288 of 1048576 bytes (50%)");
+        assert_eq!(progress(1, 3, 0, 1), ["1 of 3 bytes (33%)", "0 bytes/s", "1 source"]);
     }
 
     #[test]
