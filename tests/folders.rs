@@ -185,6 +185,16 @@ fn downloads_make_their_folders_and_a_folder_comes_whole() {
     pb.send("download blocked/y");
     let err = pb.expect(Stream::Err, "blocked");
     assert_eq!(err, "error: cannot download \"blocked/y\": \"blocked\" is a file, not a folder");
+    // A whole folder that cannot be put here: one error for it, not one for each file.
+    pb.send("download blocked/");
+    pb.send("download linked/");
+    assert_eq!(
+        pb.read_until(Stream::Err, "\"linked/\""),
+        [
+            "error: cannot download \"blocked/\": \"blocked\" is a file, not a folder",
+            "error: cannot download \"linked/\": \"linked\" is a symlink, and downloads never go through one",
+        ]
+    );
     assert_eq!(fs::read_dir(ws.path().join("elsewhere")).unwrap().count(), 0, "nothing written outside");
 
     let (mut pc, _) = Proc::peer(index_addr, &b);

@@ -815,6 +815,10 @@ impl Shell {
     /// be fetched is an error.
     fn download_folder(&self, folder: &SharePath) -> anyhow::Result<()> {
         let prefix = format!("{folder}/");
+        // Said once for the folder, not once for each of its files.
+        if let Err(why) = self.node.folder.room_under(folder) {
+            bail!("cannot download {prefix:?}: {why}");
+        }
         let offers = self.offers(&prefix, |name| name.starts_with(&prefix))?;
         if offers.is_empty() {
             bail!("cannot download {prefix:?}: no registered peer shares a file under it");

@@ -138,6 +138,18 @@ pub(super) fn vacant(root: &Path, name: &SharePath) -> Result<(), String> {
     }
 }
 
+/// Can files be put under the folder `folder`: is no symlink or file where it, or a
+/// folder above it, should be? Missing folders are no obstacle.
+pub(super) fn room_under(root: &Path, folder: &SharePath) -> Result<(), String> {
+    // A name inside it: its folders are `folder`'s path. (A folder too deep for one
+    // more part has no file under it to download.)
+    let Ok(inside) = SharePath::join(folder, "x") else { return Ok(()) };
+    match descend(root, &inside, false) {
+        Ok(_) => Ok(()),
+        Err((b, so_far)) => Err(b.why(&so_far)),
+    }
+}
+
 /// Removes the file (or symlink, never its target) `name`; a folder is refused.
 pub(super) fn remove(root: &Path, name: &SharePath) -> Result<(), OpenError> {
     let dir = open_parent(root, name)?;

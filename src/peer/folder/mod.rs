@@ -459,6 +459,12 @@ impl SharedFolder {
         gate::vacant(&self.root, name)
     }
 
+    /// Can downloads be put under the folder `folder`: no symlink or file where it, or
+    /// a folder above it, should be? Otherwise, why not.
+    pub fn room_under(&self, folder: &SharePath) -> Result<(), String> {
+        gate::room_under(&self.root, folder)
+    }
+
     /// Deletes the file `name` from the folder. A symlink is removed, never its target;
     /// a directory is refused, as is a path through a symlinked folder.
     pub fn delete(&self, name: &SharePath) -> Result<(), OpenError> {
