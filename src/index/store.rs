@@ -467,8 +467,8 @@ impl Store {
             .max_size(pool.max(1))
             .min_idle(Some(1))
             .connection_timeout(POOL_WAIT)
-            // No query before each use: a connection the database dropped fails its
-            // request ("index store unavailable") and is not given out again.
+            // No query before each use: a connection the database dropped is found so
+            // when used, and its request goes on another (`Store::client_for`).
             .test_on_check_out(false)
             .error_handler(Box::new(ConnectFailures))
             .build(manager)
