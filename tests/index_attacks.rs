@@ -440,3 +440,36 @@ fn a_slow_handshake_is_refused_like_any_other_slow_frame() {
     let welcome: Welcome = wire::recv_msg(&mut ok).unwrap();
     assert_eq!(welcome.refusal, None);
 }
+
+/// Every reply to a `List` of `pattern`, to its end.
+fn listing(c: &mut RawIndexClient, pattern: &str) -> Vec<Reply> {
+    wire::send_msg(&mut c.stream, &Request::List { pattern: pattern.into(), limit: None }).unwrap();
+    let mut replies = Vec::new();
+    loop {
+        let reply: Reply = wire::recv_msg(&mut c.stream).unwrap();
+        let end = !matches!(reply, Reply::ListChunk(_));
+        replies.push(reply);
+        if end {
+            return replies;
+        }
+    }
+}
+
+#[test]
+fn a_listing_for_text_no_name_can_hold_is_empty_and_the_connection_goes_on() {
+    // With PEERDEX_TEST_STORE=1, on PostgreSQL too, which refuses NUL in any text (it
+    // answered "index store unavailable" to such a pattern).
+    let ws = workspace();
+    let (_index, addr) = Proc::index_server(ws.path());
+    let _honest = honest_peer_is_served(addr, "127.0.0.1", "a b");
+    let mut c = RawIndexClient::connect_from("127.0.0.2", addr);
+    for pattern in ["a\0b", "\0", "a\\b", "\u{202e}", "a\u{2028}"] {
+        assert_eq!(listing(&mut c, pattern), [Reply::ListEnd { truncated: false }], "{pattern:?}");
+    }
+    match &listing(&mut c, "A B")[..] {
+        [Reply::ListChunk(entries), Reply::ListEnd { truncated: false }] => {
+            assert_eq!(entries.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["a b.txt"])
+        }
+        other => panic!("{other:?}"),
+    }
+}

@@ -209,7 +209,9 @@ pub struct ListPage {
 #[derive(Debug)]
 pub struct Pattern {
     finder: Option<memmem::Finder<'static>>,
-    /// Longer than any name can be: nothing matches.
+    /// Longer than any name can be, or holding a character no name may hold (a
+    /// control character such as NUL, a bidirectional override, a backslash): nothing
+    /// matches, and nothing is asked of the store (PostgreSQL refuses NUL in text).
     impossible: bool,
 }
 
@@ -218,7 +220,8 @@ impl Pattern {
     pub fn new(text: &str) -> Pattern {
         let lower = text.to_ascii_lowercase();
         Pattern {
-            impossible: lower.len() > MAX_PATH_LEN,
+            impossible: lower.len() > MAX_PATH_LEN
+                || lower.chars().any(|c| c == '\\' || crate::text::is_unsafe(c)),
             finder: (!lower.is_empty()).then(|| memmem::Finder::new(lower.as_bytes()).into_owned()),
         }
     }
@@ -229,7 +232,8 @@ impl Pattern {
         std::str::from_utf8(needle).expect("made from a str, lowercased in ASCII only")
     }
 
-    /// True if no name can match (a pattern longer than any name).
+    /// True if no name can match (a pattern longer than any name, or with a
+    /// character no name holds).
     pub fn matches_nothing(&self) -> bool {
         self.impossible
     }
@@ -954,6 +958,10 @@ mod tests {
         assert!(p.matches("song.mp3") && p.matches("SONG.Mp3") && !p.matches("song.mp4"));
         assert!(Pattern::new("").matches("anything"));
         assert!(Pattern::new("ünï").matches("xünïx"), "non-ASCII is matched exactly");
+        for never in ["a\0b", "\u{1b}[", "\u{202e}", "a\\b", &"x".repeat(MAX_PATH_LEN + 1)] {
+            assert!(Pattern::new(never).matches_nothing(), "{never:?}");
+        }
+        assert!(!Pattern::new("a/b c.mp3").matches_nothing());
     }
 
     #[test]
