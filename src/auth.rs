@@ -276,6 +276,11 @@ impl Users {
     }
 }
 
+/// The environment variable a password can be given in: the peer's for `login` and
+/// `--user`, and `indexing-server adduser`'s, where a script has no terminal to type
+/// it in.
+pub const PASSWORD_VAR: &str = "PEERDEX_PASSWORD";
+
 /// Reads a password: from the terminal without echo if stdin is one (after printing
 /// `prompt` to stderr), otherwise one line from stdin.
 pub fn read_password(prompt: &str) -> anyhow::Result<String> {

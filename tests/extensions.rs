@@ -184,6 +184,26 @@ fn accounts_are_stored_as_salted_hashes_never_as_passwords() {
 }
 
 #[test]
+fn adduser_takes_the_password_from_peerdex_password_as_the_peer_does() {
+    let ws = workspace();
+    let mut add = Proc::start_with_env(
+        env!("CARGO_BIN_EXE_indexing-server"),
+        &["adduser", "users", "ann"],
+        ws.path(),
+        &[("PEERDEX_PASSWORD", std::ffi::OsStr::new("from the environment"))],
+    );
+    add.close_stdin();
+    assert!(add.finish().success(), "{}", add.dump());
+    let users = ws.path().join("users");
+    let (_index, index_addr) =
+        Proc::index_server_with(ws.path(), &["127.0.0.1", "0", "--users", users.to_str().unwrap()]);
+    let a = folder(ws.path(), "a", &[]);
+    let mut pa =
+        peer_env(index_addr, &a, &[("PEERDEX_PASSWORD", "from the environment")], &["--user", "ann"]);
+    pa.expect(Stream::Out, "logged in as ann");
+}
+
+#[test]
 fn with_accounts_everything_needs_a_login() {
     let ws = workspace();
     let users = ws.path().join("users");

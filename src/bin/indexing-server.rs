@@ -113,8 +113,8 @@ fn parse_lease(text: &str) -> Result<Duration, String> {
 }
 
 /// `indexing-server adduser FILE NAME`: adds an account to a users file, or changes
-/// its password. The password is read from the terminal without echo, or from stdin
-/// when that is not a terminal. The file stores a salt and a slow hash, never the
+/// its password. The password is taken from `PEERDEX_PASSWORD` if set, else read from
+/// the terminal without echo, or from stdin when that is not a terminal. The file stores a salt and a slow hash, never the
 /// password; it is created, readable by its owner only, if missing.
 #[derive(Parser, Debug)]
 #[command(name = "indexing-server adduser")]
@@ -139,7 +139,10 @@ fn adduser(args: AddUser) -> anyhow::Result<bool> {
     auth::check_user(&args.name).map_err(|e| anyhow::anyhow!(e))?;
     let mut users = Users::load(&args.file, true)?;
     let existed = users.get(&args.name).is_some();
-    let password = auth::read_password(&format!("password for {}: ", args.name))?;
+    let password = match std::env::var(auth::PASSWORD_VAR) {
+        Ok(password) if !password.is_empty() => password,
+        _ => auth::read_password(&format!("password for {}: ", args.name))?,
+    };
     users.set(&args.name, &password)?;
     users.save(&args.file)?;
     let done = if existed { "changed the password of" } else { "added" };

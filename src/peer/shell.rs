@@ -929,17 +929,14 @@ fn literal_hint(glob: &str) -> String {
 /// terminal (read from `input` with echo off). A script must set the variable: its
 /// next input line is a command, not a password.
 pub fn password_for(user: &str, interactive: bool, input: &mut impl BufRead) -> anyhow::Result<String> {
-    if let Ok(password) = std::env::var(PASSWORD_VAR) {
+    if let Ok(password) = std::env::var(auth::PASSWORD_VAR) {
         return Ok(password);
     }
     if !interactive {
-        bail!("set {PASSWORD_VAR}, or run the peer in a terminal to be asked for the password");
+        bail!("set {}, or run the peer in a terminal to be asked for the password", auth::PASSWORD_VAR);
     }
     auth::read_password_from(&format!("password for {user}: "), input)
 }
-
-/// The environment variable a peer's password can be given in.
-pub const PASSWORD_VAR: &str = "PEERDEX_PASSWORD";
 
 /// The terminal's prompt.
 const PROMPT: &str = "peerdex> ";
