@@ -5,7 +5,9 @@
 //! stopped for longer than its lease closes its connections when it wakes, and its
 //! peers register again; the database cut off under load gives clean errors, and
 //! everything works again after; connections the database closed while pooled cost no
-//! request an error; the longest name the store takes fits its indexes.
+//! request an error; the longest name the store takes fits its indexes; random
+//! requests from several addresses get the same replies from a store server as from
+//! one in memory.
 //!
 //! Each test has a schema and a role of its own (tests/common/pg.rs). Without a
 //! PostgreSQL server the tests say they are skipped, unless PEERDEX_REQUIRE_POSTGRES=1.
@@ -1174,4 +1176,91 @@ fn connections_the_database_ended_while_pooled_cost_no_request_an_error() {
     let b = folder(ws.path(), "b", &[]);
     let (mut pb, _) = Proc::peer(at, &b);
     assert_eq!(pb.list("kept"), ["kept.txt\t4 bytes\t1 peer"]);
+}
+
+/// What a reply says, for comparing two servers: a listing's entries whole (however
+/// they were cut into chunks), and a lookup's holders in a fixed order (the protocol
+/// orders the whole holders before the partial ones, and no further).
+fn said(c: &mut RawIndexClient, request: &Request) -> String {
+    wire::send_msg(&mut c.stream, request).unwrap();
+    let mut listed = Vec::new();
+    loop {
+        match wire::recv_msg::<Reply>(&mut c.stream).unwrap() {
+            Reply::ListChunk(entries) => listed.extend(entries),
+            Reply::ListEnd { truncated } => return format!("listed {listed:?}, truncated {truncated}"),
+            Reply::Peers(mut hits) => {
+                hits.sort_by_key(|h| (!h.complete, h.addr, h.size, h.root));
+                return format!("{:?}", Reply::Peers(hits));
+            }
+            other => return format!("{other:?}"),
+        }
+    }
+}
+
+#[test]
+fn random_requests_get_the_same_replies_from_the_store_as_from_memory() {
+    use rand::{RngExt, SeedableRng};
+    let Some(schema) = Schema::new("random_requests_get_the_same_replies") else { return };
+    let ws = workspace();
+    let (_memory, in_memory) = Proc::index_server_with(&server_dir(&ws, "memory"), &["127.0.0.1", "0"]);
+    let (_store, in_store) = server(&server_dir(&ws, "store"), "127.0.0.1", 0, &schema, &[]);
+    // Names that collide in case, share folders, hold LIKE's wildcards and non-ASCII.
+    let names = [
+        "a",
+        "A",
+        "a/b",
+        "b/a",
+        "abc",
+        "ABC",
+        "x y",
+        "é",
+        "É",
+        "song.mp3",
+        "Song.MP3",
+        "dir/sub/f",
+        "dir/g",
+        "%",
+        "_",
+        "a%b",
+        "a_b",
+    ];
+    let patterns = ["", "a", "A", "b", "%", "_", "mp3", "é", "É", "/", "dir/", "x y", "sub/f", "zzz"];
+    let seed = rand::random::<u64>();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let clients = ["127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"];
+    let mut pairs: Vec<[RawIndexClient; 2]> = clients
+        .iter()
+        .map(|ip| [RawIndexClient::connect_from(ip, in_memory), RawIndexClient::connect_from(ip, in_store)])
+        .collect();
+    let file = |rng: &mut rand::rngs::StdRng| wire::FileInfo {
+        name: SharePath::parse(names[rng.random_range(0..names.len())]).unwrap(),
+        size: [0, 1, 5][rng.random_range(0..3)],
+        root: [[1; 32], [2; 32]][rng.random_range(0..2)],
+    };
+    let files = |rng: &mut rand::rngs::StdRng, most| {
+        let n = rng.random_range(0..=most);
+        (0..n).map(|_| file(rng)).collect::<Vec<_>>()
+    };
+    for step in 0..1500 {
+        let request = match rng.random_range(0..12) {
+            0 | 1 => {
+                Request::Register { port: [1000, 2000][rng.random_range(0..2)], files: files(&mut rng, 3) }
+            }
+            2 => Request::Unregister,
+            3 => Request::Update { files: files(&mut rng, 3) },
+            4 => Request::Delete { names: files(&mut rng, 2).into_iter().map(|f| f.name).collect() },
+            5 | 6 => Request::List {
+                pattern: patterns[rng.random_range(0..patterns.len())].into(),
+                limit: [None, Some(0), Some(1), Some(3)][rng.random_range(0..4)],
+            },
+            7 | 8 => Request::Lookup { name: file(&mut rng).name },
+            9 => Request::Add { files: files(&mut rng, 2) },
+            10 => Request::Partial { files: files(&mut rng, 2) },
+            _ => Request::Ping,
+        };
+        let k = rng.random_range(0..clients.len());
+        let [memory, store] = &mut pairs[k];
+        let (expected, got) = (said(memory, &request), said(store, &request));
+        assert_eq!(got, expected, "seed {seed}, step {step}: {request:?} from {}", clients[k]);
+    }
 }
