@@ -114,8 +114,9 @@ fn parse_lease(text: &str) -> Result<Duration, String> {
 
 /// `indexing-server adduser FILE NAME`: adds an account to a users file, or changes
 /// its password. The password is taken from `PEERDEX_PASSWORD` if set, else read from
-/// the terminal without echo, or from stdin when that is not a terminal. The file stores a salt and a slow hash, never the
-/// password; it is created, readable by its owner only, if missing.
+/// the terminal without echo, or from stdin when that is not a terminal. The file
+/// stores a salt and a slow hash, never the password; it is created, readable by its
+/// owner only, if missing.
 #[derive(Parser, Debug)]
 #[command(name = "indexing-server adduser")]
 struct AddUser {
