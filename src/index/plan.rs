@@ -164,29 +164,26 @@ impl Plan {
         }
         let holders = sample.holders(pattern);
         let share = sample.share(&holders);
-        let mut plan = if share == 0.0 {
+        // With pieces, the sample's names that hold every trigram in them.
+        let (mut plan, candidates) = if share == 0.0 {
             // Rare: through the index, by its pieces or whole, if it has a trigram to
             // ask for; without one, the index cannot serve it.
-            let pieces = narrow(pattern, sample, share);
+            let (pieces, candidates) = narrow(pattern, sample, share).unzip();
             let through_index = pieces.is_some() || !trigrams(pattern).is_empty();
-            Plan { through_index, pieces, ..Plan::default() }
+            (Plan { through_index, pieces, ..Plan::default() }, candidates)
         } else if !sample.bunched_late(&holders, share, after) {
             let walk = page.is_some_and(|page| sample.walk_pays(&holders, after, page));
-            Plan { walk, ..Plan::default() }
+            (Plan { walk, ..Plan::default() }, None)
         } else {
-            Plan {
-                pieces: narrow(pattern, sample, share),
-                through_index: true,
-                bunched_late: true,
-                ..Plan::default()
-            }
+            let (pieces, candidates) = narrow(pattern, sample, share).unzip();
+            (Plan { pieces, through_index: true, bunched_late: true, ..Plan::default() }, candidates)
         };
         // One or a few sample names far in are weak evidence that the matches are all
         // there: `zvvdfiw zvvdfiw`, in one name of 700 throughout, was read through its
         // 1M candidates (0.8 s) because the sample's one match was 60% in.
         let surely_late = plan.bunched_late && sample.found_after(&holders, after) >= MIN_WALK_HOLDERS;
         if !plan.walk && !surely_late {
-            plan.first_walk = bounded(sample.first_walk(pattern, plan.pieces.as_deref()));
+            plan.first_walk = bounded(sample.first_walk(pattern, candidates.as_deref()));
         }
         plan
     }
@@ -262,24 +259,24 @@ impl Sample {
         self.after(holders, after).iter().filter(|h| **h).count()
     }
 
-    /// [`Plan::first_walk`] for `pattern` (lowercased), with the trigram index asked
-    /// for `pieces` (a LIKE pattern from [`narrow`]) or, without them, for all of its
-    /// trigrams: [`WALKED_PER_CANDIDATE`] names for each name that holds them all (the
-    /// share of the sample's names that do, of PostgreSQL's count of the names; all of
-    /// them if there is no trigram to ask for), within its bounds.
-    fn first_walk(&self, pattern: &str, pieces: Option<&str>) -> i64 {
-        let asked: Vec<&str> = match pieces {
-            Some(like) => like
-                .split('%')
-                .flat_map(|piece| (0..piece.len().saturating_sub(2)).map(move |i| &piece[i..i + 3]))
-                .collect(),
-            None => trigrams(pattern).into_iter().map(|i| &pattern[i..i + 3]).collect(),
+    /// [`Plan::first_walk`] for `pattern` (lowercased): [`WALKED_PER_CANDIDATE`] names
+    /// for each name that holds every trigram the index is asked for (the share of the
+    /// sample's names that do, of PostgreSQL's count of the names), within its bounds.
+    /// Those names are `candidates` where the index is asked for the pattern's pieces
+    /// ([`narrow`] found them), else the names holding all of its trigrams; all names
+    /// if it has none.
+    fn first_walk(&self, pattern: &str, candidates: Option<&[bool]>) -> i64 {
+        let candidates = match candidates {
+            Some(held) => self.share(held),
+            None => {
+                let asked = trigrams(pattern);
+                let mut all = vec![true; self.names.len()];
+                for &i in &asked {
+                    all.iter_mut().zip(self.holders(&pattern[i..i + 3])).for_each(|(a, h)| *a &= h);
+                }
+                if asked.is_empty() { 1.0 } else { self.share(&all) }
+            }
         };
-        let mut all = vec![true; self.names.len()];
-        for trigram in &asked {
-            all.iter_mut().zip(self.holders(trigram)).for_each(|(a, h)| *a &= h);
-        }
-        let candidates = if asked.is_empty() { 1.0 } else { self.share(&all) };
         let rows = WALKED_PER_CANDIDATE * candidates * self.rows;
         (rows as i64).clamp(super::store::FIRST_WALK, MOST_FIRST_WALK)
     }
@@ -337,6 +334,8 @@ impl Sample {
 /// `pattern`'s rare trigrams, rarest first, until the sample's names that hold them all
 /// are no more than those that hold the pattern, and then its cheap ones
 /// ([`CHEAP_SHARE`], [`CHEAP_LISTS`]); `None` to ask the index for the whole pattern.
+/// With it, which of the sample's names hold every trigram chosen (the index's
+/// candidates, for [`Sample::first_walk`]).
 ///
 /// A trigram here is three ASCII letters or digits in a row (pg_trgm also makes
 /// trigrams of word boundaries, which the whole pattern still has). Trigrams that
@@ -344,7 +343,7 @@ impl Sample {
 /// pattern, so that `%piece%piece%` holds wherever the pattern does; a trigram that
 /// would overlap a chosen one by a letter without being next to it is passed over.
 /// Only the first [`MOST_TRIGRAMS`] are weighed.
-fn narrow(pattern: &str, sample: &Sample, share: f64) -> Option<String> {
+fn narrow(pattern: &str, sample: &Sample, share: f64) -> Option<(String, Vec<bool>)> {
     let bytes = pattern.as_bytes();
     let windows = trigrams(pattern);
     if windows.len() < 2 {
@@ -405,7 +404,7 @@ fn narrow(pattern: &str, sample: &Sample, share: f64) -> Option<String> {
         }
     }
     like.push('%');
-    Some(like)
+    Some((like, left))
 }
 
 /// Where `pattern`'s first [`MOST_TRIGRAMS`] trigrams begin: three ASCII letters or
@@ -465,7 +464,7 @@ mod tests {
     fn every_name_that_holds_the_pattern_matches_the_narrowed_one() {
         let sample = digit_names();
         for pattern in ["file00042", "bulk00777-file0004", "e00042", "k0012", "file0999", "00777-file0"] {
-            let Some(like) = narrow(pattern, &sample, 0.0) else { continue };
+            let Some((like, _)) = narrow(pattern, &sample, 0.0) else { continue };
             for (before, after) in [("", ""), ("bulk00001-", ".dat"), ("x", "9")] {
                 let name = format!("{before}{pattern}{after}");
                 assert!(like_matches(&like, &name), "{name} does not match {like} (from {pattern})");
@@ -478,7 +477,7 @@ mod tests {
         // `e00` and `004` are in no name, `000` in all: as `%e00%004%` the two rare
         // ones would miss `e0004` itself, since they share its middle `0`.
         let sample = Sample::new((0..200).map(|k| (format!("x000y{k:03}"), 1.0)).collect());
-        let like = narrow("e0004", &sample, 0.0).expect("narrowed");
+        let (like, _) = narrow("e0004", &sample, 0.0).expect("narrowed");
         assert!(like_matches(&like, "e0004"), "{like} misses the pattern itself");
         assert!(!like.contains("000"), "{like} asks for the common trigram");
     }
@@ -501,7 +500,7 @@ mod tests {
                 (name.to_owned(), 0.001)
             })
             .collect();
-        let like = narrow("e00042", &Sample::new(names), 0.0).expect("narrowed");
+        let (like, _) = narrow("e00042", &Sample::new(names), 0.0).expect("narrowed");
         assert_eq!(like, "%00042%");
         assert!(like_matches(&like, "e00042"));
     }
@@ -512,7 +511,7 @@ mod tests {
         // would cost a listing hundreds of milliseconds of the server's time.
         let pattern: String =
             (0..4000).map(|i| char::from(b"0123456789qwxz"[(i * 7 + i / 13) % 14])).collect();
-        let like = narrow(&pattern, &digit_names(), 0.0).expect("narrowed");
+        let (like, _) = narrow(&pattern, &digit_names(), 0.0).expect("narrowed");
         assert!(like_matches(&like, &pattern), "{like}");
         assert!(like_matches(&like, &pattern[..MOST_TRIGRAMS + 2]), "{like} goes past the first trigrams");
     }
