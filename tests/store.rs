@@ -889,16 +889,7 @@ fn listings_that_ask_the_trigram_index_for_rare_pieces_keep_from_walking_or_walk
             .map(String::from),
     );
     let values: Vec<String> = names.iter().map(|n| format!("('{n}')")).collect();
-    schema.admin(&format!(
-        "INSERT INTO peers (server_id, conn, ip, ip_key, port, files)
-             VALUES ((SELECT min(id) FROM servers), 'c:1', '127.0.0.2', '127.0.0.2', 9, {count});
-         INSERT INTO files (peer_id, name, size, root, complete)
-             SELECT (SELECT min(id) FROM peers), n, 1, decode(repeat('00', 32), 'hex'), true
-             FROM (VALUES {values}) v (n);
-         ANALYZE files;",
-        count = names.len(),
-        values = values.join(", ")
-    ));
+    one_peer_holding(&schema, 1, &format!("VALUES {}", values.join(", ")));
     let sample = sample_of(&schema);
     let bunched = "bulk00097";
     let spread = "file0005";
@@ -931,6 +922,21 @@ fn listings_that_ask_the_trigram_index_for_rare_pieces_keep_from_walking_or_walk
     let log = std::fs::read_to_string(dir_a.join("log.log")).unwrap();
     let bounded = |p: &str| log.contains(&format!("the first page of \"{p}\" walks to"));
     assert!(bounded(rare) && !bounded(bunched) && !bounded(spread), "{log}");
+}
+
+/// One peer at the schema's server, written straight into the database: it shares
+/// whole, with `size` bytes each, the names that `names` (SQL giving one column of
+/// text) gives. Then ANALYZE, so that the server's sample holds them.
+fn one_peer_holding(schema: &Schema, size: u32, names: &str) {
+    schema.admin(&format!(
+        "INSERT INTO peers (server_id, conn, ip, ip_key, port, files)
+             VALUES ((SELECT min(id) FROM servers), 'c:1', '127.0.0.2', '127.0.0.2', 9, 0);
+         INSERT INTO files (peer_id, name, size, root, complete)
+             SELECT (SELECT min(id) FROM peers), n, {size}, decode(repeat('00', 32), 'hex'), true
+             FROM ({names}) v (n);
+         UPDATE peers SET files = (SELECT count(*) FROM files);
+         ANALYZE files;"
+    ));
 }
 
 /// PostgreSQL's sample of the names in `schema`, as a server reads it to plan a listing.
@@ -995,15 +1001,12 @@ fn a_first_page_walks_on_while_it_finds_nothing_among_many_names_that_hold_the_p
     let dir = server_dir(&ws, "server");
     let (_server, at) = server(&dir, "127.0.0.1", 0, &schema, &["--log-level", "debug"]);
     // In name order: 20,000 `a-NNNNNN tpmu`, the two matches, 1,000 `z-NNNN`.
-    schema.admin(
-        "INSERT INTO peers (server_id, conn, ip, ip_key, port, files)
-             VALUES ((SELECT min(id) FROM servers), 'c:1', '127.0.0.2', '127.0.0.2', 9, 1);
-         INSERT INTO files (peer_id, name, size, root, complete)
-             SELECT (SELECT min(id) FROM peers), n, 7, decode(repeat('00', 32), 'hex'), true
-             FROM (SELECT format('a-%s tpmu', lpad(g::text, 6, '0')) FROM generate_series(1, 20000) g
-                   UNION ALL SELECT format('z-%s', lpad(g::text, 4, '0')) FROM generate_series(1, 1000) g
-                   UNION ALL VALUES ('m-tpmu tpmu-1'), ('n-TPMU tpmu-2')) v (n);
-         ANALYZE files;",
+    one_peer_holding(
+        &schema,
+        7,
+        "SELECT format('a-%s tpmu', lpad(g::text, 6, '0')) FROM generate_series(1, 20000) g
+         UNION ALL SELECT format('z-%s', lpad(g::text, 4, '0')) FROM generate_series(1, 1000) g
+         UNION ALL VALUES ('m-tpmu tpmu-1'), ('n-TPMU tpmu-2')",
     );
     // The plan the server makes, from the same sample: a walk longer than two steps.
     let sample = sample_of(&schema);
