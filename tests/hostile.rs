@@ -127,7 +127,7 @@ fn a_file_server_refuses_everything_outside_its_folder() {
     for range in ["1..2", "4294967295..4294967297", "0..0"] {
         assert_eq!(
             wire::recv_msg::<FileReply>(&mut s).unwrap(),
-            FileReply::Error(format!("cannot send pieces {range} of \"ok.txt\": it has 1 pieces"))
+            FileReply::Error(format!("cannot send pieces {range} of \"ok.txt\": it has 1 piece"))
         );
     }
     assert_eq!(wire::recv_msg::<FileReply>(&mut s).unwrap(), FileReply::Data { first: 0, count: 1, len: 4 });

@@ -272,9 +272,10 @@ fn handle(shared: &Shared, stream: &TcpStream, from: SocketAddr) -> io::Result<(
                 let pieces = s.geometry.pieces();
                 if count == 0 || first.checked_add(count).is_none_or(|end| end > pieces) {
                     let why = format!(
-                        "cannot send pieces {first}..{} of {:?}: it has {pieces} pieces",
+                        "cannot send pieces {first}..{} of {:?}: it has {}",
                         u64::from(first) + u64::from(count),
-                        s.name()
+                        s.name(),
+                        crate::text::count(pieces, "piece")
                     );
                     refuse(writer, from, why)?;
                     continue;
