@@ -12,8 +12,8 @@ use std::process::Command;
 use std::thread;
 
 use common::{
-    Misbehaviour, Proc, Stream, entries, fake_sender, fake_sender_counted, folder, info, peer_with,
-    random_bytes, register_fake, workspace,
+    Gate, Gates, Misbehaviour, Proc, Stream, entries, fake_sender, fake_sender_counted, fake_sender_gated,
+    folder, info, peer_with, random_bytes, register_fake, wait_for, workspace,
 };
 use peerdex::content::Tree;
 use peerdex::wire::{self, FileInfo, FileReply, FileRequest, Service};
@@ -396,4 +396,45 @@ fn kept_partials_give_way_to_a_download_that_needs_their_room() {
     assert!(fs::read(mount.0.join("new.bin")).unwrap() == content);
     assert!(!older.exists(), "the oldest partial made room");
     assert!(newer.exists(), "only as many as needed were deleted");
+}
+
+#[test]
+fn a_download_that_runs_out_of_room_keeps_nothing_and_offers_no_resume() {
+    let ws = workspace();
+    let content = random_bytes(2 << 20);
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    // A source that sends its first run of pieces, then waits until the folder is full.
+    let (first, full) = (Gate::default(), Gate::default());
+    let gates = Gates {
+        after_first_data: Some(first.clone()),
+        before_more_data: Some(full.clone()),
+        ..Gates::default()
+    };
+    let (source, _) = fake_sender_gated(content.clone(), Misbehaviour::Honest, gates);
+    let _fake = register_fake(index_addr, source.port(), info("big.bin", &content));
+
+    // Room for the download when it starts, taken by another program meanwhile.
+    let mount = Mount::tmpfs(ws.path().join("b"), "3m");
+    let (mut pb, _) = Proc::peer(index_addr, &mount.0);
+    pb.send("download big.bin");
+    first.wait();
+    wait_for("the first pieces to be verified", || {
+        pb.send("downloads");
+        let lines = pb.read_until(Stream::Out, " running, ");
+        lines.iter().any(|l| {
+            l.starts_with("big.bin\t") && !l.starts_with("big.bin\t0 of") && !l.contains("not known")
+        })
+    });
+    let mut filler = fs::File::create(mount.0.join("filler")).unwrap();
+    while std::io::Write::write_all(&mut filler, &[7; 65536]).is_ok() {}
+    full.open();
+
+    let err = pb.expect(Stream::Err, "error: cannot download \"big.bin\"");
+    assert_eq!(
+        err,
+        "error: cannot download \"big.bin\": cannot write to the shared folder: No space left on device (os error 28)"
+    );
+    assert_eq!(entries(&mount.0), ["filler"], "the partial and its record are gone");
+    pb.send("downloads");
+    assert_eq!(pb.read_until(Stream::Out, " running, "), ["0 running, 0 queued"], "nothing to resume");
 }

@@ -512,6 +512,8 @@ pub struct Gates {
     pub before_data: Option<Gate>,
     /// Opened once its first run of pieces is written to the socket.
     pub after_first_data: Option<Gate>,
+    /// Sends no piece bytes after its first run until this opens.
+    pub before_more_data: Option<Gate>,
     /// Holds (says it has, and sends) only the pieces that end by this byte, as a
     /// peer still downloading the file would.
     pub up_to: Option<u64>,
@@ -625,6 +627,11 @@ fn misbehave(
             continue;
         }
         if let Some(gate) = &gates.before_data {
+            gate.wait();
+        }
+        if let Some(gate) = &gates.before_more_data
+            && sent.load(std::sync::atomic::Ordering::SeqCst) > 0
+        {
             gate.wait();
         }
         if let Some(meeting) = &gates.meet

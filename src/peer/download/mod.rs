@@ -607,6 +607,8 @@ impl Downloader<'_> {
         }
         if let Some(e) = state.local {
             state.partial.discard();
+            // Nothing is kept, so nothing is resumable: `downloads` must not offer it.
+            self.progress.done.store(0, Ordering::Relaxed);
             return Err(Failed::Local(e));
         }
         if cancelled && !state.scheduler.is_complete() {
