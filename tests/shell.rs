@@ -208,6 +208,35 @@ fn a_cancelled_download_keeps_its_pieces_and_resumes() {
     assert_eq!(pb.finish().code(), Some(1), "the wrong cancel failed; the cancel itself did not");
 }
 
+/// A download cancelled before any piece arrived says that nothing is kept, and leaves
+/// nothing behind to resume.
+#[test]
+fn a_download_cancelled_before_its_first_piece_keeps_nothing() {
+    use common::{Gate, Gates, Misbehaviour, fake_sender_gated, random_bytes, register_fake};
+    let ws = workspace();
+    let content = random_bytes(1 << 20);
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    let held = Gates { before_data: Some(Gate::default()), ..Gates::default() };
+    let (source, _) = fake_sender_gated(content.clone(), Misbehaviour::Honest, held);
+    let _f = register_fake(index_addr, source.port(), common::info("big.bin", &content));
+
+    let b = folder(ws.path(), "b", &[]);
+    let (mut pb, _) = Proc::peer(index_addr, &b);
+    pb.send("download big.bin");
+    common::wait_for("the download to be running", || {
+        pb.send("downloads");
+        let lines = pb.read_until(Stream::Out, " queued");
+        lines.iter().any(|l| l.starts_with("big.bin\t0 of 1048576 bytes (0%)\t"))
+    });
+    pb.send("cancel big.bin");
+    let line = pb.expect(Stream::Out, "cancelled big.bin");
+    assert_eq!(line, "cancelled big.bin: cancelled before any piece was verified; nothing is kept");
+    pb.send("downloads");
+    assert_eq!(pb.read_until(Stream::Out, " queued"), ["0 running, 0 queued"]);
+    assert_eq!(common::entries(&b), Vec::<String>::new(), "no partial left");
+    assert_eq!(pb.finish().code(), Some(0), "a cancel is no failure");
+}
+
 /// A name with two contents: `download NAME` takes the most shared and says which;
 /// `download NAME@ID` takes the one chosen; an id nobody has is refused.
 #[test]

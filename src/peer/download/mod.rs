@@ -612,11 +612,13 @@ impl Downloader<'_> {
             return Err(Failed::Local(e));
         }
         if cancelled && !state.scheduler.is_complete() {
-            let got = state.scheduler.have().count();
-            return Err(Failed::Local(anyhow!(
-                "cancelled; {got} of its {} pieces are kept, to resume from there",
-                geometry.pieces()
-            )));
+            return Err(Failed::Local(match state.scheduler.have().count() {
+                0 => anyhow!("cancelled before any piece was verified; nothing is kept"),
+                got => anyhow!(
+                    "cancelled; {got} of its {} pieces are kept, to resume from there",
+                    geometry.pieces()
+                ),
+            }));
         }
         if !state.scheduler.is_complete() {
             let got = state.scheduler.have().count();
