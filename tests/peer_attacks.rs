@@ -315,3 +315,79 @@ fn partials_untouched_for_a_week_are_deleted_when_the_peer_starts() {
     assert!(!stale.exists() && fresh.exists());
     pb.finish();
 }
+
+/// A `ListChunk` of the entries `names` (size 1, one peer each).
+fn chunk(names: impl ExactSizeIterator<Item = String>) -> Vec<u8> {
+    let mut chunk = vec![0x83];
+    chunk.extend((names.len() as u32).to_be_bytes());
+    for name in names {
+        chunk.extend((name.len() as u16).to_be_bytes());
+        chunk.extend(name.as_bytes());
+        chunk.extend(1u64.to_be_bytes());
+        chunk.extend([7; 32]);
+        chunk.extend(1u32.to_be_bytes());
+        chunk.extend(0u32.to_be_bytes());
+    }
+    chunk
+}
+
+/// An index (here a fake one) may list millions of names: the peer prints them all,
+/// keeps only the first 100,000 for `download #N`, and says so past them. A listing
+/// longer than the limit asked is refused.
+#[test]
+fn a_listing_of_a_million_names_is_printed_whole_in_bounded_memory() {
+    const NAMES: usize = 1_000_000;
+    let fake = FakeIndex::start_many(|request| match request {
+        Request::List { limit: None, .. } => {
+            let mut frames: Vec<Vec<u8>> = (0..NAMES / 10_000)
+                .map(|c| {
+                    chunk(
+                        (c * 10_000..(c + 1) * 10_000).map(|i| format!("dir{:04}/file{i:07}.bin", i / 1000)),
+                    )
+                })
+                .collect();
+            frames.push(Reply::ListEnd { truncated: false }.encode());
+            Some(frames)
+        }
+        Request::List { limit: Some(_), .. } => {
+            Some(vec![chunk((0..5).map(|i| format!("x{i}"))), Reply::ListEnd { truncated: true }.encode()])
+        }
+        _ => None,
+    });
+    let ws = workspace();
+    let c = folder(ws.path(), "c", &[]);
+    let (mut p, _) = peer_with(fake.addr, &c, &[]);
+    let (rss_before, _) = p.rss_and_threads();
+    p.send("get_files_list");
+    let lines = p.read_until(Stream::Out, " files at other peers");
+    assert_eq!(lines.len(), NAMES + 1);
+    assert_eq!(lines[NAMES - 1], "dir0999/file0999999.bin\t1 byte\t1 peer");
+    assert_eq!(lines[NAMES], "1000000 files at other peers");
+    let (rss, _) = p.rss_and_threads();
+    // Kept whole, the lines took about 100 MB.
+    assert!(
+        rss < rss_before + (40 << 20),
+        "RSS {} MiB after the listing, {} before",
+        rss >> 20,
+        rss_before >> 20
+    );
+
+    p.send("download #100001");
+    let err = p.expect(Stream::Err, "error: cannot download #100001");
+    assert_eq!(
+        err,
+        "error: cannot download #100001: only the first 100000 lines of a listing are kept for #N; list fewer (get_files_list TEXT) or give the name"
+    );
+    p.send("download #1000001");
+    p.expect(Stream::Err, "error: cannot download #1000001: the last listing had 1000000 lines");
+    p.send("get_files_list --dirs");
+    let lines = p.read_until(Stream::Out, " at the top at other peers");
+    assert_eq!(lines.len(), 1001);
+    assert_eq!(lines[0], "dir0000/\t1000 bytes\t1000 files");
+    assert_eq!(lines[1000], "1000 folders and 0 files at the top at other peers");
+
+    p.send("get_files_list --limit 2 x");
+    let err = p.expect(Stream::Err, "error: get_files_list failed");
+    assert!(err.ends_with("the index server sent more entries than the limit of 2"), "{err}");
+    assert_eq!(p.finish().code(), Some(1));
+}

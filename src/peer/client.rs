@@ -220,9 +220,23 @@ impl IndexClient {
         self.exchange(|conn| {
             let request = Request::List { pattern: pattern.to_owned(), limit };
             wire::send_msg(&mut conn.writer, &request)?;
+            let mut left = limit.map_or(u64::MAX, u64::from);
             loop {
                 match wire::recv_msg(&mut conn.reader)? {
-                    Reply::ListChunk(entries) => entries.into_iter().for_each(&mut each),
+                    Reply::ListChunk(entries) => {
+                        // Past the limit the listing is out of step with what was asked:
+                        // the connection goes, as for any reply that breaks the protocol.
+                        left = left.checked_sub(entries.len() as u64).ok_or_else(|| {
+                            io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                format!(
+                                    "the index server sent more entries than the limit of {}",
+                                    limit.unwrap_or(u32::MAX)
+                                ),
+                            )
+                        })?;
+                        entries.into_iter().for_each(&mut each)
+                    }
                     Reply::ListEnd { truncated } => return Ok(Ok(truncated)),
                     Reply::Error(e) => return Ok(Err(escape(&e).into_owned())),
                     other => return Err(unexpected(&other)),

@@ -78,8 +78,9 @@ pub struct Node {
     /// Held while the bars are drawn, and while a download ends: so the bars drawn
     /// never bring back one whose result line is out.
     drawing: Mutex<()>,
-    /// On a terminal, the rows of the listing being printed, shown aligned at its end.
-    rows: Mutex<Vec<([String; 3], Option<crate::content::Hash>)>>,
+    /// On a terminal, the rows of the listing being printed, shown aligned at its end
+    /// (or a block at a time, for a long one).
+    rows: Mutex<super::printer::Table>,
 }
 
 /// A folder download, for its one bar: its files and bytes in all, and the files not
@@ -166,11 +167,15 @@ impl Node {
     pub fn emit(&self, event: &Event) {
         if self.printer == Printer::Terminal {
             if let Some(row) = super::printer::row(event) {
-                return lock(&self.rows).push(row);
+                let block = lock(&self.rows).push(row);
+                for line in block {
+                    self.screen.print(&line, false);
+                }
+                return;
             }
             if let Event::ListEnd { .. } = event {
-                let rows = super::printer::with_ids(std::mem::take(&mut *lock(&self.rows)));
-                for line in super::printer::table(&rows) {
+                let rest = lock(&self.rows).finish();
+                for line in rest {
                     self.screen.print(&line, false);
                 }
             }

@@ -151,16 +151,79 @@ pub fn with_ids(rows: Vec<([String; 3], Option<Hash>)>) -> Vec<[String; 3]> {
 /// Rows in aligned columns, numbered (as `download #N` takes them), the sizes to the
 /// right.
 pub fn table(rows: &[[String; 3]]) -> Vec<String> {
+    table_from(rows, 0, &mut [0; 3])
+}
+
+/// [`table`] for rows that follow `before` rows already printed, as wide as those at
+/// least: `widths` (of the number, name and size columns) grows to fit these.
+fn table_from(rows: &[[String; 3]], before: usize, widths: &mut [usize; 3]) -> Vec<String> {
     let width = |i: usize| rows.iter().map(|r| r[i].width()).max().unwrap_or(0);
-    let (number, name, size) = (format!("#{}", rows.len()).len(), width(0), width(1));
+    let wider = [format!("#{}", before + rows.len()).len(), width(0), width(1)];
+    for (w, new) in widths.iter_mut().zip(wider) {
+        *w = (*w).max(new);
+    }
+    let [number, name, size] = *widths;
     let pad = |text: &str, to: usize| " ".repeat(to.saturating_sub(text.width()));
     rows.iter()
         .enumerate()
         .map(|(i, r)| {
-            let n = format!("#{}", i + 1);
+            let n = format!("#{}", before + i + 1);
             format!("{n:>number$}  {}{}  {}{}  {}", r[0], pad(&r[0], name), pad(&r[1], size), r[1], r[2])
         })
         .collect()
+}
+
+/// Most rows of a listing a terminal's [`Table`] holds to align them: a listing of
+/// millions of names must not take the peer's memory. Past it, the rows so far are
+/// printed, and the next ones aligned with them.
+pub const TABLE_BLOCK: usize = 10_000;
+
+/// A listing on a terminal, gathered to be printed in aligned columns ([`table`]) a
+/// block of at most [`TABLE_BLOCK`] rows at a time.
+#[derive(Default)]
+pub struct Table {
+    rows: Vec<([String; 3], Option<Hash>)>,
+    /// Rows already printed: the next is numbered one more.
+    printed: usize,
+    /// The widths of the columns printed so far, which the next rows keep at least.
+    widths: [usize; 3],
+}
+
+impl Table {
+    /// Adds a row; returns the lines to print now. Those are none until a block has
+    /// gathered; then the block, but for the rows of its last name, which may have
+    /// more contents to come (`NAME@ID` tells a name's contents apart: see
+    /// [`with_ids`]).
+    pub fn push(&mut self, row: ([String; 3], Option<Hash>)) -> Vec<String> {
+        self.rows.push(row);
+        if self.rows.len() < TABLE_BLOCK {
+            return Vec::new();
+        }
+        let last = &self.rows[self.rows.len() - 1].0[0];
+        let held = match self.rows.iter().rposition(|(r, _)| r[0] != *last) {
+            Some(i) => i + 1,
+            // One name's contents fill the whole block.
+            None => self.rows.len(),
+        };
+        let rest = self.rows.split_off(held);
+        let block = std::mem::replace(&mut self.rows, rest);
+        self.print(block)
+    }
+
+    /// The lines of the rows left; the table is then empty, for the next listing.
+    pub fn finish(&mut self) -> Vec<String> {
+        let rows = std::mem::take(&mut self.rows);
+        let lines = self.print(rows);
+        *self = Table::default();
+        lines
+    }
+
+    fn print(&mut self, rows: Vec<([String; 3], Option<Hash>)>) -> Vec<String> {
+        let rows = with_ids(rows);
+        let lines = table_from(&rows, self.printed, &mut self.widths);
+        self.printed += rows.len();
+        lines
+    }
 }
 
 impl Printer {
@@ -438,5 +501,32 @@ mod tests {
         assert_eq!(table(&rows), ["#1  a.txt       5 B  1 peer", "#2  album/  1.4 GiB  12 files"]);
         let wide = [["日本.txt".to_owned(), "5 B".to_owned(), "1 peer".to_owned()], rows[0].clone()];
         assert_eq!(table(&wide), ["#1  日本.txt  5 B  1 peer", "#2  a.txt     5 B  1 peer"], "by columns");
+    }
+
+    #[test]
+    fn a_long_table_is_printed_a_block_at_a_time_numbered_on_and_never_narrower() {
+        let row = |name: String, root: u8| ([name, "1 B".to_owned(), "1 peer".to_owned()], Some([root; 32]));
+        let mut table = Table::default();
+        let mut lines = Vec::new();
+        // Rows 1..=9,999 and a name with two contents across the first block's end.
+        for i in 1..TABLE_BLOCK {
+            assert_eq!(table.push(row(format!("f{i}"), 1)), Vec::<String>::new());
+        }
+        let block = table.push(row("twice".into(), 0xab));
+        assert_eq!(block.len(), TABLE_BLOCK - 1, "the last name is held back for its other contents");
+        lines.extend(block);
+        lines.extend(table.push(row("twice".into(), 0xcd)));
+        lines.extend(table.push(row("g".into(), 1)));
+        let rest = table.finish();
+        assert_eq!(rest.len(), 3);
+        lines.extend(rest);
+        assert_eq!(lines[0], "   #1  f1     1 B  1 peer");
+        assert_eq!(lines[TABLE_BLOCK - 2], "#9999  f9999  1 B  1 peer");
+        assert_eq!(lines[TABLE_BLOCK - 1], "#10000  twice@abababab  1 B  1 peer");
+        assert_eq!(lines[TABLE_BLOCK], "#10001  twice@cdcdcdcd  1 B  1 peer");
+        assert_eq!(lines[TABLE_BLOCK + 1], "#10002  g               1 B  1 peer");
+        // The next listing starts afresh.
+        table.push(row("h".into(), 1));
+        assert_eq!(table.finish(), ["#1  h  1 B  1 peer"]);
     }
 }

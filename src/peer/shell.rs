@@ -29,6 +29,13 @@ use crate::wire::Request;
 /// 4,096 bytes) need less; the cap keeps a runaway input from being buffered whole.
 pub const MAX_LINE_LEN: usize = 8192;
 
+/// Most lines of a listing kept for `download #N` (about 100 bytes each), and most
+/// files and folders that `get_files_list --dirs` gathers at one level: a listing of
+/// millions of names (or an index that never ends one) must not take the peer's
+/// memory. Past it, `#N` says so, and `--dirs` shows what it kept and says that there
+/// is more.
+pub const MAX_KEPT_LINES: usize = 100_000;
+
 /// The help text printed by `help`.
 pub const HELP: &str = "\
 commands:
@@ -449,7 +456,16 @@ type Offers = BTreeMap<SharePath, Vec<(u64, Hash, u32)>>;
 pub struct Shell {
     node: Arc<Node>,
     /// The lines of the last listing, for `download #N`.
-    last: std::sync::Mutex<Vec<Pick>>,
+    last: std::sync::Mutex<Listed>,
+}
+
+/// The last listing, as `download #N` picks from it.
+#[derive(Default)]
+struct Listed {
+    /// Its first [`MAX_KEPT_LINES`] lines.
+    picks: Vec<Pick>,
+    /// How many lines it had.
+    lines: usize,
 }
 
 /// A line of a listing, as `download #N` takes it.
@@ -658,12 +674,15 @@ impl Shell {
             }
             Command::List { pattern, limit, dirs: true } => self.list_folder(&pattern, limit)?,
             Command::List { pattern, limit, dirs: false } => {
-                let mut shown = Vec::new();
+                let (mut picks, mut shown) = (Vec::new(), 0);
                 let listed = node.index.list(&pattern, limit, |e| {
-                    shown.push(Pick::File(e.name.clone(), e.root));
+                    if picks.len() < MAX_KEPT_LINES {
+                        picks.push(Pick::File(e.name.clone(), e.root));
+                    }
+                    shown += 1;
                     node.emit(&Event::Entry(&e));
                 });
-                let shown = self.remember(shown);
+                self.remember(picks, shown);
                 let truncated = listed
                     .context("get_files_list failed")?
                     .map_err(|e| anyhow!("get_files_list failed: the index server says: {e}"))?;
@@ -733,16 +752,25 @@ impl Shell {
         let prefix = if folder.is_empty() { String::new() } else { format!("{folder}/") };
         let mut folders: BTreeMap<String, (u64, u64)> = BTreeMap::new();
         let mut here = Vec::new();
+        // What did not fit in MAX_KEPT_LINES: not shown, but said to be there.
+        let mut beyond = false;
         // The index matches text anywhere in a name, ignoring case: keep what is
         // really under the folder.
         let listed = self.node.index.list(&prefix, None, |e| {
             let Some(rest) = e.name.as_str().strip_prefix(&prefix) else { return };
             match rest.split_once('/') {
                 Some((sub, _)) => {
-                    let f = folders.entry(sub.to_owned()).or_default();
-                    (f.0, f.1) = (f.0 + 1, f.1 + e.size);
+                    let room = folders.len() < MAX_KEPT_LINES;
+                    match folders.get_mut(sub) {
+                        Some(f) => (f.0, f.1) = (f.0 + 1, f.1.saturating_add(e.size)),
+                        None if room => {
+                            folders.insert(sub.to_owned(), (1, e.size));
+                        }
+                        None => beyond = true,
+                    }
                 }
-                None => here.push(e),
+                None if here.len() < MAX_KEPT_LINES => here.push(e),
+                None => beyond = true,
             }
         });
         listed
@@ -764,18 +792,17 @@ impl Shell {
             self.node.emit(&Event::Entry(e));
             shown.push(Pick::File(e.name.clone(), e.root));
         }
-        let shown = self.remember(shown);
+        let lines = shown.len();
+        self.remember(shown, lines);
         let place = Some(prefix.as_str());
         let (folders, files) = (Some(folders.len()), here.len());
-        self.node.emit(&Event::ListEnd { files, folders, place, truncated: shown < total });
+        self.node.emit(&Event::ListEnd { files, folders, place, truncated: lines < total || beyond });
         Ok(())
     }
 
-    /// Keeps a listing's lines for `download #N`; returns how many there are.
-    fn remember(&self, lines: Vec<Pick>) -> usize {
-        let n = lines.len();
-        *crate::lock(&self.last) = lines;
-        n
+    /// Keeps a listing's first lines, `picks`, for `download #N`; it had `lines`.
+    fn remember(&self, picks: Vec<Pick>, lines: usize) {
+        *crate::lock(&self.last) = Listed { picks, lines };
     }
 
     /// One target of `download`.
@@ -787,11 +814,14 @@ impl Shell {
             Target::Glob(glob) => self.download_glob(&glob),
             Target::Line(n) => {
                 let last = crate::lock(&self.last);
-                let Some(pick) = last.get(n - 1).cloned() else {
-                    match last.len() {
+                let Some(pick) = last.picks.get(n - 1).cloned() else {
+                    match last.lines {
                         0 => {
                             bail!("cannot download #{n}: list files first (get_files_list), then pick a line")
                         }
+                        lines if n <= lines => bail!(
+                            "cannot download #{n}: only the first {MAX_KEPT_LINES} lines of a listing are kept for #N; list fewer (get_files_list TEXT) or give the name"
+                        ),
                         lines => bail!(
                             "cannot download #{n}: the last listing had {}",
                             count(lines as u64, "line")

@@ -700,6 +700,11 @@ pub struct FakeIndex {
 
 impl FakeIndex {
     pub fn start(answer: impl Fn(&Request) -> Option<Vec<u8>> + Send + 'static) -> FakeIndex {
+        FakeIndex::start_many(move |request| answer(request).map(|reply| vec![reply]))
+    }
+
+    /// [`FakeIndex::start`], answering a request with several frames (a listing's).
+    pub fn start_many(answer: impl Fn(&Request) -> Option<Vec<Vec<u8>>> + Send + 'static) -> FakeIndex {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -713,13 +718,15 @@ impl FakeIndex {
                 }
                 while let Ok(Some(frame)) = wire::recv_all(&mut r, 1 << 20) {
                     let Ok(request) = <Request as peerdex::wire::Message>::decode(&frame) else { break };
-                    let reply = match (answer(&request), &request) {
+                    let replies = match (answer(&request), &request) {
                         (Some(raw), _) => raw,
-                        (None, Request::Ping) => peerdex::wire::Message::encode(&Reply::Pong),
-                        (None, _) => peerdex::wire::Message::encode(&Reply::Error("not in this fake".into())),
+                        (None, Request::Ping) => vec![peerdex::wire::Message::encode(&Reply::Pong)],
+                        (None, _) => {
+                            vec![peerdex::wire::Message::encode(&Reply::Error("not in this fake".into()))]
+                        }
                     };
                     log.lock().unwrap().push(request);
-                    if wire::send_all(&mut s, &reply).is_err() {
+                    if replies.iter().any(|reply| wire::send_all(&mut s, reply).is_err()) {
                         break;
                     }
                 }
