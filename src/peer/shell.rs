@@ -244,6 +244,9 @@ fn targets(rest: &str) -> Result<Vec<Target>, String> {
         if word.iter().all(|(_, quoted)| !quoted)
             && let Some(n) = line_number(&text)
         {
+            if n == 0 {
+                return Err("there is no line #0: a listing's lines are numbered from 1".into());
+            }
             targets.push(Target::Line(n));
         } else if bare(&['*', '?', '[', '{']) {
             let mut glob = String::new();
@@ -265,13 +268,13 @@ fn targets(rest: &str) -> Result<Vec<Target>, String> {
     Ok(targets)
 }
 
-/// `#N`, N from 1: N.
+/// `#N`: N (0 too, which [`targets`] refuses).
 fn line_number(word: &str) -> Option<usize> {
     let digits = word.strip_prefix('#')?;
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok().filter(|&n| n > 0)
+    digits.parse().ok()
 }
 
 /// One name as `download` takes it: a folder with a trailing '/', a content with
@@ -1221,7 +1224,12 @@ mod tests {
         assert_eq!(targets("download #3"), Ok(vec![Target::Line(3)]));
         assert_eq!(targets("download #1 #12"), Ok(vec![Target::Line(1), Target::Line(12)]));
         assert_eq!(targets("download '#1'"), Ok(vec![file("#1")]), "quoted: a name");
-        assert_eq!(targets("download #0"), Ok(vec![file("#0")]), "no line 0: a name");
+        assert_eq!(
+            targets("download #0"),
+            Err(r#"Err("there is no line #0: a listing's lines are numbered from 1")"#.into()),
+            "every #N is a line, and 0 is none"
+        );
+        assert_eq!(targets("download '#0'"), Ok(vec![file("#0")]), "quoted: a name");
         // Without quotes, globs or only lines: one name, spaces and brackets and all.
         assert_eq!(targets("download song [live].mp3"), Ok(vec![file("song [live].mp3")]));
         assert_eq!(targets("download #1 b.txt"), Ok(vec![file("#1 b.txt")]));
