@@ -438,3 +438,45 @@ fn a_download_that_runs_out_of_room_keeps_nothing_and_offers_no_resume() {
     pb.send("downloads");
     assert_eq!(pb.read_until(Stream::Out, " running, "), ["0 running, 0 queued"], "nothing to resume");
 }
+
+#[test]
+fn a_busy_source_is_asked_again_and_the_line_says_what_goes_on() {
+    const BUSY: &str = "busy: 4 uploads to your address already running (the most allowed)";
+    let ws = workspace();
+    let content = random_bytes(1 << 20);
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    let busy = fake_sender(content.clone(), Misbehaviour::Refuse(BUSY));
+    let _b = register_fake(index_addr, busy.port(), info("f.bin", &content));
+
+    // Alone, it is waited for through a stall window (1 s here), then given up.
+    let alone = folder(ws.path(), "alone", &[]);
+    let (mut p, _) = peer_with(index_addr, &alone, &["--read-timeout", "1"]);
+    p.send("download f.bin");
+    let line = p.expect(Stream::Err, "error: cannot download \"f.bin\" from");
+    assert_eq!(
+        line,
+        format!(
+            "error: cannot download \"f.bin\" from {busy}: the peer refused: {BUSY}; asking it again every 3 s"
+        )
+    );
+    p.expect(Stream::Err, "error: cannot download \"f.bin\": the only peer that shares it failed");
+
+    // Beside an honest source (which sends nothing until the busy one has been heard),
+    // the download goes on with it.
+    let gate = Gate::default();
+    let held = Gates { before_data: Some(gate.clone()), ..Gates::default() };
+    let (honest, _) = fake_sender_gated(content.clone(), Misbehaviour::Honest, held);
+    let _h = register_fake(index_addr, honest.port(), info("f.bin", &content));
+    let b = folder(ws.path(), "b", &[]);
+    let (mut pb, _) = Proc::peer(index_addr, &b);
+    pb.send("download f.bin");
+    let line = pb.expect(Stream::Err, "error: cannot download \"f.bin\" from");
+    assert_eq!(
+        line,
+        format!(
+            "error: cannot download \"f.bin\" from {busy}: the peer refused: {BUSY}; asking it again every 3 s; going on with the other peers"
+        )
+    );
+    gate.open();
+    pb.expect(Stream::Out, &format!("downloaded f.bin (1048576 bytes) from {honest}"));
+}

@@ -572,9 +572,10 @@ impl Downloader<'_> {
                         // Asked again in a while; said once.
                         busy.push((Instant::now() + BUSY_RETRY, started[id].clone()));
                         if told_busy.insert(addr) {
-                            let why =
-                                why.context(format!("asking it again every {} s", BUSY_RETRY.as_secs()));
-                            note(Note::SourceFailed { from: addr, why, more: true });
+                            let why = anyhow!("{why:#}; asking it again every {} s", BUSY_RETRY.as_secs());
+                            // "going on with the other peers" only if there are some.
+                            let more = running > 0 || !reserve.is_empty();
+                            note(Note::SourceFailed { from: addr, why, more });
                         }
                     }
                     End::Busy(_) => {}
