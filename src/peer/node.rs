@@ -580,7 +580,7 @@ fn scan(folder: &SharedFolder) -> anyhow::Result<(Vec<FileInfo>, Skipped)> {
         bail!("the folder has {} files; at most {MAX_FILES_PER_PEER} can be shared", files.len());
     }
     for (path, why) in &scanned.skipped {
-        log::info!("not sharing {:?}: {why}", escape(path));
+        log::info!("not sharing \"{}\": {why}", escape(path));
     }
     Ok((files, scanned.skipped))
 }
