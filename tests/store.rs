@@ -621,6 +621,21 @@ fn a_database_not_in_utf8_is_refused_at_start_with_the_reason() {
 }
 
 #[test]
+fn a_store_url_the_database_refuses_is_told_at_once_with_its_reason() {
+    // r2d2 alone says "timed out waiting for connection: db error" after its wait.
+    let Some(schema) = Schema::new("a_store_url_the_database_refuses") else { return };
+    let ws = workspace();
+    let (base, options) = schema.url.split_once('?').unwrap();
+    let (server_part, _db) = base.rsplit_once('/').unwrap();
+    let missing = format!("{server_part}/peerdex_no_such_database?{options}");
+    let args = ["127.0.0.1", "0", "--store", missing.as_str()];
+    let mut server = Proc::start(env!("CARGO_BIN_EXE_indexing-server"), &args, ws.path());
+    let err = server.expect(Stream::Err, "error: cannot connect to the index store");
+    assert!(err.ends_with(r#": 3D000: database "peerdex_no_such_database" does not exist"#), "{err}");
+    assert_eq!(server.finish().code(), Some(1), "{}", server.dump());
+}
+
+#[test]
 fn indexes_in_several_schemas_of_a_database_without_pg_trgm_share_it_and_outlive_each_other() {
     // pg_trgm lives in one schema of a database. The first server installs it; the
     // servers of every other schema must find it, with `public` in their search path

@@ -462,6 +462,16 @@ impl Store {
         if config.get_keepalives_idle() == Duration::from_secs(2 * 60 * 60) {
             config.keepalives_idle(DEAD_HOST).keepalives_interval(DEAD_HOST / 5);
         }
+        // The pool would say only "timed out waiting for connection: db error" after its
+        // wait: one connection first tells a wrong URL at once, with the database's
+        // reason (`3D000: database "nodb" does not exist`).
+        let mut first = config.clone();
+        if first.get_connect_timeout().is_none() {
+            first.connect_timeout(POOL_WAIT);
+        }
+        if let Err(e) = first.connect(NoTls) {
+            anyhow::bail!("cannot connect to the index store {}: {}", redacted(url), Why(&e));
+        }
         let manager = Manager(PostgresConnectionManager::new(config.clone(), NoTls));
         let pool = r2d2::Pool::builder()
             .max_size(pool.max(1))
