@@ -1196,6 +1196,35 @@ fn connections_the_database_ended_while_pooled_cost_no_request_an_error() {
     assert_eq!(pb.list("kept"), ["kept.txt\t4 bytes\t1 peer"]);
 }
 
+#[test]
+fn the_lease_is_renewed_in_its_next_turn_after_the_database_ended_its_connection() {
+    // A restart of the database, or an administrator, ends the lease thread's idle
+    // connection too. Its next renewal must not fail for it: two failed turns of the
+    // three a lease lasts and the other servers take this one for dead.
+    let Some(schema) = Schema::new("the_lease_is_renewed_in_its_next_turn") else { return };
+    let ws = workspace();
+    let dir = server_dir(&ws, "a");
+    let (_index, at) = server(&dir, "127.0.0.1", 0, &schema, &["--lease", "3"]);
+    let renewing = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = '{}' AND query LIKE 'UPDATE servers SET lease_until%'",
+        schema.name
+    );
+    wait_for("the lease thread to renew", || schema.admin(&renewing)[0].get::<_, i64>(0) > 0);
+    end_connections(&schema);
+    let ended: String = schema.admin("SELECT now()::text")[0].get(0);
+    // A renewal after the end sets the lease past the end plus a lease.
+    let since =
+        format!("SELECT count(*) FROM servers WHERE lease_until > '{ended}'::timestamptz + interval '3 s'");
+    wait_for("a renewal after the end", || schema.admin(&since)[0].get::<_, i64>(0) > 0);
+    // Records reach the log in order: once a later one is there, so is any warning.
+    let client = RawIndexClient::connect(at);
+    let me = format!("{} connected", client.stream.local_addr().unwrap());
+    let log = dir.join("log.log");
+    wait_for("the client's record", || std::fs::read_to_string(&log).unwrap_or_default().contains(&me));
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(!log.contains("cannot renew this server's lease"), "{log}");
+}
+
 /// What a reply says, for comparing two servers: a listing's entries whole (however
 /// they were cut into chunks), and a lookup's holders in a fixed order (the protocol
 /// orders the whole holders before the partial ones, and no further).

@@ -575,18 +575,36 @@ impl Store {
         let mut may_reap = Instant::now() + self.lease;
         loop {
             thread::sleep(self.lease / 3); // the lease's own rhythm, not a wait for an event
-            if own.as_ref().is_none_or(postgres::Client::is_closed) {
-                own = lease_connection(&config, turn)
-                    .inspect_err(|e| log::warn!("index store: the lease thread cannot connect: {}", Why(e)))
-                    .ok();
-            }
-            let Some(client) = own.as_mut() else {
-                may_reap = Instant::now() + self.lease;
-                continue;
-            };
-            if let Err(e) = self.renew(client, Instant::now() >= may_reap) {
-                log::warn!("index store: cannot renew this server's lease: {}", Why(&e));
-                may_reap = Instant::now() + self.lease;
+            // A connection the database ended while idle (a restart, an administrator)
+            // is found so only when used: a new one renews at once, in the same turn,
+            // rather than a turn later (two turns without renewing, of the three a
+            // lease lasts).
+            for fresh in [false, true] {
+                if own.as_ref().is_none_or(postgres::Client::is_closed) {
+                    own = lease_connection(&config, turn)
+                        .inspect_err(|e| {
+                            log::warn!("index store: the lease thread cannot connect: {}", Why(e))
+                        })
+                        .ok();
+                }
+                let Some(client) = own.as_mut() else {
+                    may_reap = Instant::now() + self.lease;
+                    break;
+                };
+                match self.renew(client, Instant::now() >= may_reap) {
+                    Ok(()) => break,
+                    Err(_) if !fresh && (client.is_closed() || client.batch_execute("").is_err()) => {
+                        // The database may have restarted: the others may not have
+                        // renewed meanwhile, as above.
+                        own = None;
+                        may_reap = Instant::now() + self.lease;
+                    }
+                    Err(e) => {
+                        log::warn!("index store: cannot renew this server's lease: {}", Why(&e));
+                        may_reap = Instant::now() + self.lease;
+                        break;
+                    }
+                }
             }
         }
     }
