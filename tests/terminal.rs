@@ -250,3 +250,52 @@ fn cancel_at_the_terminal_keeps_a_partial_that_a_later_download_resumes() {
     p.send_control('d').unwrap();
     p.exp_eof().unwrap();
 }
+
+#[test]
+fn a_listing_cut_short_shows_its_rows_and_the_next_one_starts_afresh() {
+    use peerdex::name::SharePath;
+    use peerdex::wire::{ListEntry, Message, Reply, Request};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let entry = |name: &str| ListEntry {
+        name: SharePath::parse(name).unwrap(),
+        size: 5,
+        root: [7; 32],
+        peers: 1,
+        partial: 0,
+    };
+    // The first listing fails after its first rows (as one does when the index store
+    // goes away mid-listing); the second is whole.
+    let lists = AtomicUsize::new(0);
+    let fake = common::FakeIndex::start_many(move |request| match request {
+        Request::List { .. } if lists.fetch_add(1, Ordering::SeqCst) == 0 => Some(vec![
+            Reply::ListChunk(vec![entry("old1.txt"), entry("old2.txt")]).encode(),
+            Reply::Error("index store unavailable".into()).encode(),
+        ]),
+        Request::List { .. } => Some(vec![
+            Reply::ListChunk(vec![entry("new.txt")]).encode(),
+            Reply::ListEnd { truncated: false }.encode(),
+        ]),
+        _ => None,
+    });
+    let ws = workspace();
+    let b = ws.path().join("b");
+    fs::create_dir(&b).unwrap();
+    let mut p = terminal_peer(fake.addr, &b, &ws.path().join("state"));
+    let mut screen = Screen::new(40, 100);
+    screen.expect(&mut p, "peerdex> ");
+    typed(&mut p, "ls\r");
+    screen.expect(&mut p, "error: get_files_list failed: the index server says: index store unavailable");
+    screen.expect(&mut p, "peerdex> ");
+    typed(&mut p, "ls\r");
+    screen.expect(&mut p, "1 file at other peers");
+    screen.expect(&mut p, "peerdex> ");
+    let rows = screen.rows();
+    let listed: Vec<&String> = rows.iter().filter(|r| r.starts_with('#')).collect();
+    assert_eq!(
+        listed,
+        ["#1  old1.txt  5 B  1 peer", "#2  old2.txt  5 B  1 peer", "#1  new.txt  5 B  1 peer"],
+        "{rows:#?}"
+    );
+    p.send_control('d').unwrap();
+    p.exp_eof().unwrap();
+}

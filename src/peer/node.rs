@@ -187,6 +187,18 @@ impl Node {
         self.printer.emit(event);
     }
 
+    /// Prints, on a terminal, the rows gathered of a listing that ended without its
+    /// `ListEnd` (the index's connection broke): as a script sees them, and not
+    /// mixed into the next listing.
+    pub fn listing_cut_short(&self) {
+        if self.printer == Printer::Terminal {
+            let rows = lock(&self.rows).finish();
+            for line in rows {
+                self.screen.print(&line, false);
+            }
+        }
+    }
+
     /// Reports a failed command: the exit status will be 1.
     pub fn fail(&self, why: impl std::fmt::Display) {
         self.failed.store(true, Ordering::SeqCst);

@@ -686,6 +686,9 @@ impl Shell {
                     node.emit(&Event::Entry(&e));
                 });
                 self.remember(picks, shown);
+                if !matches!(listed, Ok(Ok(_))) {
+                    node.listing_cut_short();
+                }
                 let truncated = listed
                     .context("get_files_list failed")?
                     .map_err(|e| anyhow!("get_files_list failed: the index server says: {e}"))?;
