@@ -4,7 +4,8 @@
 //! result lines, `cancel` keeping a partial that a later `get` resumes, numbered
 //! listings for `get #N`, tab completion of commands and of
 //! names with spaces a folder level at a time, history recalled with up-arrow and kept
-//! across runs, and Ctrl-C (once: cancel the downloads; twice: quit).
+//! across runs, Ctrl-C (once: cancel the downloads; twice: quit), and a listing cut
+//! short by an error, whose rows stay its own.
 
 mod common;
 
