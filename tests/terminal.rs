@@ -2,8 +2,9 @@
 //! aligned columns with human sizes, line editing with a prompt redrawn after
 //! background messages, progress bars drawn above the prompt and cleared by their
 //! result lines, `cancel` keeping a partial that a later `get` resumes, numbered
-//! listings for `get #N`, tab completion of commands and of
-//! names with spaces a folder level at a time, history recalled with up-arrow and kept
+//! listings for `get #N`, tab completion of commands, of names with spaces a folder
+//! level at a time (the index's after `get`, the folder's after `rm`), of downloads
+//! after `cancel`, history recalled with up-arrow and kept
 //! across runs, Ctrl-C (once: cancel the downloads; twice: quit), and a listing cut
 //! short by an error, whose rows stay its own.
 
@@ -297,6 +298,54 @@ fn a_listing_cut_short_shows_its_rows_and_the_next_one_starts_afresh() {
         ["#1  old1.txt  5 B  1 peer", "#2  old2.txt  5 B  1 peer", "#1  new.txt  5 B  1 peer"],
         "{rows:#?}"
     );
+    p.send_control('d').unwrap();
+    p.exp_eof().unwrap();
+}
+
+#[test]
+fn tab_completes_local_names_after_rm_downloads_after_cancel_and_commands_after_help() {
+    let ws = workspace();
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    // A download held before its first byte, to be cancelled.
+    let content = random_bytes(40_000);
+    let held = Gates { before_data: Some(Gate::default()), ..Gates::default() };
+    let (slow, _) = fake_sender_gated(content.clone(), Misbehaviour::Honest, held);
+    let _f = register_fake(index_addr, slow.port(), info("slow download.bin", &content));
+    let b = ws.path().join("b");
+    fs::create_dir_all(b.join("old photos")).unwrap();
+    fs::write(b.join("old photos/cat 1.jpg"), b"cat").unwrap();
+    fs::write(b.join("notes.txt"), b"n").unwrap();
+    // A symlinked folder is never gone through, as `delete` itself never goes.
+    std::os::unix::fs::symlink(ws.path(), b.join("outside")).unwrap();
+
+    let mut p = terminal_peer(index_addr, &b, &ws.path().join("state"));
+    let mut screen = Screen::new(40, 100);
+    screen.expect(&mut p, "peerdex> ");
+    // The shared folder's names, a folder level at a time, spaces and all.
+    typed(&mut p, "rm ol\t");
+    typed(&mut p, "c\t\r");
+    screen.expect(&mut p, "deleted old photos/cat 1.jpg");
+    screen.expect(&mut p, "peerdex> ");
+    assert!(!b.join("old photos/cat 1.jpg").exists());
+    typed(&mut p, "rm outside/\t\t\r");
+    screen.expect(&mut p, "error: invalid file name \"outside/\"");
+    screen.expect(&mut p, "peerdex> ");
+    let rows = screen.rows();
+    assert!(!rows.iter().any(|r| r.contains("outside/b")), "nothing offered through the symlink: {rows:#?}");
+
+    typed(&mut p, "help reg\t\r");
+    screen.expect(&mut p, "share this folder's files");
+    screen.expect(&mut p, "peerdex> ");
+
+    typed(&mut p, "get slow download.bin\r");
+    screen.expect(&mut p, "peerdex> ");
+    typed(&mut p, "cancel sl\t\r");
+    screen.expect(&mut p, "cancelled slow download.bin: ");
+    screen.expect(&mut p, "peerdex> ");
+    let rows = screen.rows();
+    assert!(rows.iter().any(|r| r == "peerdex> rm old photos/cat 1.jpg"), "{rows:#?}");
+    assert!(rows.iter().any(|r| r == "peerdex> help register"), "{rows:#?}");
+    assert!(rows.iter().any(|r| r == "peerdex> cancel slow download.bin"), "{rows:#?}");
     p.send_control('d').unwrap();
     p.exp_eof().unwrap();
 }

@@ -1013,8 +1013,10 @@ const COMMANDS: [&str; 15] = [
     "update",
 ];
 
-/// Tab completion: command names, and after `download` (or `get`) the names the index
-/// lists that start with what is typed, one folder level at a time.
+/// Tab completion: command names; after `download` (or `get`) the names the index
+/// lists that start with what is typed, one folder level at a time; after `delete` (or
+/// `rm`) the names in the shared folder, likewise; after `cancel` the downloads
+/// running or queued; after `help` command names.
 #[derive(rustyline::Helper, rustyline::Highlighter, rustyline::Validator)]
 struct Completion {
     node: Arc<Node>,
@@ -1050,11 +1052,30 @@ impl rustyline::completion::Completer for Completion {
                 names.map(|c| Pair { display: (*c).to_owned(), replacement: format!("{c} ") }).collect();
             return Ok((0, pairs));
         };
-        if !matches!(word, "download" | "get") {
-            return Ok((pos, Vec::new()));
-        }
         let start = word.len() + 1;
         let typed = &line[start..];
+        let found: Vec<String> = match word {
+            "download" | "get" => self.listed(typed),
+            "delete" | "rm" => self.node.folder.complete(typed),
+            "cancel" => {
+                let running = self.node.downloads().into_iter().map(|d| d.name.to_string());
+                running.chain(["--all".to_owned()]).filter(|n| n.starts_with(typed)).collect()
+            }
+            "help" => COMMANDS.iter().filter(|c| c.starts_with(typed)).map(|c| (*c).to_owned()).collect(),
+            _ => return Ok((pos, Vec::new())),
+        };
+        if found.len() > 1 {
+            // The editor is about to list them below the prompt.
+            self.node.screen.blank(PROMPT.width() + line.width());
+        }
+        let pairs = found.into_iter().map(|name| Pair { display: name.clone(), replacement: name }).collect();
+        Ok((start, pairs))
+    }
+}
+
+impl Completion {
+    /// The names the index lists that start with `typed`, a folder level at a time.
+    fn listed(&self, typed: &str) -> Vec<String> {
         let mut found = std::collections::BTreeSet::new();
         let _ = self.node.index.list(typed, Some(COMPLETION_LIMIT), |e| {
             if let Some(rest) = e.name.as_str().strip_prefix(typed) {
@@ -1066,12 +1087,7 @@ impl rustyline::completion::Completer for Completion {
                 found.insert(format!("{typed}{level}"));
             }
         });
-        if found.len() > 1 {
-            // The editor is about to list them below the prompt.
-            self.node.screen.blank(PROMPT.width() + line.width());
-        }
-        let pairs = found.into_iter().map(|name| Pair { display: name.clone(), replacement: name }).collect();
-        Ok((start, pairs))
+        found.into_iter().collect()
     }
 }
 

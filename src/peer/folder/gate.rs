@@ -93,6 +93,42 @@ fn descend(root: &Path, name: &SharePath, make: bool) -> Result<Option<OwnedFd>,
     Ok(Some(dir))
 }
 
+/// The names in the folder `folder` (the shared folder itself with `None`), reached
+/// as a download would be, never through a symlink; each with whether it is a folder
+/// (a symlink is not). Nothing if the folder is missing or cannot be reached.
+pub(super) fn entries(root: &Path, folder: Option<&SharePath>) -> io::Result<Vec<(String, bool)>> {
+    let dir = match folder {
+        None => open_root(root)?,
+        Some(folder) => {
+            // A name inside it: its folders are `folder`'s path.
+            let Ok(inside) = SharePath::join(folder, "x") else { return Ok(Vec::new()) };
+            match descend(root, &inside, false) {
+                Ok(Some(dir)) => dir,
+                Err((Blocked::Io(e), _)) => return Err(e),
+                Ok(None) | Err(_) => return Ok(Vec::new()),
+            }
+        }
+    };
+    let mut names = Vec::new();
+    for entry in rustix::fs::Dir::read_from(&dir)? {
+        let entry = entry?;
+        let Ok(name) = entry.file_name().to_str() else { continue };
+        if name == "." || name == ".." {
+            continue;
+        }
+        let is_dir = match entry.file_type() {
+            rustix::fs::FileType::Directory => true,
+            rustix::fs::FileType::Unknown => rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW)
+                .is_ok_and(|st| {
+                    rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory
+                }),
+            _ => false,
+        };
+        names.push((name.to_owned(), is_dir));
+    }
+    Ok(names)
+}
+
 /// The folder that holds `name`, opened without following a symlink on the way.
 pub(super) fn open_parent(root: &Path, name: &SharePath) -> Result<OwnedFd, OpenError> {
     match descend(root, name, false) {

@@ -465,6 +465,28 @@ impl SharedFolder {
         gate::room_under(&self.root, folder)
     }
 
+    /// The paths here that start with `typed`, a folder level at a time (`album/` for
+    /// the folder, then `album/01 intro.flac` in it), for completing `delete`: names
+    /// that could be shared, reached never through a symlink.
+    pub fn complete(&self, typed: &str) -> Vec<String> {
+        let (folder, start) = match typed.rsplit_once('/') {
+            Some((folder, start)) => match SharePath::parse(folder) {
+                Ok(folder) => (Some(folder), start),
+                Err(_) => return Vec::new(),
+            },
+            None => (None, typed),
+        };
+        let Ok(entries) = gate::entries(&self.root, folder.as_ref()) else { return Vec::new() };
+        let above = folder.map_or(String::new(), |f| format!("{f}/"));
+        let mut found: Vec<String> = entries
+            .into_iter()
+            .filter(|(name, _)| name.starts_with(start) && crate::name::check_component(name).is_ok())
+            .map(|(name, is_dir)| format!("{above}{name}{}", if is_dir { "/" } else { "" }))
+            .collect();
+        found.sort();
+        found
+    }
+
     /// Deletes the file `name` from the folder. A symlink is removed, never its target;
     /// a directory is refused, as is a path through a symlinked folder.
     pub fn delete(&self, name: &SharePath) -> Result<(), OpenError> {
