@@ -4,9 +4,9 @@
 //! result lines, `cancel` keeping a partial that a later `get` resumes, numbered
 //! listings for `get #N`, tab completion of commands, of names with spaces a folder
 //! level at a time (the index's after `get`, the folder's after `rm`), of downloads
-//! after `cancel`, history recalled with up-arrow and kept
-//! across runs, Ctrl-C (once: cancel the downloads; twice: quit), and a listing cut
-//! short by an error, whose rows stay its own.
+//! after `cancel`, history recalled with up-arrow and kept across runs, Ctrl-C (once:
+//! cancel the downloads; twice: quit), and a listing cut short by an error, whose rows
+//! stay its own.
 
 mod common;
 
