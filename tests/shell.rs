@@ -362,3 +362,36 @@ fn download_takes_several_names_globs_and_lines_of_the_last_listing() {
     assert_eq!(pb.finish().code(), Some(1));
     assert_eq!(fs::read(b.join("album/disc 1/01.flac")).unwrap(), b"7777777");
 }
+
+/// Downloads run in the background: a script's `delete` of a name being downloaded
+/// says so, and `wait` lets the script go on only once every download has ended and
+/// its line is out.
+#[test]
+fn wait_lets_a_script_use_what_it_downloaded() {
+    use common::{Gate, Gates, Misbehaviour, fake_sender_gated, random_bytes, register_fake};
+    let ws = workspace();
+    let content = random_bytes(100_000);
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    let gate = Gate::default();
+    let held = Gates { before_data: Some(gate.clone()), ..Gates::default() };
+    let (source, _) = fake_sender_gated(content.clone(), Misbehaviour::Honest, held);
+    let _f = register_fake(index_addr, source.port(), common::info("f.bin", &content));
+
+    let b = folder(ws.path(), "b", &[]);
+    let (mut pb, _) = Proc::peer(index_addr, &b);
+    pb.send("download f.bin");
+    pb.send("delete f.bin");
+    let err = pb.expect(Stream::Err, "error: cannot delete");
+    assert_eq!(
+        err,
+        "error: cannot delete \"f.bin\": it is being downloaded (cancel it first, or let it end: wait)"
+    );
+    pb.send("wait");
+    pb.send("delete f.bin");
+    gate.open();
+    let out = pb.read_until(Stream::Out, "deleted f.bin");
+    assert!(out[0].starts_with("downloaded f.bin (100000 bytes) from "), "{out:?}");
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert!(!b.join("f.bin").exists());
+    assert_eq!(pb.finish().code(), Some(1), "the first delete failed");
+}

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -37,6 +37,17 @@ pub const RECONNECT_FIRST: Duration = Duration::from_millis(100);
 /// Longest wait between reconnection attempts.
 pub const RECONNECT_MAX: Duration = Duration::from_secs(5);
 
+/// Counts a queued download out of [`Node::wait_downloads`]'s when dropped: once its
+/// result line is out, or if its worker panicked (a `wait` must not hang on it).
+struct Settle<'a>(&'a Node);
+
+impl Drop for Settle<'_> {
+    fn drop(&mut self) {
+        *lock(&self.0.outstanding) -= 1;
+        self.0.settled.notify_all();
+    }
+}
+
 /// The peer's state. See the module docs.
 pub struct Node {
     pub(super) index: Arc<IndexClient>,
@@ -49,6 +60,10 @@ pub struct Node {
     failed: AtomicBool,
     /// Names queued or being downloaded, so one name is not fetched twice at once.
     in_flight: Mutex<HashSet<SharePath>>,
+    /// Downloads queued whose result line is not out yet, for `wait`; signalled by
+    /// `settled` as each ends.
+    outstanding: Mutex<usize>,
+    settled: Condvar,
     /// The downloads running now, with how far each has come.
     running: Mutex<BTreeMap<SharePath, Arc<Progress>>>,
     /// Downloads cancelled or failed with verified pieces kept, this session: a later
@@ -124,6 +139,8 @@ impl Node {
             registered: AtomicBool::new(false),
             failed: AtomicBool::new(false),
             in_flight: Mutex::default(),
+            outstanding: Mutex::default(),
+            settled: Condvar::new(),
             running: Mutex::default(),
             cancelled: Mutex::default(),
             resumable: Mutex::default(),
@@ -148,6 +165,7 @@ impl Node {
                     loop {
                         let next = lock(&jobs).recv();
                         let Ok((name, content)) = next else { return };
+                        let _settle = Settle(&me);
                         if lock(&me.cancelled).remove(&name) {
                             lock(&me.in_flight).remove(&name);
                             me.ended(&name);
@@ -228,12 +246,29 @@ impl Node {
             bail!("cannot download {:?}: already downloading it", name.as_str());
         }
         self.emit(&Event::Queued { name: name.as_str() });
+        // Counted before a worker can take it, and so end it.
+        *lock(&self.outstanding) += 1;
         let sent = lock(&self.queue).as_ref().map(|q| q.send((name.clone(), content)));
         if sent.is_none_or(|r| r.is_err()) {
             lock(&self.in_flight).remove(&name);
+            *lock(&self.outstanding) -= 1;
             bail!("cannot download {:?}: the peer is stopping", name.as_str());
         }
         Ok(())
+    }
+
+    /// Whether `name` is queued or being downloaded.
+    pub fn is_downloading(&self, name: &SharePath) -> bool {
+        lock(&self.in_flight).contains(name)
+    }
+
+    /// Waits until every download queued so far has ended and its result line is out
+    /// (`wait`).
+    pub fn wait_downloads(&self) {
+        let mut outstanding = lock(&self.outstanding);
+        while *outstanding > 0 {
+            outstanding = self.settled.wait(outstanding).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
     }
 
     /// A folder download of `files` (each with its size) is about to be queued: they

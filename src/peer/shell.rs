@@ -54,6 +54,7 @@ commands:
   update                            rescan this folder and send the new list
   downloads                         list the running, queued and resumable downloads
   cancel NAME | --all               stop a download (or all), keeping what it verified
+  wait                              wait until every download has ended (for scripts)
   login NAME                        log in to the index server (password from
                                     PEERDEX_PASSWORD, or asked for)
   help [COMMAND]                    this text, or one command's with an example
@@ -61,10 +62,14 @@ commands:
 aliases: ls = get_files_list, get = download, rm = delete";
 
 /// Each command's own help, with an example: `help COMMAND`.
-const COMMAND_HELP: [(&str, &str); 10] = [
+const COMMAND_HELP: [(&str, &str); 11] = [
     (
         "downloads",
         "downloads\n  list the running downloads (name, bytes done of all, rate, sources), then the queued ones,\n  then those cancelled or failed with pieces kept, which a download of the name resumes.\n  example: downloads",
+    ),
+    (
+        "wait",
+        "wait\n  wait until every queued and running download has ended and its result line is out:\n  downloads run in the background, and a script's next line may need the file.\n  example: download a.txt, then wait, then delete a.txt",
     ),
     (
         "cancel",
@@ -142,6 +147,8 @@ pub enum Command {
     Update,
     /// List the running and queued downloads.
     Downloads,
+    /// Wait until every queued and running download has ended.
+    Wait,
     /// Cancel one download (`None`: all of them), keeping what it verified.
     Cancel(Option<SharePath>),
     /// Log in to the index server as this user.
@@ -183,6 +190,7 @@ impl Command {
             "unregister" => no_args(Command::Unregister),
             "update" => no_args(Command::Update),
             "downloads" => no_args(Command::Downloads),
+            "wait" => no_args(Command::Wait),
             "cancel" if rest == "--all" => Ok(Some(Command::Cancel(None))),
             "cancel" => checked(&one_name(word, rest)?).map(|n| Some(Command::Cancel(Some(n)))),
             "help" if rest.is_empty() => Ok(Some(Command::Help(None))),
@@ -695,6 +703,12 @@ impl Shell {
                 node.emit(&Event::ListEnd { files: shown, folders: None, place: None, truncated });
             }
             Command::Delete(name) => {
+                if node.is_downloading(&name) {
+                    bail!(
+                        "cannot delete {:?}: it is being downloaded (cancel it first, or let it end: wait)",
+                        name.as_str()
+                    );
+                }
                 node.folder.delete(&name).map_err(|e| anyhow!("cannot delete {:?}: {e}", name.as_str()))?;
                 if node.registered.load(Ordering::SeqCst) {
                     node.index
@@ -712,6 +726,7 @@ impl Shell {
                     }
                 }
             }
+            Command::Wait => node.wait_downloads(),
             Command::Downloads => {
                 let all = node.downloads();
                 let mut running = 0;
@@ -995,7 +1010,7 @@ pub fn history_path() -> Option<PathBuf> {
 }
 
 /// Commands a completion offers for the first word.
-const COMMANDS: [&str; 15] = [
+const COMMANDS: [&str; 16] = [
     "cancel",
     "delete",
     "download",
@@ -1011,6 +1026,7 @@ const COMMANDS: [&str; 15] = [
     "rm",
     "unregister",
     "update",
+    "wait",
 ];
 
 /// Tab completion: command names; after `download` (or `get`) the names the index
