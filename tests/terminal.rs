@@ -349,3 +349,88 @@ fn tab_completes_local_names_after_rm_downloads_after_cancel_and_commands_after_
     p.send_control('d').unwrap();
     p.exp_eof().unwrap();
 }
+
+#[test]
+fn ctrl_c_while_a_command_runs_stops_a_wait_or_a_listing_and_the_peer_goes_on() {
+    use peerdex::name::SharePath;
+    use peerdex::wire::{self, ListEntry, Message, Reply, Request, Service};
+    let ws = workspace();
+    // A fake index whose listing sends 3 entries, then 5 more once the gate opens.
+    let (first, rest) = (Gate::default(), Gate::default());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let index = listener.local_addr().unwrap();
+    let (sent, more) = (first.clone(), rest.clone());
+    std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut r = s.try_clone().unwrap();
+        wire::server_handshake(&mut r, &mut s, Service::Index, 4096).unwrap();
+        let entry = |i: usize| ListEntry {
+            name: SharePath::parse(&format!("f{i}.txt")).unwrap(),
+            size: 5,
+            root: [7; 32],
+            peers: 1,
+            partial: 0,
+        };
+        while let Ok(request) = wire::recv_msg::<Request>(&mut r) {
+            let reply = match request {
+                Request::List { .. } => {
+                    wire::send_msg(&mut s, &Reply::ListChunk((0..3).map(entry).collect())).unwrap();
+                    sent.open();
+                    more.wait();
+                    wire::send_msg(&mut s, &Reply::ListChunk((3..8).map(entry).collect())).unwrap();
+                    Reply::ListEnd { truncated: false }
+                }
+                Request::Ping => Reply::Pong,
+                _ => Reply::Error("not in this fake".into()),
+            };
+            if wire::send_all(&mut s, &reply.encode()).is_err() {
+                break;
+            }
+        }
+    });
+    let b = ws.path().join("b");
+    fs::create_dir(&b).unwrap();
+    let mut p = terminal_peer(index, &b, &ws.path().join("state"));
+    let mut screen = Screen::new(40, 100);
+    screen.expect(&mut p, "peerdex> ");
+    typed(&mut p, "ls\r");
+    first.wait();
+    p.send_control('c').unwrap();
+    screen.expect(&mut p, "note: interrupted; Ctrl-C again to quit");
+    rest.open();
+    screen.expect(&mut p, " not shown");
+    screen.expect(&mut p, "peerdex> ");
+    // The entries that came before the Ctrl-C are shown, the others counted.
+    let rows = screen.rows();
+    let shown = rows.iter().filter(|r| r.starts_with('#')).count();
+    let note = rows.iter().find(|r| r.starts_with("note: stopped listing; ")).expect("the note");
+    assert_eq!(note, &format!("note: stopped listing; {} more entries not shown", 8 - shown), "{rows:#?}");
+    assert!(shown <= 3, "{rows:#?}");
+
+    // `wait` on a download held before its first byte: Ctrl-C stops the wait, and
+    // the download goes on.
+    drop(p);
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    let content = random_bytes(40_000);
+    let gate = Gate::default();
+    let held = Gates { before_data: Some(gate.clone()), ..Gates::default() };
+    let (slow, _) = fake_sender_gated(content.clone(), Misbehaviour::Honest, held);
+    let _f = register_fake(index_addr, slow.port(), info("slow.bin", &content));
+    let mut p = terminal_peer(index_addr, &b, &ws.path().join("state"));
+    screen.expect(&mut p, "peerdex> ");
+    typed(&mut p, "get slow.bin\r");
+    screen.expect(&mut p, "peerdex> ");
+    typed(&mut p, "wait\r");
+    // Once the editor has turned bracketed paste off, it has given the terminal back
+    // (it restores the terminal's mode first), and Ctrl-C is a signal, not a key.
+    screen.expect(&mut p, "wait\x1b[?2004l");
+    p.send_control('c').unwrap();
+    // (The note that Ctrl-C came may print before or after this one.)
+    screen.expect(&mut p, "note: stopped waiting; 1 download not ended yet");
+    screen.expect(&mut p, "peerdex> ");
+    gate.open();
+    screen.expect(&mut p, "downloaded slow.bin (40000 bytes) from ");
+    assert_eq!(fs::read(b.join("slow.bin")).unwrap(), content);
+    p.send_control('d').unwrap();
+    p.exp_eof().unwrap();
+}

@@ -64,6 +64,9 @@ pub struct Node {
     /// `settled` as each ends.
     outstanding: Mutex<usize>,
     settled: Condvar,
+    /// Set by Ctrl-C while a command runs on a terminal: a `wait` or a listing being
+    /// printed stops (see [`super::shell`]).
+    pub(super) stop: Arc<AtomicBool>,
     /// The downloads running now, with how far each has come.
     running: Mutex<BTreeMap<SharePath, Arc<Progress>>>,
     /// Downloads cancelled or failed with verified pieces kept, this session: a later
@@ -141,6 +144,7 @@ impl Node {
             in_flight: Mutex::default(),
             outstanding: Mutex::default(),
             settled: Condvar::new(),
+            stop: Arc::default(),
             running: Mutex::default(),
             cancelled: Mutex::default(),
             resumable: Mutex::default(),
@@ -263,12 +267,21 @@ impl Node {
     }
 
     /// Waits until every download queued so far has ended and its result line is out
-    /// (`wait`).
-    pub fn wait_downloads(&self) {
+    /// (`wait`). Returns how many are still going if Ctrl-C stopped the wait first.
+    pub fn wait_downloads(&self) -> Option<usize> {
         let mut outstanding = lock(&self.outstanding);
         while *outstanding > 0 {
-            outstanding = self.settled.wait(outstanding).unwrap_or_else(std::sync::PoisonError::into_inner);
+            if self.stop.swap(false, Ordering::SeqCst) {
+                return Some(*outstanding);
+            }
+            // Woken as each ends; looks at `stop` in between.
+            outstanding = self
+                .settled
+                .wait_timeout(outstanding, Duration::from_millis(100))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
         }
+        None
     }
 
     /// A folder download of `files` (each with its size) is about to be queued: they

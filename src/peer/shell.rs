@@ -539,9 +539,10 @@ impl Shell {
 
     /// The terminal's loop: a line editor (rustyline) with history kept across runs
     /// ([`history_path`]), Ctrl-R search, tab completion of commands and of names the
-    /// index lists, and background messages printed above the line being typed. The
-    /// first Ctrl-C cancels the running downloads (keeping what they verified); a
-    /// second one in a row quits.
+    /// index lists, and background messages printed above the line being typed. At
+    /// the prompt, the first Ctrl-C cancels the running downloads (keeping what they
+    /// verified); a second one in a row quits. While a command runs, Ctrl-C stops a
+    /// `wait` or a listing's printing; a second one before the command ends quits.
     fn edit_lines(&self, input: &mut impl BufRead) {
         let config = rustyline::Config::builder()
             .auto_add_history(true)
@@ -573,6 +574,21 @@ impl Shell {
                 .spawn(move || super::screen::bars(&node, &bars))
                 .ok();
         }
+        // Ctrl-C while a command runs (the editor reads it as a key only at the prompt):
+        // the first stops a `wait`, or the printing of a listing; a second before the
+        // command has ended quits, as Ctrl-C did before it was caught.
+        let stop = Arc::clone(&self.node.stop);
+        let caught = ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+            // Straight to the terminal: this thread must never wait on the screen's
+            // locks, or a second Ctrl-C could not quit.
+            eprintln!("note: interrupted; Ctrl-C again to quit");
+        });
+        if let Err(e) = caught {
+            log::warn!("cannot catch Ctrl-C: {e}");
+        }
         let mut interrupted = false;
         loop {
             screen.reading();
@@ -587,6 +603,7 @@ impl Shell {
             match read {
                 Ok(line) => {
                     interrupted = false;
+                    self.node.stop.store(false, Ordering::SeqCst);
                     if self.line(&line, true, input) == Flow::Quit {
                         break;
                     }
@@ -685,8 +702,13 @@ impl Shell {
             }
             Command::List { pattern, limit, dirs: true } => self.list_folder(&pattern, limit)?,
             Command::List { pattern, limit, dirs: false } => {
-                let (mut picks, mut shown) = (Vec::new(), 0);
+                let (mut picks, mut shown, mut unshown) = (Vec::new(), 0, 0u64);
                 let listed = node.index.list(&pattern, limit, |e| {
+                    // Ctrl-C on a terminal: the rest is read, not shown.
+                    if unshown > 0 || node.stop.swap(false, Ordering::SeqCst) {
+                        unshown += 1;
+                        return;
+                    }
                     if picks.len() < MAX_KEPT_LINES {
                         picks.push(Pick::File(e.name.clone(), e.root));
                     }
@@ -694,6 +716,13 @@ impl Shell {
                     node.emit(&Event::Entry(&e));
                 });
                 self.remember(picks, shown);
+                if unshown > 0 {
+                    node.listing_cut_short();
+                    let more =
+                        if unshown == 1 { "1 more entry".into() } else { format!("{unshown} more entries") };
+                    let note = format!("stopped listing; {more} not shown");
+                    node.emit(&Event::Note(&note));
+                }
                 if !matches!(listed, Ok(Ok(_))) {
                     node.listing_cut_short();
                 }
@@ -726,7 +755,12 @@ impl Shell {
                     }
                 }
             }
-            Command::Wait => node.wait_downloads(),
+            Command::Wait => {
+                if let Some(going) = node.wait_downloads() {
+                    let note = format!("stopped waiting; {} not ended yet", count(going as u64, "download"));
+                    node.emit(&Event::Note(&note));
+                }
+            }
             Command::Downloads => {
                 let all = node.downloads();
                 let mut running = 0;
