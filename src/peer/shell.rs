@@ -592,6 +592,10 @@ impl Shell {
         let mut interrupted = false;
         loop {
             screen.reading();
+            // A Ctrl-C that no command took (one that cannot be stopped) is forgotten
+            // here, before the editor reads: from the moment it hands a line back, a
+            // Ctrl-C is the command's.
+            self.node.stop.store(false, Ordering::SeqCst);
             let read = editor.readline(PROMPT);
             let drawn = std::mem::take(&mut *crate::lock(&typed));
             let line = match &read {
@@ -603,7 +607,6 @@ impl Shell {
             match read {
                 Ok(line) => {
                     interrupted = false;
-                    self.node.stop.store(false, Ordering::SeqCst);
                     if self.line(&line, true, input) == Flow::Quit {
                         break;
                     }
