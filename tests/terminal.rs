@@ -350,12 +350,11 @@ fn tab_completes_local_names_after_rm_downloads_after_cancel_and_commands_after_
     p.exp_eof().unwrap();
 }
 
-#[test]
-fn ctrl_c_while_a_command_runs_stops_a_wait_or_a_listing_and_the_peer_goes_on() {
+/// A fake index whose listing sends 3 entries, opens the first gate, and sends 5
+/// more once the second opens; serves one connection.
+fn held_listing() -> (std::net::SocketAddr, Gate, Gate) {
     use peerdex::name::SharePath;
     use peerdex::wire::{self, ListEntry, Message, Reply, Request, Service};
-    let ws = workspace();
-    // A fake index whose listing sends 3 entries, then 5 more once the gate opens.
     let (first, rest) = (Gate::default(), Gate::default());
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let index = listener.local_addr().unwrap();
@@ -374,10 +373,10 @@ fn ctrl_c_while_a_command_runs_stops_a_wait_or_a_listing_and_the_peer_goes_on() 
         while let Ok(request) = wire::recv_msg::<Request>(&mut r) {
             let reply = match request {
                 Request::List { .. } => {
-                    wire::send_msg(&mut s, &Reply::ListChunk((0..3).map(entry).collect())).unwrap();
+                    let _ = wire::send_msg(&mut s, &Reply::ListChunk((0..3).map(entry).collect()));
                     sent.open();
                     more.wait();
-                    wire::send_msg(&mut s, &Reply::ListChunk((3..8).map(entry).collect())).unwrap();
+                    let _ = wire::send_msg(&mut s, &Reply::ListChunk((3..8).map(entry).collect()));
                     Reply::ListEnd { truncated: false }
                 }
                 Request::Ping => Reply::Pong,
@@ -388,6 +387,13 @@ fn ctrl_c_while_a_command_runs_stops_a_wait_or_a_listing_and_the_peer_goes_on() 
             }
         }
     });
+    (index, first, rest)
+}
+
+#[test]
+fn ctrl_c_while_a_command_runs_stops_a_wait_or_a_listing_and_the_peer_goes_on() {
+    let ws = workspace();
+    let (index, first, rest) = held_listing();
     let b = ws.path().join("b");
     fs::create_dir(&b).unwrap();
     let mut p = terminal_peer(index, &b, &ws.path().join("state"));
@@ -433,4 +439,17 @@ fn ctrl_c_while_a_command_runs_stops_a_wait_or_a_listing_and_the_peer_goes_on() 
     assert_eq!(fs::read(b.join("slow.bin")).unwrap(), content);
     p.send_control('d').unwrap();
     p.exp_eof().unwrap();
+
+    // A second Ctrl-C before the command has ended quits.
+    let (index, first, _rest) = held_listing();
+    let mut p = terminal_peer(index, &b, &ws.path().join("state"));
+    screen.expect(&mut p, "peerdex> ");
+    typed(&mut p, "ls\r");
+    first.wait();
+    p.send_control('c').unwrap();
+    screen.expect(&mut p, "note: interrupted; Ctrl-C again to quit");
+    p.send_control('c').unwrap();
+    p.exp_eof().unwrap();
+    let status = p.process().wait().unwrap();
+    assert!(matches!(status, rexpect::process::WaitStatus::Exited(_, 130)), "{status:?}");
 }

@@ -707,8 +707,9 @@ impl Shell {
             Command::List { pattern, limit, dirs: false } => {
                 let (mut picks, mut shown, mut unshown) = (Vec::new(), 0, 0u64);
                 let listed = node.index.list(&pattern, limit, |e| {
-                    // Ctrl-C on a terminal: the rest is read, not shown.
-                    if unshown > 0 || node.stop.swap(false, Ordering::SeqCst) {
+                    // Ctrl-C on a terminal: the rest is read, not shown (and the flag
+                    // stays up, so that a second Ctrl-C quits).
+                    if unshown > 0 || node.stop.load(Ordering::SeqCst) {
                         unshown += 1;
                         return;
                     }
