@@ -22,6 +22,12 @@ pub const MAX_NAME_LEN: usize = 255;
 /// Longest path accepted, in bytes: Linux's `PATH_MAX`, 4,096.
 pub const MAX_PATH_LEN: usize = 4096;
 
+/// Longest path an index server accepts by default, in bytes (its `--max-name-len`;
+/// why: [`crate::index::registry::MAX_NAME_BYTES`]), and so the longest a peer shares
+/// by default (its own `--max-name-len`): a longer one would make the index refuse the
+/// whole registration.
+pub const INDEX_NAME_LEN: usize = 1024;
+
 /// Most components in a path: folders nested deeper are not shared (and a walk of a
 /// tree stops there, so a pathological tree cannot exhaust it).
 pub const MAX_DEPTH: usize = 32;

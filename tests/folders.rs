@@ -344,3 +344,41 @@ fn a_list_larger_than_one_request_is_registered_whole() {
         }
     }
 }
+
+/// A path longer than an index takes by default (1,024 bytes) would make the index
+/// refuse the whole registration: the peer skips it, says so, and shares the rest.
+/// An index and a peer both started with a larger --max-name-len share it.
+#[test]
+fn a_path_longer_than_the_index_takes_is_skipped_and_the_rest_is_shared() {
+    let ws = workspace();
+    let shared = ws.path().join("shared");
+    let long: Vec<String> = (0..5).map(|i| format!("{}{i}", "d".repeat(250))).collect();
+    let long = format!("{}/f.txt", long.join("/"));
+    assert!(long.len() > 1024 && long.len() <= 2048);
+    put(&shared, &long, b"deep");
+    put(&shared, "short.txt", b"short");
+
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    let (mut p, _) = peer_with(index_addr, &shared, &["-v"]);
+    p.send("register");
+    let line = p.expect(Stream::Out, "registered ");
+    assert_eq!(
+        line,
+        format!(
+            "registered 1 file with the index server {index_addr}; skipped 1 (1 file with a path longer than 1024 bytes)"
+        )
+    );
+    let err = p.expect(Stream::Err, "not sharing");
+    assert!(
+        err.ends_with(&format!(
+            "not sharing \"{long}\": its path is longer than 1024 bytes, the most an index takes (see --max-name-len)"
+        )),
+        "{err}"
+    );
+
+    let (_big, big_addr) = Proc::index_server_with(ws.path(), &["127.0.0.1", "0", "--max-name-len", "2048"]);
+    let (mut q, _) = peer_with(big_addr, &shared, &["--max-name-len", "2048"]);
+    q.send("register");
+    let line = q.expect(Stream::Out, "registered ");
+    assert_eq!(line, format!("registered 2 files with the index server {big_addr}"));
+}

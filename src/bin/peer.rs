@@ -88,6 +88,12 @@ struct Args {
     /// are never shared.
     #[arg(long, value_name = "PATTERN")]
     exclude: Vec<String>,
+    /// Longest path shared, in bytes (at most 4096); a longer one is skipped and
+    /// reported. An index takes at most 1024 unless started with a larger
+    /// --max-name-len: give this peer the same.
+    #[arg(long, value_name = "BYTES", default_value_t = peerdex::name::INDEX_NAME_LEN as u16,
+          value_parser = clap::value_parser!(u16).range(1..=peerdex::name::MAX_PATH_LEN as i64))]
+    max_name_len: u16,
     /// Share the folder at start, as the `register` command does.
     #[arg(long)]
     register: bool,
@@ -152,6 +158,7 @@ fn run(args: Args) -> anyhow::Result<bool> {
         keepalive: args.keepalive,
         watch: !args.no_watch,
         excludes: args.exclude,
+        max_name_len: usize::from(args.max_name_len),
         printer: match args.json {
             true => Printer::Json,
             // A person at a terminal: aligned listings and a line editor.

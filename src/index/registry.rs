@@ -50,7 +50,7 @@ use crate::wire::{FileInfo, ListEntry, MAX_FILES_PER_PEER, PeerHit};
 /// bytes: paths longer than Windows' 260 characters are rare, and with
 /// [`MAX_FILES_PER_IP`] of them one address holds at most about 300 MB of the index's
 /// memory. Up to [`MAX_PATH_LEN`] (4,096) with `--max-name-len`.
-pub const MAX_NAME_BYTES: usize = 1024;
+pub const MAX_NAME_BYTES: usize = crate::name::INDEX_NAME_LEN;
 
 /// Most files registered from one client address, over all its connections: five
 /// peers of [`MAX_FILES_PER_PEER`] files, and at about 400 bytes of memory per entry

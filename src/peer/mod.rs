@@ -68,6 +68,8 @@ pub struct PeerConfig {
     /// What not to share, in gitignore syntax, besides the defaults and the folder's
     /// `.peerdexignore` ([`folder::walk::rules`]).
     pub excludes: Vec<String>,
+    /// Longest path shared, in bytes: [`SharedFolder::sharing_paths_up_to`].
+    pub max_name_len: usize,
     /// How results are printed: lines, or JSON objects (`--json`).
     pub printer: Printer,
     /// Register at start, as the `register` command does (`--register`).
@@ -95,7 +97,8 @@ pub fn default_bind_ip(seen: IpAddr) -> IpAddr {
 pub fn run(config: PeerConfig) -> anyhow::Result<bool> {
     let shown = config.folder.display();
     let folder = SharedFolder::excluding(&config.folder, config.excludes.clone())
-        .with_context(|| format!("cannot share folder {shown}"))?;
+        .with_context(|| format!("cannot share folder {shown}"))?
+        .sharing_paths_up_to(config.max_name_len);
     match partial::remove_stale(folder.root(), partial::MAX_AGE) {
         Ok(0) => {}
         Ok(n) => config

@@ -117,6 +117,8 @@ pub struct SharedFolder {
     offered: Mutex<HashMap<Hash, Arc<PartialView>>>,
     /// Exclusion patterns given on the command line (see [`walk::rules`]).
     excludes: Vec<String>,
+    /// Longest path shared, in bytes ([`SharedFolder::sharing_paths_up_to`]).
+    max_path: usize,
 }
 
 /// What a scan found.
@@ -277,7 +279,17 @@ impl SharedFolder {
             partials: InUse::default(),
             offered: Mutex::default(),
             excludes,
+            max_path: crate::name::INDEX_NAME_LEN,
         })
+    }
+
+    /// Shares paths of at most `max` bytes (by default
+    /// [`crate::name::INDEX_NAME_LEN`], what an index takes by default): a longer one
+    /// is skipped and reported, where the index would refuse the whole registration
+    /// for it.
+    pub fn sharing_paths_up_to(mut self, max: usize) -> SharedFolder {
+        self.max_path = max;
+        self
     }
 
     /// The folder's canonical path.
@@ -305,7 +317,14 @@ impl SharedFolder {
         if !fs::metadata(&self.root)?.is_dir() {
             return Err(io::Error::new(io::ErrorKind::NotADirectory, "not a directory"));
         }
-        let (names, walked) = walk::walk(&self.root, &rules);
+        let (mut names, mut walked) = walk::walk(&self.root, &rules);
+        names.retain(|name| {
+            let fits = name.as_str().len() <= self.max_path;
+            if !fits {
+                walked.push((name.to_string(), Skip::TooLong(self.max_path)));
+            }
+            fits
+        });
         let skipped = Mutex::new(walked);
         let unsettled = AtomicUsize::new(0);
         let next = AtomicUsize::new(0);

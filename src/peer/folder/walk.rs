@@ -40,6 +40,9 @@ pub enum Skip {
     BadName,
     /// Below [`MAX_DEPTH`] levels of folders.
     TooDeep,
+    /// A path longer than the peer shares (`--max-name-len`, by default what an index
+    /// takes by default: [`crate::name::INDEX_NAME_LEN`]).
+    TooLong(usize),
     /// Not a regular file: a FIFO, a socket, a device.
     NotRegular,
     /// It could not be read (permissions, an I/O error), or vanished meanwhile.
@@ -55,6 +58,7 @@ impl Skip {
             Skip::LinkedFolder => format!("{} to a folder (not followed)", count(n64, "symlink")),
             Skip::BadName => format!("{} with a name that cannot be shared", count(n64, "file")),
             Skip::TooDeep => format!("{n} more than {MAX_DEPTH} levels down"),
+            Skip::TooLong(max) => format!("{} with a path longer than {max} bytes", count(n64, "file")),
             Skip::NotRegular => format!("{n} not a regular file"),
             Skip::Unreadable => format!("{n} unreadable"),
         }
@@ -68,6 +72,12 @@ impl fmt::Display for Skip {
             Skip::LinkedFolder => "a symlink to a folder (not followed)",
             Skip::BadName => "its name cannot be shared",
             Skip::TooDeep => "more than 32 levels down",
+            Skip::TooLong(max) => {
+                return write!(
+                    f,
+                    "its path is longer than {max} bytes, the most an index takes (see --max-name-len)"
+                );
+            }
             Skip::NotRegular => "not a regular file",
             Skip::Unreadable => "it cannot be read",
         })
