@@ -357,6 +357,8 @@ fn a_path_longer_than_the_index_takes_is_skipped_and_the_rest_is_shared() {
     assert!(long.len() > 1024 && long.len() <= 2048);
     put(&shared, &long, b"deep");
     put(&shared, "short.txt", b"short");
+    // And a name no rule allows, named escaped once in -v's record.
+    put(&shared, "esc\u{1b}[2J.txt", b"esc");
 
     let (_index, index_addr) = Proc::index_server(ws.path());
     let (mut p, _) = peer_with(index_addr, &shared, &["-v"]);
@@ -365,20 +367,27 @@ fn a_path_longer_than_the_index_takes_is_skipped_and_the_rest_is_shared() {
     assert_eq!(
         line,
         format!(
-            "registered 1 file with the index server {index_addr}; skipped 1 (1 file with a path longer than 1024 bytes)"
+            "registered 1 file with the index server {index_addr}; skipped 2 (1 file with a name that cannot be shared, 1 file with a path longer than 1024 bytes)"
         )
     );
-    let err = p.expect(Stream::Err, "not sharing");
+    let err = p.read_until(Stream::Err, "dddd").join("\n");
     assert!(
-        err.ends_with(&format!(
+        err.contains(&format!(
             "not sharing \"{long}\": its path is longer than 1024 bytes, the most an index takes (see --max-name-len)"
         )),
         "{err}"
     );
+    let err = p.read_until(Stream::Err, "esc").join("\n") + &err;
+    assert!(err.contains("not sharing \"esc\\u{1b}[2J.txt\": its name cannot be shared"), "{err}");
 
     let (_big, big_addr) = Proc::index_server_with(ws.path(), &["127.0.0.1", "0", "--max-name-len", "2048"]);
     let (mut q, _) = peer_with(big_addr, &shared, &["--max-name-len", "2048"]);
     q.send("register");
     let line = q.expect(Stream::Out, "registered ");
-    assert_eq!(line, format!("registered 2 files with the index server {big_addr}"));
+    assert_eq!(
+        line,
+        format!(
+            "registered 2 files with the index server {big_addr}; skipped 1 (1 file with a name that cannot be shared)"
+        )
+    );
 }
