@@ -593,7 +593,7 @@ impl Store {
                 };
                 match self.renew(client, Instant::now() >= may_reap) {
                     Ok(()) => break,
-                    Err(_) if !fresh && (client.is_closed() || client.batch_execute("").is_err()) => {
+                    Err(_) if !fresh && connection_gone(client) => {
                         // The database may have restarted: the others may not have
                         // renewed meanwhile, as above.
                         own = None;
@@ -1627,15 +1627,21 @@ fn hit(r: &postgres::Row, at: usize) -> Option<PeerHit> {
     Some(PeerHit { addr, size: r.get::<_, i64>(at + 2) as u64, root, complete: r.get(at + 4) })
 }
 
-/// Whether `client`, on which a request just failed, has lost its connection (and is
-/// then not given out again). The database's last words before it closes one (57P01,
-/// "terminating connection due to administrator command") may come as the answer to a
-/// statement, before the client has read the end of the connection: an empty
-/// statement, sent only after a failure, reads it.
+/// Whether the pooled `client`, on which a request just failed, has lost its
+/// connection ([`connection_gone`]); it is then not given out again.
 fn lost(client: &mut Client) -> bool {
-    let lost = client.is_closed() || client.batch_execute("").is_err();
+    let lost = connection_gone(client);
     client.broken |= lost;
     lost
+}
+
+/// Whether `client`, on which a statement just failed, has lost its connection. The
+/// database's last words before it closes one (57P01, "terminating connection due to
+/// administrator command") may come as the answer to a statement, before the client
+/// has read the end of the connection: an empty statement, sent only after a failure,
+/// reads it.
+fn connection_gone(client: &mut postgres::Client) -> bool {
+    client.is_closed() || client.batch_execute("").is_err()
 }
 
 /// A database error as a request sees it; the cause goes to the log.

@@ -196,10 +196,7 @@ impl Node {
                 return;
             }
             if let Event::ListEnd { .. } = event {
-                let rest = lock(&self.rows).finish();
-                for line in rest {
-                    self.screen.print(&line, false);
-                }
+                self.flush_rows();
             }
             if let Some((line, to_stderr)) = super::printer::text(event) {
                 self.screen.print(&line, to_stderr);
@@ -209,10 +206,10 @@ impl Node {
         self.printer.emit(event);
     }
 
-    /// Prints, on a terminal, the rows gathered of a listing that ended without its
-    /// `ListEnd` (the index's connection broke): as a script sees them, and not
-    /// mixed into the next listing.
-    pub fn listing_cut_short(&self) {
+    /// Prints, on a terminal, the rows gathered of the listing being printed: at its
+    /// `ListEnd`, or where it ended without one (the index's connection broke) or was
+    /// stopped, as a script sees them, and not mixed into the next listing.
+    pub fn flush_rows(&self) {
         if self.printer == Printer::Terminal {
             let rows = lock(&self.rows).finish();
             for line in rows {

@@ -149,13 +149,8 @@ pub fn with_ids(rows: Vec<([String; 3], Option<Hash>)>) -> Vec<[String; 3]> {
 }
 
 /// Rows in aligned columns, numbered (as `download #N` takes them), the sizes to the
-/// right.
-pub fn table(rows: &[[String; 3]]) -> Vec<String> {
-    table_from(rows, 0, &mut [0; 3])
-}
-
-/// [`table`] for rows that follow `before` rows already printed, as wide as those at
-/// least: `widths` (of the number, name and size columns) grows to fit these.
+/// right, following `before` rows already printed and as wide as those at least:
+/// `widths` (of the number, name and size columns) grows to fit these.
 fn table_from(rows: &[[String; 3]], before: usize, widths: &mut [usize; 3]) -> Vec<String> {
     let width = |i: usize| rows.iter().map(|r| r[i].width()).max().unwrap_or(0);
     let wider = [format!("#{}", before + rows.len()).len(), width(0), width(1)];
@@ -178,8 +173,8 @@ fn table_from(rows: &[[String; 3]], before: usize, widths: &mut [usize; 3]) -> V
 /// printed, and the next ones aligned with them.
 pub const TABLE_BLOCK: usize = 10_000;
 
-/// A listing on a terminal, gathered to be printed in aligned columns ([`table`]) a
-/// block of at most [`TABLE_BLOCK`] rows at a time.
+/// A listing on a terminal, gathered to be printed in aligned columns ([`table_from`])
+/// a block of at most [`TABLE_BLOCK`] rows at a time.
 #[derive(Default)]
 pub struct Table {
     rows: Vec<([String; 3], Option<Hash>)>,
@@ -490,6 +485,11 @@ mod tests {
             vec![(row("a"), Some([0xab; 32])), (row("a"), Some([0xcd; 32])), (row("b"), Some([1; 32]))];
         let shown: Vec<String> = with_ids(rows).into_iter().map(|r| r[0].clone()).collect();
         assert_eq!(shown, ["a@abababab", "a@cdcdcdcd", "b"]);
+    }
+
+    /// A whole table at once.
+    fn table(rows: &[[String; 3]]) -> Vec<String> {
+        table_from(rows, 0, &mut [0; 3])
     }
 
     #[test]

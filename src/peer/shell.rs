@@ -720,15 +720,14 @@ impl Shell {
                     node.emit(&Event::Entry(&e));
                 });
                 self.remember(picks, shown);
+                if unshown > 0 || !matches!(listed, Ok(Ok(_))) {
+                    node.flush_rows();
+                }
                 if unshown > 0 {
-                    node.listing_cut_short();
                     let more =
                         if unshown == 1 { "1 more entry".into() } else { format!("{unshown} more entries") };
                     let note = format!("stopped listing; {more} not shown");
                     node.emit(&Event::Note(&note));
-                }
-                if !matches!(listed, Ok(Ok(_))) {
-                    node.listing_cut_short();
                 }
                 let truncated = listed
                     .context("get_files_list failed")?
