@@ -320,6 +320,51 @@ fn a_watched_tree_reaches_the_index_by_itself() {
     });
 }
 
+/// A shared folder deleted while the peer watches it is no longer listed (its files
+/// cannot be served), and one made again at its path is watched and shared: changes in
+/// it reach the index as before. So is a folder swapped in by a rename.
+#[test]
+fn a_shared_folder_deleted_and_made_again_is_watched_again() {
+    let ws = workspace();
+    let a = ws.path().join("a");
+    put(&a, "old.txt", b"1");
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    let (mut pa, _) = Proc::registered_peer(index_addr, &a, 1);
+    let b = ws.path().join("b");
+    fs::create_dir(&b).unwrap();
+    let (mut pb, _) = Proc::peer(index_addr, &b);
+    let names = |pb: &mut Proc| -> Vec<String> {
+        pb.list("").iter().map(|l| l.split('\t').next().unwrap().to_owned()).collect()
+    };
+
+    fs::remove_dir_all(&a).unwrap();
+    let gone = pa.expect(Stream::Err, "is gone");
+    assert!(gone.contains("the index lists none of its files until it is back"), "{gone}");
+    wait_for("the deleted folder's file to leave the index", || names(&mut pb).is_empty());
+
+    put(&a, "new.txt", b"22");
+    let back = pa.expect(Stream::Err, "is back");
+    assert!(back.ends_with("is back: sharing 1 file"), "{back}");
+    wait_for("the new folder's file to be listed", || names(&mut pb) == ["new.txt"]);
+    // Only a watch on the new folder sees this.
+    put(&a, "later/deep.txt", b"333");
+    common::wait_showing(
+        "a change in the new folder to be listed",
+        || names(&mut pb) == ["later/deep.txt", "new.txt"],
+        &mut [&mut pa],
+    );
+
+    // Swapped at once, with no moment without a folder at the path.
+    fs::rename(&a, ws.path().join("away")).unwrap();
+    put(ws.path(), "next/swapped.txt", b"4444");
+    fs::rename(ws.path().join("next"), &a).unwrap();
+    wait_for("the swapped-in folder's file to be listed", || names(&mut pb) == ["swapped.txt"]);
+    put(&a, "seen.txt", b"6");
+    wait_for("a change in the swapped-in folder to be listed", || {
+        names(&mut pb) == ["seen.txt", "swapped.txt"]
+    });
+}
+
 /// A list of files too large for one request (7,000 paths of 969 bytes: 7 MB of
 /// entries, to an index that takes frames of 5 MB) is sent in parts, and all of it is
 /// registered and found.

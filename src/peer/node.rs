@@ -83,6 +83,8 @@ pub struct Node {
     pub(super) updates: Mutex<()>,
     /// The list the folder watcher last sent, so an unchanged folder sends nothing.
     last_watched: Mutex<Option<Vec<FileInfo>>>,
+    /// Whether the watcher last found no folder at the shared folder's path.
+    folder_gone: AtomicBool,
     /// Sources that stalled or sent wrong bytes, at the back of the order for a while.
     penalties: Penalties,
     /// How what happens is shown.
@@ -152,6 +154,7 @@ impl Node {
             workers: Mutex::default(),
             updates: Mutex::default(),
             last_watched: Mutex::default(),
+            folder_gone: AtomicBool::new(false),
             penalties: Penalties::default(),
             printer,
             progress,
@@ -463,21 +466,45 @@ impl Node {
             return false;
         }
         let _in_order = lock(&self.updates);
+        let root = self.folder.root();
+        let mut gone = false;
         let (files, unsettled) = match self.folder.scan_settled(Some(super::watch::SETTLE)) {
             Ok(scanned) => (scanned.files, scanned.unsettled),
+            // Deleted, moved away, or replaced by a file: none of its files can be
+            // served, so none stays listed. The watcher looks for it again.
+            Err(_) if !root.is_dir() => {
+                gone = true;
+                (Vec::new(), 0)
+            }
             Err(e) => {
-                let why = format!("cannot rescan the shared folder {}: {e}", self.folder.root().display());
+                let why = format!("cannot rescan the shared folder {}: {e}", root.display());
                 self.emit(&Event::Error(&why));
                 return false;
             }
         };
         // Nothing new since the last look (a rescan without a change): say nothing.
         let mut last = lock(&self.last_watched);
-        if last.as_ref() == Some(&files) {
+        if last.as_ref() == Some(&files) && gone == self.folder_gone.load(Ordering::SeqCst) {
             return unsettled > 0;
         }
         match self.send_list(files.clone(), |files| Request::Update { files }) {
-            Ok(_) => *last = Some(files),
+            Ok(count) => {
+                *last = Some(files);
+                if self.folder_gone.swap(gone, Ordering::SeqCst) != gone {
+                    let what = match gone {
+                        true => format!(
+                            "the shared folder {} is gone: the index lists none of its files until it is back",
+                            root.display()
+                        ),
+                        false => format!(
+                            "the shared folder {} is back: sharing {}",
+                            root.display(),
+                            crate::text::count(count, "file")
+                        ),
+                    };
+                    self.emit(&Event::Note(&what));
+                }
+            }
             Err(e) => {
                 // Looked at again after a moment, as for a file still being written:
                 // nothing else would send these changes before the folder changes again.

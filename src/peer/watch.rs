@@ -16,8 +16,9 @@
 //! If the folder cannot be watched (inotify limits, some network filesystems), the
 //! thread says so once on stderr and rescans every [`POLL_INTERVAL`] instead.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
@@ -44,59 +45,101 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
 /// of changes (and every [`POLL_INTERVAL`] if watching is impossible). `sync` returns
 /// whether some file was left out as still being written, in which case it is called
 /// again after [`SETTLE`].
+///
+/// A folder deleted, moved away or replaced takes its watches with it. While nothing
+/// is at its path, `sync` is called every [`POLL_INTERVAL`] (it finds the folder gone);
+/// once a folder is there again, whatever its origin, it is watched and `sync`ed.
 pub fn watch(folder: &Path, mut sync: impl FnMut() -> bool) {
     let (tx, events) = mpsc::channel();
-    let watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
-        let ours = |e: &Event| {
-            !e.paths.is_empty()
-                && e.paths.iter().all(|p| {
-                    p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(RESERVED_PREFIX))
-                })
-        };
-        // Opening, reading or closing a file without writing changes nothing we share.
-        let read_only = |e: &Event| {
-            matches!(e.kind, EventKind::Access(kind) if kind != AccessKind::Close(AccessMode::Write))
-        };
-        match event {
-            Ok(e) if ours(&e) || read_only(&e) => {}
-            // An error (the queue overflowed, say) means changes may have been missed:
-            // rescan to be safe.
-            _ => drop(tx.send(())),
-        }
-    })
-    .and_then(|mut w| w.watch(folder, RecursiveMode::Recursive).map(|()| w));
+    let watcher = Watching::start(folder, &tx);
     // The fallback must work where watching cannot; this lets the tests (and anyone
     // curious) take it on a machine where watching works.
     let watcher = match std::env::var_os(NO_WATCH_VAR) {
         Some(_) => Err(notify::Error::generic(&format!("{NO_WATCH_VAR} is set"))),
         None => watcher,
     };
-    let _watcher = match watcher {
-        Ok(w) => w,
-        Err(e) => {
-            crate::errln!(
-                "note: cannot watch {} for changes ({e}); rescanning it every {} s instead",
-                folder.display(),
-                POLL_INTERVAL.as_secs()
-            );
-            loop {
-                thread::sleep(POLL_INTERVAL);
-                sync();
-            }
-        }
+    let mut watching = match watcher {
+        Ok(w) => Some(w),
+        Err(e) => return poll(folder, &e, sync),
     };
     let mut again_after: Option<Duration> = None;
     loop {
-        // Wait for a change (or for unsettled files to settle).
-        let first = match again_after {
-            Some(wait) => events.recv_timeout(wait),
-            None => events.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        // Wait for a change (or for unsettled files to settle, or, while the folder is
+        // gone, for the next look at its path). `tx` is held here: never disconnected.
+        let wait = match &watching {
+            Some(_) => again_after,
+            None => Some(again_after.unwrap_or(POLL_INTERVAL).min(POLL_INTERVAL)),
         };
-        if first == Err(RecvTimeoutError::Disconnected) {
-            return;
+        match wait {
+            Some(wait) => drop(events.recv_timeout(wait)),
+            None => drop(events.recv()),
         }
         // Debounce: wait for the burst to end.
         while events.recv_timeout(DEBOUNCE).is_ok() {}
+        // Watch what is at the folder's path now, before looking at it, so that no
+        // change after the look goes unseen.
+        let there = identity(folder);
+        if there.is_some() && there != watching.as_ref().and_then(|w| w.folder) {
+            watching = match Watching::start(folder, &tx) {
+                Ok(w) => Some(w),
+                Err(e) => return poll(folder, &e, sync),
+            };
+        } else if there.is_none() {
+            watching = None;
+        }
         again_after = sync().then_some(SETTLE);
+    }
+}
+
+/// Where watching is impossible: says so once, then `sync`s every [`POLL_INTERVAL`].
+fn poll(folder: &Path, e: &notify::Error, mut sync: impl FnMut() -> bool) {
+    crate::errln!(
+        "note: cannot watch {} for changes ({e}); rescanning it every {} s instead",
+        folder.display(),
+        POLL_INTERVAL.as_secs()
+    );
+    loop {
+        thread::sleep(POLL_INTERVAL);
+        sync();
+    }
+}
+
+/// Which folder is at a path: its device and inode, or `None` if no folder is there.
+fn identity(folder: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(folder).ok().filter(|m| m.is_dir()).map(|m| (m.dev(), m.ino()))
+}
+
+/// A folder being watched: the watcher, and which folder it watches.
+struct Watching {
+    _watcher: notify::RecommendedWatcher,
+    folder: Option<(u64, u64)>,
+}
+
+impl Watching {
+    /// Watches the folder at `folder` and every folder under it, sending on `tx` each
+    /// burst's events that may change what is shared.
+    fn start(folder: &Path, tx: &mpsc::Sender<()>) -> notify::Result<Watching> {
+        // Taken before the watch is added: if the folder is replaced in between, the
+        // next look finds it changed and watches again.
+        let there = identity(folder);
+        let tx = tx.clone();
+        let mut watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
+            let ours = |e: &Event| {
+                !e.paths.is_empty()
+                    && e.paths.iter().all(|p| {
+                        p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(RESERVED_PREFIX))
+                    })
+            };
+            // Opening, reading or closing a file without writing changes nothing we share.
+            let read_only = |e: &Event| matches!(e.kind, EventKind::Access(kind) if kind != AccessKind::Close(AccessMode::Write));
+            match event {
+                Ok(e) if ours(&e) || read_only(&e) => {}
+                // An error (the queue overflowed, say) means changes may have been
+                // missed: rescan to be safe.
+                _ => drop(tx.send(())),
+            }
+        })?;
+        watcher.watch(folder, RecursiveMode::Recursive)?;
+        Ok(Watching { _watcher: watcher, folder: there })
     }
 }
