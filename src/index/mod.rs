@@ -14,9 +14,11 @@ pub mod server;
 pub mod store;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 
-pub use registry::{Limits, ListPage, PageBudget, Pattern, Registry, RegistryError};
+use parking_lot::{RwLock, RwLockWriteGuard};
+
+pub use registry::{Change, Limits, ListPage, PageBudget, Pattern, Registry, RegistryError, STEP_FILES};
 pub use server::{Config, serve};
 pub use store::Store;
 
@@ -36,15 +38,19 @@ pub type Looked = Result<Vec<PeerHit>, RegistryError>;
 ///
 /// In memory, the lock never leaves this type: each method takes it, works on memory
 /// only, and drops it before returning, so no lock is ever held across socket I/O.
-/// Critical sections are microseconds long (a listing is read a bounded page at a
-/// time, see [`Registry::list_page`]), so an async or sharded lock would add
-/// complexity without removing any waiting worth having.
+/// Critical sections are short: a listing is read a bounded page at a time (see
+/// [`Registry::list_page`]), and a change of any size is made [`STEP_FILES`] files at
+/// a time, each step under the lock on its own and handed fairly to the threads
+/// waiting ([`Index::carry_out`]): a peer replacing 200,000 files held the lock for
+/// 140 ms at once, and a lookup waited that long; now a lookup waits at most a step,
+/// about a millisecond. So an async or sharded lock would add complexity without
+/// removing any waiting worth having.
 ///
-/// It is a reader-writer lock (`std::sync::RwLock`, the mutex of the design with
-/// shared reading): lookups and listings only read, so eight clients listing with the
-/// worst pattern they can find, each page a millisecond of scanning, never make a
-/// lookup wait for them; changes wait for the pages being read (std's lock on Linux
-/// lets no new reader in while a writer waits).
+/// It is a reader-writer lock (`parking_lot::RwLock`, the mutex of the design with
+/// shared reading, and a fair unlock for a change's steps): lookups and listings only
+/// read, so eight clients listing with the worst pattern they can find, each page a
+/// millisecond of scanning, never make a lookup wait for them; changes wait for the
+/// pages being read (the lock lets no new reader in while a writer waits).
 #[derive(Clone, Debug)]
 pub struct Index {
     backend: Backend,
@@ -76,17 +82,66 @@ impl Index {
     }
 
     /// Runs `f` on the registry in memory under its lock, to change it. A thread that
-    /// panicked while holding the lock cannot have left the registry half-changed
-    /// (every `Registry` method checks before it changes), so a poisoned lock is used
-    /// as it is rather than taking every other connection down.
+    /// panics while holding the lock cannot leave the registry inconsistent (every
+    /// `Registry` method checks before it changes, and a change made in steps is
+    /// consistent between them), so the lock has no poisoning to take every other
+    /// connection down: `parking_lot`'s.
     fn write<T>(registry: &RwLock<Registry>, f: impl FnOnce(&mut Registry) -> T) -> T {
-        f(&mut registry.write().unwrap_or_else(PoisonError::into_inner))
+        f(&mut registry.write())
+    }
+
+    /// [`Index::write`], then hands the lock to the threads waiting for it, if any, before
+    /// this thread may take it again: for a change made a step at a time, so that the
+    /// lookups waiting are answered between its steps. (An unfair unlock, the default,
+    /// lets the thread that unlocked take the lock back before a woken reader runs:
+    /// measured, a lookup then waited as long as the whole change.)
+    fn write_step<T>(registry: &RwLock<Registry>, f: impl FnOnce(&mut Registry) -> T) -> T {
+        let mut registry = registry.write();
+        let done = f(&mut registry);
+        RwLockWriteGuard::unlock_fair(registry);
+        done
     }
 
     /// Runs `f` on the registry in memory under its lock, to read it, beside other
     /// readers.
     fn read<T>(registry: &RwLock<Registry>, f: impl FnOnce(&Registry) -> T) -> T {
-        f(&registry.read().unwrap_or_else(PoisonError::into_inner))
+        f(&registry.read())
+    }
+
+    /// Carries out `change` a step at a time, each under the write lock on its own
+    /// ([`registry::STEP_FILES`]). Returns how many files the peer then shares.
+    fn carry_out(registry: &RwLock<Registry>, mut change: Change) -> Changed {
+        let id = Index::write(registry, |r| r.begin(&mut change))?;
+        while !Index::write_step(registry, |r| r.step(id, &mut change)) {}
+        Ok(change.after())
+    }
+
+    /// The files the peer on `conn` shares, read a part at a time under the read lock
+    /// (only its own connection changes them); `None` if it is not registered.
+    fn files_of(registry: &RwLock<Registry>, conn: SocketAddr) -> Option<Vec<FileInfo>> {
+        let mut files = Vec::new();
+        loop {
+            let part = Index::read(registry, |r| r.files_of(conn, files.len(), STEP_FILES))?;
+            let last = part.len() < STEP_FILES;
+            files.extend(part);
+            if last {
+                return Some(files);
+            }
+        }
+    }
+
+    /// [`Registry::copies`], a part at a time under the read lock.
+    fn copies(
+        registry: &RwLock<Registry>,
+        conn: SocketAddr,
+        names: &[&SharePath],
+    ) -> Result<Vec<Option<(u64, crate::content::Hash)>>, RegistryError> {
+        let mut copies = Vec::with_capacity(names.len());
+        for part in names.chunks(STEP_FILES).chain(names.is_empty().then_some(&[][..])) {
+            let got = Index::read(registry, |r| r.copies(conn, part)).ok_or(RegistryError::NotRegistered)?;
+            copies.extend(got);
+        }
+        Ok(copies)
     }
 
     /// Runs `f` on the registry in memory (tests).
@@ -112,7 +167,12 @@ impl Index {
     /// [`Registry::register`].
     pub fn register(&self, conn: SocketAddr, port: u16, files: Vec<FileInfo>) -> Changed {
         match &self.backend {
-            Backend::Memory(r) => Index::write(r, |r| r.register(conn, port, files)),
+            Backend::Memory(r) => {
+                let limits = Index::read(r, |r| *r.limits());
+                registry::check_registration(&limits, port, &files)?;
+                let old = Index::files_of(r, conn);
+                Index::carry_out(r, Change::replace(conn, Some(port), files, old.as_deref()))
+            }
             Backend::Store(s) => s.register(conn, port, files),
         }
     }
@@ -120,7 +180,12 @@ impl Index {
     /// [`Registry::update`].
     pub fn update(&self, conn: SocketAddr, files: Vec<FileInfo>) -> Changed {
         match &self.backend {
-            Backend::Memory(r) => Index::write(r, |r| r.update(conn, files)),
+            Backend::Memory(r) => {
+                let limits = Index::read(r, |r| *r.limits());
+                let old = Index::files_of(r, conn).ok_or(RegistryError::NotRegistered)?;
+                registry::check_files(&limits, &files)?;
+                Index::carry_out(r, Change::replace(conn, None, files, Some(&old)))
+            }
             Backend::Store(s) => s.update(conn, files),
         }
     }
@@ -128,7 +193,13 @@ impl Index {
     /// [`Registry::add`].
     pub fn add(&self, conn: SocketAddr, files: Vec<FileInfo>) -> Changed {
         match &self.backend {
-            Backend::Memory(r) => Index::write(r, |r| r.add(conn, files)),
+            Backend::Memory(r) => {
+                let limits = Index::read(r, |r| *r.limits());
+                registry::check_files(&limits, &files)?;
+                let names: Vec<&SharePath> = files.iter().map(|f| &f.name).collect();
+                let copies = Index::copies(r, conn, &names)?;
+                Index::carry_out(r, Change::add(conn, files, &copies))
+            }
             Backend::Store(s) => s.add(conn, files),
         }
     }
@@ -136,7 +207,12 @@ impl Index {
     /// [`Registry::delete`].
     pub fn delete(&self, conn: SocketAddr, names: &[SharePath]) -> Changed {
         match &self.backend {
-            Backend::Memory(r) => Index::write(r, |r| r.delete(conn, names)),
+            Backend::Memory(r) => {
+                let refs: Vec<&SharePath> = names.iter().collect();
+                let copies = Index::copies(r, conn, &refs)?;
+                let partials = Index::read(r, |r| r.partial_names(conn)).unwrap_or_default();
+                Index::carry_out(r, Change::delete(conn, names, &copies, &partials))
+            }
             Backend::Store(s) => s.delete(conn, names),
         }
     }
@@ -152,7 +228,10 @@ impl Index {
     /// [`Registry::unregister`].
     pub fn unregister(&self, conn: SocketAddr) -> Result<(), RegistryError> {
         match &self.backend {
-            Backend::Memory(r) => Index::write(r, |r| r.unregister(conn)),
+            Backend::Memory(_) => match self.remove(conn) {
+                true => Ok(()),
+                false => Err(RegistryError::NotRegistered),
+            },
             Backend::Store(s) => s.unregister(conn),
         }
     }
@@ -161,7 +240,16 @@ impl Index {
     /// whether there was one.
     pub fn remove(&self, conn: SocketAddr) -> bool {
         match &self.backend {
-            Backend::Memory(r) => Index::write(r, |r| r.remove(conn)),
+            Backend::Memory(r) => {
+                let mut removed = false;
+                while let Some(done) = Index::write_step(r, |r| r.remove_step(conn, STEP_FILES)) {
+                    removed = true;
+                    if done {
+                        break;
+                    }
+                }
+                removed
+            }
             Backend::Store(s) => s.disconnected(conn),
         }
     }
