@@ -194,7 +194,10 @@ impl Index {
     pub fn add(&self, conn: SocketAddr, files: Vec<FileInfo>) -> Changed {
         match &self.backend {
             Backend::Memory(r) => {
-                let limits = Index::read(r, |r| *r.limits());
+                let (limits, registered) = Index::read(r, |r| (*r.limits(), r.is_registered(conn)));
+                if !registered {
+                    return Err(RegistryError::NotRegistered);
+                }
                 registry::check_files(&limits, &files)?;
                 let names: Vec<&SharePath> = files.iter().map(|f| &f.name).collect();
                 let copies = Index::copies(r, conn, &names)?;

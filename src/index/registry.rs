@@ -497,6 +497,7 @@ impl Registry {
     /// Adds `new` files to a registered peer's list; a name it already shares gets the
     /// new size and hash. Returns how many files it now shares.
     pub fn add(&mut self, conn: SocketAddr, new: Vec<FileInfo>) -> Result<usize, RegistryError> {
+        self.peer(conn).ok_or(RegistryError::NotRegistered)?;
         self.check(&new)?;
         let names: Vec<&SharePath> = new.iter().map(|f| &f.name).collect();
         let copies = self.copies(conn, &names).ok_or(RegistryError::NotRegistered)?;

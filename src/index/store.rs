@@ -977,6 +977,10 @@ impl Store {
 
     /// [`registry::Registry::announce_partial`].
     pub fn announce_partial(&self, conn: SocketAddr, files: Vec<FileInfo>) -> Result<usize, RegistryError> {
+        // More than a peer may have at all, as in memory: refused before any other work.
+        if files.len() > registry::MAX_PARTIALS_PER_PEER {
+            return Err(RegistryError::TooManyPartials { max: registry::MAX_PARTIALS_PER_PEER });
+        }
         registry::check_files(&self.limits, &files)?;
         self.with_client(|client| {
             let mut tx = client.transaction().map_err(unavailable)?;
