@@ -268,21 +268,37 @@ fn traversal_paths_are_refused_everywhere() {
     }
 }
 
+/// An index, a registered peer watching the folder `a` that holds `first` (1 byte), and
+/// a peer to list what the index holds: [`names`].
+struct Watched {
+    _index: Proc,
+    a: std::path::PathBuf,
+    pa: Proc,
+    pb: Proc,
+}
+
+fn watched(root: &Path, first: &str) -> Watched {
+    let a = root.join("a");
+    put(&a, first, b"1");
+    let (_index, index_addr) = Proc::index_server(root);
+    let (pa, _) = Proc::registered_peer(index_addr, &a, 1);
+    let b = root.join("b");
+    fs::create_dir(&b).unwrap();
+    let (pb, _) = Proc::peer(index_addr, &b);
+    Watched { _index, a, pa, pb }
+}
+
+/// What `pb` lists: each name and size (`top.txt 1 byte`).
+fn names(pb: &mut Proc) -> Vec<String> {
+    pb.list("").iter().map(|l| l.split('\t').take(2).collect::<Vec<_>>().join(" ")).collect()
+}
+
 /// A watched tree: a file written deep in a new folder, a folder moved in whole, a file
 /// in a subfolder changed, and a folder deleted all reach the index by themselves.
 #[test]
 fn a_watched_tree_reaches_the_index_by_itself() {
     let ws = workspace();
-    let a = ws.path().join("a");
-    put(&a, "top.txt", b"1");
-    let (_index, index_addr) = Proc::index_server(ws.path());
-    let (mut pa, _) = Proc::registered_peer(index_addr, &a, 1);
-    let b = ws.path().join("b");
-    fs::create_dir(&b).unwrap();
-    let (mut pb, _) = Proc::peer(index_addr, &b);
-    let names = |pb: &mut Proc| -> Vec<String> {
-        pb.list("").iter().map(|l| l.split('\t').take(2).collect::<Vec<_>>().join(" ")).collect()
-    };
+    let Watched { _index, a, mut pa, mut pb } = watched(ws.path(), "top.txt");
 
     put(&a, "new/deeper/x.txt", b"xx");
     // (The watching peer's own output, if this ever times out.)
@@ -326,16 +342,7 @@ fn a_watched_tree_reaches_the_index_by_itself() {
 #[test]
 fn a_shared_folder_deleted_and_made_again_is_watched_again() {
     let ws = workspace();
-    let a = ws.path().join("a");
-    put(&a, "old.txt", b"1");
-    let (_index, index_addr) = Proc::index_server(ws.path());
-    let (mut pa, _) = Proc::registered_peer(index_addr, &a, 1);
-    let b = ws.path().join("b");
-    fs::create_dir(&b).unwrap();
-    let (mut pb, _) = Proc::peer(index_addr, &b);
-    let names = |pb: &mut Proc| -> Vec<String> {
-        pb.list("").iter().map(|l| l.split('\t').next().unwrap().to_owned()).collect()
-    };
+    let Watched { _index, a, mut pa, mut pb } = watched(ws.path(), "old.txt");
 
     fs::remove_dir_all(&a).unwrap();
     let gone = pa.expect(Stream::Err, "is gone");
@@ -345,12 +352,12 @@ fn a_shared_folder_deleted_and_made_again_is_watched_again() {
     put(&a, "new.txt", b"22");
     let back = pa.expect(Stream::Err, "is back");
     assert!(back.ends_with("is back: sharing 1 file"), "{back}");
-    wait_for("the new folder's file to be listed", || names(&mut pb) == ["new.txt"]);
+    wait_for("the new folder's file to be listed", || names(&mut pb) == ["new.txt 2 bytes"]);
     // Only a watch on the new folder sees this.
     put(&a, "later/deep.txt", b"333");
     common::wait_showing(
         "a change in the new folder to be listed",
-        || names(&mut pb) == ["later/deep.txt", "new.txt"],
+        || names(&mut pb) == ["later/deep.txt 3 bytes", "new.txt 2 bytes"],
         &mut [&mut pa],
     );
 
@@ -358,10 +365,10 @@ fn a_shared_folder_deleted_and_made_again_is_watched_again() {
     fs::rename(&a, ws.path().join("away")).unwrap();
     put(ws.path(), "next/swapped.txt", b"4444");
     fs::rename(ws.path().join("next"), &a).unwrap();
-    wait_for("the swapped-in folder's file to be listed", || names(&mut pb) == ["swapped.txt"]);
+    wait_for("the swapped-in folder's file to be listed", || names(&mut pb) == ["swapped.txt 4 bytes"]);
     put(&a, "seen.txt", b"6");
     wait_for("a change in the swapped-in folder to be listed", || {
-        names(&mut pb) == ["seen.txt", "swapped.txt"]
+        names(&mut pb) == ["seen.txt 1 byte", "swapped.txt 4 bytes"]
     });
 }
 
