@@ -137,6 +137,7 @@ impl Index {
         names: &[&SharePath],
     ) -> Result<Vec<Option<(u64, crate::content::Hash)>>, RegistryError> {
         let mut copies = Vec::with_capacity(names.len());
+        // One part at least, so that no names still finds out whether `conn` is registered.
         for part in names.chunks(STEP_FILES).chain(names.is_empty().then_some(&[][..])) {
             let got = Index::read(registry, |r| r.copies(conn, part)).ok_or(RegistryError::NotRegistered)?;
             copies.extend(got);

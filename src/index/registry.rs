@@ -2,10 +2,10 @@
 //! I/O; the server wraps it in a lock (see [`super::Index`]).
 //!
 //! - `peers`: each registered `Peer` (its connection's address, its file-server port
-//!   and its files, in the order it sent them: the shape the design asked for), in a
-//!   slab, at the small id the inverted index knows it by (ids of departed peers are
-//!   reused). A lookup goes from a name's holder to its peer's file by two indexings,
-//!   without hashing an address.
+//!   and its files: the shape the design asked for), in a slab, at the small id the
+//!   inverted index knows it by (ids of departed peers are reused). A lookup goes
+//!   from a name's holder to its peer's file by two indexings, without hashing an
+//!   address.
 //! - `ids`: connection address -> that id.
 //! - `by_name`: name -> the peers that share it, an inverted index so that a lookup
 //!   touches only those peers. Each `Holder` names the peer by its id and gives the
@@ -19,6 +19,11 @@
 //!   order and can be read a page at a time from any name on.
 //!
 //! Beside them, the counts that the limits need: files per client address and in all.
+//!
+//! A change to a peer's files (a registration, an update, an add, a delete) is a
+//! [`Change`]: worked out first, then made [`STEP_FILES`] files a step, so that the
+//! server's lock is never held long for one peer however many files it has; a
+//! removal likewise ([`Registry::remove_step`]).
 //!
 //! Names are [`SharePath`]s, whose text is reference-counted: a name is stored once,
 //! shared by the peer's list and the index (and by every peer that shares it).
@@ -381,7 +386,8 @@ struct Peer {
     port: u16,
     /// Its id in `by_name`'s holders, and its place in `peers`.
     id: PeerId,
-    /// Its files, in the order it sent them (holders point into this list).
+    /// Its files, in no particular order (holders point into this list; a change
+    /// appends and fills holes with the last file).
     files: Vec<FileInfo>,
     /// The files it is downloading and holds in part (see [`Registry::announce_partial`]).
     partials: Vec<FileInfo>,
