@@ -13,6 +13,7 @@
 use std::io::{self, BufReader};
 use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
@@ -36,7 +37,22 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
 struct Conn {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
+    /// The rest of a listing stopped by its asker is still on its way: it is read and
+    /// dropped before the next request ([`IndexClient::list`]).
+    owed: bool,
 }
+
+/// How a listing ended ([`IndexClient::list`]).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Listing {
+    /// The server sent all of it; `truncated` if its `limit` cut it short.
+    Whole { truncated: bool },
+    /// Its asker stopped it; the rest is read later, before the next request.
+    Stopped,
+}
+
+/// How often a listing waiting for its next part looks at its asker's stop flag.
+const STOP_LOOK: Duration = Duration::from_millis(100);
 
 /// What [`IndexClient::watch`] saw.
 #[derive(Debug, PartialEq, Eq)]
@@ -165,7 +181,18 @@ impl IndexClient {
                 ));
             }
         };
-        f(conn).map_err(|e| {
+        let owed = |conn: &mut Conn| {
+            while std::mem::take(&mut conn.owed) {
+                // The rest of a stopped listing, up to its end.
+                match wire::recv_msg(&mut conn.reader)? {
+                    Reply::ListChunk(_) => conn.owed = true,
+                    Reply::ListEnd { .. } | Reply::Error(_) => {}
+                    other => return Err(unexpected(&other)),
+                }
+            }
+            Ok(())
+        };
+        owed(conn).and_then(|()| f(conn)).map_err(|e| {
             *guard = Err(format!("lost: {e}"));
             *lock(&self.watched) = None;
             io::Error::new(e.kind(), format!("index server {server}: {e}"))
@@ -209,19 +236,43 @@ impl IndexClient {
         }
     }
 
-    /// Asks for a listing and hands each entry to `each` as it arrives. Returns whether
-    /// the listing was cut short by `limit`, or the server's error text.
+    /// Asks for a listing and hands each entry to `each` as it arrives. Returns how it
+    /// ended, or the server's error text.
+    ///
+    /// `stop` (Ctrl-C on a terminal) stops it between parts, and while it waits for
+    /// the next: at once, whatever the server does, so the asker gets its prompt back.
+    /// The rest, up to the server's end of the listing, is read and dropped before the
+    /// next request on the connection (the protocol has no way to cancel a listing,
+    /// and the connection carries the registration, so it is not closed).
     pub fn list(
         &self,
         pattern: &str,
         limit: Option<u32>,
+        stop: &AtomicBool,
         mut each: impl FnMut(ListEntry),
-    ) -> io::Result<Result<bool, String>> {
+    ) -> io::Result<Result<Listing, String>> {
         self.exchange(|conn| {
             let request = Request::List { pattern: pattern.to_owned(), limit };
             wire::send_msg(&mut conn.writer, &request)?;
             let mut left = limit.map_or(u64::MAX, u64::from);
             loop {
+                let stopped = || stop.load(Ordering::SeqCst);
+                if conn.reader.buffer().is_empty() {
+                    // Waiting for the next part: a look at `stop` every STOP_LOOK, for as
+                    // long as a reply may take; then the read below times out.
+                    let mut waited = Duration::ZERO;
+                    while waited < REPLY_TIMEOUT && !readable(&conn.writer, STOP_LOOK) {
+                        if stopped() {
+                            conn.owed = true;
+                            return Ok(Ok(Listing::Stopped));
+                        }
+                        waited += STOP_LOOK;
+                    }
+                }
+                if stopped() {
+                    conn.owed = true;
+                    return Ok(Ok(Listing::Stopped));
+                }
                 match wire::recv_msg(&mut conn.reader)? {
                     Reply::ListChunk(entries) => {
                         // Past the limit the listing is out of step with what was asked:
@@ -237,7 +288,7 @@ impl IndexClient {
                         })?;
                         entries.into_iter().for_each(&mut each)
                     }
-                    Reply::ListEnd { truncated } => return Ok(Ok(truncated)),
+                    Reply::ListEnd { truncated } => return Ok(Ok(Listing::Whole { truncated })),
                     Reply::Error(e) => return Ok(Err(escape(&e).into_owned())),
                     other => return Err(unexpected(&other)),
                 }
@@ -264,13 +315,28 @@ fn connect_any(addrs: &[SocketAddr]) -> anyhow::Result<(Conn, (SocketAddr, IpAdd
 fn connect_one(server: SocketAddr) -> io::Result<Conn> {
     let timeouts = ConnectTimeouts { connect: CONNECT_TIMEOUT, io: REPLY_TIMEOUT };
     let stream = net::connect(server, Service::Index, timeouts)?;
-    Ok(Conn { reader: BufReader::new(stream.try_clone()?), writer: stream })
+    Ok(Conn { reader: BufReader::new(stream.try_clone()?), writer: stream, owed: false })
 }
 
 /// The error for an `Error` reply: the server's text, escaped, since it came over the
 /// network.
 pub fn server_says(text: &str) -> anyhow::Error {
     anyhow!("the index server says: {}", escape(text))
+}
+
+/// Waits up to `timeout` for something to read on `stream` (or its end, or an error).
+fn readable(stream: &TcpStream, timeout: Duration) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let mut fds = [PollFd::new(stream, PollFlags::IN)];
+    let timeout = Timespec::try_from(timeout).ok();
+    match poll(&mut fds, timeout.as_ref()) {
+        Ok(n) => n > 0,
+        // A signal (Ctrl-C itself, before its handler has set the stop flag): not yet,
+        // so that the caller looks at the flag again rather than block in a read.
+        Err(rustix::io::Errno::INTR) => false,
+        // Said readable, so that the caller reads and finds out.
+        Err(_) => true,
+    }
 }
 
 /// Waits up to `timeout` for the other end to hang up (or the socket to fail). Only

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, BufRead, IsTerminal, Write};
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::Duration;
@@ -17,6 +17,7 @@ use std::time::Duration;
 use anyhow::{Context, anyhow, bail};
 use unicode_width::UnicodeWidthStr;
 
+use super::client::Listing;
 use super::node::Node;
 use super::printer::{Event, Printer};
 use crate::auth;
@@ -705,14 +706,10 @@ impl Shell {
             }
             Command::List { pattern, limit, dirs: true } => self.list_folder(&pattern, limit)?,
             Command::List { pattern, limit, dirs: false } => {
-                let (mut picks, mut shown, mut unshown) = (Vec::new(), 0, 0u64);
-                let listed = node.index.list(&pattern, limit, |e| {
-                    // Ctrl-C on a terminal: the rest is read, not shown (and the flag
-                    // stays up, so that a second Ctrl-C quits).
-                    if unshown > 0 || node.stop.load(Ordering::SeqCst) {
-                        unshown += 1;
-                        return;
-                    }
+                let (mut picks, mut shown) = (Vec::new(), 0);
+                // Ctrl-C on a terminal stops it at once: the rest is not shown (and the
+                // flag stays up until the prompt, so that a second Ctrl-C quits).
+                let listed = node.index.list(&pattern, limit, &node.stop, |e| {
                     if picks.len() < MAX_KEPT_LINES {
                         picks.push(Pick::File(e.name.clone(), e.root));
                     }
@@ -720,18 +717,20 @@ impl Shell {
                     node.emit(&Event::Entry(&e));
                 });
                 self.remember(picks, shown);
-                if unshown > 0 || !matches!(listed, Ok(Ok(_))) {
+                let stopped = matches!(listed, Ok(Ok(Listing::Stopped)));
+                if stopped || !matches!(listed, Ok(Ok(_))) {
                     node.flush_rows();
                 }
-                if unshown > 0 {
-                    let more =
-                        if unshown == 1 { "1 more entry".into() } else { format!("{unshown} more entries") };
-                    let note = format!("stopped listing; {more} not shown");
-                    node.emit(&Event::Note(&note));
+                if stopped {
+                    node.emit(&Event::Note("stopped listing; the rest is not shown"));
                 }
-                let truncated = listed
+                let truncated = match listed
                     .context("get_files_list failed")?
-                    .map_err(|e| anyhow!("get_files_list failed: the index server says: {e}"))?;
+                    .map_err(|e| anyhow!("get_files_list failed: the index server says: {e}"))?
+                {
+                    Listing::Whole { truncated } => truncated,
+                    Listing::Stopped => true,
+                };
                 node.emit(&Event::ListEnd { files: shown, folders: None, place: None, truncated });
             }
             Command::Delete(name) => {
@@ -814,7 +813,7 @@ impl Shell {
         let mut beyond = false;
         // The index matches text anywhere in a name, ignoring case: keep what is
         // really under the folder.
-        let listed = self.node.index.list(&prefix, None, |e| {
+        let listed = self.node.index.list(&prefix, None, &AtomicBool::new(false), |e| {
             let Some(rest) = e.name.as_str().strip_prefix(&prefix) else { return };
             match rest.split_once('/') {
                 Some((sub, _)) => {
@@ -940,7 +939,7 @@ impl Shell {
     /// (size, root, peers).
     fn offers(&self, text: &str, keep: impl Fn(&str) -> bool) -> anyhow::Result<Offers> {
         let mut offers = Offers::new();
-        let listed = self.node.index.list(text, None, |e| {
+        let listed = self.node.index.list(text, None, &AtomicBool::new(false), |e| {
             if keep(e.name.as_str()) {
                 offers.entry(e.name).or_default().push((e.size, e.root, e.peers));
             }
@@ -1130,7 +1129,7 @@ impl Completion {
     /// The names the index lists that start with `typed`, a folder level at a time.
     fn listed(&self, typed: &str) -> Vec<String> {
         let mut found = std::collections::BTreeSet::new();
-        let _ = self.node.index.list(typed, Some(COMPLETION_LIMIT), |e| {
+        let _ = self.node.index.list(typed, Some(COMPLETION_LIMIT), &AtomicBool::new(false), |e| {
             if let Some(rest) = e.name.as_str().strip_prefix(typed) {
                 // One folder level at a time: up to and with the next '/'.
                 let level = match rest.find('/') {
