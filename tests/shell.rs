@@ -395,3 +395,40 @@ fn wait_lets_a_script_use_what_it_downloaded() {
     assert!(!b.join("f.bin").exists());
     assert_eq!(pb.finish().code(), Some(1), "the first delete failed");
 }
+
+/// In `--json`, a running download whose size is not known yet (the index has not
+/// answered its lookup) has a `total` of null, not 0, which is an empty file's size.
+#[test]
+fn a_download_of_a_size_not_known_yet_has_a_null_total() {
+    use common::{FakeIndex, Gate};
+    use peerdex::wire::{Message, Reply, Request};
+    let ws = workspace();
+    let (asked, answer) = (Gate::default(), Gate::default());
+    let (asking, answering) = (asked.clone(), answer.clone());
+    let fake = FakeIndex::start(move |request| match request {
+        Request::Lookup { .. } => {
+            asking.open();
+            answering.wait();
+            Some(Reply::NoPeers.encode())
+        }
+        _ => None,
+    });
+    let dir = folder(ws.path(), "d", &[]);
+    let port = fake.addr.port().to_string();
+    let args = ["127.0.0.1", port.as_str(), "0", dir.to_str().unwrap(), "--json"];
+    let mut p = Proc::start(env!("CARGO_BIN_EXE_peer"), &args, ws.path());
+    next(&mut p, "serving");
+    p.send("download later.bin");
+    asked.wait();
+    p.send("downloads");
+    let running = next(&mut p, "running");
+    assert_eq!(
+        (&running["name"], &running["done"], &running["total"]),
+        (&json!("later.bin"), &json!(0), &Value::Null)
+    );
+    answer.open();
+    let failed = next(&mut p, "failed");
+    assert_eq!(failed["name"], "later.bin");
+    p.send("quit");
+    p.finish();
+}

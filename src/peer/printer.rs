@@ -378,6 +378,12 @@ fn from_sources(sources: &[(SocketAddr, u64)]) -> String {
     }
 }
 
+/// A running download's size for JSON: `null` while it is not known yet (the index
+/// has not answered), as the text says "size not known yet".
+fn known(total: u64) -> Option<u64> {
+    (total > 0).then_some(total)
+}
+
 /// An event as one JSON object.
 fn json(event: &Event) -> Value {
     match event {
@@ -439,10 +445,10 @@ fn json(event: &Event) -> Value {
         }),
         Event::Cancelled { name, why } => json!({"type": "cancelled", "name": name, "reason": why}),
         Event::Progress { name, done, total, rate, sources } => json!({
-            "type": "progress", "name": name, "done": done, "total": total, "bytes_per_sec": rate, "sources": sources,
+            "type": "progress", "name": name, "done": done, "total": known(*total), "bytes_per_sec": rate, "sources": sources,
         }),
         Event::Running { name, done, total, rate, sources } => json!({
-            "type": "running", "name": name, "done": done, "total": total, "bytes_per_sec": rate, "sources": sources,
+            "type": "running", "name": name, "done": done, "total": known(*total), "bytes_per_sec": rate, "sources": sources,
         }),
         Event::Waiting { name } => json!({"type": "waiting", "name": name}),
         Event::Resumable { name, done, total } => {
