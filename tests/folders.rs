@@ -372,6 +372,57 @@ fn a_shared_folder_deleted_and_made_again_is_watched_again() {
     });
 }
 
+/// A rescan lists the files it hashed before from the hash cache, without opening
+/// them: opening 100,000 files took a rescan 2 s, and each open was one more event for
+/// the watcher. A watched folder of 300 files gets a new one; a watch of the test's
+/// own sees the new file opened (to hash it), and none of the others.
+#[test]
+fn a_rescan_opens_only_the_files_that_changed() {
+    use notify::event::{AccessKind, EventKind};
+    use notify::{RecursiveMode, Watcher};
+    let ws = workspace();
+    let a = ws.path().join("a");
+    for i in 0..300 {
+        put(&a, &format!("d{}/f{i:03}.txt", i % 3), b"x");
+    }
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    let (_pa, _) = Proc::registered_peer(index_addr, &a, 300);
+    let b = ws.path().join("b");
+    fs::create_dir(&b).unwrap();
+    let (mut pb, _) = Proc::peer(index_addr, &b);
+    let (tx, events) = std::sync::mpsc::channel();
+    let mut watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
+        if let Ok(e) = e {
+            let _ = tx.send(e);
+        }
+    })
+    .unwrap();
+    watcher.watch(&a, RecursiveMode::Recursive).unwrap();
+
+    put(&a, "new.txt", b"new");
+    wait_for("the new file to be listed", || pb.list("new").len() == 1);
+    // The peer's rescans opened what they opened before the index had the new file. A
+    // file of peerdex's own (which the peer neither watches nor shares) marks the end
+    // of their events: events come in order.
+    fs::write(a.join(".peerdex-marker"), b"").unwrap();
+    let mut opened = std::collections::BTreeSet::new();
+    loop {
+        let e = events.recv_timeout(common::TIMEOUT).expect("the marker's event");
+        if e.paths.iter().any(|p| p.ends_with(".peerdex-marker")) {
+            break;
+        }
+        if matches!(e.kind, EventKind::Access(AccessKind::Open(_))) {
+            opened.extend(
+                e.paths
+                    .iter()
+                    .filter(|p| p.extension().is_some_and(|x| x == "txt"))
+                    .map(|p| p.strip_prefix(&a).unwrap().to_string_lossy().into_owned()),
+            );
+        }
+    }
+    assert_eq!(opened.into_iter().collect::<Vec<_>>(), ["new.txt"]);
+}
+
 /// A list of files too large for one request (7,000 paths of 969 bytes: 7 MB of
 /// entries, to an index that takes frames of 5 MB) is sent in parts, and all of it is
 /// registered and found.

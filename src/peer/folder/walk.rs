@@ -16,6 +16,7 @@ use std::path::Path;
 
 use ignore::gitignore::{Gitignore, GitignoreBuilder};
 
+use super::Stamp;
 use crate::name::{MAX_DEPTH, RESERVED_PREFIX, SharePath, check_component};
 use crate::text::count;
 
@@ -116,10 +117,14 @@ pub fn rules(root: &Path, extra: &[String]) -> Result<Gitignore, String> {
     b.build().map_err(|e| e.to_string())
 }
 
+/// A path the walk found, with its [`Stamp`] if it is a regular file (from its folder
+/// entry: not opened, no symlink followed).
+pub(super) type Found = (SharePath, Option<Stamp>);
+
 /// Every candidate under `root` (not yet opened: the gate has the last word), in no
 /// particular order, and what was skipped on the way, by path (lossy for names that
 /// are not UTF-8).
-pub fn walk(root: &Path, rules: &Gitignore) -> (Vec<SharePath>, Vec<(String, Skip)>) {
+pub(super) fn walk(root: &Path, rules: &Gitignore) -> (Vec<Found>, Vec<(String, Skip)>) {
     let mut found = Vec::new();
     let mut skipped = Vec::new();
     // Folders to read: their path on disk, their path as shared, their depth.
@@ -165,8 +170,11 @@ pub fn walk(root: &Path, rules: &Gitignore) -> (Vec<SharePath>, Vec<(String, Ski
             } else if kind.is_symlink() && fs::metadata(entry.path()).is_ok_and(|m| m.is_dir()) {
                 skipped.push((path, Skip::LinkedFolder));
             } else {
+                // A regular file's stamp, from the folder's entry (no open, no symlink
+                // followed): a rescan lists it from the hash cache if it is unchanged.
+                let stamp = kind.is_file().then(|| entry.metadata().ok().map(|m| Stamp::of(&m))).flatten();
                 match SharePath::parse(&path) {
-                    Ok(p) => found.push(p),
+                    Ok(p) => found.push((p, stamp)),
                     Err(_) => skipped.push((path, Skip::BadName)), // the whole path is too long
                 }
             }
@@ -206,8 +214,9 @@ mod tests {
         std::os::unix::fs::symlink(root.join("album"), root.join("loop")).unwrap();
         let rules = rules(root, &["*.tmp".to_owned()]).unwrap();
         let (mut found, skipped) = walk(root, &rules);
-        found.sort();
-        let found: Vec<&str> = found.iter().map(SharePath::as_str).collect();
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        assert!(found.iter().all(|(_, stamp)| stamp.is_some_and(|s| s.size == 1)), "{found:?}");
+        let found: Vec<&str> = found.iter().map(|(name, _)| name.as_str()).collect();
         assert_eq!(found, ["album/disc 1/01.flac", "top.txt"]);
         assert_eq!(skipped, [("loop".to_owned(), Skip::LinkedFolder)]);
     }
