@@ -98,6 +98,20 @@ impl Stamp {
         let inode = 0;
         Stamp { size: meta.len(), modified: meta.modified().ok(), inode }
     }
+
+    /// [`Stamp::of`] a `stat`'s result: the same values (`None` for a time before
+    /// 1970, which [`Stamp::of`] is then asked for).
+    // The fields' types differ from one target to another.
+    #[allow(clippy::useless_conversion)]
+    fn of_stat(stat: &rustix::fs::Stat) -> Option<Stamp> {
+        let secs = u64::try_from(i64::from(stat.st_mtime)).ok()?;
+        let nanos = u32::try_from(stat.st_mtime_nsec).ok()?;
+        Some(Stamp {
+            size: u64::try_from(stat.st_size).ok()?,
+            modified: Some(UNIX_EPOCH + Duration::new(secs, nanos)),
+            inode: u64::from(stat.st_ino),
+        })
+    }
 }
 
 /// A shared folder. See the module docs.
@@ -335,17 +349,13 @@ impl SharedFolder {
                     scope.spawn(|| {
                         let mut found = Vec::new();
                         while let Some((name, stamp)) = names.get(next.fetch_add(1, Ordering::Relaxed)) {
-                            // Unchanged since it was hashed (as the walk saw it): listed
-                            // from the cache without opening it. Opening 100,000 files took
-                            // a rescan 2 s, each open also an event for the watcher. (A
-                            // download still opens it through the gate, with every check.)
+                            // Unchanged since it was hashed, and readable (as the walk saw
+                            // it): listed from the cache without opening it. Opening
+                            // 100,000 files took a rescan 2 s, each open also an event for
+                            // the watcher. (A download still opens it through the gate,
+                            // with every check.)
                             if let Some(stamp) = stamp
                                 && let Some(root) = self.cached(name, *stamp)
-                                && rustix::fs::access(
-                                    self.root.join(name.as_str()),
-                                    rustix::fs::Access::READ_OK,
-                                )
-                                .is_ok()
                             {
                                 found.push(FileInfo { name: name.clone(), size: stamp.size, root });
                                 continue;
@@ -379,8 +389,13 @@ impl SharedFolder {
         skipped.sort();
         let mut cache = lock(&self.hashes);
         let before = cache.map.len();
-        cache.map.retain(|name, _| files.binary_search_by(|f| f.name.cmp(name)).is_ok());
-        cache.by_root = cache.map.iter().map(|(name, (_, root))| (*root, name.clone())).collect();
+        // Every file found is in the cache (found there, or hashed and put there): as
+        // many entries as files means none is stale, and a rescan of an unchanged
+        // folder leaves the cache as it is.
+        if before != files.len() {
+            cache.map.retain(|name, _| files.binary_search_by(|f| f.name.cmp(name)).is_ok());
+            cache.by_root = cache.map.iter().map(|(name, (_, root))| (*root, name.clone())).collect();
+        }
         if cache.dirty || cache.map.len() != before {
             cache.dirty = true;
             if let Err(e) = cache.save(self) {

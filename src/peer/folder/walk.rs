@@ -130,6 +130,9 @@ pub(super) fn walk(root: &Path, rules: &Gitignore) -> (Vec<Found>, Vec<(String, 
     // Folders to read: their path on disk, their path as shared, their depth.
     let mut todo = vec![(root.to_path_buf(), String::new(), 0usize)];
     while let Some((dir, rel, depth)) = todo.pop() {
+        // For looking at its files relative to it: one name to look up each, not a
+        // whole path.
+        let dirfd = fs::File::open(&dir).ok();
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(_) => {
@@ -172,7 +175,10 @@ pub(super) fn walk(root: &Path, rules: &Gitignore) -> (Vec<Found>, Vec<(String, 
             } else {
                 // A regular file's stamp, from the folder's entry (no open, no symlink
                 // followed): a rescan lists it from the hash cache if it is unchanged.
-                let stamp = kind.is_file().then(|| entry.metadata().ok().map(|m| Stamp::of(&m))).flatten();
+                let stamp = match &dirfd {
+                    Some(dirfd) if kind.is_file() => stamp_at(dirfd, &raw),
+                    _ => None,
+                };
                 match SharePath::parse(&path) {
                     Ok(p) => found.push((p, stamp)),
                     Err(_) => skipped.push((path, Skip::BadName)), // the whole path is too long
@@ -181,6 +187,15 @@ pub(super) fn walk(root: &Path, rules: &Gitignore) -> (Vec<Found>, Vec<(String, 
         }
     }
     (found, skipped)
+}
+
+/// The stamp of the regular file `name` in the folder `dir`, if it can be read: looked
+/// up relative to the folder, without opening the file or following a symlink.
+fn stamp_at(dir: &fs::File, name: &std::ffi::OsStr) -> Option<Stamp> {
+    use rustix::fs::{Access, AtFlags, accessat, statat};
+    let stat = statat(dir, name, AtFlags::SYMLINK_NOFOLLOW).ok()?;
+    accessat(dir, name, Access::READ_OK, AtFlags::SYMLINK_NOFOLLOW).ok()?;
+    Stamp::of_stat(&stat)
 }
 
 #[cfg(test)]
