@@ -285,6 +285,9 @@ fn a_full_or_read_only_folder_is_a_clear_error_and_nothing_is_lost() {
     pa.expect(Stream::Out, "updated: 5 files registered");
     pb.send("download half1.bin");
     pb.send("download half2.bin");
+    // Once they have ended (the one that ran out of room has given it back): while the
+    // other was still writing, even a small file might not have fitted.
+    pb.send("wait");
     pb.send("download small.txt");
     let status = pb.finish();
     assert_eq!(status.code(), Some(1));
