@@ -455,13 +455,19 @@ fn ctrl_c_while_a_command_runs_stops_a_wait_or_a_listing_and_the_peer_goes_on() 
     p.send_control('d').unwrap();
     p.exp_eof().unwrap();
 
-    // A second Ctrl-C before the command has ended quits: here a listing by folders,
-    // which gathers the whole listing before it shows anything.
+    // A listing by folders, stopped, shows nothing (its counts would be of a part).
     let (index, first, _rest) = held_listing();
     let mut p = terminal_peer(index, &b, &ws.path().join("state"));
     screen.expect(&mut p, "peerdex> ");
     typed(&mut p, "ls --dirs\r");
     first.wait();
+    p.send_control('c').unwrap();
+    screen.expect(&mut p, "note: stopped listing; nothing is shown (folders are counted at its end)");
+    screen.expect(&mut p, "peerdex> ");
+    // A second Ctrl-C before the command has ended quits: here a listing that waits
+    // for the rest of the stopped one, which the index still holds back.
+    typed(&mut p, "ls\r");
+    screen.expect(&mut p, "ls\x1b[?2004l");
     p.send_control('c').unwrap();
     screen.expect(&mut p, "note: interrupted; Ctrl-C again to quit");
     p.send_control('c').unwrap();

@@ -813,7 +813,7 @@ impl Shell {
         let mut beyond = false;
         // The index matches text anywhere in a name, ignoring case: keep what is
         // really under the folder.
-        let listed = self.node.index.list(&prefix, None, &AtomicBool::new(false), |e| {
+        let listed = self.node.index.list(&prefix, None, &self.node.stop, |e| {
             let Some(rest) = e.name.as_str().strip_prefix(&prefix) else { return };
             match rest.split_once('/') {
                 Some((sub, _)) => {
@@ -830,9 +830,16 @@ impl Shell {
                 None => beyond = true,
             }
         });
-        listed
+        let listed = listed
             .context("get_files_list failed")?
             .map_err(|e| anyhow!("get_files_list failed: the index server says: {e}"))?;
+        if listed == Listing::Stopped {
+            // Ctrl-C: counts of part of a listing would mislead, so nothing is shown.
+            self.remember(Vec::new(), 0);
+            self.node
+                .emit(&Event::Note("stopped listing; nothing is shown (folders are counted at its end)"));
+            return Ok(());
+        }
         here.sort_by(|a, b| a.name.cmp(&b.name));
         let limit = limit.map_or(usize::MAX, |n| n as usize);
         let total = folders.len() + here.len();
@@ -939,14 +946,17 @@ impl Shell {
     /// (size, root, peers).
     fn offers(&self, text: &str, keep: impl Fn(&str) -> bool) -> anyhow::Result<Offers> {
         let mut offers = Offers::new();
-        let listed = self.node.index.list(text, None, &AtomicBool::new(false), |e| {
+        let listed = self.node.index.list(text, None, &self.node.stop, |e| {
             if keep(e.name.as_str()) {
                 offers.entry(e.name).or_default().push((e.size, e.root, e.peers));
             }
         });
-        listed
+        let listed = listed
             .context("cannot list the files")?
             .map_err(|e| anyhow!("cannot list the files: the index server says: {e}"))?;
+        if listed == Listing::Stopped {
+            bail!("stopped (Ctrl-C) while listing the files; nothing is downloaded");
+        }
         Ok(offers)
     }
 
