@@ -455,6 +455,23 @@ fn ctrl_c_while_a_command_runs_stops_a_wait_or_a_listing_and_the_peer_goes_on() 
     p.send_control('d').unwrap();
     p.exp_eof().unwrap();
 
+    // A glob download stopped while it lists queues nothing.
+    let (index, first, _rest) = held_listing();
+    let mut p = terminal_peer(index, &b, &ws.path().join("state"));
+    screen.expect(&mut p, "peerdex> ");
+    typed(&mut p, "get f*.txt\r");
+    first.wait();
+    p.send_control('c').unwrap();
+    screen.expect(
+        &mut p,
+        "error: cannot download \"f*.txt\": stopped (Ctrl-C) while listing the files; nothing is queued",
+    );
+    screen.expect(&mut p, "peerdex> ");
+    typed(&mut p, "downloads\r");
+    screen.expect(&mut p, "0 running, 0 queued");
+    p.send_control('d').unwrap();
+    p.exp_eof().unwrap();
+
     // A listing by folders, stopped, shows nothing (its counts would be of a part).
     let (index, first, _rest) = held_listing();
     let mut p = terminal_peer(index, &b, &ws.path().join("state"));

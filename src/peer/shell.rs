@@ -913,7 +913,9 @@ impl Shell {
         if let Err(why) = self.node.folder.room_under(folder) {
             bail!("cannot download {prefix:?}: {why}");
         }
-        let offers = self.offers(&prefix, |name| name.starts_with(&prefix))?;
+        let offers = self
+            .offers(&prefix, |name| name.starts_with(&prefix))
+            .with_context(|| format!("cannot download {prefix:?}"))?;
         if offers.is_empty() {
             bail!("cannot download {prefix:?}: no registered peer shares a file under it");
         }
@@ -932,7 +934,9 @@ impl Shell {
             .build()
             .map_err(|e| anyhow!("invalid pattern {glob:?}: {}", e.kind()))?
             .compile_matcher();
-        let offers = self.offers(&literal_hint(glob), |name| matcher.is_match(name))?;
+        let offers = self
+            .offers(&literal_hint(glob), |name| matcher.is_match(name))
+            .with_context(|| format!("cannot download {glob:?}"))?;
         if offers.is_empty() {
             bail!("cannot download {glob:?}: no file at other peers matches it");
         }
@@ -955,7 +959,7 @@ impl Shell {
             .context("cannot list the files")?
             .map_err(|e| anyhow!("cannot list the files: the index server says: {e}"))?;
         if listed == Listing::Stopped {
-            bail!("stopped (Ctrl-C) while listing the files; nothing is downloaded");
+            bail!("stopped (Ctrl-C) while listing the files; nothing is queued");
         }
         Ok(offers)
     }
