@@ -392,18 +392,31 @@ fn held_listing() -> (std::net::SocketAddr, Gate, Gate) {
     (index, first, rest)
 }
 
+/// A terminal peer of a fresh [`held_listing`] index in `folder`, with `command`
+/// typed and Ctrl-C pressed once the index has sent the first part of its listing; the
+/// index holds back the rest until the gate returned opens.
+fn ctrl_c_in_a_held_listing(
+    screen: &mut Screen,
+    folder: &std::path::Path,
+    state: &std::path::Path,
+    command: &str,
+) -> (rexpect::session::PtySession, Gate) {
+    let (index, first, rest) = held_listing();
+    let mut p = terminal_peer(index, folder, state);
+    screen.expect(&mut p, "peerdex> ");
+    typed(&mut p, &format!("{command}\r"));
+    first.wait();
+    p.send_control('c').unwrap();
+    (p, rest)
+}
+
 #[test]
 fn ctrl_c_while_a_command_runs_stops_a_wait_or_a_listing_and_the_peer_goes_on() {
     let ws = workspace();
-    let (index, first, rest) = held_listing();
     let b = ws.path().join("b");
     fs::create_dir(&b).unwrap();
-    let mut p = terminal_peer(index, &b, &ws.path().join("state"));
     let mut screen = Screen::new(40, 100);
-    screen.expect(&mut p, "peerdex> ");
-    typed(&mut p, "ls\r");
-    first.wait();
-    p.send_control('c').unwrap();
+    let (mut p, rest) = ctrl_c_in_a_held_listing(&mut screen, &b, &ws.path().join("state"), "ls");
     // The prompt is back at once, though the index still holds back the rest. The
     // entries read before the Ctrl-C are shown (some or none of the first three: it
     // may come before the peer has read them).
@@ -456,12 +469,7 @@ fn ctrl_c_while_a_command_runs_stops_a_wait_or_a_listing_and_the_peer_goes_on() 
     p.exp_eof().unwrap();
 
     // A glob download stopped while it lists queues nothing.
-    let (index, first, _rest) = held_listing();
-    let mut p = terminal_peer(index, &b, &ws.path().join("state"));
-    screen.expect(&mut p, "peerdex> ");
-    typed(&mut p, "get f*.txt\r");
-    first.wait();
-    p.send_control('c').unwrap();
+    let (mut p, _rest) = ctrl_c_in_a_held_listing(&mut screen, &b, &ws.path().join("state"), "get f*.txt");
     screen.expect(
         &mut p,
         "error: cannot download \"f*.txt\": stopped (Ctrl-C) while listing the files; nothing is queued",
@@ -473,12 +481,7 @@ fn ctrl_c_while_a_command_runs_stops_a_wait_or_a_listing_and_the_peer_goes_on() 
     p.exp_eof().unwrap();
 
     // A listing by folders, stopped, shows nothing (its counts would be of a part).
-    let (index, first, _rest) = held_listing();
-    let mut p = terminal_peer(index, &b, &ws.path().join("state"));
-    screen.expect(&mut p, "peerdex> ");
-    typed(&mut p, "ls --dirs\r");
-    first.wait();
-    p.send_control('c').unwrap();
+    let (mut p, _rest) = ctrl_c_in_a_held_listing(&mut screen, &b, &ws.path().join("state"), "ls --dirs");
     screen.expect(&mut p, "note: stopped listing; nothing is shown (folders are counted at its end)");
     screen.expect(&mut p, "peerdex> ");
     // A second Ctrl-C before the command has ended quits: here a listing that waits
