@@ -44,8 +44,7 @@ fn a_tree_is_shared_under_paths_and_what_is_skipped_is_said() {
 
     let (_index, index_addr) = Proc::index_server(ws.path());
     let (mut p, _) = peer_with(index_addr, &shared, &["--exclude", "*.tmp", "-v"]);
-    p.send("register");
-    let line = p.expect(Stream::Out, "registered ");
+    let line = p.register();
     assert_eq!(
         line,
         format!(
@@ -465,8 +464,7 @@ fn a_path_longer_than_the_index_takes_is_skipped_and_the_rest_is_shared() {
 
     let (_index, index_addr) = Proc::index_server(ws.path());
     let (mut p, _) = peer_with(index_addr, &shared, &["-v"]);
-    p.send("register");
-    let line = p.expect(Stream::Out, "registered ");
+    let line = p.register();
     assert_eq!(
         line,
         format!(
@@ -485,8 +483,7 @@ fn a_path_longer_than_the_index_takes_is_skipped_and_the_rest_is_shared() {
 
     let (_big, big_addr) = Proc::index_server_with(ws.path(), &["127.0.0.1", "0", "--max-name-len", "2048"]);
     let (mut q, _) = peer_with(big_addr, &shared, &["--max-name-len", "2048"]);
-    q.send("register");
-    let line = q.expect(Stream::Out, "registered ");
+    let line = q.register();
     assert_eq!(
         line,
         format!(

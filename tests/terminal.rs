@@ -32,6 +32,20 @@ fn terminal_peer(
     rexpect::session::spawn_command(cmd, Some(30_000)).unwrap()
 }
 
+/// [`terminal_peer`], seen through a [`Screen`] of 40 rows and `columns`, once its
+/// first prompt is up.
+fn terminal_at_prompt(
+    index: std::net::SocketAddr,
+    folder: &std::path::Path,
+    state: &std::path::Path,
+    columns: u16,
+) -> (rexpect::session::PtySession, Screen) {
+    let mut p = terminal_peer(index, folder, state);
+    let mut screen = Screen::new(40, columns);
+    screen.expect(&mut p, "peerdex> ");
+    (p, screen)
+}
+
 /// Types `keys` at the terminal.
 fn typed(p: &mut rexpect::session::PtySession, keys: &str) {
     p.send(keys).unwrap();
@@ -160,10 +174,8 @@ fn progress_bars_are_drawn_above_the_prompt_and_leave_only_the_result_lines() {
     let b = ws.path().join("b");
     fs::create_dir(&b).unwrap();
 
-    let mut p = terminal_peer(index_addr, &b, &ws.path().join("state"));
     // rexpect's terminal is 80 columns; the rows are the emulator's own.
-    let mut screen = Screen::new(40, 80);
-    screen.expect(&mut p, "peerdex> ");
+    let (mut p, mut screen) = terminal_at_prompt(index_addr, &b, &ws.path().join("state"), 80);
 
     // A listing is numbered, and `get #N` takes its N-th line.
     typed(&mut p, "ls slow\r");
@@ -230,9 +242,7 @@ fn cancel_at_the_terminal_keeps_a_partial_that_a_later_download_resumes() {
     let b = ws.path().join("b");
     fs::create_dir(&b).unwrap();
 
-    let mut p = terminal_peer(index_addr, &b, &ws.path().join("state"));
-    let mut screen = Screen::new(40, 80);
-    screen.expect(&mut p, "peerdex> ");
+    let (mut p, mut screen) = terminal_at_prompt(index_addr, &b, &ws.path().join("state"), 80);
     typed(&mut p, "get big.bin\r");
     // The bar shows the half the source holds, then stays there.
     screen.expect(&mut p, "big.bin  512.00 KiB/1.00 MiB [");
@@ -284,9 +294,7 @@ fn a_listing_cut_short_shows_its_rows_and_the_next_one_starts_afresh() {
     let ws = workspace();
     let b = ws.path().join("b");
     fs::create_dir(&b).unwrap();
-    let mut p = terminal_peer(fake.addr, &b, &ws.path().join("state"));
-    let mut screen = Screen::new(40, 100);
-    screen.expect(&mut p, "peerdex> ");
+    let (mut p, mut screen) = terminal_at_prompt(fake.addr, &b, &ws.path().join("state"), 100);
     typed(&mut p, "ls\r");
     screen.expect(&mut p, "error: get_files_list failed: the index server says: index store unavailable");
     screen.expect(&mut p, "peerdex> ");
@@ -320,9 +328,7 @@ fn tab_completes_local_names_after_rm_downloads_after_cancel_and_commands_after_
     // A symlinked folder is never gone through, as `delete` itself never goes.
     std::os::unix::fs::symlink(ws.path(), b.join("outside")).unwrap();
 
-    let mut p = terminal_peer(index_addr, &b, &ws.path().join("state"));
-    let mut screen = Screen::new(40, 100);
-    screen.expect(&mut p, "peerdex> ");
+    let (mut p, mut screen) = terminal_at_prompt(index_addr, &b, &ws.path().join("state"), 100);
     // The shared folder's names, a folder level at a time, spaces and all.
     typed(&mut p, "rm ol\t");
     typed(&mut p, "c\t\r");

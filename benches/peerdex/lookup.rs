@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use peerdex::index::registry::{Limits, Registry};
+use peerdex::index::registry::{Change, Limits, Registry, STEP_FILES};
 use peerdex::name::SharePath;
 use peerdex::wire::FileInfo;
 use rand::seq::SliceRandom;
@@ -171,6 +171,55 @@ fn in_process(names: &[String]) {
             rounds[0],
             rounds[ROUNDS - 1],
             names.len()
+        ),
+    );
+    swaps_in_process(&mut registry);
+}
+
+/// How long a change holds the registry's lock: a peer beside those 1,000 x 1,000
+/// files swaps 200,000 files for 200,000 others, made whole (as one hold of the lock
+/// made it before session 21) and a step at a time ([`Registry::step`], each step
+/// under the lock on its own in the server), ROUNDS times each.
+fn swaps_in_process(registry: &mut Registry) {
+    let conn = SocketAddr::from(([127, 9, 9, 9], 5));
+    let list = |k: usize| -> Vec<FileInfo> {
+        let name = |i| SharePath::parse(&format!("swap{}-{i:06}", k % 2)).unwrap();
+        (0..200_000).map(|i| FileInfo { name: name(i), size: 1, root: [2; 32] }).collect()
+    };
+    registry.register(conn, 9000, list(0)).unwrap();
+    let mut whole = Vec::new();
+    let (mut steps, mut longest, mut all) = (0u32, Duration::ZERO, Duration::ZERO);
+    for _ in 0..ROUNDS {
+        // From list 0 to list 1 whole, and back a step at a time.
+        let files = list(1);
+        let t = Instant::now();
+        registry.register(conn, 9000, files).unwrap();
+        whole.push(t.elapsed());
+        let old = registry.files_of(conn, 0, usize::MAX).unwrap();
+        let mut change = Change::replace(conn, None, list(0), Some(&old));
+        let id = registry.begin(&mut change).unwrap();
+        loop {
+            let t = Instant::now();
+            let done = registry.step(id, &mut change);
+            let took = t.elapsed();
+            (steps, longest, all) = (steps + 1, longest.max(took), all + took);
+            if done {
+                break;
+            }
+        }
+    }
+    whole.sort();
+    registry.remove(conn);
+    row(
+        "register",
+        format!(
+            "in process: a swap of 200,000 files beside 1,000,000, made whole {:.0} ms (rounds {:.0}-{:.0}); a step at a time, {} steps of {STEP_FILES} files: {:.2} ms each, the longest {:.2} ms",
+            whole[ROUNDS / 2].as_secs_f64() * 1e3,
+            whole[0].as_secs_f64() * 1e3,
+            whole[ROUNDS - 1].as_secs_f64() * 1e3,
+            steps,
+            all.as_secs_f64() * 1e3 / f64::from(steps),
+            longest.as_secs_f64() * 1e3,
         ),
     );
 }

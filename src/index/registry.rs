@@ -146,8 +146,8 @@ pub const MAX_PARTIALS_PER_PEER: usize = 64;
 /// Files shared or dropped by one step of a change ([`Registry::step`]) or of a
 /// removal ([`Registry::remove_step`]), each step under the registry's write lock on
 /// its own, so that a lookup waits at most one step behind a registration of any size:
-/// about 0.7 ms on the benchmark's machine, where replacing 200,000 files at once held
-/// the lock for 140 ms.
+/// 0.8-0.9 ms on the benchmark's machine (`cargo bench -- lookup`, its in-process
+/// `register` row), where replacing 200,000 files at once held the lock for 140 ms.
 pub const STEP_FILES: usize = 2048;
 
 /// A change to one peer's files: what it will stop sharing and what it will share

@@ -64,8 +64,8 @@ pub struct Node {
     /// `settled` as each ends.
     outstanding: Mutex<usize>,
     settled: Condvar,
-    /// Set by Ctrl-C while a command runs on a terminal: a `wait` or a listing being
-    /// printed stops (see [`super::shell`]).
+    /// Set by Ctrl-C while a command runs on a terminal: a `wait` or a listing
+    /// stops (see [`super::shell`]).
     pub(super) stop: Arc<AtomicBool>,
     /// The downloads running now, with how far each has come.
     running: Mutex<BTreeMap<SharePath, Arc<Progress>>>,

@@ -543,7 +543,7 @@ impl Shell {
     /// index lists, and background messages printed above the line being typed. At
     /// the prompt, the first Ctrl-C cancels the running downloads (keeping what they
     /// verified); a second one in a row quits. While a command runs, Ctrl-C stops a
-    /// `wait` or a listing's printing; a second one before the command ends quits.
+    /// `wait` or a listing; a second one before the command ends quits.
     fn edit_lines(&self, input: &mut impl BufRead) {
         let config = rustyline::Config::builder()
             .auto_add_history(true)
@@ -576,8 +576,8 @@ impl Shell {
                 .ok();
         }
         // Ctrl-C while a command runs (the editor reads it as a key only at the prompt):
-        // the first stops a `wait`, or the printing of a listing; a second before the
-        // command has ended quits, as Ctrl-C did before it was caught.
+        // the first stops a `wait` or a listing; a second before the command has ended
+        // quits, as Ctrl-C did before it was caught.
         let stop = Arc::clone(&self.node.stop);
         let caught = ctrlc::set_handler(move || {
             if stop.swap(true, Ordering::SeqCst) {

@@ -51,12 +51,11 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
 /// once a folder is there again, whatever its origin, it is watched and `sync`ed.
 pub fn watch(folder: &Path, mut sync: impl FnMut() -> bool) {
     let (tx, events) = mpsc::channel();
-    let watcher = Watching::start(folder, &tx);
     // The fallback must work where watching cannot; this lets the tests (and anyone
     // curious) take it on a machine where watching works.
     let watcher = match std::env::var_os(NO_WATCH_VAR) {
         Some(_) => Err(notify::Error::generic(&format!("{NO_WATCH_VAR} is set"))),
-        None => watcher,
+        None => Watching::start(folder, &tx),
     };
     let mut watching = match watcher {
         Ok(w) => Some(w),

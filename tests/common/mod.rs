@@ -169,9 +169,16 @@ impl Proc {
     /// `files` files; returns it with its file server's address.
     pub fn registered_peer(index: SocketAddr, folder: &Path, files: usize) -> (Proc, SocketAddr) {
         let (mut p, addr) = Proc::peer(index, folder);
-        p.send("register");
-        p.expect(Stream::Out, &format!("registered {} ", peerdex::peer::shell::files(files)));
+        let line = p.register();
+        let files = format!("registered {} ", peerdex::peer::shell::files(files));
+        assert!(line.starts_with(&files), "{line}");
         (p, addr)
+    }
+
+    /// Sends `register` to a peer and returns its `registered ...` line.
+    pub fn register(&mut self) -> String {
+        self.send("register");
+        self.expect(Stream::Out, "registered ")
     }
 
     /// Writes one line to the child's stdin.
