@@ -396,6 +396,47 @@ fn wait_lets_a_script_use_what_it_downloaded() {
     assert_eq!(pb.finish().code(), Some(1), "the first delete failed");
 }
 
+/// A download cancelled while the index is asked who shares it ends as cancelled,
+/// for that reason, whatever the index then answers: not as "cancelled: no registered
+/// peer shares it", which mixes the user's choice with a failure that no longer matters.
+#[test]
+fn a_download_cancelled_during_its_lookup_says_so() {
+    use common::{FakeIndex, Gate};
+    use peerdex::wire::{Message, Reply, Request};
+    let ws = workspace();
+    let (asked, answer) = (Gate::default(), Gate::default());
+    let (asking, answering) = (asked.clone(), answer.clone());
+    let fake = FakeIndex::start(move |request| match request {
+        Request::Lookup { .. } => {
+            asking.open();
+            answering.wait();
+            Some(Reply::NoPeers.encode())
+        }
+        _ => None,
+    });
+    let dir = folder(ws.path(), "d", &[]);
+    let port = fake.addr.port().to_string();
+    let args = ["127.0.0.1", port.as_str(), "0", dir.to_str().unwrap(), "--json"];
+    let mut p = Proc::start(env!("CARGO_BIN_EXE_peer"), &args, ws.path());
+    next(&mut p, "serving");
+    p.send("download later.bin");
+    asked.wait();
+    p.send("cancel --all");
+    // Commands run in order: once `downloads` answers, the cancel is made.
+    p.send("downloads");
+    next(&mut p, "running");
+    answer.open();
+    let line = p.expect(Stream::Out, r#""name":"later.bin""#);
+    let ended: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        (&ended["type"], &ended["reason"]),
+        (&json!("cancelled"), &json!("cancelled while the index was asked who shares it")),
+        "{line}"
+    );
+    p.send("quit");
+    p.finish();
+}
+
 /// In `--json`, a running download whose size is not known yet (the index has not
 /// answered its lookup) has a `total` of null, not 0, which is an empty file's size.
 #[test]

@@ -254,7 +254,13 @@ impl Downloader<'_> {
         if let Err(why) = self.folder.vacant(name) {
             bail!("{why}");
         }
-        let hits = match self.index.call(&Request::Lookup { name: name.clone() })? {
+        let looked = self.index.call(&Request::Lookup { name: name.clone() });
+        // A cancel that came while the index was asked wins over whatever it answered:
+        // the user no longer wants the file, so why it could not have been had is moot.
+        if self.progress.cancel.load(Ordering::SeqCst) {
+            bail!("cancelled while the index was asked who shares it");
+        }
+        let hits = match looked? {
             Reply::Peers(hits) => hits,
             Reply::NoPeers => bail!("no registered peer shares it"),
             Reply::Error(e) => bail!("the index server refused the lookup: {}", escape(&e)),
