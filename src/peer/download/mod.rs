@@ -419,7 +419,10 @@ impl Downloader<'_> {
         let folder = self.folder;
         let geometry = Geometry::for_size(size);
         let Start { partial, data, layer, have, resumed, view } = start;
-        let workers = thread::available_parallelism().map_or(1, |n| n.get());
+        // No more hashers than pieces to come: a small file's download starts one
+        // thread fewer (a folder of small files is thousands of downloads).
+        let missing = (geometry.pieces() - have.count()) as usize;
+        let workers = cores().min(missing).max(1);
         let (jobs, queue) = mpsc::sync_channel::<Job>(2 * workers);
         let shared = Shared {
             geometry,
@@ -838,4 +841,12 @@ impl Shared<'_> {
     fn jobs(&self) -> Option<mpsc::SyncSender<Job>> {
         crate::lock(&self.jobs).clone()
     }
+}
+
+/// The cores to hash pieces on, asked once: std's answer reads the cgroup's CPU quota
+/// files each time (three opens), which a download of many small files would pay for
+/// each file.
+fn cores() -> usize {
+    static CORES: OnceLock<usize> = OnceLock::new();
+    *CORES.get_or_init(|| thread::available_parallelism().map_or(1, |n| n.get()))
 }
