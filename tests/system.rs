@@ -366,6 +366,33 @@ fn an_unreachable_index_is_a_clear_error() {
     assert!(p.lines(Stream::Out).is_empty(), "nothing is served without an index");
 }
 
+/// A file of one piece is checked by a download's lone hasher, which also writes it (no
+/// writer thread): a corrupt copy is caught, named and not kept, and with an honest peer
+/// beside the liar the download ends with the right bytes.
+#[test]
+fn a_corrupt_file_of_one_piece_is_caught_and_the_honest_copy_kept() {
+    let ws = workspace();
+    let content = random_bytes(10_000);
+    let b = folder(ws.path(), "b", &[]);
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    let info = common::info("one.bin", &content);
+    let (mut pb, _) = Proc::peer(index_addr, &b);
+    let liar = fake_sender(content.clone(), Misbehaviour::Corrupt);
+    let registration = common::register_fake(index_addr, liar.port(), info.clone());
+    pb.send("download one.bin");
+    let errors = pb.read_until(Stream::Err, "the only peer that shares it failed");
+    let prefix = format!("error: cannot download \"one.bin\" from {liar}: piece 0");
+    assert!(errors.iter().any(|e| e.starts_with(&prefix)), "no {prefix:?} in {errors:#?}");
+    assert!(!b.join("one.bin").exists());
+
+    let a = folder(ws.path(), "a", &[("one.bin", &content)]);
+    let (_pa, _) = Proc::registered_peer(index_addr, &a, 1);
+    pb.send("download one.bin");
+    pb.expect(Stream::Out, "downloaded one.bin (10000 bytes)");
+    assert_eq!(fs::read(b.join("one.bin")).unwrap(), content);
+    drop(registration);
+}
+
 /// Each kind of lying sender, alone, is caught and named: one that corrupts a piece
 /// (at that piece), one that stops short, one that sends more than it announced. With
 /// an honest peer among them, the download succeeds.

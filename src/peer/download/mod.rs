@@ -467,15 +467,26 @@ impl Downloader<'_> {
         let blamed = thread::scope(|scope| {
             // Hashers on every core; one writer, so that verified pieces reach the file
             // one at a time (concurrent writes to one file spin on its inode's lock: 13%
-            // of the receiver's time when the hashers wrote).
-            let (to_writer, writes) = mpsc::sync_channel::<Job>(2 * workers);
+            // of the receiver's time when the hashers wrote). A lone hasher writes too.
             let (shared_ref, queue_ref) = (&shared, &queue);
-            for _ in 0..workers {
-                let to_writer = to_writer.clone();
-                scope.spawn(move || verify::hash_pieces(shared_ref, queue_ref, to_writer));
+            if workers == 1 {
+                scope.spawn(move || {
+                    verify::hash_pieces(shared_ref, queue_ref, |job| {
+                        verify::write_piece(shared_ref, job);
+                        true
+                    })
+                });
+            } else {
+                let (to_writer, writes) = mpsc::sync_channel::<Job>(2 * workers);
+                for _ in 0..workers {
+                    let to_writer = to_writer.clone();
+                    scope.spawn(move || {
+                        verify::hash_pieces(shared_ref, queue_ref, |job| to_writer.send(job).is_ok())
+                    });
+                }
+                drop(to_writer);
+                scope.spawn(move || verify::write_pieces(shared_ref, writes));
             }
-            drop(to_writer);
-            scope.spawn(move || verify::write_pieces(shared_ref, writes));
             // Sources by id, as started (a source asked again later gets a new id).
             let mut started: Vec<PeerHit> = Vec::new();
             let start = |hit: &PeerHit| {

@@ -1,5 +1,6 @@
 //! The threads that check pieces and put them in the file: hashers on every core, and
-//! one writer (concurrent writes to one file spin on its inode's lock).
+//! one writer (concurrent writes to one file spin on its inode's lock). A download with
+//! one hasher (one piece to come, or one core) has it write too: no writer thread.
 
 use std::sync::{Arc, Mutex, mpsc};
 
@@ -10,12 +11,13 @@ use super::{Job, Shared, State};
 use crate::content::merkle;
 use crate::peer::partial;
 
-/// A hashing thread: checks each piece against the layer and passes a good one to the
-/// writer; a bad one marks its source bad, and undoes every piece it sent.
+/// A hashing thread: checks each piece against the layer and passes a good one on
+/// (`good`: to the writer, or [`write_piece`] itself; false ends the thread); a bad one
+/// marks its source bad, and undoes every piece it sent.
 pub(super) fn hash_pieces(
     shared: &Shared,
     queue: &Mutex<mpsc::Receiver<Job>>,
-    writer: mpsc::SyncSender<Job>,
+    mut good: impl FnMut(Job) -> bool,
 ) {
     loop {
         let job = crate::lock(queue).recv();
@@ -25,7 +27,7 @@ pub(super) fn hash_pieces(
         if !skip {
             let layer = shared.layer.get().expect("pieces are requested only once the layer is known");
             if merkle::piece_hash(&shared.geometry, &job.bytes) == layer[piece as usize] {
-                if writer.send(job).is_err() {
+                if !good(job) {
                     return;
                 }
                 continue;
@@ -68,55 +70,60 @@ pub(super) fn hash_pieces(
     }
 }
 
-/// The writing thread: writes each verified piece at its offset and records it, unless
-/// it is already in (an endgame duplicate) or its source was caught lying meanwhile.
+/// The writing thread: [`write_piece`] for each verified piece of the hashers.
 pub(super) fn write_pieces(shared: &Shared, pieces: mpsc::Receiver<Job>) {
+    for job in pieces {
+        write_piece(shared, job);
+    }
+}
+
+/// Writes a verified piece at its offset and records it, unless it is already in (an
+/// endgame duplicate) or its source was caught lying meanwhile.
+pub(super) fn write_piece(shared: &Shared, Job { piece, source, bytes }: Job) {
     let mut cancel: Vec<(Arc<Link>, (u32, u32))> = Vec::new();
-    for Job { piece, source, bytes } in pieces {
-        let skip = {
-            let state = shared.lock();
-            state.scheduler.have().get(piece) || state.sources[source].bad.is_some()
-        };
-        let written = if skip {
-            Ok(())
-        } else {
-            partial::write_all_at(&shared.data, &bytes, shared.geometry.piece(piece).start)
-        };
-        let mut state = shared.lock();
-        state.scheduler.release(piece, source);
-        match written {
-            Err(e) => state.local = Some(anyhow!(e).context("cannot write to the shared folder")),
-            Ok(()) if !skip && state.sources[source].bad.is_none() && state.scheduler.done(piece) => {
-                // Others were asked for it too (the endgame): a request of theirs
-                // whose every piece is now in is not needed.
-                for &other in state.scheduler.requesters(piece) {
-                    let Some(link) = &state.sources[other].link else { continue };
-                    if let Some((first, count)) = link.waiting_with(piece)
-                        && (first..first + count).all(|i| state.scheduler.have().get(i))
-                    {
-                        cancel.push((Arc::clone(link), (first, count)));
-                    }
-                }
-                state.sources[source].pieces += 1;
-                state.sources[source].bytes += bytes.len() as u64;
-                state.sent_by[piece as usize] = Some(source);
-                shared.offer(piece, true);
-                let State { scheduler, partial, .. } = &mut *state;
-                if let Err(e) = partial.record(piece, scheduler.have()) {
-                    log::debug!("cannot record piece {piece} of a partial download: {e}");
+    let skip = {
+        let state = shared.lock();
+        state.scheduler.have().get(piece) || state.sources[source].bad.is_some()
+    };
+    let written = if skip {
+        Ok(())
+    } else {
+        partial::write_all_at(&shared.data, &bytes, shared.geometry.piece(piece).start)
+    };
+    let mut state = shared.lock();
+    state.scheduler.release(piece, source);
+    match written {
+        Err(e) => state.local = Some(anyhow!(e).context("cannot write to the shared folder")),
+        Ok(()) if !skip && state.sources[source].bad.is_none() && state.scheduler.done(piece) => {
+            // Others were asked for it too (the endgame): a request of theirs
+            // whose every piece is now in is not needed.
+            for &other in state.scheduler.requesters(piece) {
+                let Some(link) = &state.sources[other].link else { continue };
+                if let Some((first, count)) = link.waiting_with(piece)
+                    && (first..first + count).all(|i| state.scheduler.have().get(i))
+                {
+                    cancel.push((Arc::clone(link), (first, count)));
                 }
             }
-            Ok(()) => {}
+            state.sources[source].pieces += 1;
+            state.sources[source].bytes += bytes.len() as u64;
+            state.sent_by[piece as usize] = Some(source);
+            shared.offer(piece, true);
+            let State { scheduler, partial, .. } = &mut *state;
+            if let Err(e) = partial.record(piece, scheduler.have()) {
+                log::debug!("cannot record piece {piece} of a partial download: {e}");
+            }
         }
-        if state.spare.len() < 16 {
-            state.spare.push(bytes);
-        }
-        drop(state);
-        // Before the others are told: the last piece in ends the download, and then
-        // the connections close.
-        for (link, run) in cancel.drain(..) {
-            link.cancel(run);
-        }
-        shared.changed.notify_all();
+        Ok(()) => {}
     }
+    if state.spare.len() < 16 {
+        state.spare.push(bytes);
+    }
+    drop(state);
+    // Before the others are told: the last piece in ends the download, and then
+    // the connections close.
+    for (link, run) in cancel {
+        link.cancel(run);
+    }
+    shared.changed.notify_all();
 }
