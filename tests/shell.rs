@@ -396,14 +396,12 @@ fn wait_lets_a_script_use_what_it_downloaded() {
     assert_eq!(pb.finish().code(), Some(1), "the first delete failed");
 }
 
-/// A download cancelled while the index is asked who shares it ends as cancelled,
-/// for that reason, whatever the index then answers: not as "cancelled: no registered
-/// peer shares it", which mixes the user's choice with a failure that no longer matters.
-#[test]
-fn a_download_cancelled_during_its_lookup_says_so() {
+/// A `--json` peer of a fake index that holds the lookup of its `download later.bin`:
+/// the index has been asked once this returns, and answers (no peer shares it) once
+/// the gate returned opens.
+fn a_held_lookup(ws: &tempfile::TempDir) -> (Proc, common::FakeIndex, common::Gate) {
     use common::{FakeIndex, Gate};
     use peerdex::wire::{Message, Reply, Request};
-    let ws = workspace();
     let (asked, answer) = (Gate::default(), Gate::default());
     let (asking, answering) = (asked.clone(), answer.clone());
     let fake = FakeIndex::start(move |request| match request {
@@ -421,6 +419,16 @@ fn a_download_cancelled_during_its_lookup_says_so() {
     next(&mut p, "serving");
     p.send("download later.bin");
     asked.wait();
+    (p, fake, answer)
+}
+
+/// A download cancelled while the index is asked who shares it ends as cancelled,
+/// for that reason, whatever the index then answers: not as "cancelled: no registered
+/// peer shares it", which mixes the user's choice with a failure that no longer matters.
+#[test]
+fn a_download_cancelled_during_its_lookup_says_so() {
+    let ws = workspace();
+    let (mut p, _fake, answer) = a_held_lookup(&ws);
     p.send("cancel --all");
     // Commands run in order: once `downloads` answers, the cancel is made.
     p.send("downloads");
@@ -441,26 +449,8 @@ fn a_download_cancelled_during_its_lookup_says_so() {
 /// answered its lookup) has a `total` of null, not 0, which is an empty file's size.
 #[test]
 fn a_download_of_a_size_not_known_yet_has_a_null_total() {
-    use common::{FakeIndex, Gate};
-    use peerdex::wire::{Message, Reply, Request};
     let ws = workspace();
-    let (asked, answer) = (Gate::default(), Gate::default());
-    let (asking, answering) = (asked.clone(), answer.clone());
-    let fake = FakeIndex::start(move |request| match request {
-        Request::Lookup { .. } => {
-            asking.open();
-            answering.wait();
-            Some(Reply::NoPeers.encode())
-        }
-        _ => None,
-    });
-    let dir = folder(ws.path(), "d", &[]);
-    let port = fake.addr.port().to_string();
-    let args = ["127.0.0.1", port.as_str(), "0", dir.to_str().unwrap(), "--json"];
-    let mut p = Proc::start(env!("CARGO_BIN_EXE_peer"), &args, ws.path());
-    next(&mut p, "serving");
-    p.send("download later.bin");
-    asked.wait();
+    let (mut p, _fake, answer) = a_held_lookup(&ws);
     p.send("downloads");
     let running = next(&mut p, "running");
     assert_eq!(

@@ -474,29 +474,19 @@ fn ctrl_c_while_a_command_runs_stops_a_wait_or_a_listing_and_the_peer_goes_on() 
     p.send_control('d').unwrap();
     p.exp_eof().unwrap();
 
-    // A glob download stopped while it lists queues nothing.
-    let (mut p, _rest) = ctrl_c_in_a_held_listing(&mut screen, &b, &ws.path().join("state"), "get f*.txt");
-    screen.expect(
-        &mut p,
-        "error: cannot download \"f*.txt\": stopped (Ctrl-C) while listing the files; nothing is queued",
-    );
-    screen.expect(&mut p, "peerdex> ");
-    typed(&mut p, "downloads\r");
-    screen.expect(&mut p, "0 running, 0 queued");
-    p.send_control('d').unwrap();
-    p.exp_eof().unwrap();
-
-    // So does a folder download.
-    let (mut p, _rest) = ctrl_c_in_a_held_listing(&mut screen, &b, &ws.path().join("state"), "get album/");
-    screen.expect(
-        &mut p,
-        "error: cannot download \"album/\": stopped (Ctrl-C) while listing the files; nothing is queued",
-    );
-    screen.expect(&mut p, "peerdex> ");
-    typed(&mut p, "downloads\r");
-    screen.expect(&mut p, "0 running, 0 queued");
-    p.send_control('d').unwrap();
-    p.exp_eof().unwrap();
+    // A glob or folder download stopped while it lists queues nothing.
+    for (command, target) in [("get f*.txt", "f*.txt"), ("get album/", "album/")] {
+        let (mut p, _rest) = ctrl_c_in_a_held_listing(&mut screen, &b, &ws.path().join("state"), command);
+        screen.expect(
+            &mut p,
+            &format!("error: cannot download \"{target}\": stopped (Ctrl-C) while listing the files; nothing is queued"),
+        );
+        screen.expect(&mut p, "peerdex> ");
+        typed(&mut p, "downloads\r");
+        screen.expect(&mut p, "0 running, 0 queued");
+        p.send_control('d').unwrap();
+        p.exp_eof().unwrap();
+    }
 
     // A listing by folders, stopped, shows nothing (its counts would be of a part).
     let (mut p, _rest) = ctrl_c_in_a_held_listing(&mut screen, &b, &ws.path().join("state"), "ls --dirs");
