@@ -18,10 +18,13 @@ use std::sync::Arc;
 
 use parking_lot::{RwLock, RwLockWriteGuard};
 
-pub use registry::{Change, Limits, ListPage, PageBudget, Pattern, Registry, RegistryError, STEP_FILES};
+pub use registry::{
+    Change, Limits, ListPage, PageBudget, Pattern, Registry, RegistryError, STEP_FILES, View,
+};
 pub use server::{Config, serve};
 pub use store::Store;
 
+use crate::content::Hash;
 use crate::name::SharePath;
 use crate::wire::{FileInfo, PeerHit};
 pub use batch::Deliver;
@@ -116,35 +119,6 @@ impl Index {
         Ok(change.after())
     }
 
-    /// The files the peer on `conn` shares, read a part at a time under the read lock
-    /// (only its own connection changes them); `None` if it is not registered.
-    fn files_of(registry: &RwLock<Registry>, conn: SocketAddr) -> Option<Vec<FileInfo>> {
-        let mut files = Vec::new();
-        loop {
-            let part = Index::read(registry, |r| r.files_of(conn, files.len(), STEP_FILES))?;
-            let last = part.len() < STEP_FILES;
-            files.extend(part);
-            if last {
-                return Some(files);
-            }
-        }
-    }
-
-    /// [`Registry::copies`], a part at a time under the read lock.
-    fn copies(
-        registry: &RwLock<Registry>,
-        conn: SocketAddr,
-        names: &[&SharePath],
-    ) -> Result<Vec<Option<(u64, crate::content::Hash)>>, RegistryError> {
-        let mut copies = Vec::with_capacity(names.len());
-        // One part at least, so that no names still finds out whether `conn` is registered.
-        for part in names.chunks(STEP_FILES).chain(names.is_empty().then_some(&[][..])) {
-            let got = Index::read(registry, |r| r.copies(conn, part)).ok_or(RegistryError::NotRegistered)?;
-            copies.extend(got);
-        }
-        Ok(copies)
-    }
-
     /// Runs `f` on the registry in memory (tests).
     #[cfg(test)]
     pub fn with<T>(&self, f: impl FnOnce(&mut Registry) -> T) -> T {
@@ -168,12 +142,7 @@ impl Index {
     /// [`Registry::register`].
     pub fn register(&self, conn: SocketAddr, port: u16, files: Vec<FileInfo>) -> Changed {
         match &self.backend {
-            Backend::Memory(r) => {
-                let limits = Index::read(r, |r| *r.limits());
-                registry::check_registration(&limits, port, &files)?;
-                let old = Index::files_of(r, conn);
-                Index::carry_out(r, Change::replace(conn, Some(port), files, old.as_deref()))
-            }
+            Backend::Memory(r) => Index::carry_out(r, Change::register(&InParts(r), conn, port, files)?),
             Backend::Store(s) => s.register(conn, port, files),
         }
     }
@@ -181,12 +150,7 @@ impl Index {
     /// [`Registry::update`].
     pub fn update(&self, conn: SocketAddr, files: Vec<FileInfo>) -> Changed {
         match &self.backend {
-            Backend::Memory(r) => {
-                let limits = Index::read(r, |r| *r.limits());
-                let old = Index::files_of(r, conn).ok_or(RegistryError::NotRegistered)?;
-                registry::check_files(&limits, &files)?;
-                Index::carry_out(r, Change::replace(conn, None, files, Some(&old)))
-            }
+            Backend::Memory(r) => Index::carry_out(r, Change::update(&InParts(r), conn, files)?),
             Backend::Store(s) => s.update(conn, files),
         }
     }
@@ -194,16 +158,7 @@ impl Index {
     /// [`Registry::add`].
     pub fn add(&self, conn: SocketAddr, files: Vec<FileInfo>) -> Changed {
         match &self.backend {
-            Backend::Memory(r) => {
-                let (limits, registered) = Index::read(r, |r| (*r.limits(), r.is_registered(conn)));
-                if !registered {
-                    return Err(RegistryError::NotRegistered);
-                }
-                registry::check_files(&limits, &files)?;
-                let names: Vec<&SharePath> = files.iter().map(|f| &f.name).collect();
-                let copies = Index::copies(r, conn, &names)?;
-                Index::carry_out(r, Change::add(conn, files, &copies))
-            }
+            Backend::Memory(r) => Index::carry_out(r, Change::add(&InParts(r), conn, files)?),
             Backend::Store(s) => s.add(conn, files),
         }
     }
@@ -211,12 +166,7 @@ impl Index {
     /// [`Registry::delete`].
     pub fn delete(&self, conn: SocketAddr, names: &[SharePath]) -> Changed {
         match &self.backend {
-            Backend::Memory(r) => {
-                let refs: Vec<&SharePath> = names.iter().collect();
-                let copies = Index::copies(r, conn, &refs)?;
-                let partials = Index::read(r, |r| r.partial_names(conn)).unwrap_or_default();
-                Index::carry_out(r, Change::delete(conn, names, &copies, &partials))
-            }
+            Backend::Memory(r) => Index::carry_out(r, Change::delete(&InParts(r), conn, names)?),
             Backend::Store(s) => s.delete(conn, names),
         }
     }
@@ -308,5 +258,46 @@ impl Index {
             Backend::Memory(r) => Ok(Index::read(r, |r| r.list_page(asker, pattern, after, budget))),
             Backend::Store(s) => s.list_page(asker, pattern, after, budget),
         }
+    }
+}
+
+/// The registry in memory as a change is worked out: read a part of [`STEP_FILES`] at a
+/// time under the read lock, so that working out a change of 200,000 files holds up
+/// no lookup for long. A peer's files change only on its own connection, whose request
+/// this is, so the parts make one whole.
+struct InParts<'a>(&'a RwLock<Registry>);
+
+impl View for InParts<'_> {
+    fn limits(&self) -> Limits {
+        Index::read(self.0, |r| *r.limits())
+    }
+
+    fn registered(&self, conn: SocketAddr) -> bool {
+        Index::read(self.0, |r| r.is_registered(conn))
+    }
+
+    fn files(&self, conn: SocketAddr) -> Option<Vec<FileInfo>> {
+        let mut files = Vec::new();
+        loop {
+            let part = Index::read(self.0, |r| r.files_of(conn, files.len(), STEP_FILES))?;
+            let last = part.len() < STEP_FILES;
+            files.extend(part);
+            if last {
+                return Some(files);
+            }
+        }
+    }
+
+    fn copies(&self, conn: SocketAddr, names: &[&SharePath]) -> Option<Vec<Option<(u64, Hash)>>> {
+        let mut copies = Vec::with_capacity(names.len());
+        // One part at least, so that no names still finds out whether `conn` is registered.
+        for part in names.chunks(STEP_FILES).chain(names.is_empty().then_some(&[][..])) {
+            copies.extend(Index::read(self.0, |r| r.copies(conn, part))?);
+        }
+        Some(copies)
+    }
+
+    fn partial_names(&self, conn: SocketAddr) -> Option<Vec<SharePath>> {
+        Index::read(self.0, |r| r.partial_names(conn))
     }
 }

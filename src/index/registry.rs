@@ -215,7 +215,7 @@ impl Change {
     /// The registered peer on `conn`, sharing `copies` (the size and root of its copy of
     /// each of `new`, if any: [`Registry::copies`]), is to share `new` (already checked)
     /// too.
-    pub fn add(conn: SocketAddr, new: Vec<FileInfo>, copies: &[Option<(u64, Hash)>]) -> Change {
+    fn adding(conn: SocketAddr, new: Vec<FileInfo>, copies: &[Option<(u64, Hash)>]) -> Change {
         let more = copies.iter().filter(|c| c.is_none()).count();
         let mut copies = copies.iter();
         let mut fresh = new;
@@ -226,7 +226,7 @@ impl Change {
 
     /// The registered peer on `conn`, sharing `copies` of `names` ([`Registry::copies`])
     /// and downloading `partials`, is to stop sharing and downloading `names`.
-    pub fn delete(
+    fn deleting(
         conn: SocketAddr,
         names: &[SharePath],
         copies: &[Option<(u64, Hash)>],
@@ -247,6 +247,84 @@ impl Change {
             Size::Exactly(n) => n,
             Size::More(_) | Size::Fewer(_) => unreachable!("asked before the change began"),
         }
+    }
+
+    /// A `Register` of `files` on `conn`, checked, as seen through `view`.
+    pub fn register(
+        view: &impl View,
+        conn: SocketAddr,
+        port: u16,
+        files: Vec<FileInfo>,
+    ) -> Result<Change, RegistryError> {
+        check_registration(&view.limits(), port, &files)?;
+        let old = view.files(conn);
+        Ok(Change::replace(conn, Some(port), files, old.as_deref()))
+    }
+
+    /// An `Update` to `files` of the registered peer on `conn`, checked.
+    pub fn update(view: &impl View, conn: SocketAddr, files: Vec<FileInfo>) -> Result<Change, RegistryError> {
+        let old = view.files(conn).ok_or(RegistryError::NotRegistered)?;
+        check_files(&view.limits(), &files)?;
+        Ok(Change::replace(conn, None, files, Some(&old)))
+    }
+
+    /// An `Add` of `new` files to the registered peer on `conn`, checked: a name it
+    /// already shares gets the new size and root.
+    pub fn add(view: &impl View, conn: SocketAddr, new: Vec<FileInfo>) -> Result<Change, RegistryError> {
+        if !view.registered(conn) {
+            return Err(RegistryError::NotRegistered);
+        }
+        check_files(&view.limits(), &new)?;
+        let names: Vec<&SharePath> = new.iter().map(|f| &f.name).collect();
+        let copies = view.copies(conn, &names).ok_or(RegistryError::NotRegistered)?;
+        Ok(Change::adding(conn, new, &copies))
+    }
+
+    /// A `Delete` of `names` from the registered peer's list; names it does not share
+    /// are ignored, so a delete can be repeated.
+    pub fn delete(view: &impl View, conn: SocketAddr, names: &[SharePath]) -> Result<Change, RegistryError> {
+        let refs: Vec<&SharePath> = names.iter().collect();
+        let copies = view.copies(conn, &refs).ok_or(RegistryError::NotRegistered)?;
+        let partials = view.partial_names(conn).unwrap_or_default();
+        Ok(Change::deleting(conn, names, &copies, &partials))
+    }
+}
+
+/// What working out a [`Change`] reads of the registry: the [`Registry`] itself, all
+/// at once, or [`super::Index`]'s, a part at a time under its read lock. So a request
+/// is worked out by the same code however it is then carried out.
+pub trait View {
+    /// The limits the files are checked against.
+    fn limits(&self) -> Limits;
+    /// Whether a peer is registered on `conn`.
+    fn registered(&self, conn: SocketAddr) -> bool;
+    /// The files of the peer on `conn`; `None` if it is not registered.
+    fn files(&self, conn: SocketAddr) -> Option<Vec<FileInfo>>;
+    /// [`Registry::copies`].
+    fn copies(&self, conn: SocketAddr, names: &[&SharePath]) -> Option<Vec<Option<(u64, Hash)>>>;
+    /// [`Registry::partial_names`].
+    fn partial_names(&self, conn: SocketAddr) -> Option<Vec<SharePath>>;
+}
+
+impl View for Registry {
+    fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    fn registered(&self, conn: SocketAddr) -> bool {
+        self.is_registered(conn)
+    }
+
+    fn files(&self, conn: SocketAddr) -> Option<Vec<FileInfo>> {
+        self.peer(conn).map(|p| p.files.clone())
+    }
+
+    fn copies(&self, conn: SocketAddr, names: &[&SharePath]) -> Option<Vec<Option<(u64, Hash)>>> {
+        Registry::copies(self, conn, names)
+    }
+
+    fn partial_names(&self, conn: SocketAddr) -> Option<Vec<SharePath>> {
+        Registry::partial_names(self, conn)
     }
 }
 
@@ -437,9 +515,8 @@ impl Registry {
         port: u16,
         files: Vec<FileInfo>,
     ) -> Result<usize, RegistryError> {
-        check_registration(&self.limits, port, &files)?;
-        let old = self.peer(conn).map(|p| p.files.clone());
-        self.apply(Change::replace(conn, Some(port), files, old.as_deref()))
+        let change = Change::register(self, conn, port, files)?;
+        self.apply(change)
     }
 
     /// Records that the registered peer on `conn` holds part of each of `files` (it is
@@ -495,29 +572,22 @@ impl Registry {
 
     /// Replaces a registered peer's file list. Returns how many files it now shares.
     pub fn update(&mut self, conn: SocketAddr, files: Vec<FileInfo>) -> Result<usize, RegistryError> {
-        let old = self.peer(conn).ok_or(RegistryError::NotRegistered)?.files.clone();
-        self.check(&files)?;
-        self.apply(Change::replace(conn, None, files, Some(&old)))
+        let change = Change::update(self, conn, files)?;
+        self.apply(change)
     }
 
     /// Adds `new` files to a registered peer's list; a name it already shares gets the
     /// new size and hash. Returns how many files it now shares.
     pub fn add(&mut self, conn: SocketAddr, new: Vec<FileInfo>) -> Result<usize, RegistryError> {
-        self.peer(conn).ok_or(RegistryError::NotRegistered)?;
-        self.check(&new)?;
-        let names: Vec<&SharePath> = new.iter().map(|f| &f.name).collect();
-        let copies = self.copies(conn, &names).ok_or(RegistryError::NotRegistered)?;
-        let change = Change::add(conn, new, &copies);
+        let change = Change::add(self, conn, new)?;
         self.apply(change)
     }
 
     /// Removes `names` from a registered peer's list; names it does not share are
     /// ignored, so a delete can be repeated. Returns how many files it now shares.
     pub fn delete(&mut self, conn: SocketAddr, names: &[SharePath]) -> Result<usize, RegistryError> {
-        let refs: Vec<&SharePath> = names.iter().collect();
-        let copies = self.copies(conn, &refs).ok_or(RegistryError::NotRegistered)?;
-        let partials = self.partial_names(conn).unwrap_or_default();
-        self.apply(Change::delete(conn, names, &copies, &partials))
+        let change = Change::delete(self, conn, names)?;
+        self.apply(change)
     }
 
     /// Carries out `change` whole.
