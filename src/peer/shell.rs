@@ -717,11 +717,10 @@ impl Shell {
                     node.emit(&Event::Entry(&e));
                 });
                 self.remember(picks, shown);
-                let stopped = matches!(listed, Ok(Ok(Listing::Stopped)));
-                if stopped || !matches!(listed, Ok(Ok(_))) {
+                if !matches!(listed, Ok(Ok(Listing::Whole { .. }))) {
                     node.flush_rows();
                 }
-                if stopped {
+                if matches!(listed, Ok(Ok(Listing::Stopped))) {
                     node.emit(&Event::Note("stopped listing; the rest is not shown"));
                 }
                 let truncated = match listed
