@@ -371,6 +371,35 @@ fn a_shared_folder_deleted_and_made_again_is_watched_again() {
     });
 }
 
+/// A file written into a watched folder costs one rescan, made once the file has
+/// settled: a rescan walks the whole folder, and the one that came right after the
+/// write could only leave the file out as still being written (two walks a change,
+/// before). The peer's debug records (`-vv`) say what each rescan found.
+#[test]
+fn a_written_file_costs_one_rescan_which_finds_it_settled() {
+    let ws = workspace();
+    let a = ws.path().join("a");
+    put(&a, "old.txt", b"1");
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    let (mut pa, _) = peer_with(index_addr, &a, &["-vv"]);
+    assert!(pa.register().starts_with("registered 1 file "));
+    let b = ws.path().join("b");
+    fs::create_dir(&b).unwrap();
+    let (mut pb, _) = Proc::peer(index_addr, &b);
+
+    put(&a, "new.txt", b"22");
+    let rescan = pa.expect(Stream::Err, "rescanned the shared folder");
+    assert!(rescan.ends_with("2 files, 0 still being written"), "{rescan}");
+    wait_for("the new file to be listed", || names(&mut pb) == ["new.txt 2 bytes", "old.txt 1 byte"]);
+    let rescans: Vec<String> =
+        pa.lines(Stream::Err).into_iter().filter(|l| l.contains("rescanned the shared folder")).collect();
+    assert_eq!(rescans.len(), 1, "{rescans:#?}");
+
+    // A removal alone is nothing to settle: it is rescanned for at once, and listed.
+    fs::remove_file(a.join("old.txt")).unwrap();
+    wait_for("the removed file to leave the index", || names(&mut pb) == ["new.txt 2 bytes"]);
+}
+
 /// A rescan lists the files it hashed before from the hash cache, without opening
 /// them: opening 100,000 files took a rescan 2 s, and each open was one more event for
 /// the watcher. A watched folder of 300 files gets a new one; a watch of the test's

@@ -482,6 +482,11 @@ impl Node {
                 return false;
             }
         };
+        log::debug!(
+            "rescanned the shared folder after a change: {}, {} still being written",
+            crate::text::count(files.len() as u64, "file"),
+            unsettled
+        );
         // Nothing new since the last look (a rescan without a change): say nothing.
         let mut last = lock(&self.last_watched);
         if last.as_ref() == Some(&files) && gone == self.folder_gone.load(Ordering::SeqCst) {

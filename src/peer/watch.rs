@@ -8,7 +8,13 @@
 //! the folder has been quiet for [`DEBOUNCE`], then the peer rescans and sends its
 //! list. Files modified less than [`SETTLE`] ago are left out of that list (and not
 //! hashed): a copy in progress keeps touching its file, so it is advertised only once
-//! it has been still for a moment, and the folder is looked at again after [`SETTLE`].
+//! it has been still for a moment. So a burst that wrote something (a file created,
+//! written or touched) is waited out for [`SETTLE`] (plus [`SETTLE_MARGIN`]) instead,
+//! and its one rescan finds the files written settled: a rescan of a large folder
+//! costs a walk of all of it, and a rescan that could only leave the new file out was
+//! one such walk for nothing. A burst of removals and renames alone is rescanned after
+//! [`DEBOUNCE`]. A file still found unsettled (its time set ahead, or written without an
+//! event) is looked at again after [`SETTLE`].
 //! Download temporaries and the hash cache (names starting with `.peerdex-`) cause no
 //! rescans at all, nor do mere reads: a rescan opens and reads files, and inotify
 //! reports those opens, so a watcher that rescanned on them would rescan forever.
@@ -22,7 +28,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use notify::event::{AccessKind, AccessMode, EventKind};
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{Event, RecursiveMode, Watcher};
 
 use crate::name::RESERVED_PREFIX;
@@ -34,6 +40,54 @@ pub const DEBOUNCE: Duration = Duration::from_millis(300);
 /// stalls for longer than this (a slow network share) can still be advertised half
 /// done; downloaders would then see a hash mismatch and try another peer.
 pub const SETTLE: Duration = Duration::from_secs(1);
+
+/// Added to [`SETTLE`] when a burst that wrote is waited out: a file's time is read
+/// from the wall clock (at the file system's tick) and the wait is measured on the
+/// monotonic clock; the margin covers the small differences between the two.
+pub const SETTLE_MARGIN: Duration = Duration::from_millis(50);
+
+/// What a burst of events asks for ([`watch`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stir {
+    /// Something was created, written or had its times changed: what it made is
+    /// listed only once settled.
+    Wrote,
+    /// Only removals, renames, or a lost event (the queue overflowed): a rescan finds
+    /// it at once.
+    Moved,
+}
+
+impl Stir {
+    /// How long the folder must be quiet after such an event before the rescan.
+    fn quiet(self) -> Duration {
+        match self {
+            Stir::Wrote => SETTLE + SETTLE_MARGIN,
+            Stir::Moved => DEBOUNCE,
+        }
+    }
+
+    /// What `event` asks for, or `None` if it changes nothing shared.
+    fn of(event: &notify::Result<Event>) -> Option<Stir> {
+        let e = match event {
+            Ok(e) => e,
+            // An error (the queue overflowed, say) means changes may have been missed:
+            // rescan to be safe.
+            Err(_) => return Some(Stir::Moved),
+        };
+        let ours = !e.paths.is_empty()
+            && e.paths.iter().all(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(RESERVED_PREFIX))
+            });
+        match e.kind {
+            _ if ours => None,
+            // Opening, reading or closing a file without writing changes nothing we share.
+            EventKind::Access(kind) if kind != AccessKind::Close(AccessMode::Write) => None,
+            EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_)) => Some(Stir::Moved),
+            _ if e.need_rescan() => Some(Stir::Moved),
+            _ => Some(Stir::Wrote),
+        }
+    }
+}
 
 /// Set in the environment, makes the peer act as if the folder could not be watched.
 pub const NO_WATCH_VAR: &str = "PEERDEX_NO_INOTIFY";
@@ -69,12 +123,18 @@ pub fn watch(folder: &Path, mut sync: impl FnMut() -> bool) {
             Some(_) => again_after,
             None => Some(again_after.unwrap_or(POLL_INTERVAL).min(POLL_INTERVAL)),
         };
-        match wait {
-            Some(wait) => drop(events.recv_timeout(wait)),
-            None => drop(events.recv()),
+        let first = match wait {
+            Some(wait) => events.recv_timeout(wait).ok(),
+            None => events.recv().ok(),
+        };
+        // Debounce: wait for the burst to end, for longer if it wrote (see the module
+        // docs).
+        let mut stir = first.unwrap_or(Stir::Moved);
+        while let Ok(next) = events.recv_timeout(stir.quiet()) {
+            if next == Stir::Wrote {
+                stir = Stir::Wrote;
+            }
         }
-        // Debounce: wait for the burst to end.
-        while events.recv_timeout(DEBOUNCE).is_ok() {}
         // Watch what is at the folder's path now, before looking at it, so that no
         // change after the look goes unseen.
         let there = identity(folder);
@@ -116,29 +176,66 @@ struct Watching {
 
 impl Watching {
     /// Watches the folder at `folder` and every folder under it, sending on `tx` each
-    /// burst's events that may change what is shared.
-    fn start(folder: &Path, tx: &mpsc::Sender<()>) -> notify::Result<Watching> {
+    /// burst's events that may change what is shared, each with what it asks for.
+    fn start(folder: &Path, tx: &mpsc::Sender<Stir>) -> notify::Result<Watching> {
         // Taken before the watch is added: if the folder is replaced in between, the
         // next look finds it changed and watches again.
         let there = identity(folder);
         let tx = tx.clone();
         let mut watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
-            let ours = |e: &Event| {
-                !e.paths.is_empty()
-                    && e.paths.iter().all(|p| {
-                        p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(RESERVED_PREFIX))
-                    })
-            };
-            // Opening, reading or closing a file without writing changes nothing we share.
-            let read_only = |e: &Event| matches!(e.kind, EventKind::Access(kind) if kind != AccessKind::Close(AccessMode::Write));
-            match event {
-                Ok(e) if ours(&e) || read_only(&e) => {}
-                // An error (the queue overflowed, say) means changes may have been
-                // missed: rescan to be safe.
-                _ => drop(tx.send(())),
+            if let Some(stir) = Stir::of(&event) {
+                let _ = tx.send(stir);
             }
         })?;
         watcher.watch(folder, RecursiveMode::Recursive)?;
         Ok(Watching { _watcher: watcher, folder: there })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, DataChange, Flag, MetadataKind, RemoveKind, RenameMode};
+
+    fn of(kind: EventKind, name: &str) -> Option<Stir> {
+        Stir::of(&Ok(Event::new(kind).add_path(format!("/shared/{name}").into())))
+    }
+
+    #[test]
+    fn writes_wait_to_settle_and_removals_and_renames_do_not() {
+        let wrote = [
+            EventKind::Create(CreateKind::File),
+            EventKind::Modify(ModifyKind::Data(DataChange::Any)),
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::WriteTime)),
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Any,
+        ];
+        for kind in wrote {
+            assert_eq!(of(kind, "a.txt"), Some(Stir::Wrote), "{kind:?}");
+        }
+        let moved = [
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Remove(RemoveKind::Folder),
+            EventKind::Modify(ModifyKind::Name(RenameMode::To)),
+            EventKind::Modify(ModifyKind::Name(RenameMode::From)),
+        ];
+        for kind in moved {
+            assert_eq!(of(kind, "a.txt"), Some(Stir::Moved), "{kind:?}");
+        }
+        let lost = Event::new(EventKind::Other).set_flag(Flag::Rescan);
+        assert_eq!(Stir::of(&Ok(lost)), Some(Stir::Moved), "missed events are looked for at once");
+        assert_eq!(Stir::of(&Err(notify::Error::generic("overflow"))), Some(Stir::Moved));
+    }
+
+    #[test]
+    fn reads_and_peerdexs_own_files_stir_nothing() {
+        for kind in [
+            EventKind::Access(AccessKind::Open(notify::event::AccessMode::Any)),
+            EventKind::Access(AccessKind::Read),
+        ] {
+            assert_eq!(of(kind, "a.txt"), None, "{kind:?}");
+        }
+        assert_eq!(of(EventKind::Create(CreateKind::File), ".peerdex-part-0a1b"), None);
+        assert_eq!(of(EventKind::Modify(ModifyKind::Data(DataChange::Any)), ".peerdex-hashes"), None);
     }
 }
