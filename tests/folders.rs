@@ -8,6 +8,7 @@ mod common;
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::Path;
+use std::time::Duration;
 
 use common::{Proc, Stream, peer_with, random_bytes, wait_for, workspace};
 use peerdex::content::Tree;
@@ -398,6 +399,46 @@ fn a_written_file_costs_one_rescan_which_finds_it_settled() {
     // A removal alone is nothing to settle: it is rescanned for at once, and listed.
     fs::remove_file(a.join("old.txt")).unwrap();
     wait_for("the removed file to leave the index", || names(&mut pb) == ["new.txt 2 bytes"]);
+}
+
+/// A file written to all the time (a log appended to five times a second) holds back
+/// no other change: the burst of its events is waited out for at most
+/// `LONGEST_BURST`, and the rescan then lists the new file (and leaves the busy one
+/// out, as still being written). Before, a burst lasted as long as the writes came within 300 ms of each other.
+#[test]
+fn a_file_written_all_the_time_holds_back_no_other_change() {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let ws = workspace();
+    let Watched { _index, a, mut pa, mut pb } = watched(ws.path(), "top.txt");
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, path) = (std::sync::Arc::clone(&stop), a.join("busy.log"));
+        std::thread::spawn(move || {
+            let mut log = fs::File::create(path).unwrap();
+            // Bounded: at most five minutes of lines, should the test not stop it.
+            for i in 0..1500 {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                writeln!(log, "line {i}").unwrap();
+                // The pace of the workload: writes closer together than any quiet
+                // period the watcher waits for.
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
+    put(&a, "new.txt", b"22");
+    common::wait_showing(
+        "a new file to be listed while another is written",
+        || names(&mut pb).contains(&"new.txt 2 bytes".to_owned()),
+        &mut [&mut pa],
+    );
+    stop.store(true, Ordering::SeqCst);
+    writer.join().unwrap();
+    wait_for("the log to be listed once it is still", || {
+        names(&mut pb).iter().any(|n| n.starts_with("busy.log"))
+    });
 }
 
 /// A rescan lists the files it hashed before from the hash cache, without opening

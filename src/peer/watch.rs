@@ -13,8 +13,10 @@
 //! and its one rescan finds the files written settled: a rescan of a large folder
 //! costs a walk of all of it, and a rescan that could only leave the new file out was
 //! one such walk for nothing. A burst of removals and renames alone is rescanned after
-//! [`DEBOUNCE`]. A file still found unsettled (its time set ahead, or written without an
-//! event) is looked at again after [`SETTLE`].
+//! [`DEBOUNCE`]. A burst that goes on without such a pause is rescanned after
+//! [`LONGEST_BURST`] all the same, so that a file written all the time (a log) holds
+//! back no other change. A file still found unsettled (its time set ahead, written
+//! without an event, or still being written) is looked at again after [`SETTLE`].
 //! Download temporaries and the hash cache (names starting with `.peerdex-`) cause no
 //! rescans at all, nor do mere reads: a rescan opens and reads files, and inotify
 //! reports those opens, so a watcher that rescanned on them would rescan forever.
@@ -26,7 +28,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::mpsc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
 use notify::{Event, RecursiveMode, Watcher};
@@ -45,6 +47,12 @@ pub const SETTLE: Duration = Duration::from_secs(1);
 /// from the wall clock (at the file system's tick) and the wait is measured on the
 /// monotonic clock; the margin covers the small differences between the two.
 pub const SETTLE_MARGIN: Duration = Duration::from_millis(50);
+
+/// Longest a burst of events is waited out before the rescan: a file written without
+/// a pause (a log appended to several times a second, a slow copy) would otherwise
+/// hold back every other change in the folder for as long as it is written. It is
+/// left out of the rescan as still being written, and the rest reaches the index.
+pub const LONGEST_BURST: Duration = Duration::from_secs(5);
 
 /// What a burst of events asks for ([`watch`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,11 +136,18 @@ pub fn watch(folder: &Path, mut sync: impl FnMut() -> bool) {
             None => events.recv().ok(),
         };
         // Debounce: wait for the burst to end, for longer if it wrote (see the module
-        // docs).
+        // docs), but not past LONGEST_BURST.
+        let burst = Instant::now();
         let mut stir = first.unwrap_or(Stir::Moved);
-        while let Ok(next) = events.recv_timeout(stir.quiet()) {
-            if next == Stir::Wrote {
-                stir = Stir::Wrote;
+        loop {
+            let left = LONGEST_BURST.saturating_sub(burst.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            match events.recv_timeout(stir.quiet().min(left)) {
+                Ok(Stir::Wrote) => stir = Stir::Wrote,
+                Ok(Stir::Moved) => {}
+                Err(_) => break,
             }
         }
         // Watch what is at the folder's path now, before looking at it, so that no
