@@ -401,6 +401,39 @@ fn a_written_file_costs_one_rescan_which_finds_it_settled() {
     wait_for("the removed file to leave the index", || names(&mut pb) == ["new.txt 2 bytes"]);
 }
 
+/// A peer's own downloads cause no rescan of its watched folder: each download tells
+/// the index itself (an `Add`), and a rescan walks the whole folder. So after a folder
+/// of downloads, the first rescan is the one a change of the user's causes, and it
+/// finds that change settled.
+#[test]
+fn a_peers_own_downloads_cause_no_rescan() {
+    let ws = workspace();
+    let a = ws.path().join("a");
+    for i in 0..5 {
+        put(&a, &format!("album/{i}.txt"), format!("song {i}").as_bytes());
+    }
+    let (_index, index_addr) = Proc::index_server(ws.path());
+    let (_pa, _) = Proc::registered_peer(index_addr, &a, 5);
+    let b = ws.path().join("b");
+    fs::create_dir(&b).unwrap();
+    let (mut pb, _) = peer_with(index_addr, &b, &["-vv"]);
+    assert!(pb.register().starts_with("registered 0 files "));
+
+    pb.send("download album/");
+    pb.send("wait");
+    for _ in 0..5 {
+        pb.expect(Stream::Out, "downloaded album/");
+    }
+    // An absence, watched for 2 s: a rescan for the downloads would come 300 ms after
+    // the last one. (Not a wait for something to happen: with the code right, nothing
+    // comes, however slow the machine.)
+    let early = pb.expect_any(&["rescanned the shared folder"], Duration::from_secs(2));
+    assert_eq!(early, None, "a rescan for the peer's own downloads");
+    put(&b, "mine.txt", b"the user's");
+    let rescan = pb.expect(Stream::Err, "rescanned the shared folder");
+    assert!(rescan.ends_with("6 files, 0 still being written"), "{rescan}");
+}
+
 /// A file written to all the time (a log appended to five times a second) holds back
 /// no other change: the burst of its events is waited out for at most
 /// `LONGEST_BURST`, and the rescan then lists the new file (and leaves the busy one

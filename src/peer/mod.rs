@@ -132,7 +132,8 @@ pub fn run(config: PeerConfig) -> anyhow::Result<bool> {
         let watcher = Arc::clone(&node);
         thread::Builder::new().name("watch".into()).spawn(move || {
             let root = watcher.folder.root().to_path_buf();
-            watch::watch(&root, || watcher.sync_watched())
+            let folder = Arc::clone(&watcher.folder);
+            watch::watch(&root, move |path| folder.made_here(path), || watcher.sync_watched())
         })?;
     }
     let shell = Shell::new(node);

@@ -25,12 +25,12 @@
 //! thread says so once on stderr and rescans every [`POLL_INTERVAL`] instead.
 
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
+use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
 use notify::{Event, RecursiveMode, Watcher};
 
 use crate::name::RESERVED_PREFIX;
@@ -74,20 +74,34 @@ impl Stir {
         }
     }
 
-    /// What `event` asks for, or `None` if it changes nothing shared.
-    fn of(event: &notify::Result<Event>) -> Option<Stir> {
+    /// What `event` asks for, or `None` if it changes nothing shared, or only what this
+    /// peer put in the folder itself (`made_here`: a download, which told the index).
+    fn of(event: &notify::Result<Event>, made_here: &impl Fn(&Path) -> bool) -> Option<Stir> {
         let e = match event {
             Ok(e) => e,
             // An error (the queue overflowed, say) means changes may have been missed:
             // rescan to be safe.
             Err(_) => return Some(Stir::Moved),
         };
-        let ours = !e.paths.is_empty()
-            && e.paths.iter().all(|p| {
-                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(RESERVED_PREFIX))
-            });
+        let reserved = |p: &PathBuf| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(RESERVED_PREFIX))
+        };
+        let ours = !e.paths.is_empty() && e.paths.iter().all(reserved);
+        // What a download does to put its file in place: make the folders on its path,
+        // rename its partial to the file's name, and close it (which inotify reports
+        // under the new name). Only that: a removal, a rename away or a write of the
+        // same path a moment later is the user's, and rescanned for.
+        let download = match (e.kind, &e.paths[..]) {
+            (EventKind::Create(_), paths) => !paths.is_empty() && paths.iter().all(|p| made_here(p)),
+            (EventKind::Access(AccessKind::Close(AccessMode::Write)), [path]) => made_here(path),
+            (EventKind::Modify(ModifyKind::Name(RenameMode::To)), [to]) => made_here(to),
+            (EventKind::Modify(ModifyKind::Name(RenameMode::Both)), [from, to]) => {
+                reserved(from) && made_here(to)
+            }
+            _ => false,
+        };
         match e.kind {
-            _ if ours => None,
+            _ if ours || download => None,
             // Opening, reading or closing a file without writing changes nothing we share.
             EventKind::Access(kind) if kind != AccessKind::Close(AccessMode::Write) => None,
             EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_)) => Some(Stir::Moved),
@@ -111,13 +125,17 @@ pub const POLL_INTERVAL: Duration = Duration::from_secs(2);
 /// A folder deleted, moved away or replaced takes its watches with it. While nothing
 /// is at its path, `sync` is called every [`POLL_INTERVAL`] (it finds the folder gone);
 /// once a folder is there again, whatever its origin, it is watched and `sync`ed.
-pub fn watch(folder: &Path, mut sync: impl FnMut() -> bool) {
+pub fn watch(
+    folder: &Path,
+    made_here: impl Fn(&Path) -> bool + Clone + Send + 'static,
+    mut sync: impl FnMut() -> bool,
+) {
     let (tx, events) = mpsc::channel();
     // The fallback must work where watching cannot; this lets the tests (and anyone
     // curious) take it on a machine where watching works.
     let watcher = match std::env::var_os(NO_WATCH_VAR) {
         Some(_) => Err(notify::Error::generic(&format!("{NO_WATCH_VAR} is set"))),
-        None => Watching::start(folder, &tx),
+        None => Watching::start(folder, &tx, made_here.clone()),
     };
     let mut watching = match watcher {
         Ok(w) => Some(w),
@@ -154,7 +172,7 @@ pub fn watch(folder: &Path, mut sync: impl FnMut() -> bool) {
         // change after the look goes unseen.
         let there = identity(folder);
         if there.is_some() && there != watching.as_ref().and_then(|w| w.folder) {
-            watching = match Watching::start(folder, &tx) {
+            watching = match Watching::start(folder, &tx, made_here.clone()) {
                 Ok(w) => Some(w),
                 Err(e) => return poll(folder, &e, sync),
             };
@@ -192,13 +210,17 @@ struct Watching {
 impl Watching {
     /// Watches the folder at `folder` and every folder under it, sending on `tx` each
     /// burst's events that may change what is shared, each with what it asks for.
-    fn start(folder: &Path, tx: &mpsc::Sender<Stir>) -> notify::Result<Watching> {
+    fn start(
+        folder: &Path,
+        tx: &mpsc::Sender<Stir>,
+        made_here: impl Fn(&Path) -> bool + Send + 'static,
+    ) -> notify::Result<Watching> {
         // Taken before the watch is added: if the folder is replaced in between, the
         // next look finds it changed and watches again.
         let there = identity(folder);
         let tx = tx.clone();
         let mut watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
-            if let Some(stir) = Stir::of(&event) {
+            if let Some(stir) = Stir::of(&event, &made_here) {
                 let _ = tx.send(stir);
             }
         })?;
@@ -210,10 +232,12 @@ impl Watching {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use notify::event::{CreateKind, DataChange, Flag, MetadataKind, RemoveKind, RenameMode};
+    use notify::event::{CreateKind, DataChange, Flag, MetadataKind, RemoveKind};
 
     fn of(kind: EventKind, name: &str) -> Option<Stir> {
-        Stir::of(&Ok(Event::new(kind).add_path(format!("/shared/{name}").into())))
+        Stir::of(&Ok(Event::new(kind).add_path(format!("/shared/{name}").into())), &|p: &Path| {
+            p.ends_with("downloaded.txt")
+        })
     }
 
     #[test]
@@ -238,12 +262,13 @@ mod tests {
             assert_eq!(of(kind, "a.txt"), Some(Stir::Moved), "{kind:?}");
         }
         let lost = Event::new(EventKind::Other).set_flag(Flag::Rescan);
-        assert_eq!(Stir::of(&Ok(lost)), Some(Stir::Moved), "missed events are looked for at once");
-        assert_eq!(Stir::of(&Err(notify::Error::generic("overflow"))), Some(Stir::Moved));
+        let none = |_: &Path| false;
+        assert_eq!(Stir::of(&Ok(lost), &none), Some(Stir::Moved), "missed events are looked for at once");
+        assert_eq!(Stir::of(&Err(notify::Error::generic("overflow")), &none), Some(Stir::Moved));
     }
 
     #[test]
-    fn reads_and_peerdexs_own_files_stir_nothing() {
+    fn reads_peerdexs_own_files_and_its_downloads_stir_nothing() {
         for kind in [
             EventKind::Access(AccessKind::Open(notify::event::AccessMode::Any)),
             EventKind::Access(AccessKind::Read),
@@ -252,5 +277,22 @@ mod tests {
         }
         assert_eq!(of(EventKind::Create(CreateKind::File), ".peerdex-part-0a1b"), None);
         assert_eq!(of(EventKind::Modify(ModifyKind::Data(DataChange::Any)), ".peerdex-hashes"), None);
+        // A download's own file, renamed into place: the download told the index.
+        assert_eq!(of(EventKind::Modify(ModifyKind::Name(RenameMode::To)), "downloaded.txt"), None);
+        let both = Event::new(EventKind::Modify(ModifyKind::Name(RenameMode::Both)))
+            .add_path("/shared/.peerdex-part-0a1b".into())
+            .add_path("/shared/downloaded.txt".into());
+        assert_eq!(Stir::of(&Ok(both), &|p: &Path| p.ends_with("downloaded.txt")), None);
+        assert_eq!(of(EventKind::Access(AccessKind::Close(AccessMode::Write)), "downloaded.txt"), None);
+        // But the user's removal or renaming of it a moment later is looked at.
+        assert_eq!(of(EventKind::Remove(RemoveKind::File), "downloaded.txt"), Some(Stir::Moved));
+        assert_eq!(
+            of(EventKind::Modify(ModifyKind::Name(RenameMode::From)), "downloaded.txt"),
+            Some(Stir::Moved)
+        );
+        assert_eq!(
+            of(EventKind::Modify(ModifyKind::Data(DataChange::Any)), "downloaded.txt"),
+            Some(Stir::Wrote)
+        );
     }
 }

@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::debug;
 
@@ -133,7 +133,14 @@ pub struct SharedFolder {
     excludes: Vec<String>,
     /// Longest path shared, in bytes ([`SharedFolder::sharing_paths_up_to`]).
     max_path: usize,
+    /// What this peer put in the folder lately (a downloaded file, and the folders made
+    /// for it), by path on disk, with when: [`SharedFolder::made_here`].
+    made: Mutex<HashMap<PathBuf, Instant>>,
 }
+
+/// How long [`SharedFolder::made_here`] remembers a path: the watcher's events for it
+/// come within milliseconds.
+pub const MADE_MEMORY: Duration = Duration::from_secs(10);
 
 /// What a scan found.
 #[derive(Debug, Default)]
@@ -294,6 +301,7 @@ impl SharedFolder {
             offered: Mutex::default(),
             excludes,
             max_path: crate::name::INDEX_NAME_LEN,
+            made: Mutex::default(),
         })
     }
 
@@ -565,11 +573,29 @@ impl SharedFolder {
         root: Hash,
         layer: Arc<Vec<Hash>>,
     ) -> io::Result<()> {
+        // Before the folders and the file appear: the watcher may see them at once.
+        {
+            let mut made = lock(&self.made);
+            made.retain(|_, at| at.elapsed() < MADE_MEMORY);
+            let now = Instant::now();
+            let mut path = self.root.clone();
+            for part in name.as_str().split('/') {
+                path.push(part);
+                made.insert(path.clone(), now);
+            }
+        }
         let dir = gate::make_parent(&self.root, name)?;
         let meta = partial.commit(&gate::in_dir(&dir, name.file_name()))?;
         self.remember(name, Stamp::of(&meta), root);
         lock(&self.layers).put(root, layer);
         Ok(())
+    }
+
+    /// Whether this peer itself put `path` (a path on disk under the folder) there
+    /// lately: a downloaded file, or a folder made for one. Its download told the index
+    /// already, so the watcher need not rescan for it.
+    pub fn made_here(&self, path: &Path) -> bool {
+        lock(&self.made).get(path).is_some_and(|at| at.elapsed() < MADE_MEMORY)
     }
 
     /// Offers the verified pieces of the partial download of `root` to other peers,
