@@ -723,10 +723,7 @@ impl Shell {
                 if matches!(listed, Ok(Ok(Listing::Stopped))) {
                     node.emit(&Event::Note("stopped listing; the rest is not shown"));
                 }
-                let truncated = match listed
-                    .context("get_files_list failed")?
-                    .map_err(|e| anyhow!("get_files_list failed: the index server says: {e}"))?
-                {
+                let truncated = match listing_ended(listed)? {
                     Listing::Whole { truncated } => truncated,
                     Listing::Stopped => true,
                 };
@@ -829,9 +826,7 @@ impl Shell {
                 None => beyond = true,
             }
         });
-        let listed = listed
-            .context("get_files_list failed")?
-            .map_err(|e| anyhow!("get_files_list failed: the index server says: {e}"))?;
+        let listed = listing_ended(listed)?;
         if listed == Listing::Stopped {
             // Ctrl-C: counts of part of a listing would mislead, so nothing is shown.
             self.remember(Vec::new(), 0);
@@ -989,6 +984,14 @@ impl Shell {
             }
         }
     }
+}
+
+/// How a listing from the index ended, or the error that ended it: the connection's
+/// (`get_files_list failed: ...`) or the server's refusal (`... the index server says: ...`).
+fn listing_ended(listed: io::Result<Result<Listing, String>>) -> anyhow::Result<Listing> {
+    listed
+        .context("get_files_list failed")?
+        .map_err(|e| anyhow!("get_files_list failed: the index server says: {e}"))
 }
 
 /// The longest run of plain characters in `glob` (a text every match contains), for
