@@ -118,6 +118,10 @@ fn the_terminal_edits_completes_recalls_and_quits_on_two_ctrl_c() {
     // Ctrl-C once cancels (nothing runs), twice quits.
     p.send_control('c').unwrap();
     p.exp_string("cancelled 0 downloads; Ctrl-C again to quit").unwrap();
+    // The editor is back (raw mode) once the prompt is drawn again: a Ctrl-C before
+    // that is the terminal's SIGINT, which the peer takes for an interrupt of a
+    // command, not for the second Ctrl-C at the prompt.
+    p.exp_string("peerdex> ").unwrap();
     p.send_control('c').unwrap();
     p.exp_eof().unwrap();
 
