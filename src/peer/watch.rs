@@ -30,7 +30,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
+use notify::event::{AccessKind, AccessMode, CreateKind, EventKind, ModifyKind, RenameMode};
 use notify::{Event, RecursiveMode, Watcher};
 
 use crate::name::RESERVED_PREFIX;
@@ -92,7 +92,11 @@ impl Stir {
         // under the new name). Only that: a removal, a rename away or a write of the
         // same path a moment later is the user's, and rescanned for.
         let download = match (e.kind, &e.paths[..]) {
-            (EventKind::Create(_), paths) => !paths.is_empty() && paths.iter().all(|p| made_here(p)),
+            // A folder only: a file made at a downloaded file's path (after the user
+            // removed it) is the user's.
+            (EventKind::Create(CreateKind::Folder), paths) => {
+                !paths.is_empty() && paths.iter().all(|p| made_here(p))
+            }
             (EventKind::Access(AccessKind::Close(AccessMode::Write)), [path]) => made_here(path),
             (EventKind::Modify(ModifyKind::Name(RenameMode::To)), [to]) => made_here(to),
             (EventKind::Modify(ModifyKind::Name(RenameMode::Both)), [from, to]) => {
@@ -232,7 +236,7 @@ impl Watching {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use notify::event::{CreateKind, DataChange, Flag, MetadataKind, RemoveKind};
+    use notify::event::{DataChange, Flag, MetadataKind, RemoveKind};
 
     fn of(kind: EventKind, name: &str) -> Option<Stir> {
         Stir::of(&Ok(Event::new(kind).add_path(format!("/shared/{name}").into())), &|p: &Path| {
@@ -284,6 +288,8 @@ mod tests {
             .add_path("/shared/downloaded.txt".into());
         assert_eq!(Stir::of(&Ok(both), &|p: &Path| p.ends_with("downloaded.txt")), None);
         assert_eq!(of(EventKind::Access(AccessKind::Close(AccessMode::Write)), "downloaded.txt"), None);
+        let folder = Event::new(EventKind::Create(CreateKind::Folder)).add_path("/shared/album".into());
+        assert_eq!(Stir::of(&Ok(folder), &|p: &Path| p.ends_with("album")), None);
         // But the user's removal or renaming of it a moment later is looked at.
         assert_eq!(of(EventKind::Remove(RemoveKind::File), "downloaded.txt"), Some(Stir::Moved));
         assert_eq!(
@@ -294,5 +300,7 @@ mod tests {
             of(EventKind::Modify(ModifyKind::Data(DataChange::Any)), "downloaded.txt"),
             Some(Stir::Wrote)
         );
+        // And a file made again at its path, once the user removed it, is the user's.
+        assert_eq!(of(EventKind::Create(CreateKind::File), "downloaded.txt"), Some(Stir::Wrote));
     }
 }
