@@ -133,9 +133,18 @@ pub struct SharedFolder {
     excludes: Vec<String>,
     /// Longest path shared, in bytes ([`SharedFolder::sharing_paths_up_to`]).
     max_path: usize,
-    /// What this peer put in the folder lately (a downloaded file, and the folders made
-    /// for it), by path on disk, with when: [`SharedFolder::made_here`].
-    made: Mutex<HashMap<PathBuf, Instant>>,
+    /// What this peer put in the folder lately: [`SharedFolder::made_here`].
+    made: Mutex<Made>,
+}
+
+/// The paths a peer's downloads made (a file, and the folders made for it), by path on
+/// disk, with when; and when those older than [`MADE_MEMORY`] were last let go. They
+/// are let go at most once per [`MADE_MEMORY`], not at every download: a folder of
+/// small files downloads thousands a second.
+#[derive(Debug, Default)]
+struct Made {
+    paths: HashMap<PathBuf, Instant>,
+    pruned: Option<Instant>,
 }
 
 /// How long [`SharedFolder::made_here`] remembers a path: the watcher's events for it
@@ -576,12 +585,15 @@ impl SharedFolder {
         // Before the folders and the file appear: the watcher may see them at once.
         {
             let mut made = lock(&self.made);
-            made.retain(|_, at| at.elapsed() < MADE_MEMORY);
             let now = Instant::now();
+            if made.pruned.is_none_or(|at| now.duration_since(at) >= MADE_MEMORY) {
+                made.paths.retain(|_, at| now.duration_since(*at) < MADE_MEMORY);
+                made.pruned = Some(now);
+            }
             let mut path = self.root.clone();
             for part in name.as_str().split('/') {
                 path.push(part);
-                made.insert(path.clone(), now);
+                made.paths.insert(path.clone(), now);
             }
         }
         let dir = gate::make_parent(&self.root, name)?;
@@ -595,7 +607,7 @@ impl SharedFolder {
     /// lately: a downloaded file, or a folder made for one. Its download told the index
     /// already, so the watcher need not rescan for it.
     pub fn made_here(&self, path: &Path) -> bool {
-        lock(&self.made).get(path).is_some_and(|at| at.elapsed() < MADE_MEMORY)
+        lock(&self.made).paths.get(path).is_some_and(|at| at.elapsed() < MADE_MEMORY)
     }
 
     /// Offers the verified pieces of the partial download of `root` to other peers,
