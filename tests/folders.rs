@@ -278,10 +278,17 @@ struct Watched {
 }
 
 fn watched(root: &Path, first: &str) -> Watched {
+    watched_with(root, first, &[])
+}
+
+/// [`watched`], the watching peer started with `opts` as well.
+fn watched_with(root: &Path, first: &str, opts: &[&str]) -> Watched {
     let a = root.join("a");
     put(&a, first, b"1");
     let (_index, index_addr) = Proc::index_server(root);
-    let (pa, _) = Proc::registered_peer(index_addr, &a, 1);
+    let (mut pa, _) = peer_with(index_addr, &a, opts);
+    let registered = pa.register();
+    assert!(registered.starts_with("registered 1 file "), "{registered}");
     let b = root.join("b");
     fs::create_dir(&b).unwrap();
     let (pb, _) = Proc::peer(index_addr, &b);
@@ -379,14 +386,7 @@ fn a_shared_folder_deleted_and_made_again_is_watched_again() {
 #[test]
 fn a_written_file_costs_one_rescan_which_finds_it_settled() {
     let ws = workspace();
-    let a = ws.path().join("a");
-    put(&a, "old.txt", b"1");
-    let (_index, index_addr) = Proc::index_server(ws.path());
-    let (mut pa, _) = peer_with(index_addr, &a, &["-vv"]);
-    assert!(pa.register().starts_with("registered 1 file "));
-    let b = ws.path().join("b");
-    fs::create_dir(&b).unwrap();
-    let (mut pb, _) = Proc::peer(index_addr, &b);
+    let Watched { _index, a, mut pa, mut pb } = watched_with(ws.path(), "old.txt", &["-vv"]);
 
     put(&a, "new.txt", b"22");
     let rescan = pa.expect(Stream::Err, "rescanned the shared folder");
